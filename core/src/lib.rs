@@ -1,9 +1,45 @@
-//! Sans-IO core of `dirpool`.
+//! # dirpool-core
+//!
+//! The sans-IO core of `dirpool`: a pool of connections to JoinMarket
+//! directory servers (Tor onion services) reached through a Tor SOCKS5
+//! proxy, written as a pure state machine. It is the Rust counterpart of
+//! joinmarket-ng's `DirectoryClientPool`.
+//!
+//! [`PoolState`] takes commands (`connect_all_parallel`,
+//! `connect_all_with_retry`, `reconnect_disconnected`, `close_all`,
+//! maintenance on/off), results (dial succeeded / failed, connection lost,
+//! close finished) and time (`handle_timeout`), every one with `now`. It
+//! answers with [`Output`]s — dial this server with these SOCKS credentials
+//! and this timeout, abort that attempt, close that connection, tell the
+//! user this — and with [`PoolState::poll_timeout`], the next instant it
+//! wants to be woken. It reads no clock, draws no randomness (the isolation
+//! token and the jitter seed are handed in as [`Entropy`]) and does no I/O,
+//! so a run is a pure function of its inputs and tests can drive it step by
+//! step.
+//!
+//! The `dirpool` crate runs it against real sockets on tokio or smol.
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod backoff;
+pub mod config;
+pub mod failure;
 pub mod isolation;
 mod onion;
+pub mod output;
+pub mod pool;
+pub mod status;
 
 pub use addr::{AddrError, DEFAULT_PORT, HostKind, OnionError, ServerAddr};
-pub use isolation::{IsolationCategory, IsolationScope, IsolationToken, Password, SocksCredentials, StreamIsolation};
+pub use backoff::{Backoff, JitterRng};
+pub use config::{ConfigError, Entropy, MaintenancePolicy, PoolConfig, RetryPolicy};
+pub use failure::{CloseFailure, DialFailure, FailureScope, LinkLoss, SocksReply};
+pub use isolation::{
+    IsolationCategory, IsolationScope, IsolationToken, Password, SocksCredentials, StreamIsolation,
+};
+pub use output::{
+    AttemptId, CloseRequest, DialRequest, DisconnectReason, Notification, OperationEnd,
+    OperationId, OperationKind, OperationReport, Output, ServerId,
+};
+pub use pool::{InputError, PoolState, RejectedEntry, Rejection};
+pub use status::{ServerState, ServerStatus};

@@ -1,0 +1,270 @@
+//! What the pool is told up front: its servers, its timeouts, isolation and
+//! the retry and maintenance policies, plus the randomness it is handed.
+
+use std::time::Duration;
+
+use crate::backoff::{Backoff, MAX_POLICY_DURATION};
+use crate::isolation::{IsolationScope, IsolationToken};
+
+/// The pool's configuration.
+///
+/// ```
+/// use std::time::Duration;
+/// use dirpool_core::{IsolationScope, PoolConfig};
+///
+/// let mut config = PoolConfig::new(["127.0.0.1:5222", "localhost"]);
+/// config.connection_timeout = Duration::from_secs(60);
+/// config.isolation = IsolationScope::PerCategory;
+/// assert!(config.validate().is_ok());
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// Directory servers as `"host"` or `"host:port"` (default port 5222).
+    pub servers: Vec<String>,
+    /// Bound on one dial: proxy connect, SOCKS exchange, Tor circuit and
+    /// handshake together. Default 120 s, as the original.
+    pub connection_timeout: Duration,
+    /// How long a close may take before the pool stops waiting for it.
+    /// Default 10 s.
+    pub close_timeout: Duration,
+    /// SOCKS stream isolation. Default off, as the original.
+    pub isolation: IsolationScope,
+    /// The background redial policy used while maintenance runs.
+    pub maintenance: MaintenancePolicy,
+}
+
+impl PoolConfig {
+    /// A configuration with the given servers and every default.
+    pub fn new<I, S>(servers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            servers: servers.into_iter().map(Into::into).collect(),
+            connection_timeout: Duration::from_secs(120),
+            close_timeout: Duration::from_secs(10),
+            isolation: IsolationScope::Off,
+            maintenance: MaintenancePolicy::default(),
+        }
+    }
+
+    /// Checks everything but the addresses (a malformed address is reported
+    /// and skipped, not fatal).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first field that is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.servers.is_empty() {
+            return Err(ConfigError::NoServers);
+        }
+        check_duration("connection_timeout", self.connection_timeout)?;
+        check_duration("close_timeout", self.close_timeout)?;
+        self.maintenance.validate()
+    }
+}
+
+fn check_duration(field: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        Err(ConfigError::ZeroDuration { field })
+    } else if value > MAX_POLICY_DURATION {
+        Err(ConfigError::DurationTooLong { field })
+    } else {
+        Ok(())
+    }
+}
+
+/// Policy of `connect_all_with_retry`: keep dialing until one server is
+/// connected or `timeout` has passed.
+///
+/// The defaults are the original's: 5 s initial delay, ×1.5 per failure, at
+/// most 30 s, no jitter.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Hard deadline of the whole operation, from the moment it starts.
+    pub timeout: Duration,
+    /// Delay between a server's failed dial and its next one.
+    pub backoff: Backoff,
+}
+
+impl RetryPolicy {
+    /// The original's policy with the given overall timeout.
+    pub const fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            backoff: Backoff::new(Duration::from_secs(5), Duration::from_secs(30), 1.5),
+        }
+    }
+
+    /// Checks the policy.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the field that is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // A zero timeout is allowed: one pass, finished at once.
+        if self.timeout > MAX_POLICY_DURATION {
+            return Err(ConfigError::DurationTooLong {
+                field: "retry.timeout",
+            });
+        }
+        self.backoff.validate("retry.backoff")
+    }
+}
+
+/// Policy of background maintenance: every server that is lost or was never
+/// reached is redialed on its own backoff.
+///
+/// The defaults (1 s, ×2, at most 10 s, ±20 % jitter, unlimited retries,
+/// stable after 60 s) bring a directory back within about 10 s of its return.
+/// The original's maker instead polls every 300 s; raise `backoff.max` for
+/// that behaviour.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MaintenancePolicy {
+    /// Delay before each redial; the step grows with consecutive failures and
+    /// with links that die before `stable_after`.
+    pub backoff: Backoff,
+    /// After this many consecutive failed dials of one server, maintenance
+    /// gives up on it (0 = never). Reset when the server connects; proxy
+    /// failures do not count.
+    pub max_retries: u32,
+    /// A link that stays up this long resets its server's backoff; a link
+    /// that dies sooner counts as a failure, so a flapping directory is not
+    /// hammered.
+    pub stable_after: Duration,
+}
+
+impl Default for MaintenancePolicy {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(10), 2.0)
+                .with_jitter(0.2),
+            max_retries: 0,
+            stable_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl MaintenancePolicy {
+    /// Checks the policy.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the field that is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.backoff.validate("maintenance.backoff")?;
+        if self.stable_after > MAX_POLICY_DURATION {
+            return Err(ConfigError::DurationTooLong {
+                field: "maintenance.stable_after",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The randomness the pool needs, made by the caller: the core never reads
+/// an RNG, so a run is a pure function of its inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct Entropy {
+    /// The per-process isolation secret (16 random bytes).
+    pub isolation_token: IsolationToken,
+    /// Seed of the backoff jitter.
+    pub jitter_seed: u64,
+}
+
+/// A configuration or policy value the pool cannot work with.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// The server list is empty.
+    #[error("no directory servers configured")]
+    NoServers,
+    /// Every configured server was rejected.
+    #[error(
+        "none of the {rejected} configured directory servers is usable (see the address errors)"
+    )]
+    NoValidServers {
+        /// How many entries were rejected.
+        rejected: usize,
+    },
+    /// A duration that must be positive is zero.
+    #[error("{field} must be greater than zero")]
+    ZeroDuration {
+        /// The field.
+        field: &'static str,
+    },
+    /// A duration longer than a year.
+    #[error("{field} is longer than one year")]
+    DurationTooLong {
+        /// The field.
+        field: &'static str,
+    },
+    /// A backoff's maximum is below its initial delay.
+    #[error("{field}: max delay is below the initial delay")]
+    MaxBelowInitial {
+        /// The field.
+        field: &'static str,
+    },
+    /// A backoff factor below 1 or not finite.
+    #[error("{field}: factor must be a finite number >= 1, got {factor}")]
+    InvalidFactor {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        factor: f64,
+    },
+    /// A jitter fraction outside `0.0..=1.0`.
+    #[error("{field}: jitter must be within 0.0..=1.0, got {jitter}")]
+    InvalidJitter {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        jitter: f64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_original() {
+        let c = PoolConfig::new(["a.example"]);
+        assert_eq!(c.connection_timeout, Duration::from_secs(120));
+        assert_eq!(c.isolation, IsolationScope::Off);
+        let r = RetryPolicy::new(Duration::from_secs(120));
+        assert_eq!(r.backoff.initial, Duration::from_secs(5));
+        assert_eq!(r.backoff.max, Duration::from_secs(30));
+        assert!((r.backoff.factor - 1.5).abs() < f64::EPSILON);
+        assert!(c.validate().is_ok() && r.validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert_eq!(
+            PoolConfig::new(Vec::<String>::new()).validate(),
+            Err(ConfigError::NoServers)
+        );
+        let mut c = PoolConfig::new(["a.example"]);
+        c.connection_timeout = Duration::ZERO;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ZeroDuration {
+                field: "connection_timeout"
+            })
+        );
+        let mut c = PoolConfig::new(["a.example"]);
+        c.maintenance.backoff.factor = 0.5;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::InvalidFactor { .. })
+        ));
+        let mut r = RetryPolicy::new(Duration::from_secs(1));
+        r.backoff.jitter = 2.0;
+        assert!(matches!(
+            r.validate(),
+            Err(ConfigError::InvalidJitter { .. })
+        ));
+    }
+}

@@ -1,0 +1,1211 @@
+//! `PoolState`: the pool as a pure state machine.
+//!
+//! Commands and results go in with the current time; actions and
+//! notifications come out of [`PoolState::poll_output`]; the next deadline
+//! comes out of [`PoolState::poll_timeout`]. Nothing here reads a clock,
+//! draws randomness or touches the network.
+
+mod links;
+mod timers;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::addr::{AddrError, ServerAddr};
+use crate::backoff::{Backoff, JitterRng};
+use crate::config::{ConfigError, Entropy, MaintenancePolicy, PoolConfig, RetryPolicy};
+use crate::failure::{CloseFailure, DialFailure, FailureScope, LinkLoss};
+use crate::isolation::{SocksCredentials, StreamIsolation};
+use crate::output::{
+    AttemptId, CloseRequest, DialRequest, DisconnectReason, Notification, OperationEnd,
+    OperationId, OperationKind, OperationReport, Output, ServerId,
+};
+use crate::status::{ServerState, ServerStatus};
+use links::{Link, LinkState, Links};
+use timers::{Timer, Timers};
+
+/// A result or loss the machine cannot accept: the driver named an attempt
+/// it never got, or reported something impossible for it. The machine's
+/// state is unchanged.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    /// No such attempt is pending (never issued, or already finished).
+    #[error("unknown attempt {0} (never issued, or its result was already reported)")]
+    UnknownAttempt(AttemptId),
+    /// The attempt exists but cannot take this input in its current state.
+    #[error("attempt {attempt} cannot take this input while {state}")]
+    UnexpectedInput {
+        /// The attempt.
+        attempt: AttemptId,
+        /// What it is doing.
+        state: &'static str,
+    },
+}
+
+/// A configured entry that is not dialed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedEntry {
+    /// Position in the configured list.
+    pub index: usize,
+    /// The entry as configured.
+    pub entry: String,
+    /// Why.
+    pub reason: Rejection,
+}
+
+/// Why a configured entry is not dialed.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    /// The address is malformed.
+    Malformed(AddrError),
+    /// It names a server listed earlier.
+    Duplicate(ServerId),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Idle,
+    Dialing(AttemptId),
+    Connected { attempt: AttemptId, since: Instant },
+    Closing(AttemptId),
+}
+
+#[derive(Debug)]
+struct Server {
+    addr: Arc<ServerAddr>,
+    credentials: Option<SocksCredentials>,
+    phase: Phase,
+    /// When the scheduled redial is due; its timer carries `retry_generation`.
+    retry_at: Option<Instant>,
+    retry_generation: u32,
+    /// Exponent of the next backoff delay.
+    backoff_step: u32,
+    consecutive_failures: u32,
+    attempts: u64,
+    last_failure: Option<DialFailure>,
+    gave_up: bool,
+    /// Queued in `ProxyHealth::waiters`.
+    waiting_for_proxy: bool,
+}
+
+impl Server {
+    fn cancel_retry(&mut self) {
+        self.retry_at = None;
+        self.retry_generation = self.retry_generation.wrapping_add(1);
+    }
+}
+
+/// Pool-wide proxy state: while the proxy is down, one probe dial at a time
+/// finds out when it is back, instead of every server failing on its own.
+#[derive(Debug, Default)]
+struct ProxyHealth {
+    down: bool,
+    /// Backoff step of the probes.
+    step: u32,
+    probe: Option<AttemptId>,
+    probe_at: Option<Instant>,
+    probe_generation: u32,
+    waiters: VecDeque<ServerId>,
+}
+
+#[derive(Debug)]
+struct Operation {
+    id: OperationId,
+    kind: OperationKind,
+    /// Attempts (passes) or closes (close_all) it waits for.
+    waiting: BTreeSet<AttemptId>,
+    newly_connected: Vec<ServerId>,
+    /// `connect_all_with_retry` only.
+    retry: Option<RetrySpec>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RetrySpec {
+    backoff: Backoff,
+}
+
+/// The pool of directory connections as a sans-IO state machine.
+///
+/// Drive it like this: after every input (a command, a result, or
+/// [`handle_timeout`](Self::handle_timeout)), take every [`Output`] from
+/// [`poll_output`](Self::poll_output) until it returns `None`, carry out the
+/// actions and pass on the notifications; then wait for the next input or
+/// the instant [`poll_timeout`](Self::poll_timeout) names.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use dirpool_core::{Entropy, IsolationToken, Output, PoolConfig, PoolState};
+///
+/// let entropy = Entropy { isolation_token: IsolationToken::from_bytes([7; 16]), jitter_seed: 1 };
+/// let mut pool = PoolState::new(PoolConfig::new(["127.0.0.1:5222"]), entropy)?;
+/// let t0 = Instant::now();
+/// pool.connect_all_parallel(t0);
+/// let Some(Output::Dial(dial)) = pool.poll_output() else { panic!("expected a dial") };
+/// assert_eq!(dial.addr.node_id(), "127.0.0.1:5222");
+/// pool.dial_succeeded(t0 + Duration::from_millis(30), dial.attempt)?;
+/// assert_eq!(pool.connected_count(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct PoolState {
+    connection_timeout: Duration,
+    close_timeout: Duration,
+    maintenance_policy: MaintenancePolicy,
+    isolation: StreamIsolation,
+    servers: Vec<Server>,
+    /// Server ids sorted by node_id, for lookups by name.
+    by_node_id: Vec<ServerId>,
+    rejected: Vec<RejectedEntry>,
+    links: Links,
+    timers: Timers,
+    operations: Vec<Operation>,
+    next_operation: u64,
+    outputs: VecDeque<Output>,
+    rng: JitterRng,
+    now: Option<Instant>,
+    maintenance: bool,
+    connected: usize,
+    all_down: bool,
+    proxy: ProxyHealth,
+}
+
+impl PoolState {
+    /// Builds the pool. Malformed and duplicate entries are kept out of the
+    /// pool and reported once, as the first outputs.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when a setting is out of range, no server is
+    /// configured, or none of the configured servers is valid.
+    pub fn new(config: PoolConfig, entropy: Entropy) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let isolation = StreamIsolation::new(config.isolation, entropy.isolation_token);
+
+        let mut parsed: Vec<(usize, ServerAddr)> = Vec::with_capacity(config.servers.len());
+        let mut rejected = Vec::new();
+        for (index, entry) in config.servers.iter().enumerate() {
+            match ServerAddr::parse(entry) {
+                Ok(addr) => parsed.push((index, addr)),
+                Err(error) => rejected.push(RejectedEntry {
+                    index,
+                    entry: entry.clone(),
+                    reason: Rejection::Malformed(error),
+                }),
+            }
+        }
+
+        // Duplicates: sort by (node_id, position); the first of each run wins.
+        let mut order: Vec<usize> = (0..parsed.len()).collect();
+        order.sort_by(|&a, &b| {
+            parsed[a]
+                .1
+                .node_id()
+                .cmp(parsed[b].1.node_id())
+                .then(a.cmp(&b))
+        });
+        let mut keeper_of = vec![usize::MAX; parsed.len()];
+        for pair in order.windows(2) {
+            let (first, next) = (pair[0], pair[1]);
+            if parsed[first].1 == parsed[next].1 {
+                keeper_of[next] = if keeper_of[first] == usize::MAX {
+                    first
+                } else {
+                    keeper_of[first]
+                };
+            }
+        }
+        let mut server_of = vec![ServerId(u32::MAX); parsed.len()];
+        let mut servers = Vec::with_capacity(parsed.len());
+        let mut duplicates = Vec::new();
+        for (i, (index, addr)) in parsed.into_iter().enumerate() {
+            if keeper_of[i] != usize::MAX {
+                duplicates.push((index, keeper_of[i]));
+                continue;
+            }
+            let id = ServerId(u32::try_from(servers.len()).expect("more than 2^32 servers"));
+            server_of[i] = id;
+            let credentials = isolation.directory_credentials(&addr);
+            servers.push(Server {
+                addr: Arc::new(addr),
+                credentials,
+                phase: Phase::Idle,
+                retry_at: None,
+                retry_generation: 0,
+                backoff_step: 0,
+                consecutive_failures: 0,
+                attempts: 0,
+                last_failure: None,
+                gave_up: false,
+                waiting_for_proxy: false,
+            });
+        }
+        for (index, keeper) in duplicates {
+            rejected.push(RejectedEntry {
+                index,
+                entry: config.servers[index].clone(),
+                reason: Rejection::Duplicate(server_of[keeper]),
+            });
+        }
+        rejected.sort_by_key(|r| r.index);
+        if servers.is_empty() {
+            return Err(ConfigError::NoValidServers {
+                rejected: rejected.len(),
+            });
+        }
+
+        let mut by_node_id: Vec<ServerId> = (0..servers.len())
+            .map(|i| ServerId(u32::try_from(i).unwrap_or(u32::MAX)))
+            .collect();
+        by_node_id.sort_by(|a, b| {
+            servers[a.index()]
+                .addr
+                .node_id()
+                .cmp(servers[b.index()].addr.node_id())
+        });
+
+        let mut outputs = VecDeque::new();
+        for r in &rejected {
+            tracing::warn!(index = r.index, entry = %truncate(&r.entry), reason = ?r.reason, "directory entry not used");
+            outputs.push_back(Output::Notify(match &r.reason {
+                Rejection::Malformed(error) => Notification::AddressRejected {
+                    index: r.index,
+                    error: error.clone(),
+                },
+                Rejection::Duplicate(server) => Notification::DuplicateAddress {
+                    index: r.index,
+                    server: *server,
+                },
+            }));
+        }
+
+        Ok(Self {
+            connection_timeout: config.connection_timeout,
+            close_timeout: config.close_timeout,
+            maintenance_policy: config.maintenance,
+            isolation,
+            servers,
+            by_node_id,
+            rejected,
+            links: Links::default(),
+            timers: Timers::default(),
+            operations: Vec::new(),
+            next_operation: 0,
+            outputs,
+            rng: JitterRng::new(entropy.jitter_seed),
+            now: None,
+            maintenance: false,
+            connected: 0,
+            all_down: false,
+            proxy: ProxyHealth::default(),
+        })
+    }
+
+    // ---- commands ---------------------------------------------------------
+
+    /// Dials every server that is neither connected nor being dialed, all at
+    /// once, and finishes when every attempt it started or joined has a
+    /// result. Its report's `connected` is the original's return value.
+    pub fn connect_all_parallel(&mut self, now: Instant) -> OperationId {
+        self.start_pass(now, OperationKind::ConnectAllParallel)
+    }
+
+    /// Like [`connect_all_parallel`](Self::connect_all_parallel); its report's
+    /// `newly_connected` is the original's return value.
+    pub fn reconnect_disconnected(&mut self, now: Instant) -> OperationId {
+        self.start_pass(now, OperationKind::ReconnectDisconnected)
+    }
+
+    /// Dials every disconnected server at once and redials each failed one on
+    /// the policy's backoff, until one server is connected (finishes at
+    /// once) or the deadline (`now + policy.timeout`) passes (finishes with
+    /// 0 exactly then). Dials still in flight go on and may connect later.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a policy out of range; nothing is started then.
+    pub fn connect_all_with_retry(
+        &mut self,
+        now: Instant,
+        policy: RetryPolicy,
+    ) -> Result<OperationId, ConfigError> {
+        policy.validate()?;
+        let now = self.clock(now);
+        let id = self.new_operation_id();
+        let deadline = now + policy.timeout;
+        self.operations.push(Operation {
+            id,
+            kind: OperationKind::ConnectAllWithRetry,
+            waiting: BTreeSet::new(),
+            newly_connected: Vec::new(),
+            retry: Some(RetrySpec {
+                backoff: policy.backoff,
+            }),
+        });
+        for index in 0..self.servers.len() {
+            let server = &mut self.servers[index];
+            // An explicit command starts every server's backoff afresh.
+            if !matches!(server.phase, Phase::Connected { .. }) {
+                server.backoff_step = 0;
+            }
+            if matches!(server.phase, Phase::Idle) {
+                self.dial(now, server_id(index));
+            }
+        }
+        if self.connected > 0 {
+            self.finish_operation(id, OperationEnd::Connected);
+        } else if deadline <= now {
+            self.finish_operation(id, OperationEnd::DeadlineReached);
+        } else {
+            self.timers.push(deadline, Timer::OperationDeadline(id));
+        }
+        Ok(id)
+    }
+
+    /// Closes every connection, aborts every dial in flight (a success that
+    /// arrives later is closed, never registered), stops maintenance and
+    /// ends the other operations. Finishes when every close has finished or
+    /// timed out; each connected server gets one
+    /// [`Notification::Disconnected`], whether its close succeeded or not.
+    pub fn close_all(&mut self, now: Instant) -> OperationId {
+        let now = self.clock(now);
+        let id = self.new_operation_id();
+        self.maintenance = false;
+        self.all_down = false;
+        let others: Vec<OperationId> = self
+            .operations
+            .iter()
+            .filter(|op| op.kind != OperationKind::CloseAll)
+            .map(|op| op.id)
+            .collect();
+        for other in others {
+            self.finish_operation(other, OperationEnd::Cancelled);
+        }
+        self.proxy.probe = None;
+        self.proxy.probe_at = None;
+        self.proxy.probe_generation = self.proxy.probe_generation.wrapping_add(1);
+        self.proxy.waiters.clear();
+
+        let mut waiting = BTreeSet::new();
+        for index in 0..self.servers.len() {
+            let server = &mut self.servers[index];
+            server.cancel_retry();
+            server.waiting_for_proxy = false;
+            match server.phase {
+                Phase::Idle => {}
+                Phase::Dialing(attempt) => {
+                    server.phase = Phase::Idle;
+                    self.set_link_state(attempt, LinkState::Abandoned);
+                    self.outputs.push_back(Output::Abort(attempt));
+                }
+                Phase::Connected { attempt, .. } => {
+                    server.phase = Phase::Closing(attempt);
+                    self.connected -= 1;
+                    self.set_link_state(attempt, LinkState::Closing);
+                    self.request_close(now, attempt, server_id(index), false);
+                    waiting.insert(attempt);
+                }
+                Phase::Closing(attempt) => {
+                    waiting.insert(attempt);
+                }
+            }
+        }
+        let done = waiting.is_empty();
+        self.operations.push(Operation {
+            id,
+            kind: OperationKind::CloseAll,
+            waiting,
+            newly_connected: Vec::new(),
+            retry: None,
+        });
+        if done {
+            self.finish_operation(id, OperationEnd::Completed);
+        }
+        id
+    }
+
+    /// Starts (or restarts) background maintenance: every server that is
+    /// lost or not connected is redialed on its own backoff. A restart
+    /// forgets earlier give-ups. Servers with nothing scheduled are dialed
+    /// now.
+    pub fn start_maintenance(&mut self, now: Instant) {
+        let now = self.clock(now);
+        self.maintenance = true;
+        for index in 0..self.servers.len() {
+            let server = &mut self.servers[index];
+            server.gave_up = false;
+            if matches!(server.phase, Phase::Idle)
+                && server.retry_at.is_none()
+                && !server.waiting_for_proxy
+            {
+                self.redial(now, server_id(index));
+            }
+        }
+        self.keep_probing(now);
+    }
+
+    /// Stops background maintenance. Dials in flight go on; nothing new is
+    /// scheduled unless a `connect_all_with_retry` is running.
+    pub fn stop_maintenance(&mut self, now: Instant) {
+        self.clock(now);
+        self.maintenance = false;
+        if self.retry_operation().is_none() {
+            for server in &mut self.servers {
+                server.cancel_retry();
+                server.waiting_for_proxy = false;
+            }
+            self.proxy.waiters.clear();
+            self.proxy.probe_at = None;
+            self.proxy.probe_generation = self.proxy.probe_generation.wrapping_add(1);
+        }
+    }
+
+    // ---- results ----------------------------------------------------------
+
+    /// The dial `attempt` connected and finished its handshake.
+    ///
+    /// # Errors
+    /// [`InputError`] if `attempt` is unknown or already has a result.
+    pub fn dial_succeeded(&mut self, now: Instant, attempt: AttemptId) -> Result<(), InputError> {
+        let link = self.link(attempt)?;
+        let now = self.clock(now);
+        match link.state {
+            LinkState::Dialing => {
+                self.set_link_state(attempt, LinkState::Open);
+                let id = link.server;
+                if self.proxy.probe == Some(attempt) {
+                    self.proxy.probe = None;
+                }
+                let server = &mut self.servers[id.index()];
+                server.phase = Phase::Connected {
+                    attempt,
+                    since: now,
+                };
+                server.consecutive_failures = 0;
+                server.gave_up = false;
+                self.connected += 1;
+                tracing::debug!(server = %server.addr, %attempt, "connected");
+                self.notify(Notification::Connected {
+                    server: id,
+                    attempt,
+                });
+                if self.all_down {
+                    self.all_down = false;
+                    self.notify(Notification::Recovered);
+                }
+                self.attempt_resolved(attempt, Some(id));
+                self.proxy_up(now);
+                Ok(())
+            }
+            LinkState::Abandoned => {
+                self.set_link_state(attempt, LinkState::StrayClosing);
+                tracing::debug!(%attempt, "late success of an abandoned dial: closing it");
+                self.request_close(now, attempt, link.server, true);
+                self.proxy_up(now);
+                Ok(())
+            }
+            state => Err(InputError::UnexpectedInput {
+                attempt,
+                state: state.name(),
+            }),
+        }
+    }
+
+    /// The dial `attempt` failed.
+    ///
+    /// # Errors
+    /// [`InputError`] if `attempt` is unknown or already has a result.
+    pub fn dial_failed(
+        &mut self,
+        now: Instant,
+        attempt: AttemptId,
+        failure: DialFailure,
+    ) -> Result<(), InputError> {
+        let link = self.link(attempt)?;
+        let now = self.clock(now);
+        match link.state {
+            LinkState::Dialing => {
+                self.links.remove(attempt);
+                self.fail_attempt(now, attempt, link.server, failure);
+                Ok(())
+            }
+            LinkState::Abandoned => {
+                self.links.remove(attempt);
+                Ok(())
+            }
+            state => Err(InputError::UnexpectedInput {
+                attempt,
+                state: state.name(),
+            }),
+        }
+    }
+
+    /// The connection made by `attempt` is gone. A loss reported while the
+    /// connection is being closed is ignored (the close's result follows).
+    ///
+    /// # Errors
+    /// [`InputError`] if `attempt` is unknown or never connected.
+    pub fn connection_lost(
+        &mut self,
+        now: Instant,
+        attempt: AttemptId,
+        loss: LinkLoss,
+    ) -> Result<(), InputError> {
+        let link = self.link(attempt)?;
+        let now = self.clock(now);
+        match link.state {
+            LinkState::Open => {
+                self.links.remove(attempt);
+                let id = link.server;
+                let stable_after = self.maintenance_policy.stable_after;
+                let server = &mut self.servers[id.index()];
+                if let Phase::Connected { since, .. } = server.phase {
+                    // A link that stayed up long enough earns a fresh backoff;
+                    // one that died young keeps climbing, so a flapping
+                    // directory is not hammered.
+                    if now.saturating_duration_since(since) >= stable_after {
+                        server.backoff_step = 0;
+                    }
+                }
+                server.phase = Phase::Idle;
+                self.connected -= 1;
+                tracing::debug!(server = %server.addr, %attempt, %loss, "connection lost");
+                self.notify(Notification::Disconnected {
+                    server: id,
+                    attempt,
+                    reason: DisconnectReason::Lost(loss),
+                });
+                if self.connected == 0 {
+                    self.all_down = true;
+                    self.notify(Notification::AllDown);
+                }
+                self.schedule_retry(now, id);
+                Ok(())
+            }
+            LinkState::Closing | LinkState::StrayClosing | LinkState::CloseAbandoned => Ok(()),
+            state => Err(InputError::UnexpectedInput {
+                attempt,
+                state: state.name(),
+            }),
+        }
+    }
+
+    /// The close of `attempt`'s connection finished, well or not.
+    ///
+    /// # Errors
+    /// [`InputError`] if `attempt` is unknown or was not being closed.
+    pub fn close_finished(
+        &mut self,
+        now: Instant,
+        attempt: AttemptId,
+        result: Result<(), CloseFailure>,
+    ) -> Result<(), InputError> {
+        let link = self.link(attempt)?;
+        let now = self.clock(now);
+        match link.state {
+            LinkState::Closing => {
+                self.links.remove(attempt);
+                let reason = match result {
+                    Ok(()) => DisconnectReason::Closed,
+                    Err(e) => {
+                        tracing::warn!(server = %self.servers[link.server.index()].addr, error = %e, "close failed");
+                        DisconnectReason::CloseFailed(e)
+                    }
+                };
+                self.closed(now, attempt, link.server, reason);
+                Ok(())
+            }
+            LinkState::StrayClosing | LinkState::CloseAbandoned => {
+                self.links.remove(attempt);
+                Ok(())
+            }
+            state => Err(InputError::UnexpectedInput {
+                attempt,
+                state: state.name(),
+            }),
+        }
+    }
+
+    /// Fires every timer due at `now`. Safe to call early or twice.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock(now);
+        while let Some((at, timer)) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if self.timer_is_live(timer) {
+                self.fire(now, timer);
+            }
+        }
+    }
+
+    // ---- outputs ----------------------------------------------------------
+
+    /// The next action or notification, in the order they arose.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some((at, timer)) = self.timers.peek() {
+            if self.timer_is_live(timer) {
+                return Some(at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    // ---- queries ----------------------------------------------------------
+
+    /// The valid, distinct configured servers, in configured order.
+    pub fn servers(&self) -> impl ExactSizeIterator<Item = (ServerId, &Arc<ServerAddr>)> {
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (server_id(i), &s.addr))
+    }
+
+    /// The address of `server`.
+    pub fn server_addr(&self, server: ServerId) -> Option<&Arc<ServerAddr>> {
+        self.servers.get(server.index()).map(|s| &s.addr)
+    }
+
+    /// The server named by `text` (`"host"` or `"host:port"`, any case), if
+    /// it is in the pool.
+    pub fn find_server(&self, text: &str) -> Option<ServerId> {
+        let addr = ServerAddr::parse(text).ok()?;
+        let at = self
+            .by_node_id
+            .binary_search_by(|id| self.servers[id.index()].addr.node_id().cmp(addr.node_id()))
+            .ok()?;
+        Some(self.by_node_id[at])
+    }
+
+    /// Connected servers and the attempts whose connections they use.
+    pub fn connected(&self) -> impl Iterator<Item = (ServerId, AttemptId)> + '_ {
+        self.servers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s.phase {
+                Phase::Connected { attempt, .. } => Some((server_id(i), attempt)),
+                _ => None,
+            })
+    }
+
+    /// How many servers are connected.
+    pub fn connected_count(&self) -> usize {
+        self.connected
+    }
+
+    /// Configured, valid servers that are not connected (malformed entries
+    /// are never listed).
+    pub fn list_disconnected(&self) -> impl Iterator<Item = (ServerId, &Arc<ServerAddr>)> {
+        self.servers()
+            .filter(|(id, _)| !matches!(self.servers[id.index()].phase, Phase::Connected { .. }))
+    }
+
+    /// A snapshot of `server`.
+    pub fn status(&self, server: ServerId) -> Option<ServerStatus> {
+        let s = self.servers.get(server.index())?;
+        let state = match s.phase {
+            Phase::Dialing(_) => ServerState::Dialing,
+            Phase::Connected { .. } => ServerState::Connected,
+            Phase::Closing(_) => ServerState::Closing,
+            Phase::Idle if s.waiting_for_proxy => ServerState::WaitingForProxy,
+            Phase::Idle if s.retry_at.is_some() => ServerState::WaitingRetry,
+            Phase::Idle if s.gave_up => ServerState::GaveUp,
+            Phase::Idle => ServerState::Idle,
+        };
+        Some(ServerStatus {
+            server,
+            addr: Arc::clone(&s.addr),
+            state,
+            attempts: s.attempts,
+            consecutive_failures: s.consecutive_failures,
+            last_failure: s.last_failure,
+            connected_since: match s.phase {
+                Phase::Connected { since, .. } => Some(since),
+                _ => None,
+            },
+            next_retry_at: s.retry_at,
+        })
+    }
+
+    /// Snapshots of every server.
+    pub fn statuses(&self) -> impl Iterator<Item = ServerStatus> + '_ {
+        (0..self.servers.len()).filter_map(|i| self.status(server_id(i)))
+    }
+
+    /// Configured entries that are not in the pool, and why.
+    pub fn rejected_entries(&self) -> &[RejectedEntry] {
+        &self.rejected
+    }
+
+    /// The isolation settings; ask it for the peer credentials.
+    pub fn isolation(&self) -> &StreamIsolation {
+        &self.isolation
+    }
+
+    /// Whether maintenance is running.
+    pub fn maintenance_running(&self) -> bool {
+        self.maintenance
+    }
+
+    /// False from the first proxy failure until a dial gets through again.
+    pub fn proxy_reachable(&self) -> bool {
+        !self.proxy.down
+    }
+
+    /// Attempts still owed a result or a close result by the driver.
+    pub fn pending_attempts(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Attempts the driver holds a live client for (registered, or stray and
+    /// being closed).
+    pub fn live_clients(&self) -> usize {
+        self.links
+            .iter()
+            .filter(|(_, l)| {
+                matches!(
+                    l.state,
+                    LinkState::Open | LinkState::Closing | LinkState::StrayClosing
+                )
+            })
+            .count()
+    }
+
+    /// Operations not finished yet.
+    pub fn operations_in_progress(&self) -> usize {
+        self.operations.len()
+    }
+
+    /// The connection timeout every dial gets.
+    pub fn connection_timeout(&self) -> Duration {
+        self.connection_timeout
+    }
+
+    /// The maintenance policy.
+    pub fn maintenance_policy(&self) -> &MaintenancePolicy {
+        &self.maintenance_policy
+    }
+
+    // ---- internals --------------------------------------------------------
+
+    /// Time only moves forward: an earlier `now` counts as the latest seen.
+    fn clock(&mut self, now: Instant) -> Instant {
+        let now = match self.now {
+            Some(latest) if latest > now => latest,
+            _ => now,
+        };
+        self.now = Some(now);
+        now
+    }
+
+    fn new_operation_id(&mut self) -> OperationId {
+        self.next_operation += 1;
+        OperationId(self.next_operation)
+    }
+
+    fn notify(&mut self, notification: Notification) {
+        self.outputs.push_back(Output::Notify(notification));
+    }
+
+    fn link(&self, attempt: AttemptId) -> Result<Link, InputError> {
+        self.links
+            .get(attempt)
+            .copied()
+            .ok_or(InputError::UnknownAttempt(attempt))
+    }
+
+    fn set_link_state(&mut self, attempt: AttemptId, state: LinkState) {
+        if let Some(link) = self.links.get_mut(attempt) {
+            link.state = state;
+        }
+    }
+
+    fn start_pass(&mut self, now: Instant, kind: OperationKind) -> OperationId {
+        let now = self.clock(now);
+        let id = self.new_operation_id();
+        let mut waiting = BTreeSet::new();
+        for index in 0..self.servers.len() {
+            match self.servers[index].phase {
+                Phase::Idle => {
+                    waiting.insert(self.dial(now, server_id(index)));
+                }
+                Phase::Dialing(attempt) => {
+                    waiting.insert(attempt);
+                }
+                Phase::Connected { .. } | Phase::Closing(_) => {}
+            }
+        }
+        let done = waiting.is_empty();
+        self.operations.push(Operation {
+            id,
+            kind,
+            waiting,
+            newly_connected: Vec::new(),
+            retry: None,
+        });
+        if done {
+            self.finish_operation(id, OperationEnd::Completed);
+        }
+        id
+    }
+
+    fn dial(&mut self, now: Instant, id: ServerId) -> AttemptId {
+        let deadline = now + self.connection_timeout;
+        let attempt = self.links.insert(Link {
+            server: id,
+            state: LinkState::Dialing,
+        });
+        let server = &mut self.servers[id.index()];
+        debug_assert!(matches!(server.phase, Phase::Idle));
+        server.phase = Phase::Dialing(attempt);
+        server.cancel_retry();
+        server.waiting_for_proxy = false;
+        server.attempts += 1;
+        tracing::debug!(server = %server.addr, %attempt, "dial");
+        self.timers.push(deadline, Timer::DialDeadline(attempt));
+        self.outputs.push_back(Output::Dial(DialRequest {
+            attempt,
+            server: id,
+            addr: Arc::clone(&server.addr),
+            credentials: server.credentials.clone(),
+            timeout: self.connection_timeout,
+            deadline,
+        }));
+        attempt
+    }
+
+    /// The newest running `connect_all_with_retry`, if any.
+    fn retry_operation(&self) -> Option<&RetrySpec> {
+        self.operations
+            .iter()
+            .rev()
+            .find_map(|op| op.retry.as_ref())
+    }
+
+    /// The backoff that applies to a server now, or `None` if nothing wants
+    /// it redialed.
+    fn backoff_for(&self, id: ServerId) -> Option<Backoff> {
+        if let Some(retry) = self.retry_operation() {
+            return Some(retry.backoff);
+        }
+        (self.maintenance && !self.servers[id.index()].gave_up)
+            .then_some(self.maintenance_policy.backoff)
+    }
+
+    /// Dial now if the proxy is up, else queue for the proxy.
+    fn redial(&mut self, now: Instant, id: ServerId) {
+        if self.proxy.down {
+            self.wait_for_proxy(now, id);
+        } else {
+            self.dial(now, id);
+        }
+    }
+
+    /// Schedules the server's next dial on its backoff, if anything wants it.
+    fn schedule_retry(&mut self, now: Instant, id: ServerId) -> Option<Instant> {
+        let backoff = self.backoff_for(id)?;
+        if self.proxy.down {
+            return self.wait_for_proxy(now, id);
+        }
+        let server = &mut self.servers[id.index()];
+        let at = now + backoff.delay(server.backoff_step, &mut self.rng);
+        server.backoff_step = server.backoff_step.saturating_add(1);
+        server.cancel_retry();
+        server.retry_at = Some(at);
+        self.timers.push(
+            at,
+            Timer::Retry {
+                server: id,
+                generation: server.retry_generation,
+            },
+        );
+        Some(at)
+    }
+
+    fn wait_for_proxy(&mut self, now: Instant, id: ServerId) -> Option<Instant> {
+        let server = &mut self.servers[id.index()];
+        server.cancel_retry();
+        if !server.waiting_for_proxy {
+            server.waiting_for_proxy = true;
+            self.proxy.waiters.push_back(id);
+        }
+        self.keep_probing(now);
+        self.proxy.probe_at
+    }
+
+    /// While the proxy is down and servers wait for it, keep exactly one
+    /// probe scheduled or in flight.
+    fn keep_probing(&mut self, now: Instant) {
+        if !self.proxy.down
+            || self.proxy.probe.is_some()
+            || self.proxy.probe_at.is_some()
+            || self.proxy.waiters.is_empty()
+        {
+            return;
+        }
+        let Some(backoff) = self
+            .retry_operation()
+            .map(|r| r.backoff)
+            .or(self.maintenance.then_some(self.maintenance_policy.backoff))
+        else {
+            return;
+        };
+        let at = now + backoff.delay(self.proxy.step, &mut self.rng);
+        self.proxy.probe_at = Some(at);
+        self.proxy.probe_generation = self.proxy.probe_generation.wrapping_add(1);
+        self.timers.push(
+            at,
+            Timer::ProxyProbe {
+                generation: self.proxy.probe_generation,
+            },
+        );
+    }
+
+    /// A dial got through the proxy: it is up. Servers that waited for it
+    /// are dialed now.
+    fn proxy_up(&mut self, now: Instant) {
+        if !self.proxy.down {
+            return;
+        }
+        self.proxy = ProxyHealth {
+            probe_generation: self.proxy.probe_generation.wrapping_add(1),
+            waiters: std::mem::take(&mut self.proxy.waiters),
+            ..ProxyHealth::default()
+        };
+        tracing::info!("SOCKS proxy reachable again");
+        self.notify(Notification::ProxyRecovered);
+        while let Some(id) = self.proxy.waiters.pop_front() {
+            let server = &mut self.servers[id.index()];
+            if !std::mem::take(&mut server.waiting_for_proxy)
+                || !matches!(server.phase, Phase::Idle)
+            {
+                continue;
+            }
+            if self.backoff_for(id).is_some() {
+                self.dial(now, id);
+            }
+        }
+    }
+
+    fn fail_attempt(
+        &mut self,
+        now: Instant,
+        attempt: AttemptId,
+        id: ServerId,
+        failure: DialFailure,
+    ) {
+        let was_probe = self.proxy.probe == Some(attempt);
+        if was_probe {
+            self.proxy.probe = None;
+        }
+        let server = &mut self.servers[id.index()];
+        server.phase = Phase::Idle;
+        server.last_failure = Some(failure);
+        tracing::debug!(server = %server.addr, %attempt, %failure, "dial failed");
+
+        match failure.scope() {
+            FailureScope::Proxy => {
+                // Pool-wide: the server's own budget and backoff are untouched.
+                let newly_down = !self.proxy.down;
+                if newly_down {
+                    self.proxy.down = true;
+                    self.proxy.step = 0;
+                } else if was_probe {
+                    self.proxy.step = self.proxy.step.saturating_add(1);
+                }
+                let retry_at = if self.backoff_for(id).is_some() {
+                    self.wait_for_proxy(now, id)
+                } else {
+                    None
+                };
+                self.notify(Notification::DialFailed {
+                    server: id,
+                    attempt,
+                    failure,
+                    retry_at,
+                });
+                if newly_down {
+                    tracing::warn!(%failure, "SOCKS proxy unreachable; servers wait for it");
+                    self.notify(Notification::ProxyUnreachable);
+                }
+            }
+            FailureScope::Server => {
+                if failure.proves_proxy_up() {
+                    self.proxy_up(now);
+                } else if was_probe && self.proxy.down {
+                    self.proxy.step = self.proxy.step.saturating_add(1);
+                }
+                let max = self.maintenance_policy.max_retries;
+                let server = &mut self.servers[id.index()];
+                server.consecutive_failures = server.consecutive_failures.saturating_add(1);
+                let failures = server.consecutive_failures;
+                let gives_up = self.maintenance && max > 0 && !server.gave_up && failures >= max;
+                if gives_up {
+                    server.gave_up = true;
+                }
+                let retry_at = self.schedule_retry(now, id);
+                self.notify(Notification::DialFailed {
+                    server: id,
+                    attempt,
+                    failure,
+                    retry_at,
+                });
+                if gives_up {
+                    tracing::warn!(server = %self.servers[id.index()].addr, failures, "maintenance gave up on server");
+                    self.notify(Notification::GaveUp {
+                        server: id,
+                        failures,
+                    });
+                }
+            }
+        }
+        self.attempt_resolved(attempt, None);
+        self.keep_probing(now);
+    }
+
+    fn request_close(&mut self, now: Instant, attempt: AttemptId, server: ServerId, stray: bool) {
+        self.timers
+            .push(now + self.close_timeout, Timer::CloseDeadline(attempt));
+        self.outputs.push_back(Output::Close(CloseRequest {
+            attempt,
+            server,
+            stray,
+        }));
+    }
+
+    /// A registered connection's close ended (done, failed or timed out).
+    fn closed(&mut self, now: Instant, attempt: AttemptId, id: ServerId, reason: DisconnectReason) {
+        self.servers[id.index()].phase = Phase::Idle;
+        self.notify(Notification::Disconnected {
+            server: id,
+            attempt,
+            reason,
+        });
+        self.attempt_resolved(attempt, None);
+        // Only if a command started since close_all wants the server back.
+        self.schedule_retry(now, id);
+    }
+
+    /// An attempt (or close) some operations may be waiting for has ended.
+    fn attempt_resolved(&mut self, attempt: AttemptId, connected: Option<ServerId>) {
+        let mut finished = Vec::new();
+        for op in &mut self.operations {
+            if op.retry.is_some() {
+                if let Some(server) = connected {
+                    op.newly_connected.push(server);
+                    finished.push((op.id, OperationEnd::Connected));
+                }
+            } else if op.waiting.remove(&attempt) {
+                if let Some(server) = connected {
+                    op.newly_connected.push(server);
+                }
+                if op.waiting.is_empty() {
+                    finished.push((op.id, OperationEnd::Completed));
+                }
+            }
+        }
+        for (id, end) in finished {
+            self.finish_operation(id, end);
+        }
+    }
+
+    fn finish_operation(&mut self, id: OperationId, end: OperationEnd) {
+        let Some(position) = self.operations.iter().position(|op| op.id == id) else {
+            return;
+        };
+        let op = self.operations.remove(position);
+        tracing::debug!(operation = %id, kind = ?op.kind, ?end, connected = self.connected, "operation finished");
+        self.notify(Notification::OperationFinished(OperationReport {
+            id,
+            kind: op.kind,
+            end,
+            connected: self.connected,
+            newly_connected: op.newly_connected,
+        }));
+    }
+
+    fn timer_is_live(&self, timer: Timer) -> bool {
+        match timer {
+            Timer::DialDeadline(attempt) => self
+                .links
+                .get(attempt)
+                .is_some_and(|l| l.state == LinkState::Dialing),
+            Timer::CloseDeadline(attempt) => self
+                .links
+                .get(attempt)
+                .is_some_and(|l| matches!(l.state, LinkState::Closing | LinkState::StrayClosing)),
+            Timer::Retry { server, generation } => {
+                let s = &self.servers[server.index()];
+                s.retry_generation == generation && matches!(s.phase, Phase::Idle)
+            }
+            Timer::ProxyProbe { generation } => {
+                self.proxy.down && self.proxy.probe_generation == generation
+            }
+            Timer::OperationDeadline(id) => self.operations.iter().any(|op| op.id == id),
+        }
+    }
+
+    /// Acts on a live timer.
+    fn fire(&mut self, now: Instant, timer: Timer) {
+        match timer {
+            Timer::DialDeadline(attempt) => {
+                let Ok(link) = self.link(attempt) else { return };
+                self.set_link_state(attempt, LinkState::Abandoned);
+                self.outputs.push_back(Output::Abort(attempt));
+                self.fail_attempt(now, attempt, link.server, DialFailure::TimedOut);
+            }
+            Timer::CloseDeadline(attempt) => {
+                let Ok(link) = self.link(attempt) else { return };
+                self.set_link_state(attempt, LinkState::CloseAbandoned);
+                if link.state == LinkState::Closing {
+                    tracing::warn!(server = %self.servers[link.server.index()].addr, "close timed out");
+                    self.closed(now, attempt, link.server, DisconnectReason::CloseTimedOut);
+                }
+            }
+            Timer::Retry { server, .. } => {
+                self.servers[server.index()].retry_at = None;
+                if self.backoff_for(server).is_some() {
+                    self.redial(now, server);
+                }
+            }
+            Timer::ProxyProbe { .. } => {
+                self.proxy.probe_at = None;
+                while let Some(id) = self.proxy.waiters.pop_front() {
+                    let server = &mut self.servers[id.index()];
+                    if !std::mem::take(&mut server.waiting_for_proxy)
+                        || !matches!(server.phase, Phase::Idle)
+                    {
+                        continue;
+                    }
+                    if self.backoff_for(id).is_some() {
+                        let attempt = self.dial(now, id);
+                        self.proxy.probe = Some(attempt);
+                        break;
+                    }
+                }
+            }
+            Timer::OperationDeadline(id) => {
+                self.finish_operation(id, OperationEnd::DeadlineReached);
+            }
+        }
+    }
+}
+
+fn server_id(index: usize) -> ServerId {
+    ServerId(u32::try_from(index).unwrap_or(u32::MAX))
+}
+
+/// Shortens user text for logs.
+fn truncate(text: &str) -> &str {
+    match text.char_indices().nth(80) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
