@@ -1,0 +1,518 @@
+//! The driver: the one task that owns the `PoolState`, executes its actions
+//! on a [`Runtime`], and feeds results back.
+//!
+//! The drain contract: after every input, take outputs until there are none;
+//! then wait for the earliest of a dial or close finishing, a link being
+//! lost, a user command, or the machine's `poll_timeout()`. Dials, closes,
+//! loss watchers and hooks run on their own tasks, so nothing slow ever runs
+//! inside this loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use dirpool_core::{
+    AttemptId, CloseFailure, CloseRequest, DialRequest, DisconnectReason, LinkLoss, Notification,
+    OperationId, OperationReport, Output, PoolState, RetryPolicy, ServerAddr, ServerStatus,
+};
+use futures::channel::{mpsc, oneshot};
+use futures::future::{AbortHandle, Abortable, BoxFuture};
+use futures::{FutureExt, StreamExt};
+use tracing::Instrument;
+
+use crate::dialer::Dialer;
+use crate::error::{CloseError, DialError};
+use crate::event::PoolEvent;
+use crate::handshake::{Client, Handshake};
+use crate::hooks::PoolHooks;
+use crate::runtime::Runtime;
+
+/// Where an operation's outcome goes.
+pub(crate) type OpReply<C> = oneshot::Sender<Result<OpOutcome<C>, dirpool_core::ConfigError>>;
+
+/// A user command, from a `DirectoryPool` handle.
+pub(crate) enum Command<C> {
+    Run(OpCommand, OpReply<C>),
+    StartMaintenance,
+    StopMaintenance,
+    Statuses(oneshot::Sender<Vec<ServerStatus>>),
+}
+
+pub(crate) enum OpCommand {
+    ConnectAllParallel,
+    ConnectAllWithRetry(RetryPolicy),
+    ReconnectDisconnected,
+    CloseAll,
+}
+
+/// A finished operation, with the clients it connected.
+pub(crate) struct OpOutcome<C> {
+    pub(crate) report: OperationReport,
+    pub(crate) newly_connected: Vec<(String, Arc<C>)>,
+}
+
+/// What the handles read without asking the driver.
+pub(crate) struct Shared<C> {
+    pub(crate) clients: Mutex<BTreeMap<String, Arc<C>>>,
+    pub(crate) subscribers: Mutex<Vec<mpsc::UnboundedSender<PoolEvent>>>,
+}
+
+impl<C> Default for Shared<C> {
+    fn default() -> Self {
+        Self {
+            clients: Mutex::new(BTreeMap::new()),
+            subscribers: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// What the driver's tasks report.
+enum Event<C> {
+    Dialed {
+        attempt: AttemptId,
+        addr: Arc<ServerAddr>,
+        result: Result<C, DialError>,
+    },
+    Lost(AttemptId, LinkLoss),
+    Closed(AttemptId, Result<(), CloseError>),
+}
+
+enum HookCall<C> {
+    Connected(String, Arc<C>),
+    Disconnected(String, DisconnectReason),
+}
+
+/// A client the driver holds: awaiting registration, registered, or stray.
+struct Held<C> {
+    client: Arc<C>,
+    node_id: String,
+    watcher: Option<AbortHandle>,
+}
+
+enum Wake<C> {
+    Event(Event<C>),
+    Command(Option<Command<C>>),
+    Timer,
+}
+
+pub(crate) struct Driver<H: Handshake> {
+    state: PoolState,
+    runtime: Arc<dyn Runtime>,
+    dialer: Arc<Dialer<H>>,
+    shared: Arc<Shared<H::Client>>,
+    commands: mpsc::UnboundedReceiver<Command<H::Client>>,
+    commands_open: bool,
+    events_tx: mpsc::UnboundedSender<Event<H::Client>>,
+    events_rx: mpsc::UnboundedReceiver<Event<H::Client>>,
+    hooks_tx: mpsc::UnboundedSender<HookCall<H::Client>>,
+    dials: HashMap<AttemptId, AbortHandle>,
+    held: HashMap<AttemptId, Held<H::Client>>,
+    waiters: HashMap<OperationId, OpReply<H::Client>>,
+    /// The rich error of the dial result being fed to the machine.
+    last_error: Option<(AttemptId, Arc<DialError>)>,
+    timer: Option<(Instant, BoxFuture<'static, ()>)>,
+}
+
+impl<H: Handshake> Driver<H> {
+    /// Spawns the driver and the hook runner on `runtime`.
+    pub(crate) fn spawn<K: PoolHooks<H::Client>>(
+        state: PoolState,
+        runtime: Arc<dyn Runtime>,
+        dialer: Arc<Dialer<H>>,
+        shared: Arc<Shared<H::Client>>,
+        hooks: K,
+    ) -> mpsc::UnboundedSender<Command<H::Client>> {
+        let (commands_tx, commands) = mpsc::unbounded();
+        let (events_tx, events_rx) = mpsc::unbounded();
+        let (hooks_tx, hook_calls) = mpsc::unbounded();
+        runtime.spawn(run_hooks(hooks, hook_calls).boxed());
+        let driver = Self {
+            state,
+            runtime: Arc::clone(&runtime),
+            dialer,
+            shared,
+            commands,
+            commands_open: true,
+            events_tx,
+            events_rx,
+            hooks_tx,
+            dials: HashMap::new(),
+            held: HashMap::new(),
+            waiters: HashMap::new(),
+            last_error: None,
+            timer: None,
+        };
+        runtime.spawn(
+            driver
+                .run()
+                .instrument(tracing::info_span!("dirpool"))
+                .boxed(),
+        );
+        commands_tx
+    }
+
+    async fn run(mut self) {
+        loop {
+            self.drain();
+            if !self.commands_open
+                && self.state.operations_in_progress() == 0
+                && self.dials.is_empty()
+            {
+                // Every handle is gone and close_all is done.
+                tracing::debug!("driver stopped");
+                return;
+            }
+            let deadline = self.state.poll_timeout();
+            if self.timer.as_ref().map(|(at, _)| *at) != deadline {
+                self.timer = deadline.map(|at| (at, self.runtime.sleep_until(at)));
+            }
+            let wake = poll_fn(|cx| self.poll_wake(cx)).await;
+            let now = self.runtime.now();
+            match wake {
+                Wake::Event(event) => self.on_event(now, event),
+                Wake::Command(Some(command)) => self.on_command(now, command),
+                Wake::Command(None) => {
+                    tracing::debug!("every pool handle dropped: closing all");
+                    self.commands_open = false;
+                    self.state.close_all(now);
+                }
+                Wake::Timer => {
+                    self.timer = None;
+                    self.state.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake<H::Client>> {
+        // Never None: the driver holds a sender.
+        if let Poll::Ready(Some(event)) = self.events_rx.poll_next_unpin(cx) {
+            return Poll::Ready(Wake::Event(event));
+        }
+        if self.commands_open {
+            if let Poll::Ready(command) = self.commands.poll_next_unpin(cx) {
+                return Poll::Ready(Wake::Command(command));
+            }
+        }
+        if let Some((_, timer)) = &mut self.timer {
+            if timer.poll_unpin(cx).is_ready() {
+                return Poll::Ready(Wake::Timer);
+            }
+        }
+        Poll::Pending
+    }
+
+    fn on_command(&mut self, now: Instant, command: Command<H::Client>) {
+        match command {
+            Command::Run(op, reply) => {
+                let id = match op {
+                    OpCommand::ConnectAllParallel => self.state.connect_all_parallel(now),
+                    OpCommand::ReconnectDisconnected => self.state.reconnect_disconnected(now),
+                    OpCommand::CloseAll => self.state.close_all(now),
+                    OpCommand::ConnectAllWithRetry(policy) => {
+                        match self.state.connect_all_with_retry(now, policy) {
+                            Ok(id) => id,
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                                return;
+                            }
+                        }
+                    }
+                };
+                // Registered before draining: the report may come out at once.
+                self.waiters.insert(id, reply);
+            }
+            Command::StartMaintenance => self.state.start_maintenance(now),
+            Command::StopMaintenance => self.state.stop_maintenance(now),
+            Command::Statuses(reply) => {
+                let _ = reply.send(self.state.statuses().collect());
+            }
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, event: Event<H::Client>) {
+        let outcome = match event {
+            Event::Dialed {
+                attempt,
+                addr,
+                result,
+            } => {
+                self.dials.remove(&attempt);
+                match result {
+                    Ok(client) => {
+                        self.held.insert(
+                            attempt,
+                            Held {
+                                client: Arc::new(client),
+                                node_id: addr.node_id().to_owned(),
+                                watcher: None,
+                            },
+                        );
+                        self.state.dial_succeeded(now, attempt)
+                    }
+                    Err(error) => {
+                        let failure = error.failure();
+                        self.last_error = Some((attempt, Arc::new(error)));
+                        self.state.dial_failed(now, attempt, failure)
+                    }
+                }
+            }
+            Event::Lost(attempt, loss) => self.state.connection_lost(now, attempt, loss),
+            Event::Closed(attempt, result) => {
+                let result = result.map_err(|CloseError::Io(e)| CloseFailure::Io(e.kind()));
+                self.state.close_finished(now, attempt, result)
+            }
+        };
+        if let Err(e) = outcome {
+            // E.g. a loss reported after the close finished: harmless.
+            tracing::trace!(error = %e, "result not taken");
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(output) = self.state.poll_output() {
+            match output {
+                Output::Dial(request) => self.start_dial(request),
+                Output::Abort(attempt) => {
+                    if let Some(handle) = self.dials.get(&attempt) {
+                        handle.abort();
+                    }
+                }
+                Output::Close(request) => self.start_close(request),
+                Output::Notify(notification) => self.on_notification(notification),
+                other => tracing::warn!(?other, "unknown output ignored"),
+            }
+        }
+    }
+
+    fn start_dial(&mut self, request: DialRequest) {
+        let (handle, registration) = AbortHandle::new_pair();
+        self.dials.insert(request.attempt, handle);
+        let dialer = Arc::clone(&self.dialer);
+        let events = self.events_tx.clone();
+        let span =
+            tracing::info_span!("directory", server = %request.addr, attempt = %request.attempt);
+        let task = async move {
+            tracing::debug!("dialing");
+            let dial = dialer.dial(&request.addr, request.credentials.as_ref());
+            let result = Abortable::new(dial, registration)
+                .await
+                .unwrap_or(Err(DialError::Aborted));
+            let _ = events.unbounded_send(Event::Dialed {
+                attempt: request.attempt,
+                addr: request.addr,
+                result,
+            });
+        };
+        self.runtime.spawn(task.instrument(span).boxed());
+    }
+
+    fn start_close(&mut self, request: CloseRequest) {
+        let Some(held) = self.held.remove(&request.attempt) else {
+            // Cannot happen: every Close names a client this driver holds.
+            tracing::error!(attempt = %request.attempt, "close for an unknown client");
+            let now = self.runtime.now();
+            let _ = self.state.close_finished(now, request.attempt, Ok(()));
+            return;
+        };
+        if let Some(watcher) = held.watcher {
+            watcher.abort();
+        }
+        if !request.stray {
+            self.unregister(&held.node_id);
+        }
+        let events = self.events_tx.clone();
+        let attempt = request.attempt;
+        let span = tracing::info_span!("directory", server = %held.node_id, %attempt);
+        let client = held.client;
+        let task = async move {
+            let result = client.close().await;
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "close failed");
+            }
+            let _ = events.unbounded_send(Event::Closed(attempt, result));
+        };
+        self.runtime.spawn(task.instrument(span).boxed());
+    }
+
+    fn unregister(&self, node_id: &str) {
+        if let Ok(mut clients) = self.shared.clients.lock() {
+            clients.remove(node_id);
+        }
+    }
+
+    fn on_notification(&mut self, notification: Notification) {
+        let node = |state: &PoolState, server| {
+            state
+                .server_addr(server)
+                .map_or_else(String::new, |a| a.node_id().to_owned())
+        };
+        match notification {
+            Notification::Connected { attempt, .. } => self.register(attempt),
+            Notification::Disconnected {
+                server,
+                attempt,
+                reason,
+            } => {
+                let node_id = node(&self.state, server);
+                tracing::info!(server = %node_id, %reason, "disconnected");
+                if let Some(held) = self.held.remove(&attempt) {
+                    // A lost link: the pool never asked to close it, so
+                    // release the client's resources here.
+                    self.unregister(&held.node_id);
+                    let client = held.client;
+                    self.runtime.spawn(
+                        async move {
+                            let _ = client.close().await;
+                        }
+                        .boxed(),
+                    );
+                }
+                let _ = self
+                    .hooks_tx
+                    .unbounded_send(HookCall::Disconnected(node_id.clone(), reason));
+                self.broadcast(PoolEvent::Disconnected { node_id, reason });
+            }
+            Notification::DialFailed {
+                server,
+                attempt,
+                failure,
+                retry_at,
+            } => {
+                let error = match self.last_error.take() {
+                    Some((a, error)) if a == attempt => error,
+                    // The machine's own timeout: no driver error behind it.
+                    _ => Arc::new(match failure {
+                        dirpool_core::DialFailure::TimedOut => {
+                            DialError::TimedOut(self.state.connection_timeout())
+                        }
+                        _ => DialError::Aborted,
+                    }),
+                };
+                let node_id = node(&self.state, server);
+                tracing::info!(server = %node_id, error = %error, retry_in = ?retry_at.map(|t| t.saturating_duration_since(self.runtime.now())), "dial failed");
+                self.broadcast(PoolEvent::DialFailed {
+                    node_id,
+                    error,
+                    retry_at,
+                });
+            }
+            Notification::GaveUp { server, failures } => {
+                let node_id = node(&self.state, server);
+                tracing::warn!(server = %node_id, failures, "maintenance gave up on server");
+                self.broadcast(PoolEvent::GaveUp { node_id, failures });
+            }
+            Notification::AllDown => {
+                tracing::warn!("all directory servers are down");
+                self.broadcast(PoolEvent::AllDown);
+            }
+            Notification::Recovered => {
+                tracing::info!("a directory server is back");
+                self.broadcast(PoolEvent::Recovered);
+            }
+            Notification::ProxyUnreachable => {
+                tracing::warn!(proxy = %self.dialer.proxy, "SOCKS proxy unreachable");
+                self.dialer.forget_isolation_check();
+                self.broadcast(PoolEvent::ProxyUnreachable);
+            }
+            Notification::ProxyRecovered => {
+                tracing::info!(proxy = %self.dialer.proxy, "SOCKS proxy reachable again");
+                self.broadcast(PoolEvent::ProxyRecovered);
+            }
+            Notification::AddressRejected { index, error } => {
+                tracing::warn!(index, error = %error, "directory address rejected");
+                self.broadcast(PoolEvent::AddressRejected { index, error });
+            }
+            Notification::DuplicateAddress { index, server } => {
+                tracing::warn!(index, duplicate_of = %node(&self.state, server), "duplicate directory address ignored");
+            }
+            Notification::OperationFinished(report) => self.finish(report),
+            other => tracing::debug!(?other, "notification"),
+        }
+    }
+
+    /// The machine registered `attempt`'s client: publish it, watch its
+    /// link, run the hook.
+    fn register(&mut self, attempt: AttemptId) {
+        let Some(held) = self.held.get_mut(&attempt) else {
+            tracing::error!(%attempt, "connected without a client");
+            return;
+        };
+        tracing::info!(server = %held.node_id, "connected");
+        if let Ok(mut clients) = self.shared.clients.lock() {
+            clients.insert(held.node_id.clone(), Arc::clone(&held.client));
+        }
+        let (watcher, registration) = AbortHandle::new_pair();
+        held.watcher = Some(watcher);
+        let client = Arc::clone(&held.client);
+        let events = self.events_tx.clone();
+        let watch = async move {
+            let closed = async move { client.closed().await };
+            if let Ok(loss) = Abortable::new(closed, registration).await {
+                let _ = events.unbounded_send(Event::Lost(attempt, loss));
+            }
+        };
+        self.runtime.spawn(watch.boxed());
+        let node_id = held.node_id.clone();
+        let _ = self.hooks_tx.unbounded_send(HookCall::Connected(
+            node_id.clone(),
+            Arc::clone(&held.client),
+        ));
+        self.broadcast(PoolEvent::Connected { node_id });
+    }
+
+    fn finish(&mut self, report: OperationReport) {
+        let Some(reply) = self.waiters.remove(&report.id) else {
+            return;
+        };
+        let clients = self.shared.clients.lock().ok();
+        let newly_connected = report
+            .newly_connected
+            .iter()
+            .filter_map(|&server| {
+                let node_id = self.state.server_addr(server)?.node_id();
+                let client = clients.as_ref()?.get(node_id)?;
+                Some((node_id.to_owned(), Arc::clone(client)))
+            })
+            .collect();
+        drop(clients);
+        let _ = reply.send(Ok(OpOutcome {
+            report,
+            newly_connected,
+        }));
+    }
+
+    fn broadcast(&self, event: PoolEvent) {
+        if let Ok(mut subscribers) = self.shared.subscribers.lock() {
+            subscribers.retain(|tx| tx.unbounded_send(event.clone()).is_ok());
+        }
+    }
+}
+
+/// Runs hooks one after another, in event order. A panicking hook is
+/// logged and does not stop the others.
+async fn run_hooks<C: Client, K: PoolHooks<C>>(
+    hooks: K,
+    mut calls: mpsc::UnboundedReceiver<HookCall<C>>,
+) {
+    while let Some(call) = calls.next().await {
+        let result = match call {
+            HookCall::Connected(node_id, client) => {
+                AssertUnwindSafe(hooks.on_connected(&node_id, &client))
+                    .catch_unwind()
+                    .await
+            }
+            HookCall::Disconnected(node_id, reason) => {
+                AssertUnwindSafe(hooks.on_disconnected(&node_id, reason))
+                    .catch_unwind()
+                    .await
+            }
+        };
+        if result.is_err() {
+            tracing::error!("a pool hook panicked");
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The adapters' errors: rich, with sources, for the user; each dial error
+//! also says which [`DialFailure`] kind the core should act on.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dirpool_core::{AddrError, DialFailure, SocksReply};
+
+/// A boxed error source.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Why a dial (proxy, SOCKS CONNECT, handshake) failed.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The TCP connection to the SOCKS proxy failed: Tor is not running or
+    /// not listening yet.
+    #[error("SOCKS proxy {proxy} unreachable (is Tor running?)")]
+    ProxyUnreachable {
+        /// The proxy.
+        proxy: SocketAddr,
+        /// The connect error.
+        #[source]
+        source: io::Error,
+    },
+    /// The proxy broke the SOCKS5 protocol or closed during the exchange.
+    #[error("SOCKS proxy {proxy} protocol error")]
+    ProxyProtocol {
+        /// The proxy.
+        proxy: SocketAddr,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+    /// The proxy rejected the isolation username/password.
+    #[error("SOCKS proxy {proxy} rejected the credentials for user {username:?}")]
+    ProxyAuthRejected {
+        /// The proxy.
+        proxy: SocketAddr,
+        /// The username offered (the password is never shown).
+        username: String,
+    },
+    /// Isolation is on but the proxy does not offer username/password
+    /// authentication: it would silently drop isolation, so nothing is
+    /// dialed through it.
+    #[error(
+        "SOCKS proxy {proxy} does not support username/password authentication, \
+         so stream isolation cannot be used (use Tor's SocksPort, or turn isolation off)"
+    )]
+    IsolationUnsupported {
+        /// The proxy.
+        proxy: SocketAddr,
+    },
+    /// The proxy answered CONNECT with an error reply.
+    #[error("SOCKS CONNECT to {target} failed: {reply}")]
+    Socks {
+        /// The target, `host:port`.
+        target: String,
+        /// The reply code.
+        reply: SocksReply,
+    },
+    /// The dial did not finish within its timeout.
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The directory handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// An I/O error after the proxy accepted the connection, or on a direct
+    /// connection.
+    #[error("I/O error talking to {target}")]
+    Io {
+        /// The target, `host:port`.
+        target: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The address given to `connect_to_directory` is malformed.
+    #[error("invalid directory address")]
+    InvalidAddress(#[from] AddrError),
+    /// The pool dropped the dial (timeout or `close_all`).
+    #[error("dial aborted")]
+    Aborted,
+}
+
+impl DialError {
+    /// The kind of failure, as the core classifies it.
+    pub fn failure(&self) -> DialFailure {
+        match self {
+            Self::ProxyUnreachable { .. } => DialFailure::ProxyUnreachable,
+            Self::ProxyProtocol { .. } => DialFailure::ProxyProtocol,
+            Self::ProxyAuthRejected { .. } => DialFailure::ProxyAuthRejected,
+            Self::IsolationUnsupported { .. } => DialFailure::IsolationUnsupported,
+            Self::Socks { reply, .. } => DialFailure::Socks(*reply),
+            Self::TimedOut(_) => DialFailure::TimedOut,
+            Self::Handshake(e) => match e.kind() {
+                HandshakeErrorKind::Rejected => DialFailure::HandshakeRejected,
+                HandshakeErrorKind::Protocol => DialFailure::HandshakeProtocol,
+                HandshakeErrorKind::Io(kind) => DialFailure::Io(kind),
+            },
+            Self::Io { source, .. } => DialFailure::Io(source.kind()),
+            Self::InvalidAddress(_) | Self::Aborted => DialFailure::Aborted,
+        }
+    }
+}
+
+/// What kind of handshake failure happened.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeErrorKind {
+    /// The directory refused us (e.g. `accepted: false`, wrong network,
+    /// incompatible protocol version).
+    Rejected,
+    /// The directory's bytes broke the protocol, or it closed the connection
+    /// without a reply.
+    Protocol,
+    /// Reading or writing failed.
+    Io(io::ErrorKind),
+}
+
+impl fmt::Display for HandshakeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rejected => f.write_str("directory rejected the handshake"),
+            Self::Protocol => f.write_str("directory handshake protocol error"),
+            Self::Io(kind) => write!(f, "I/O error during the handshake ({kind:?})"),
+        }
+    }
+}
+
+/// A failed handshake: its kind and its cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}")]
+pub struct HandshakeError {
+    kind: HandshakeErrorKind,
+    #[source]
+    source: BoxError,
+}
+
+impl HandshakeError {
+    /// A handshake error of `kind` caused by `source`.
+    pub fn new(kind: HandshakeErrorKind, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            source: source.into(),
+        }
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> HandshakeErrorKind {
+        self.kind
+    }
+}
+
+impl From<io::Error> for HandshakeError {
+    fn from(e: io::Error) -> Self {
+        Self::new(HandshakeErrorKind::Io(e.kind()), e)
+    }
+}
+
+/// Why a close failed.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    /// Shutting the stream down failed.
+    #[error("closing failed")]
+    Io(#[from] io::Error),
+}
+
+/// A configuration the pool cannot run with.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting of the core (servers, timeouts, policies).
+    #[error(transparent)]
+    Pool(#[from] dirpool_core::ConfigError),
+    /// SOCKS credentials that a proxy cannot take.
+    #[error("invalid SOCKS credentials: {0}")]
+    Credentials(#[from] CredentialsError),
+    /// The OS gave no randomness for the isolation token.
+    #[error("no OS randomness for the isolation token: {0}")]
+    Randomness(String),
+}
+
+/// SOCKS5 username/password that cannot be used.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialsError {
+    /// Empty username or password (RFC 1929 needs 1–255 bytes).
+    #[error("the SOCKS {0} is empty (RFC 1929 needs 1 to 255 bytes)")]
+    Empty(&'static str),
+    /// Longer than 255 bytes.
+    #[error("the SOCKS {field} is {len} bytes long (at most 255)")]
+    TooLong {
+        /// "username" or "password".
+        field: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// A username starting with `<torS0X>`, which Tor and arti parse as
+    /// extended SOCKS parameters.
+    #[error(
+        "the SOCKS username starts with \"<torS0X>\", which Tor reserves for extended parameters"
+    )]
+    ReservedPrefix,
+}
+
+/// A command the pool could not run.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The pool's driver has stopped (every handle was dropped, or it panicked).
+    #[error("the pool's driver is not running")]
+    DriverGone,
+    /// A retry policy out of range.
+    #[error(transparent)]
+    Config(#[from] dirpool_core::ConfigError),
+}

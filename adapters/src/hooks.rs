@@ -1,0 +1,35 @@
+//! Connected / disconnected hooks: the Rust form of the original's
+//! overridable `_on_directory_connected` / `_on_directory_disconnected`.
+//!
+//! Hooks run one after another on their own task, in the order the events
+//! happened (so a server's connected and disconnected hooks alternate), and
+//! never inside the driver: a slow hook delays later hooks, never a dial.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use dirpool_core::DisconnectReason;
+
+/// Hooks called as servers connect and disconnect. Both have empty
+/// defaults; implement the ones you need.
+pub trait PoolHooks<C>: Send + Sync + 'static {
+    /// A server connected; `client` is registered in the pool.
+    fn on_connected(&self, _node_id: &str, _client: &Arc<C>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// A registered server's connection ended (lost, or closed by the pool).
+    fn on_disconnected(
+        &self,
+        _node_id: &str,
+        _reason: DisconnectReason,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// No hooks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHooks;
+
+impl<C: Send + Sync + 'static> PoolHooks<C> for NoHooks {}

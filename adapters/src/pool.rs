@@ -1,0 +1,366 @@
+//! `DirectoryPool`: the public, async face of the pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dirpool_core::{
+    Entropy, IsolationToken, OperationReport, PoolState, RejectedEntry, RetryPolicy, ServerAddr,
+    ServerStatus, SocksCredentials, StreamIsolation,
+};
+use futures::Stream;
+use futures::channel::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::dialer::Dialer;
+use crate::driver::{Command, Driver, OpCommand, OpOutcome, Shared};
+use crate::error::{ConfigError, DialError, PoolError};
+use crate::event::PoolEvent;
+use crate::handshake::Handshake;
+use crate::hooks::{NoHooks, PoolHooks};
+use crate::runtime::Runtime;
+use crate::socks::validate_credentials;
+
+/// A pool of connections to directory servers, driven in the background.
+///
+/// Cheap to clone; every clone drives the same pool. When the last clone is
+/// dropped the pool closes every connection and its driver stops.
+pub struct DirectoryPool<H: Handshake> {
+    inner: Arc<Inner<H>>,
+}
+
+struct Inner<H: Handshake> {
+    commands: mpsc::UnboundedSender<Command<H::Client>>,
+    shared: Arc<Shared<H::Client>>,
+    dialer: Arc<Dialer<H>>,
+    isolation: StreamIsolation,
+    connection_timeout: Duration,
+    servers: Vec<Arc<ServerAddr>>,
+    rejected: Vec<RejectedEntry>,
+}
+
+impl<H: Handshake> Clone for DirectoryPool<H> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<H: Handshake> std::fmt::Debug for DirectoryPool<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectoryPool")
+            .field("servers", &self.inner.servers)
+            .field("proxy", &self.inner.dialer.proxy)
+            .field("isolation", &self.inner.isolation)
+            .field("connected", &self.connected_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`DirectoryPool`].
+#[derive(Debug)]
+#[must_use]
+pub struct PoolBuilder<H, K> {
+    config: Config,
+    handshake: H,
+    hooks: K,
+    entropy: Option<Entropy>,
+}
+
+impl<H: Handshake> DirectoryPool<H> {
+    /// Starts building a pool that connects to `config`'s servers with
+    /// `handshake`.
+    pub fn builder(config: Config, handshake: H) -> PoolBuilder<H, NoHooks> {
+        PoolBuilder {
+            config,
+            handshake,
+            hooks: NoHooks,
+            entropy: None,
+        }
+    }
+}
+
+impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
+    /// Calls `hooks` as servers connect and disconnect.
+    pub fn hooks<K2: PoolHooks<H::Client>>(self, hooks: K2) -> PoolBuilder<H, K2> {
+        PoolBuilder {
+            config: self.config,
+            handshake: self.handshake,
+            hooks,
+            entropy: self.entropy,
+        }
+    }
+
+    /// Uses this isolation token and jitter seed instead of fresh OS
+    /// randomness (for reproducible tests).
+    pub fn entropy(mut self, entropy: Entropy) -> Self {
+        self.entropy = Some(entropy);
+        self
+    }
+
+    /// Starts the pool on `runtime`. Nothing is dialed until a command (or
+    /// maintenance) asks.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for settings out of range, no valid server, or no OS
+    /// randomness.
+    pub fn spawn(self, runtime: impl Runtime) -> Result<DirectoryPool<H>, ConfigError> {
+        let entropy = match self.entropy {
+            Some(entropy) => entropy,
+            None => os_entropy()?,
+        };
+        let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+        let state = PoolState::new(self.config.pool.clone(), entropy)?;
+        let isolation = state.isolation().clone();
+        for credentials in state
+            .servers()
+            .filter_map(|(_, addr)| isolation.directory_credentials(addr))
+            .chain(isolation.peer_credentials())
+        {
+            validate_credentials(credentials.username(), credentials.password().expose())?;
+        }
+        let servers = state.servers().map(|(_, a)| Arc::clone(a)).collect();
+        let rejected = state.rejected_entries().to_vec();
+        let connection_timeout = state.connection_timeout();
+        let dialer = Arc::new(Dialer::new(
+            Arc::clone(&runtime),
+            self.config.proxy,
+            self.config.direct_clearnet,
+            self.handshake,
+        ));
+        let shared = Arc::new(Shared::default());
+        let commands = Driver::spawn(
+            state,
+            runtime,
+            Arc::clone(&dialer),
+            Arc::clone(&shared),
+            self.hooks,
+        );
+        Ok(DirectoryPool {
+            inner: Arc::new(Inner {
+                commands,
+                shared,
+                dialer,
+                isolation,
+                connection_timeout,
+                servers,
+                rejected,
+            }),
+        })
+    }
+
+    /// Starts the pool on smol's global executor.
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn).
+    #[cfg(feature = "smol")]
+    pub fn spawn_smol(self) -> Result<DirectoryPool<H>, ConfigError> {
+        self.spawn(crate::runtime::SmolRuntime)
+    }
+
+    /// Starts the pool on the tokio runtime of the calling task.
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    #[cfg(feature = "tokio")]
+    pub fn spawn_tokio(self) -> Result<DirectoryPool<H>, ConfigError> {
+        self.spawn(crate::runtime::TokioRuntime::current())
+    }
+}
+
+fn os_entropy() -> Result<Entropy, ConfigError> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| ConfigError::Randomness(e.to_string()))?;
+    let mut token = [0u8; 16];
+    token.copy_from_slice(&bytes[..16]);
+    let mut seed = [0u8; 8];
+    seed.copy_from_slice(&bytes[16..]);
+    Ok(Entropy {
+        isolation_token: IsolationToken::from_bytes(token),
+        jitter_seed: u64::from_le_bytes(seed),
+    })
+}
+
+impl<H: Handshake> DirectoryPool<H> {
+    async fn run(&self, op: OpCommand) -> Result<OpOutcome<H::Client>, PoolError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Run(op, tx))?;
+        Ok(rx.await.map_err(|_| PoolError::DriverGone)??)
+    }
+
+    fn send(&self, command: Command<H::Client>) -> Result<(), PoolError> {
+        self.inner
+            .commands
+            .unbounded_send(command)
+            .map_err(|_| PoolError::DriverGone)
+    }
+
+    /// Connects to one server, bounded by the connection timeout, without
+    /// registering it in the pool: the original's `connect_to_directory`.
+    /// Returns its node_id and the client.
+    ///
+    /// # Errors
+    /// [`DialError`] saying why, including a malformed `addr`.
+    pub async fn connect_to_directory(&self, addr: &str) -> Result<(String, H::Client), DialError> {
+        let addr = ServerAddr::parse(addr)?;
+        let credentials = self.inner.isolation.directory_credentials(&addr);
+        let dialer = &self.inner.dialer;
+        let timeout = self.inner.connection_timeout;
+        let deadline = dialer.runtime.now() + timeout;
+        let client = dialer
+            .dial_until(&addr, credentials.as_ref(), deadline, timeout)
+            .await?;
+        Ok((addr.node_id().to_owned(), client))
+    }
+
+    /// Dials every server not connected, all at once, and waits for every
+    /// result. Returns how many servers are connected then.
+    ///
+    /// # Errors
+    /// [`PoolError::DriverGone`] if the driver stopped.
+    pub async fn connect_all_parallel(&self) -> Result<usize, PoolError> {
+        Ok(self
+            .run(OpCommand::ConnectAllParallel)
+            .await?
+            .report
+            .connected)
+    }
+
+    /// Dials every server at once and redials failures on `policy`'s
+    /// backoff, until one server is connected (returns at once) or
+    /// `policy.timeout` passes (returns 0). Dials still in flight go on.
+    ///
+    /// # Errors
+    /// [`PoolError::Config`] for a policy out of range.
+    pub async fn connect_all_with_retry(&self, policy: RetryPolicy) -> Result<usize, PoolError> {
+        Ok(self
+            .run(OpCommand::ConnectAllWithRetry(policy))
+            .await?
+            .report
+            .connected)
+    }
+
+    /// Dials the disconnected servers once, at once, and returns the newly
+    /// connected `(node_id, client)` pairs.
+    ///
+    /// # Errors
+    /// [`PoolError::DriverGone`] if the driver stopped.
+    pub async fn reconnect_disconnected(&self) -> Result<Vec<(String, Arc<H::Client>)>, PoolError> {
+        Ok(self
+            .run(OpCommand::ReconnectDisconnected)
+            .await?
+            .newly_connected)
+    }
+
+    /// Closes every connection (each bounded by the close timeout), aborts
+    /// dials in flight and stops maintenance. Close errors are reported in
+    /// the events and logs and never stop the shutdown.
+    ///
+    /// # Errors
+    /// [`PoolError::DriverGone`] if the driver stopped.
+    pub async fn close_all(&self) -> Result<OperationReport, PoolError> {
+        Ok(self.run(OpCommand::CloseAll).await?.report)
+    }
+
+    /// Starts background maintenance: lost and unreached servers are
+    /// redialed on their own backoff.
+    ///
+    /// # Errors
+    /// [`PoolError::DriverGone`] if the driver stopped.
+    pub fn start_maintenance(&self) -> Result<(), PoolError> {
+        self.send(Command::StartMaintenance)
+    }
+
+    /// Stops background maintenance.
+    ///
+    /// # Errors
+    /// [`PoolError::DriverGone`] if the driver stopped.
+    pub fn stop_maintenance(&self) -> Result<(), PoolError> {
+        self.send(Command::StopMaintenance)
+    }
+
+    /// A status snapshot of every server.
+    ///
+    /// # Errors
+    /// [`PoolError::DriverGone`] if the driver stopped.
+    pub async fn status(&self) -> Result<Vec<ServerStatus>, PoolError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Statuses(tx))?;
+        rx.await.map_err(|_| PoolError::DriverGone)
+    }
+
+    /// The connected clients, by node_id.
+    pub fn clients(&self) -> Vec<(String, Arc<H::Client>)> {
+        self.inner
+            .shared
+            .clients
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect())
+            .unwrap_or_default()
+    }
+
+    /// The client of `server` (`"host"` or `"host:port"`, any spelling), if
+    /// connected.
+    pub fn client(&self, server: &str) -> Option<Arc<H::Client>> {
+        let addr = ServerAddr::parse(server).ok()?;
+        self.inner
+            .shared
+            .clients
+            .lock()
+            .ok()?
+            .get(addr.node_id())
+            .cloned()
+    }
+
+    /// How many servers are connected.
+    pub fn connected_count(&self) -> usize {
+        self.inner
+            .shared
+            .clients
+            .lock()
+            .map(|c| c.len())
+            .unwrap_or(0)
+    }
+
+    /// Configured, valid servers that are not connected (malformed entries
+    /// are never listed).
+    pub fn list_disconnected(&self) -> Vec<Arc<ServerAddr>> {
+        let Ok(clients) = self.inner.shared.clients.lock() else {
+            return Vec::new();
+        };
+        self.inner
+            .servers
+            .iter()
+            .filter(|a| !clients.contains_key(a.node_id()))
+            .cloned()
+            .collect()
+    }
+
+    /// The configured, valid servers.
+    pub fn servers(&self) -> &[Arc<ServerAddr>] {
+        &self.inner.servers
+    }
+
+    /// Configured entries that are not used, and why.
+    pub fn rejected_entries(&self) -> &[RejectedEntry] {
+        &self.inner.rejected
+    }
+
+    /// The SOCKS credentials for dialing peers directly, when isolation is on.
+    pub fn peer_credentials(&self) -> Option<SocksCredentials> {
+        self.inner.isolation.peer_credentials()
+    }
+
+    /// The pool's events from now on: connected, disconnected, dial
+    /// failures, all down, recovered, proxy unreachable / recovered.
+    pub fn events(&self) -> impl Stream<Item = PoolEvent> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded();
+        if let Ok(mut subscribers) = self.inner.shared.subscribers.lock() {
+            subscribers.push(tx);
+        }
+        rx
+    }
+}

@@ -1,0 +1,589 @@
+//! Shared machinery of the loopback servers: a listener that can be stopped
+//! and rebound on the same port, one thread per connection, a registry of
+//! every open socket so that they can all be closed at once, and reads that
+//! ride out short timeouts so that threads notice shutdown.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// How long a blocked read waits before its thread checks for shutdown.
+pub(crate) const POLL: Duration = Duration::from_millis(25);
+
+/// Write timeout on every socket: a peer that stops reading cannot hang a
+/// server thread for longer than this.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long `start_listening` keeps retrying to bind the same port.
+pub(crate) const REBIND_FOR: Duration = Duration::from_secs(2);
+
+/// How long a graceful close waits for the peer's FIN.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// How long `drop_all` waits for the dropped connections' threads to close
+/// their sockets.
+const DROP_ALL_WAIT: Duration = Duration::from_secs(2);
+
+/// Locks a mutex, ignoring poisoning (a panicking test thread must not turn
+/// every later call into a second panic).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The loopback address with an ephemeral port.
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
+
+/// A loopback port on which nothing listens (at the time of the call): binds
+/// `127.0.0.1:0`, reads the port the OS chose, and closes the listener.
+///
+/// Use it for "nothing listens here" tests (connecting to it is refused), or
+/// to plan an address before starting a server on it. Another process may,
+/// in principle, take the port afterwards; on a test machine this is rare.
+///
+/// # Panics
+///
+/// If the OS refuses to bind any loopback port (no network stack at all).
+#[must_use]
+pub fn free_loopback_port() -> u16 {
+    TcpListener::bind(loopback(0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("cannot bind an ephemeral loopback port")
+}
+
+/// `true` for the errors a read or write with a timeout returns on timeout.
+pub(crate) fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// What a patient read saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadEvent {
+    /// This many bytes (at least one) were read.
+    Data(usize),
+    /// The peer closed, the socket failed or was shut down, or the server is
+    /// stopping.
+    Closed,
+    /// The deadline passed before any byte arrived.
+    Deadline,
+}
+
+/// Per-connection context given to a handler.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    shared: Arc<Shared>,
+}
+
+impl Ctx {
+    /// `true` once the server is being dropped.
+    pub(crate) fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Registers an extra socket (e.g. the upstream side of a tunnel) so that
+    /// `drop_all` and drop shut it down too. It is unregistered (and the
+    /// registry's handle closed) when the returned guard drops. It does not
+    /// count as an open client connection.
+    pub(crate) fn register(&self, stream: &TcpStream) -> Option<Registration> {
+        self.shared.register(stream)
+    }
+
+    /// Reads some bytes, riding out the short read timeouts until data, EOF,
+    /// an error, the server stopping, or `deadline`.
+    pub(crate) fn read_event(
+        &self,
+        stream: &mut TcpStream,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> ReadEvent {
+        loop {
+            if self.stopping() {
+                return ReadEvent::Closed;
+            }
+            if let Some(deadline) = deadline {
+                let now = Instant::now();
+                if now >= deadline {
+                    return ReadEvent::Deadline;
+                }
+                let wait = (deadline - now).clamp(Duration::from_millis(1), POLL);
+                if stream.set_read_timeout(Some(wait)).is_err() {
+                    return ReadEvent::Closed;
+                }
+            }
+            match stream.read(buf) {
+                Ok(0) => return ReadEvent::Closed,
+                Ok(n) => return ReadEvent::Data(n),
+                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return ReadEvent::Closed,
+            }
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes; `Err` on EOF, error, or stopping.
+    pub(crate) fn read_exact(&self, stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.read_event(stream, &mut buf[filled..], None) {
+                ReadEvent::Data(n) => filled += n,
+                ReadEvent::Closed | ReadEvent::Deadline => {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and discards everything until the peer closes or the server
+    /// stops (a connection that is held open but never answered).
+    pub(crate) fn hold(&self, stream: &mut TcpStream) {
+        let mut sink = [0u8; 1024];
+        while let ReadEvent::Data(_) = self.read_event(stream, &mut sink, None) {}
+    }
+
+    /// Closes after a final answer without risking a reset that could
+    /// destroy it in flight: sends FIN, then discards whatever the peer still
+    /// sends until it closes too (for at most [`LINGER`]).
+    pub(crate) fn close_gracefully(&self, mut stream: TcpStream) {
+        if stream.shutdown(Shutdown::Write).is_err() {
+            return;
+        }
+        let deadline = Some(Instant::now() + LINGER);
+        let mut sink = [0u8; 1024];
+        while let ReadEvent::Data(_) = self.read_event(&mut stream, &mut sink, deadline) {}
+    }
+}
+
+/// Sets the socket options every server-side socket gets.
+pub(crate) fn prepare(stream: &TcpStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(POLL))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.set_nodelay(true)
+}
+
+/// Writes all of `bytes`, then flushes.
+pub(crate) fn send(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes)?;
+    stream.flush()
+}
+
+/// What a connection's handler does; it owns (and closes, by dropping) the
+/// stream.
+pub(crate) type Handler = Arc<dyn Fn(TcpStream, &Ctx) + Send + Sync>;
+
+/// State shared by the accept threads, the connection threads, and the
+/// owner.
+struct Shared {
+    stopping: AtomicBool,
+    accepted: AtomicUsize,
+    open: AtomicUsize,
+    next_id: AtomicU64,
+    /// A clone of every open socket (client connections and registered
+    /// extras), to shut them down from outside their threads.
+    sockets: Mutex<HashMap<u64, TcpStream>>,
+    /// Connection threads (finished ones are pruned now and then).
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn register(self: &Arc<Self>, stream: &TcpStream) -> Option<Registration> {
+        let clone = stream.try_clone().ok()?;
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        lock(&self.sockets).insert(id, clone);
+        Some(Registration {
+            shared: Arc::clone(self),
+            id,
+        })
+    }
+
+    /// Shuts down every registered socket and waits (bounded) until their
+    /// threads have closed them.
+    fn drop_all(&self) {
+        let ids: Vec<u64> = {
+            let sockets = lock(&self.sockets);
+            for stream in sockets.values() {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            sockets.keys().copied().collect()
+        };
+        let deadline = Instant::now() + DROP_ALL_WAIT;
+        while Instant::now() < deadline {
+            if !ids.iter().any(|id| lock(&self.sockets).contains_key(id)) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Starts a thread handling one accepted connection.
+    fn spawn_connection(self: &Arc<Self>, stream: TcpStream, handler: &Handler) {
+        self.accepted.fetch_add(1, Ordering::SeqCst);
+        if prepare(&stream).is_err() {
+            return; // dropped: closed
+        }
+        let Ok(clone) = stream.try_clone() else {
+            return;
+        };
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut sockets = lock(&self.sockets);
+            sockets.insert(id, clone);
+            self.open.fetch_add(1, Ordering::SeqCst);
+        }
+        let guard = OpenGuard {
+            shared: Arc::clone(self),
+            id,
+        };
+        let ctx = Ctx {
+            shared: Arc::clone(self),
+        };
+        let handler = Arc::clone(handler);
+        let spawned = thread::Builder::new()
+            .name("loopback-conn".into())
+            .spawn(move || {
+                // Declared first, dropped last: after the handler has closed
+                // its stream.
+                let _guard = guard;
+                handler(stream, &ctx);
+            });
+        if let Ok(handle) = spawned {
+            let mut workers = lock(&self.workers);
+            workers.retain(|worker| !worker.is_finished());
+            workers.push(handle);
+        }
+        // On spawn failure the closure (stream and guard) was dropped:
+        // the connection is closed and uncounted again.
+    }
+}
+
+/// Keeps a socket in the registry; unregisters (closing the registry's
+/// handle) on drop.
+pub(crate) struct Registration {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let removed = lock(&self.shared.sockets).remove(&self.id);
+        drop(removed);
+    }
+}
+
+/// Counts an open client connection; on drop, closes the registry's handle
+/// and uncounts it.
+struct OpenGuard {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        // Under the registry lock, so that `drop_all` (which waits for the
+        // ids to disappear) never sees a closed connection still counted,
+        // and the count never drops while a handle is still open.
+        let mut sockets = lock(&self.shared.sockets);
+        drop(sockets.remove(&self.id));
+        self.shared.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// See [`Server::leak_probe`].
+#[cfg(test)]
+pub(crate) struct LeakProbe(std::sync::Weak<Shared>);
+
+#[cfg(test)]
+impl LeakProbe {
+    /// `true` once no thread (nor the server) holds the shared state, hence
+    /// no socket either.
+    pub(crate) fn released(&self) -> bool {
+        self.0.upgrade().is_none()
+    }
+}
+
+/// One listening period: the thread that (maybe after a delay) binds the
+/// port and accepts on it.
+struct Incarnation {
+    cancel: Arc<AtomicBool>,
+    bound: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// A loopback server on a fixed address whose listener can be closed and
+/// reopened, with one thread per connection running `handler`.
+pub(crate) struct Server {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    handler: Handler,
+    listener: Mutex<Option<Incarnation>>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .field("listening", &self.is_listening())
+            .field("accepted", &self.accepted())
+            .field("open", &self.open_connections())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    fn with_addr(addr: SocketAddr, handler: Handler) -> Self {
+        Self {
+            addr,
+            shared: Arc::new(Shared {
+                stopping: AtomicBool::new(false),
+                accepted: AtomicUsize::new(0),
+                open: AtomicUsize::new(0),
+                next_id: AtomicU64::new(0),
+                sockets: Mutex::new(HashMap::new()),
+                workers: Mutex::new(Vec::new()),
+            }),
+            handler,
+            listener: Mutex::new(None),
+        }
+    }
+
+    /// Binds `127.0.0.1:0` now and starts accepting.
+    pub(crate) fn start(handler: Handler) -> io::Result<Self> {
+        let listener = TcpListener::bind(loopback(0))?;
+        let server = Self::with_addr(listener.local_addr()?, handler);
+        let incarnation = server.spawn_incarnation(Some(listener), Duration::ZERO)?;
+        *lock(&server.listener) = Some(incarnation);
+        Ok(server)
+    }
+
+    /// Reserves a free loopback port now (bind, read, close) and starts
+    /// listening on it only after `delay`, from a background thread.
+    pub(crate) fn start_after(handler: Handler, delay: Duration) -> io::Result<Self> {
+        let reserved = TcpListener::bind(loopback(0))?;
+        let addr = reserved.local_addr()?;
+        drop(reserved);
+        let server = Self::with_addr(addr, handler);
+        let incarnation = server.spawn_incarnation(None, delay)?;
+        *lock(&server.listener) = Some(incarnation);
+        Ok(server)
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(crate) fn accepted(&self) -> usize {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// `true` while the listening socket is bound (not before a delayed
+    /// start, not while stopped).
+    pub(crate) fn is_listening(&self) -> bool {
+        lock(&self.listener).as_ref().is_some_and(|incarnation| {
+            incarnation.bound.load(Ordering::SeqCst) && !incarnation.thread.is_finished()
+        })
+    }
+
+    /// Closes the listening socket (or cancels a pending delayed start) and
+    /// waits for the accept thread to exit. Open connections stay open.
+    /// When this returns, connecting to the address is refused.
+    pub(crate) fn stop_listening(&self) {
+        let taken = lock(&self.listener).take();
+        if let Some(incarnation) = taken {
+            incarnation.cancel.store(true, Ordering::SeqCst);
+            // Wake a blocking accept; refused (harmlessly) if not bound.
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
+            let _ = incarnation.thread.join();
+        }
+    }
+
+    /// Listens again on the same port (retrying the bind for up to
+    /// [`REBIND_FOR`]). Does nothing if already listening or about to.
+    pub(crate) fn start_listening(&self) -> io::Result<()> {
+        let mut slot = lock(&self.listener);
+        if slot
+            .as_ref()
+            .is_some_and(|incarnation| !incarnation.thread.is_finished())
+        {
+            return Ok(());
+        }
+        if let Some(old) = slot.take() {
+            let _ = old.thread.join();
+        }
+        let listener = bind_with_retry(self.addr, None)?;
+        *slot = Some(self.spawn_incarnation(Some(listener), Duration::ZERO)?);
+        Ok(())
+    }
+
+    /// Stops listening now and listens again on the same port after `delay`
+    /// (from a background thread, retrying the bind for up to
+    /// [`REBIND_FOR`]; if that fails the server simply stays down).
+    pub(crate) fn start_listening_after(&self, delay: Duration) -> io::Result<()> {
+        self.stop_listening();
+        let incarnation = self.spawn_incarnation(None, delay)?;
+        *lock(&self.listener) = Some(incarnation);
+        Ok(())
+    }
+
+    /// Shuts down every open connection (and registered extra socket), and
+    /// waits (up to 2 s) until their threads have closed them.
+    pub(crate) fn drop_all(&self) {
+        self.shared.drop_all();
+    }
+
+    /// Lets a test check, after dropping the server, that no thread of it
+    /// is left (each holds the shared state).
+    #[cfg(test)]
+    pub(crate) fn leak_probe(&self) -> LeakProbe {
+        LeakProbe(Arc::downgrade(&self.shared))
+    }
+
+    fn spawn_incarnation(
+        &self,
+        listener: Option<TcpListener>,
+        delay: Duration,
+    ) -> io::Result<Incarnation> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let bound = Arc::new(AtomicBool::new(listener.is_some()));
+        let thread = {
+            let cancel = Arc::clone(&cancel);
+            let bound = Arc::clone(&bound);
+            let shared = Arc::clone(&self.shared);
+            let handler = Arc::clone(&self.handler);
+            let addr = self.addr;
+            thread::Builder::new()
+                .name("loopback-accept".into())
+                .spawn(move || {
+                    let listener = match listener {
+                        Some(listener) => listener,
+                        None => {
+                            let start = Instant::now() + delay;
+                            while Instant::now() < start {
+                                if cancel.load(Ordering::SeqCst) {
+                                    return;
+                                }
+                                thread::sleep(POLL.min(start - Instant::now()));
+                            }
+                            match bind_with_retry(addr, Some(&cancel)) {
+                                Ok(listener) => listener,
+                                Err(_) => return,
+                            }
+                        }
+                    };
+                    bound.store(true, Ordering::SeqCst);
+                    accept_loop(&listener, &cancel, &shared, &handler);
+                    bound.store(false, Ordering::SeqCst);
+                })?
+        };
+        Ok(Incarnation {
+            cancel,
+            bound,
+            thread,
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.stop_listening();
+        self.shared.drop_all();
+        let workers = std::mem::take(&mut *lock(&self.shared.workers));
+        for worker in workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Binds `addr`, retrying for up to [`REBIND_FOR`] while the port is still
+/// in use (unless `cancel` is set).
+fn bind_with_retry(addr: SocketAddr, cancel: Option<&AtomicBool>) -> io::Result<TcpListener> {
+    let deadline = Instant::now() + REBIND_FOR;
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => {
+                let cancelled = cancel.is_some_and(|c| c.load(Ordering::SeqCst));
+                if cancelled || Instant::now() >= deadline {
+                    return Err(e);
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    cancel: &AtomicBool,
+    shared: &Arc<Shared>,
+    handler: &Handler,
+) {
+    // Checked after the bind (see `stop_listening`: the cancel flag is set
+    // before the wake-up connect, so either that connect reaches this
+    // listener or this check sees the flag).
+    while !cancel.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if cancel.load(Ordering::SeqCst) || shared.stopping.load(Ordering::SeqCst) {
+                    break; // the wake-up connection (or a client racing it)
+                }
+                shared.spawn_connection(stream, handler);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // E.g. too many open files: back off a little.
+            Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wait_until;
+
+    #[test]
+    fn wait_until_polls_until_true_or_timeout() {
+        let mut calls = 0;
+        assert!(wait_until(Duration::from_secs(1), || {
+            calls += 1;
+            calls == 3
+        }));
+        let started = Instant::now();
+        assert!(!wait_until(Duration::from_millis(30), || false));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn drop_leaves_no_thread_behind() {
+        let echo: Handler = Arc::new(|mut stream, ctx| {
+            let mut buf = [0u8; 64];
+            while let ReadEvent::Data(n) = ctx.read_event(&mut stream, &mut buf, None) {
+                let _ = send(&mut stream, &buf[..n]);
+            }
+        });
+        let server = Server::start(echo).unwrap();
+        let clients: Vec<_> = (0..5)
+            .map(|_| TcpStream::connect(server.addr()).unwrap())
+            .collect();
+        assert!(wait_until(Duration::from_secs(2), || server
+            .open_connections()
+            == 5));
+        let probe = server.leak_probe();
+        drop(server);
+        assert!(probe.released());
+        drop(clients);
+    }
+}

@@ -1,0 +1,81 @@
+//! Test support for dirpool: loopback servers that tests drive.
+//!
+//! * [`SocksServer`]: a scriptable, recording SOCKS5 server (RFC 1928 and
+//!   RFC 1929), standing in for Tor's SocksPort: per-host replies
+//!   ([`Reply`]: forward to a real server, error code, stall, early close,
+//!   garbage), authentication modes ([`AuthMode`]), going down and coming
+//!   back on the same port.
+//! * [`LineServer`]: a trivial line-protocol server standing in for a
+//!   directory server ([`LineBehaviour`]: healthy, silent, closing, dropping
+//!   after a while), which can drop its links, stop, restart on the same
+//!   port, or start late.
+//! * [`free_loopback_port`]: a port on which nothing listens.
+//!
+//! Everything runs on plain std threads with blocking I/O (no async
+//! runtime), so the servers behave the same under tokio, under smol, and in
+//! a process without any tokio runtime. Every server binds `127.0.0.1` on an
+//! ephemeral port, and on drop closes its listener and every connection it
+//! holds and joins all its threads.
+//!
+//! ```
+//! use dirpool_tests::{LineBehaviour, LineServer, Reply, SocksConfig, SocksServer};
+//! use std::io::{BufRead, BufReader, Read, Write};
+//! use std::net::TcpStream;
+//!
+//! let directory = LineServer::start(LineBehaviour::Healthy)?;
+//! let tor = SocksServer::start(
+//!     SocksConfig::new().with_reply("example.onion", Reply::Forward(directory.addr())),
+//! )?;
+//!
+//! let mut client = TcpStream::connect(tor.addr())?;
+//! client.write_all(&[5, 1, 0])?; // greeting: no authentication
+//! let mut answer = [0u8; 2];
+//! client.read_exact(&mut answer)?;
+//! assert_eq!(answer, [5, 0]);
+//! let mut request = vec![5, 1, 0, 3, 13];
+//! request.extend_from_slice(b"example.onion");
+//! request.extend_from_slice(&5222u16.to_be_bytes());
+//! client.write_all(&request)?;
+//! let mut reply = [0u8; 10];
+//! client.read_exact(&mut reply)?;
+//! assert_eq!(reply[1], 0x00);
+//!
+//! let mut hello = String::new();
+//! BufReader::new(&client).read_line(&mut hello)?;
+//! assert_eq!(hello, format!("HELLO {}\r\n", directory.port()));
+//! assert_eq!(tor.requests()[0].target_host, "example.onion");
+//! # Ok::<(), std::io::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+
+mod common;
+pub mod line_server;
+pub mod socks_server;
+
+#[cfg(test)]
+mod test_client;
+
+use std::time::{Duration, Instant};
+
+pub use common::free_loopback_port;
+pub use line_server::{LineBehaviour, LineServer};
+pub use socks_server::{AuthMode, Reply, SocksConfig, SocksOutcome, SocksRequest, SocksServer};
+
+/// Polls `condition` every millisecond until it holds (`true`) or `timeout`
+/// has passed (`false`; checked one last time at the end).
+///
+/// It blocks the calling thread: call it from a test's own thread or from a
+/// blocking context (`tokio::task::spawn_blocking`, `smol::unblock`), never
+/// on an async executor thread that the code under test needs.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
