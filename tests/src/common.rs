@@ -3,8 +3,10 @@
 //! every open socket so that they can all be closed at once, and reads that
 //! ride out short timeouts so that threads notice shutdown.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -35,27 +37,100 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The loopback address with an ephemeral port.
+/// The loopback address with `port`.
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
 }
 
-/// A loopback port on which nothing listens (at the time of the call): binds
-/// `127.0.0.1:0`, reads the port the OS chose, and closes the listener.
+/// Ports claimed by this process: held by a live server (listening or
+/// down), or handed out by [`free_loopback_port`]. Never chosen again while
+/// claimed.
+static CLAIMED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// The lowest port chosen (below it live many well-known services).
+const LOWEST_PORT: u16 = 10_000;
+
+/// The range `[start, end)` to choose ports from: below the OS's ephemeral
+/// range (or above it if there is no room below), so that neither `bind`
+/// to port 0 nor the source port of an outgoing connection (anywhere on the
+/// machine) can take the port of a server that is down for a while. `None`
+/// if there is no room either side.
+fn port_range() -> Option<(u16, u16)> {
+    // Linux's default; BSDs and macOS use 49152–65535, also above 32767.
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut fields = text.split_whitespace().map(str::parse::<u16>);
+            Some((fields.next()?.ok()?, fields.next()?.ok()?))
+        })
+        .unwrap_or((32_768, 60_999));
+    const ROOM: u16 = 1_000;
+    if low >= LOWEST_PORT.saturating_add(ROOM) {
+        Some((LOWEST_PORT, low))
+    } else if high <= u16::MAX - ROOM {
+        Some((high + 1, u16::MAX))
+    } else {
+        None
+    }
+}
+
+/// A fresh random number (std's randomly keyed hasher over a counter).
+fn random() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
+}
+
+/// Binds a loopback listener on an unclaimed port outside the OS's ephemeral
+/// range (see [`port_range`]) and claims the port; falls back to an
+/// ephemeral port (port 0) if there is no such range or no free port in
+/// 500 tries.
+fn bind_claimed() -> io::Result<TcpListener> {
+    if let Some((start, end)) = port_range() {
+        let span = u64::from(end - start);
+        for _ in 0..500 {
+            let offset = u16::try_from(random() % span).unwrap_or(0);
+            let port = start + offset;
+            let mut claimed = lock(&CLAIMED);
+            if claimed.contains(&port) {
+                continue;
+            }
+            if let Ok(listener) = TcpListener::bind(loopback(port)) {
+                claimed.insert(port);
+                return Ok(listener);
+            }
+        }
+    }
+    let listener = TcpListener::bind(loopback(0))?;
+    lock(&CLAIMED).insert(listener.local_addr()?.port());
+    Ok(listener)
+}
+
+/// Gives a port claimed by [`bind_claimed`] back.
+fn release(port: u16) {
+    lock(&CLAIMED).remove(&port);
+}
+
+/// A loopback port on which nothing listens, for "nothing listens here"
+/// tests (connecting to it is refused).
 ///
-/// Use it for "nothing listens here" tests (connecting to it is refused), or
-/// to plan an address before starting a server on it. Another process may,
-/// in principle, take the port afterwards; on a test machine this is rare.
+/// The port is free when returned, outside the OS's ephemeral port range
+/// (so the OS never hands it out to a `bind` to port 0 nor uses it as the
+/// source port of a connection), and never chosen by this crate's servers:
+/// it stays refused unless something binds it explicitly. (If the OS has no
+/// room outside its ephemeral range, it is an ephemeral port that was free.)
 ///
 /// # Panics
 ///
-/// If the OS refuses to bind any loopback port (no network stack at all).
+/// If no loopback port can be bound at all (no network stack).
 #[must_use]
 pub fn free_loopback_port() -> u16 {
-    TcpListener::bind(loopback(0))
+    // Claimed forever (a few bytes per call).
+    bind_claimed()
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
-        .expect("cannot bind an ephemeral loopback port")
+        .expect("cannot bind any loopback port")
 }
 
 /// `true` for the errors a read or write with a timeout returns on timeout.
@@ -355,9 +430,10 @@ impl Server {
         }
     }
 
-    /// Binds `127.0.0.1:0` now and starts accepting.
+    /// Binds a claimed loopback port (see [`bind_claimed`]) now and starts
+    /// accepting.
     pub(crate) fn start(handler: Handler) -> io::Result<Self> {
-        let listener = TcpListener::bind(loopback(0))?;
+        let listener = bind_claimed()?;
         let server = Self::with_addr(listener.local_addr()?, handler);
         let incarnation = server.spawn_incarnation(Some(listener), Duration::ZERO)?;
         *lock(&server.listener) = Some(incarnation);
@@ -367,7 +443,7 @@ impl Server {
     /// Reserves a free loopback port now (bind, read, close) and starts
     /// listening on it only after `delay`, from a background thread.
     pub(crate) fn start_after(handler: Handler, delay: Duration) -> io::Result<Self> {
-        let reserved = TcpListener::bind(loopback(0))?;
+        let reserved = bind_claimed()?;
         let addr = reserved.local_addr()?;
         drop(reserved);
         let server = Self::with_addr(addr, handler);
@@ -504,6 +580,7 @@ impl Drop for Server {
         for worker in workers {
             let _ = worker.join();
         }
+        release(self.addr.port());
     }
 }
 

@@ -13,9 +13,23 @@
 //!
 //! Everything runs on plain std threads with blocking I/O (no async
 //! runtime), so the servers behave the same under tokio, under smol, and in
-//! a process without any tokio runtime. Every server binds `127.0.0.1` on an
-//! ephemeral port, and on drop closes its listener and every connection it
-//! holds and joins all its threads.
+//! a process without any tokio runtime. Every server listens on `127.0.0.1`
+//! only, and on drop closes its listener and every connection it holds and
+//! joins all its threads.
+//!
+//! # Ports
+//!
+//! Servers are stopped and restarted *on the same port*, so their ports must
+//! not be taken by someone else while they are down. A port from the OS's
+//! ephemeral range (what binding port 0 gives) can be: by any `bind` to port
+//! 0 in a parallel test, or as the source port of any outgoing connection
+//! (such a socket then blocks the rebind for its whole life). So every
+//! server (and [`free_loopback_port`]) picks a random free port *below* the
+//! ephemeral range (on Linux, from `/proc/sys/net/ipv4/ip_local_port_range`:
+//! ports 10000–32767 by default), which the OS never hands out by itself,
+//! and keeps it claimed in this process so that no other server of this
+//! crate picks it while it is down. Without room outside the ephemeral
+//! range it falls back to port 0.
 //!
 //! ```
 //! use dirpool_tests::{LineBehaviour, LineServer, Reply, SocksConfig, SocksServer};

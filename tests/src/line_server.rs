@@ -33,7 +33,8 @@ pub enum LineBehaviour {
 }
 
 /// A loopback server speaking a trivial line protocol (see
-/// [`LineBehaviour`]), on `127.0.0.1:<ephemeral port>`.
+/// [`LineBehaviour`]), on a free `127.0.0.1` port (see the
+/// [crate documentation](crate#ports)).
 ///
 /// It runs on plain std threads (blocking I/O, no async runtime). It can be
 /// stopped and restarted on the same port, started late, and told to drop
@@ -54,7 +55,7 @@ impl fmt::Debug for LineServer {
 }
 
 impl LineServer {
-    /// Binds `127.0.0.1:0` and starts serving.
+    /// Binds a free loopback port and starts serving.
     ///
     /// # Errors
     ///
@@ -65,8 +66,8 @@ impl LineServer {
         Ok(Self { server, behaviour })
     }
 
-    /// Plans a free loopback address now (binds `127.0.0.1:0`, reads the
-    /// port, closes it) and starts listening on it only after `delay`, in
+    /// Plans a free loopback address now (binds a free port, reads it,
+    /// closes it, and keeps it claimed) and starts listening on it only after `delay`, in
     /// the background (as a directory behind a still-bootstrapping Tor).
     /// [`addr`](Self::addr) is the planned address at once; until the delay
     /// has passed, connecting to it is refused. If the port cannot be bound

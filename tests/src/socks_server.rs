@@ -258,7 +258,8 @@ struct State {
     requests: Mutex<Vec<SocksRequest>>,
 }
 
-/// A scriptable, recording SOCKS5 server on `127.0.0.1:<ephemeral port>`.
+/// A scriptable, recording SOCKS5 server on a free `127.0.0.1` port (see
+/// the [crate documentation](crate#ports)).
 ///
 /// It runs on plain std threads (blocking I/O, no async runtime), so it works
 /// the same under any runtime. Behaviour can be set at start
@@ -281,7 +282,7 @@ impl fmt::Debug for SocksServer {
 }
 
 impl SocksServer {
-    /// Binds `127.0.0.1:0` and starts serving.
+    /// Binds a free loopback port and starts serving.
     ///
     /// # Errors
     ///

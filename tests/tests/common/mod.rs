@@ -1,0 +1,225 @@
+//! Shared by the integration tests: a line-protocol handshake for the
+//! loopback `LineServer`, a runner that runs one scenario on tokio and on
+//! smol, and small async helpers.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dirpool::{
+    BoxedStream, Client, CloseError, Config, DirectoryPool, Handshake, HandshakeError,
+    HandshakeErrorKind, LossSignal, PoolEvent, Runtime,
+};
+use dirpool_core::{Backoff, Entropy, IsolationToken, LinkLoss, ServerAddr};
+use futures::future::{Either, select};
+use futures::lock::Mutex;
+use futures::{FutureExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+
+pub const TOKEN: [u8; 16] = *b"dirpool-testtokn";
+pub const TOKEN_HEX: &str = "646972706f6f6c2d74657374746f6b6e";
+
+/// Fixed entropy so credentials are known to the test.
+pub fn entropy() -> Entropy {
+    Entropy {
+        isolation_token: IsolationToken::from_bytes(TOKEN),
+        jitter_seed: 1,
+    }
+}
+
+/// A config through `proxy` with short timeouts and a fast maintenance
+/// backoff, for loopback tests.
+pub fn config(servers: &[String], proxy: std::net::SocketAddr) -> Config {
+    let mut config = Config::new(servers.iter().cloned());
+    config.proxy = proxy;
+    config.pool.connection_timeout = Duration::from_secs(3);
+    config.pool.close_timeout = Duration::from_secs(2);
+    config.pool.maintenance.backoff =
+        Backoff::new(Duration::from_millis(100), Duration::from_millis(400), 2.0);
+    config
+}
+
+/// Reads the `LineServer`'s `HELLO <port>` greeting; the client then keeps
+/// the link and reads it (from the pool's loss watcher) until it closes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LineHandshake;
+
+pub struct LineClient {
+    pub greeting: String,
+    reader: Mutex<ReadHalf<BoxedStream>>,
+    writer: Mutex<WriteHalf<BoxedStream>>,
+    loss: LossSignal,
+}
+
+impl std::fmt::Debug for LineClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineClient")
+            .field("greeting", &self.greeting)
+            .finish()
+    }
+}
+
+impl Handshake for LineHandshake {
+    type Client = LineClient;
+
+    async fn handshake(
+        &self,
+        _server: &ServerAddr,
+        mut stream: BoxedStream,
+    ) -> Result<LineClient, HandshakeError> {
+        let mut line = Vec::new();
+        loop {
+            let mut byte = [0u8; 1];
+            if stream.read(&mut byte).await? == 0 {
+                return Err(HandshakeError::new(
+                    HandshakeErrorKind::Protocol,
+                    "closed without a greeting",
+                ));
+            }
+            if byte[0] == b'\n' {
+                break;
+            }
+            line.push(byte[0]);
+            if line.len() > 1024 {
+                return Err(HandshakeError::new(
+                    HandshakeErrorKind::Protocol,
+                    "greeting too long",
+                ));
+            }
+        }
+        let greeting = String::from_utf8_lossy(&line).trim_end().to_owned();
+        if !greeting.starts_with("HELLO ") {
+            return Err(HandshakeError::new(HandshakeErrorKind::Rejected, greeting));
+        }
+        let (reader, writer) = tokio::io::split(stream);
+        Ok(LineClient {
+            greeting,
+            reader: Mutex::new(reader),
+            writer: Mutex::new(writer),
+            loss: LossSignal::new(),
+        })
+    }
+}
+
+impl Client for LineClient {
+    fn closed(&self) -> impl Future<Output = LinkLoss> + Send {
+        let loss = self.loss.wait();
+        async move {
+            let read_until_eof = async {
+                let mut reader = self.reader.lock().await;
+                let mut buf = [0u8; 1024];
+                loop {
+                    match reader.read(&mut buf).await {
+                        Ok(0) => return LinkLoss::ClosedByPeer,
+                        Ok(_) => {}
+                        Err(e) => return LinkLoss::Io(e.kind()),
+                    }
+                }
+            };
+            match select(loss, std::pin::pin!(read_until_eof)).await {
+                Either::Left((loss, _)) | Either::Right((loss, _)) => loss,
+            }
+        }
+    }
+
+    async fn close(&self) -> Result<(), CloseError> {
+        self.loss.fire(LinkLoss::ClosedByPeer);
+        self.writer.lock().await.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// Runs `scenario` on a tokio runtime and on smol, each bounded by 60 s.
+pub fn on_both_runtimes<F, Fut>(scenario: F)
+where
+    F: Fn(Arc<dyn Runtime>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let rt: Arc<dyn Runtime> = Arc::new(tokio.block_on(async { dirpool::TokioRuntime::current() }));
+    tokio.block_on(bounded(rt.clone(), scenario(rt), "tokio"));
+    drop(tokio);
+    run_on_smol(scenario);
+}
+
+/// Runs `scenario` on smol, bounded by 60 s.
+pub fn run_on_smol<F, Fut>(scenario: F)
+where
+    F: Fn(Arc<dyn Runtime>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let rt: Arc<dyn Runtime> = Arc::new(dirpool::SmolRuntime);
+    smol::block_on(bounded(rt.clone(), scenario(rt), "smol"));
+}
+
+async fn bounded(rt: Arc<dyn Runtime>, scenario: impl Future<Output = ()>, name: &str) {
+    let limit = rt.sleep_until(rt.now() + Duration::from_secs(60));
+    if let Either::Right(_) = select(std::pin::pin!(scenario), limit).await {
+        panic!("scenario on {name} did not finish within 60 s");
+    }
+}
+
+/// Sleeps on the runtime's clock.
+pub async fn sleep(rt: &Arc<dyn Runtime>, d: Duration) {
+    rt.sleep_until(rt.now() + d).await;
+}
+
+/// Polls `condition` every 5 ms until it holds or `timeout` passes.
+pub async fn eventually(
+    rt: &Arc<dyn Runtime>,
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(rt, Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits for the first event matching `pick`, up to `timeout`.
+pub async fn next_matching<T>(
+    rt: &Arc<dyn Runtime>,
+    events: &mut (impl futures::Stream<Item = PoolEvent> + Unpin),
+    timeout: Duration,
+    mut pick: impl FnMut(&PoolEvent) -> Option<T>,
+) -> Option<T> {
+    let deadline = rt.sleep_until(rt.now() + timeout).fuse();
+    let mut deadline = std::pin::pin!(deadline);
+    loop {
+        let next = events.next().fuse();
+        let mut next = std::pin::pin!(next);
+        futures::select! {
+            event = next => {
+                let event = event?;
+                if let Some(found) = pick(&event) {
+                    return Some(found);
+                }
+            }
+            () = deadline => return None,
+        }
+    }
+}
+
+/// A pool with the line handshake.
+pub fn line_pool(config: Config, rt: &Arc<dyn Runtime>) -> DirectoryPool<LineHandshake> {
+    DirectoryPool::builder(config, LineHandshake)
+        .entropy(entropy())
+        .spawn(Arc::clone(rt))
+        .expect("valid config")
+}
+
+/// `name.example:5222` as a server entry and its node_id.
+pub fn dns(name: &str) -> String {
+    format!("{name}.example:5222")
+}
