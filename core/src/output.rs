@@ -147,7 +147,9 @@ pub enum Notification {
         attempt: AttemptId,
         /// Why.
         failure: DialFailure,
-        /// When it will be dialed again, if anything wants it.
+        /// When it will be dialed again, if anything wants it. For a server
+        /// waiting for the proxy, when the proxy is next probed (one waiter
+        /// is dialed then; the others as soon as the probe gets through).
         retry_at: Option<Instant>,
     },
     /// A registered connection is gone (the disconnected hook).

@@ -449,15 +449,7 @@ impl PoolState {
     pub fn stop_maintenance(&mut self, now: Instant) {
         self.clock(now);
         self.maintenance = false;
-        if self.retry_operation().is_none() {
-            for server in &mut self.servers {
-                server.cancel_retry();
-                server.waiting_for_proxy = false;
-            }
-            self.proxy.waiters.clear();
-            self.proxy.probe_at = None;
-            self.proxy.probe_generation = self.proxy.probe_generation.wrapping_add(1);
-        }
+        self.forget_unwanted_retries();
     }
 
     // ---- results ----------------------------------------------------------
@@ -899,6 +891,30 @@ impl PoolState {
             .then_some(self.maintenance_policy.backoff)
     }
 
+    /// Drops scheduled redials and proxy waits that nothing wants any more
+    /// (maintenance stopped, a retry operation ended), so the status never
+    /// promises a retry that will not happen.
+    fn forget_unwanted_retries(&mut self) {
+        for index in 0..self.servers.len() {
+            let id = server_id(index);
+            let server = &self.servers[index];
+            let scheduled = server.retry_at.is_some() || server.waiting_for_proxy;
+            if scheduled && self.backoff_for(id).is_none() {
+                let server = &mut self.servers[index];
+                server.cancel_retry();
+                server.waiting_for_proxy = false;
+            }
+        }
+        let servers = &self.servers;
+        self.proxy
+            .waiters
+            .retain(|id| servers[id.index()].waiting_for_proxy);
+        if self.proxy.waiters.is_empty() {
+            self.proxy.probe_at = None;
+            self.proxy.probe_generation = self.proxy.probe_generation.wrapping_add(1);
+        }
+    }
+
     /// Dial now if the proxy is up, else queue for the proxy.
     fn redial(&mut self, now: Instant, id: ServerId) {
         if self.proxy.down {
@@ -937,7 +953,8 @@ impl PoolState {
             self.proxy.waiters.push_back(id);
         }
         self.keep_probing(now);
-        self.proxy.probe_at
+        // A probe already due fires in this same `handle_timeout` call.
+        self.proxy.probe_at.map(|at| at.max(now))
     }
 
     /// While the proxy is down and servers wait for it, keep exactly one
@@ -1121,6 +1138,9 @@ impl PoolState {
             return;
         };
         let op = self.operations.remove(position);
+        if op.retry.is_some() {
+            self.forget_unwanted_retries();
+        }
         tracing::debug!(operation = %id, kind = ?op.kind, ?end, connected = self.connected, "operation finished");
         self.notify(Notification::OperationFinished(OperationReport {
             id,
