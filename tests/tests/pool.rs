@@ -475,3 +475,36 @@ fn a_slow_hook_does_not_delay_other_dials() {
         pool.close_all().await.unwrap();
     });
 }
+
+#[test]
+fn the_raw_stream_handshake_hands_out_the_tunnel() {
+    on_both_runtimes(|rt| async move {
+        use tokio::io::AsyncReadExt;
+        let dir = LineServer::start(LineBehaviour::Healthy).unwrap();
+        let tor =
+            SocksServer::start(SocksConfig::new().with_default_reply(Reply::Forward(dir.addr())))
+                .unwrap();
+        let pool = DirectoryPool::builder(config(&[dns("raw")], tor.addr()), dirpool::RawStream)
+            .entropy(entropy())
+            .spawn(Arc::clone(&rt))
+            .unwrap();
+        let mut events = pool.events();
+        assert_eq!(pool.connect_all_parallel().await.unwrap(), 1);
+        let connection = pool.client("raw.example").expect("registered");
+        let mut stream = connection.take_stream().expect("the tunnel");
+        assert!(connection.take_stream().is_none(), "taken once");
+        let mut hello = vec![0u8; 64];
+        let n = stream.read(&mut hello).await.unwrap();
+        assert_eq!(&hello[..n], format!("HELLO {}\r\n", dir.port()).as_bytes());
+        // The user saw EOF: it tells the pool, which reports the loss.
+        dir.drop_all();
+        assert_eq!(stream.read(&mut hello).await.unwrap(), 0);
+        connection.report_lost(dirpool_core::LinkLoss::ClosedByPeer);
+        next_matching(&rt, &mut events, SHORT, |e| {
+            matches!(e, PoolEvent::Disconnected { .. }).then_some(())
+        })
+        .await
+        .expect("loss reported");
+        assert_eq!(pool.connected_count(), 0);
+    });
+}
