@@ -54,3 +54,8 @@ pub use runtime::SmolRuntime;
 pub use runtime::TokioRuntime;
 pub use runtime::{AsyncStream, BoxedStream, Runtime};
 pub use socks::validate_credentials;
+
+/// The README's Rust examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
