@@ -478,25 +478,32 @@ impl Server {
     pub(crate) fn stop_listening(&self) {
         let taken = lock(&self.listener).take();
         if let Some(incarnation) = taken {
-            incarnation.cancel.store(true, Ordering::SeqCst);
-            // Wake a blocking accept; refused (harmlessly) if not bound.
-            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
-            let _ = incarnation.thread.join();
+            self.end(incarnation);
         }
     }
 
-    /// Listens again on the same port (retrying the bind for up to
-    /// [`REBIND_FOR`]). Does nothing if already listening or about to.
+    /// Ends a listening period: sets its cancel flag, wakes its blocking
+    /// accept (if it is bound), and joins its thread.
+    fn end(&self, incarnation: Incarnation) {
+        incarnation.cancel.store(true, Ordering::SeqCst);
+        // Refused (harmlessly) if not bound.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
+        let _ = incarnation.thread.join();
+    }
+
+    /// Listens again on the same port now (retrying the bind for up to
+    /// [`REBIND_FOR`]); a pending delayed start is cancelled. Does nothing if
+    /// already listening.
     pub(crate) fn start_listening(&self) -> io::Result<()> {
         let mut slot = lock(&self.listener);
-        if slot
-            .as_ref()
-            .is_some_and(|incarnation| !incarnation.thread.is_finished())
-        {
-            return Ok(());
-        }
-        if let Some(old) = slot.take() {
-            let _ = old.thread.join();
+        if let Some(incarnation) = slot.take() {
+            let listening =
+                incarnation.bound.load(Ordering::SeqCst) && !incarnation.thread.is_finished();
+            if listening {
+                *slot = Some(incarnation);
+                return Ok(());
+            }
+            self.end(incarnation);
         }
         let listener = bind_with_retry(self.addr, None)?;
         *slot = Some(self.spawn_incarnation(Some(listener), Duration::ZERO)?);

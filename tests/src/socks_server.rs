@@ -388,9 +388,11 @@ impl SocksServer {
     /// connecting to [`addr`](Self::addr) is refused, as with Tor not
     /// running); connections already open stay open (call
     /// [`drop_all`](Self::drop_all) too to simulate a crash).
-    /// `set_down(false)` listens again on the same port, retrying the bind
-    /// for up to 2 s; when it returns `Ok`, connections are accepted again.
-    /// Both are idempotent.
+    /// `set_down(false)` listens again on the same port now (cancelling a
+    /// pending [`set_down_for`](Self::set_down_for)), retrying the bind for
+    /// up to 2 s; when it returns `Ok`, connections are accepted again. Both
+    /// are idempotent, and block only briefly (`set_down(false)`: at most
+    /// the 2 s of retries).
     ///
     /// # Errors
     ///
@@ -1018,6 +1020,17 @@ mod tests {
         }
         tunnel.write_all(b"still here\n").unwrap();
         assert_eq!(read_line(&mut tunnel).unwrap(), "ECHO still here\r\n");
+    }
+
+    #[test]
+    fn set_down_false_cuts_a_set_down_for_short() {
+        let tor = server(SocksConfig::new());
+        tor.set_down_for(Duration::from_secs(60)).unwrap();
+        assert!(tor.is_down());
+        tor.set_down(false).unwrap();
+        assert!(!tor.is_down());
+        let mut client = connect(tor.addr()).unwrap();
+        assert_eq!(greet(&mut client, &[0]).unwrap(), [5, 0]);
     }
 
     #[test]
