@@ -9,7 +9,7 @@ use dirpool_core::{ServerAddr, SocksCredentials};
 use futures::future::{Either, select};
 
 use crate::error::DialError;
-use crate::handshake::Handshake;
+use crate::handshake::{Handshake, HandshakeContext};
 use crate::runtime::Runtime;
 use crate::socks;
 
@@ -47,6 +47,7 @@ impl<H: Handshake> Dialer<H> {
         &self,
         addr: &ServerAddr,
         credentials: Option<&SocksCredentials>,
+        deadline: Instant,
     ) -> Result<H::Client, DialError> {
         let direct = self.direct_clearnet && !addr.is_onion() && addr.ip().is_some();
         if credentials.is_some() && !direct {
@@ -61,7 +62,8 @@ impl<H: Handshake> Dialer<H> {
         )
         .await?;
         tracing::debug!("tunnel open, handshaking");
-        Ok(self.handshake.handshake(addr, stream).await?)
+        let context = HandshakeContext::new(Arc::clone(&self.runtime), deadline);
+        Ok(self.handshake.handshake(&context, addr, stream).await?)
     }
 
     /// [`dial`](Self::dial), failing with `TimedOut` at `deadline`.
@@ -72,7 +74,7 @@ impl<H: Handshake> Dialer<H> {
         deadline: Instant,
         timeout: std::time::Duration,
     ) -> Result<H::Client, DialError> {
-        let dial = std::pin::pin!(self.dial(addr, credentials));
+        let dial = std::pin::pin!(self.dial(addr, credentials, deadline));
         match select(dial, self.runtime.sleep_until(deadline)).await {
             Either::Left((result, _)) => result,
             Either::Right(((), _)) => Err(DialError::TimedOut(timeout)),

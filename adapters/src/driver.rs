@@ -297,7 +297,11 @@ impl<H: Handshake> Driver<H> {
             tracing::info_span!("directory", server = %request.addr, attempt = %request.attempt);
         let task = async move {
             tracing::debug!("dialing");
-            let dial = dialer.dial(&request.addr, request.credentials.as_ref());
+            let dial = dialer.dial(
+                &request.addr,
+                request.credentials.as_ref(),
+                request.deadline,
+            );
             let result = Abortable::new(dial, registration)
                 .await
                 .unwrap_or(Err(DialError::Aborted));

@@ -100,6 +100,7 @@ impl DialError {
                 HandshakeErrorKind::Rejected => DialFailure::HandshakeRejected,
                 HandshakeErrorKind::Protocol => DialFailure::HandshakeProtocol,
                 HandshakeErrorKind::Io(kind) => DialFailure::Io(kind),
+                HandshakeErrorKind::TimedOut => DialFailure::TimedOut,
             },
             Self::Io { source, .. } => DialFailure::Io(source.kind()),
             Self::InvalidAddress(_) | Self::Aborted => DialFailure::Aborted,
@@ -119,6 +120,8 @@ pub enum HandshakeErrorKind {
     Protocol,
     /// Reading or writing failed.
     Io(io::ErrorKind),
+    /// The handshake's own timeout passed.
+    TimedOut,
 }
 
 impl fmt::Display for HandshakeErrorKind {
@@ -127,6 +130,7 @@ impl fmt::Display for HandshakeErrorKind {
             Self::Rejected => f.write_str("directory rejected the handshake"),
             Self::Protocol => f.write_str("directory handshake protocol error"),
             Self::Io(kind) => write!(f, "I/O error during the handshake ({kind:?})"),
+            Self::TimedOut => f.write_str("handshake timed out"),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use dirpool_core::{LinkLoss, ServerAddr};
 use futures::FutureExt;
@@ -12,7 +13,32 @@ use futures::future::Shared;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{CloseError, HandshakeError};
-use crate::runtime::BoxedStream;
+use crate::runtime::{BoxedStream, Runtime};
+
+/// What a handshake may use: the pool's runtime (for timers and spawning)
+/// and the instant the whole dial must be done by.
+#[derive(Debug, Clone)]
+pub struct HandshakeContext {
+    runtime: Arc<dyn Runtime>,
+    deadline: Instant,
+}
+
+impl HandshakeContext {
+    /// A context on `runtime` with the dial's `deadline`.
+    pub fn new(runtime: Arc<dyn Runtime>, deadline: Instant) -> Self {
+        Self { runtime, deadline }
+    }
+
+    /// The pool's runtime.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// When the pool gives up on this dial (handshake included).
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
 
 /// A connected directory client, as the pool holds it.
 pub trait Client: Send + Sync + 'static {
@@ -37,6 +63,7 @@ pub trait Handshake: Send + Sync + 'static {
     /// Builds the client for `server` over `stream`.
     fn handshake(
         &self,
+        context: &HandshakeContext,
         server: &ServerAddr,
         stream: BoxedStream,
     ) -> impl Future<Output = Result<Self::Client, HandshakeError>> + Send;
@@ -52,6 +79,7 @@ impl Handshake for RawStream {
 
     async fn handshake(
         &self,
+        _context: &HandshakeContext,
         _server: &ServerAddr,
         stream: BoxedStream,
     ) -> Result<RawConnection, HandshakeError> {

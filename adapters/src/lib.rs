@@ -35,6 +35,7 @@ pub mod error;
 pub mod event;
 pub mod handshake;
 pub mod hooks;
+pub mod joinmarket;
 mod pool;
 pub mod runtime;
 mod socks;
@@ -45,7 +46,7 @@ pub use error::{
     HandshakeErrorKind, PoolError,
 };
 pub use event::PoolEvent;
-pub use handshake::{Client, Handshake, LossSignal, RawConnection, RawStream};
+pub use handshake::{Client, Handshake, HandshakeContext, LossSignal, RawConnection, RawStream};
 pub use hooks::{NoHooks, PoolHooks};
 pub use pool::{DirectoryPool, PoolBuilder};
 #[cfg(feature = "smol")]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dirpool::{
-    BoxedStream, Client, CloseError, Config, DirectoryPool, Handshake, HandshakeError,
-    HandshakeErrorKind, LossSignal, PoolEvent, Runtime,
+    BoxedStream, Client, CloseError, Config, DirectoryPool, Handshake, HandshakeContext,
+    HandshakeError, HandshakeErrorKind, LossSignal, PoolEvent, Runtime,
 };
 use dirpool_core::{Backoff, Entropy, IsolationToken, LinkLoss, ServerAddr};
 use futures::future::{Either, select};
@@ -65,6 +65,7 @@ impl Handshake for LineHandshake {
 
     async fn handshake(
         &self,
+        _context: &HandshakeContext,
         _server: &ServerAddr,
         mut stream: BoxedStream,
     ) -> Result<LineClient, HandshakeError> {
