@@ -306,6 +306,25 @@ impl ServerAddr {
         self.kind == HostKind::Onion
     }
 
+    /// The v3 onion address of the service with this ed25519 public key
+    /// (rend-spec-v3: key, checksum, version 3, base32), on `port` (0, which
+    /// cannot be dialed, means [`DEFAULT_PORT`]).
+    ///
+    /// ```
+    /// use dirpool_core::ServerAddr;
+    /// let addr = ServerAddr::from_onion_key(&[7; 32], 5222);
+    /// assert!(addr.is_onion());
+    /// assert_eq!(ServerAddr::parse(addr.node_id()), Ok(addr));
+    /// ```
+    pub fn from_onion_key(public_key: &[u8; 32], port: u16) -> ServerAddr {
+        let host = crate::onion::encode_v3(public_key, 3);
+        // A freshly encoded v3 address is valid; port 0 is the one thing
+        // that cannot be, so it falls back to the default port.
+        let port = if port == 0 { DEFAULT_PORT } else { port };
+        Self::build(&host, port, HostKind::Onion)
+            .unwrap_or_else(|_| unreachable!("encoded v3 address is valid"))
+    }
+
     /// Builds the canonical value from an already validated `host` (in its
     /// final form except for case) and port.
     fn build(host: &str, port: u16, kind: HostKind) -> Result<ServerAddr, AddrError> {
