@@ -388,12 +388,15 @@ impl Handshake for JoinMarketHandshake {
             .validate()
             .map_err(|e| HandshakeError::new(HandshakeErrorKind::Protocol, e))?;
         let runtime = context.runtime();
-        let deadline = context
-            .deadline()
-            .min(runtime.now() + config.handshake_timeout);
         let timeout = config.handshake_timeout;
+        let own_deadline = runtime.now() + timeout;
         let exchange = std::pin::pin!(DirectoryConnection::open(stream, config));
-        match select(exchange, runtime.sleep_until(deadline)).await {
+        if own_deadline >= context.deadline() {
+            // The dial's deadline comes first; whoever set it enforces it
+            // (and reports its own timeout, not ours).
+            return Ok(exchange.await?);
+        }
+        match select(exchange, runtime.sleep_until(own_deadline)).await {
             Either::Left((result, _)) => Ok(result?),
             Either::Right(((), _)) => Err(JmError::TimedOut(timeout).into()),
         }
