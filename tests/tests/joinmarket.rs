@@ -197,7 +197,8 @@ fn a_directory_closing_is_a_loss_the_pool_repairs() {
 #[test]
 fn refusals_are_typed_and_say_why() {
     on_both_runtimes(|rt| async move {
-        let cases: Vec<(JmBehaviour, fn(&JmError) -> bool, DialFailure)> = vec![
+        type Expect = fn(&JmError) -> bool;
+        let cases: Vec<(JmBehaviour, Expect, DialFailure)> = vec![
             (
                 JmBehaviour::Reject {
                     motd: "nick banned".into(),
