@@ -397,7 +397,14 @@ impl<H: Handshake> Driver<H> {
                     }),
                 };
                 let node_id = node(&self.state, server);
-                tracing::info!(server = %node_id, error = %error, retry_in = ?retry_at.map(|t| t.saturating_duration_since(self.runtime.now())), "dial failed");
+                let retry = match retry_at {
+                    Some(at) => format!(
+                        "in {:.1?}",
+                        at.saturating_duration_since(self.runtime.now())
+                    ),
+                    None => "none".to_owned(),
+                };
+                tracing::info!(server = %node_id, error = %error, %retry, "dial failed");
                 self.broadcast(PoolEvent::DialFailed {
                     node_id,
                     error,
@@ -427,8 +434,9 @@ impl<H: Handshake> Driver<H> {
                 self.broadcast(PoolEvent::ProxyRecovered);
             }
             Notification::AddressRejected { index, error } => {
+                // Subscribers get it from `events()`, which replays the
+                // configuration's rejections: none can exist yet.
                 tracing::warn!(index, error = %error, "directory address rejected");
-                self.broadcast(PoolEvent::AddressRejected { index, error });
             }
             Notification::DuplicateAddress { index, server } => {
                 tracing::warn!(index, duplicate_of = %node(&self.state, server), "duplicate directory address ignored");

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dirpool_core::{
-    Entropy, IsolationToken, OperationReport, PoolState, RejectedEntry, RetryPolicy, ServerAddr,
-    ServerStatus, SocksCredentials, StreamIsolation,
+    Entropy, IsolationToken, OperationReport, PoolState, RejectedEntry, Rejection, RetryPolicy,
+    ServerAddr, ServerStatus, SocksCredentials, StreamIsolation,
 };
 use futures::Stream;
 use futures::channel::{mpsc, oneshot};
@@ -354,10 +354,20 @@ impl<H: Handshake> DirectoryPool<H> {
         self.inner.isolation.peer_credentials()
     }
 
-    /// The pool's events from now on: connected, disconnected, dial
-    /// failures, all down, recovered, proxy unreachable / recovered.
+    /// The pool's events: first one [`PoolEvent::AddressRejected`] per
+    /// malformed configured entry, then, as they happen, connected,
+    /// disconnected, dial failures, give-ups, all down, recovered, proxy
+    /// unreachable / recovered.
     pub fn events(&self) -> impl Stream<Item = PoolEvent> + Send + 'static {
         let (tx, rx) = mpsc::unbounded();
+        for entry in &self.inner.rejected {
+            if let Rejection::Malformed(error) = &entry.reason {
+                let _ = tx.unbounded_send(PoolEvent::AddressRejected {
+                    index: entry.index,
+                    error: error.clone(),
+                });
+            }
+        }
         if let Ok(mut subscribers) = self.inner.shared.subscribers.lock() {
             subscribers.push(tx);
         }

@@ -267,7 +267,8 @@ impl PoolState {
 
         let mut outputs = VecDeque::new();
         for r in &rejected {
-            tracing::warn!(index = r.index, entry = %truncate(&r.entry), reason = ?r.reason, "directory entry not used");
+            // Reported as a notification; the driver logs it for the user.
+            tracing::debug!(index = r.index, entry = %truncate(&r.entry), reason = ?r.reason, "directory entry not used");
             outputs.push_back(Output::Notify(match &r.reason {
                 Rejection::Malformed(error) => Notification::AddressRejected {
                     index: r.index,
@@ -427,7 +428,8 @@ impl PoolState {
     /// Starts (or restarts) background maintenance: every server that is
     /// lost or not connected is redialed on its own backoff. A restart
     /// forgets earlier give-ups. Servers with nothing scheduled are dialed
-    /// now.
+    /// now if their last dial did not fail, else after their backoff (so a
+    /// server that failed a moment ago is not hit again at once).
     pub fn start_maintenance(&mut self, now: Instant) {
         let now = self.clock(now);
         self.maintenance = true;
@@ -438,7 +440,11 @@ impl PoolState {
                 && server.retry_at.is_none()
                 && !server.waiting_for_proxy
             {
-                self.redial(now, server_id(index));
+                if server.consecutive_failures == 0 {
+                    self.redial(now, server_id(index));
+                } else {
+                    self.schedule_retry(now, server_id(index));
+                }
             }
         }
         self.keep_probing(now);

@@ -838,7 +838,12 @@ fn maintenance_gives_up_after_max_retries_until_restarted() {
     let a = dial_to(&rig.drain(), rig.id(A));
     rig.fail(a, DialFailure::TimedOut);
     rig.pool.start_maintenance(rig.now);
-    assert_eq!(dials(&rig.drain()).len(), 1);
+    // It failed a moment ago: redialed after its backoff, not at once.
+    assert!(dials(&rig.drain()).is_empty());
+    let status = rig.pool.status(rig.id(A)).expect("status");
+    assert_eq!(status.state, ServerState::WaitingRetry);
+    let due = rig.elapsed(status.next_retry_at.expect("scheduled"));
+    assert_eq!(dials(&rig.advance_to(due)).len(), 1);
 }
 
 #[test]
