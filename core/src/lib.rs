@@ -27,6 +27,8 @@ pub mod failure;
 pub mod isolation;
 mod onion;
 pub mod output;
+#[cfg(dirpool_planted_bugs)]
+pub mod planted;
 pub mod pool;
 pub mod status;
 

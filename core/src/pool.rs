@@ -394,6 +394,9 @@ impl PoolState {
             server.waiting_for_proxy = false;
             match server.phase {
                 Phase::Idle => {}
+                #[cfg(dirpool_planted_bugs)]
+                Phase::Dialing(_)
+                    if crate::planted::active(crate::planted::Bug::ForgetToAbortDials) => {}
                 Phase::Dialing(attempt) => {
                     server.phase = Phase::Idle;
                     self.set_link_state(attempt, LinkState::Abandoned);
@@ -495,6 +498,15 @@ impl PoolState {
                 self.proxy_up(now);
                 Ok(())
             }
+            #[cfg(dirpool_planted_bugs)]
+            LinkState::Abandoned
+                if crate::planted::active(crate::planted::Bug::RegisterLateSuccess)
+                    && matches!(self.servers[link.server.index()].phase, Phase::Idle) =>
+            {
+                self.set_link_state(attempt, LinkState::Dialing);
+                self.servers[link.server.index()].phase = Phase::Dialing(attempt);
+                self.dial_succeeded(now, attempt)
+            }
             LinkState::Abandoned => {
                 self.set_link_state(attempt, LinkState::StrayClosing);
                 tracing::debug!(%attempt, "late success of an abandoned dial: closing it");
@@ -566,7 +578,13 @@ impl PoolState {
                     }
                 }
                 server.phase = Phase::Idle;
-                self.connected -= 1;
+                #[cfg(dirpool_planted_bugs)]
+                let miscount = crate::planted::active(crate::planted::Bug::MiscountLostLink);
+                #[cfg(not(dirpool_planted_bugs))]
+                let miscount = false;
+                if !miscount {
+                    self.connected -= 1;
+                }
                 tracing::debug!(server = %server.addr, %attempt, %loss, "connection lost");
                 self.notify(Notification::Disconnected {
                     server: id,
@@ -832,6 +850,13 @@ impl PoolState {
         for index in 0..self.servers.len() {
             match self.servers[index].phase {
                 Phase::Idle => {
+                    waiting.insert(self.dial(now, server_id(index)));
+                }
+                #[cfg(dirpool_planted_bugs)]
+                Phase::Dialing(_)
+                    if crate::planted::active(crate::planted::Bug::DialInFlightAgain) =>
+                {
+                    self.servers[index].phase = Phase::Idle;
                     waiting.insert(self.dial(now, server_id(index)));
                 }
                 Phase::Dialing(attempt) => {

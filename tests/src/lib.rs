@@ -65,6 +65,7 @@
 mod common;
 pub mod jm_server;
 pub mod line_server;
+pub mod sim;
 pub mod socks_server;
 
 #[cfg(test)]
