@@ -332,8 +332,20 @@ impl<H: Handshake> Driver<H> {
         let attempt = request.attempt;
         let span = tracing::info_span!("directory", server = %held.node_id, %attempt);
         let client = held.client;
+        let deadline = self.runtime.sleep_until(request.deadline);
         let task = async move {
-            let result = client.close().await;
+            // A close that hangs past its deadline is dropped, and with it
+            // the pool's reference to the client, so the socket can go.
+            let result = {
+                let close = std::pin::pin!(client.close());
+                match futures::future::select(close, deadline).await {
+                    futures::future::Either::Left((result, _)) => result,
+                    futures::future::Either::Right(((), _)) => Err(CloseError::Io(
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "close timed out"),
+                    )),
+                }
+            };
+            drop(client);
             if let Err(e) = &result {
                 tracing::warn!(error = %e, "close failed");
             }

@@ -111,6 +111,10 @@ pub struct CloseRequest {
     /// True for a connection that was never registered (its dial succeeded
     /// after the machine gave up on it): close it without any hook.
     pub stray: bool,
+    /// When the machine stops waiting for this close; a driver should drop
+    /// a close still running then, so a hung close cannot keep the
+    /// connection alive.
+    pub deadline: Instant,
 }
 
 /// Something that happened to the pool.

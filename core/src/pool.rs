@@ -1119,12 +1119,13 @@ impl PoolState {
     }
 
     fn request_close(&mut self, now: Instant, attempt: AttemptId, server: ServerId, stray: bool) {
-        self.timers
-            .push(now + self.close_timeout, Timer::CloseDeadline(attempt));
+        let deadline = now + self.close_timeout;
+        self.timers.push(deadline, Timer::CloseDeadline(attempt));
         self.outputs.push_back(Output::Close(CloseRequest {
             attempt,
             server,
             stray,
+            deadline,
         }));
     }
 

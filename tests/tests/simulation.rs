@@ -18,8 +18,13 @@ fn env(name: &str) -> Option<u64> {
 }
 
 fn run_or_panic(seed: u64) {
-    if let Err(failure) = world::run(seed) {
-        panic!("{failure}");
+    // A panic inside a run (e.g. the executor's livelock bound) names its seed too.
+    match std::panic::catch_unwind(|| world::run(seed)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(failure)) => panic!("{failure}"),
+        Err(_) => panic!(
+            "simulation seed {seed} panicked; replay: DIRPOOL_SIM_SEED={seed} cargo test -p dirpool-tests --test simulation"
+        ),
     }
 }
 
