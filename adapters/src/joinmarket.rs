@@ -562,7 +562,7 @@ mod tests {
     use crate::runtime::TokioRuntime;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
-    const REFERENCE_REPLY: &str = r#"{"app-name": "joinmarket", "directory": true, "location-string": "x.onion:5222", "proto-ver": 5, "features": {}, "accepted": true, "nick": "J5dirNickXXXOOOO", "network": "regtest"}"#;
+    const REFERENCE_REPLY: &str = r#"{"app-name": "joinmarket", "directory": true, "location-string": "x.onion:5222", "proto-ver": 5, "features": {}, "accepted": true, "nick": "J5dirNickQRSOOOO", "network": "regtest"}"#;
     const RANGE_REPLY: &str = r#"{"accepted":true,"nick":"J5rangeDirOOOOOO","network":"regtest","proto-ver-min":5,"proto-ver-max":6,"features":{"peerlist_features":true,"ping":true,"off":false},"motd":"welcome\u0007 to the test directory","directory":true}"#;
 
     fn config() -> JmConfig {
@@ -660,7 +660,7 @@ mod tests {
         let (result, _, _side) =
             open_with(vec![envelope_line(795, REFERENCE_REPLY)], config()).await;
         let info = result.unwrap().info().clone();
-        assert_eq!(info.nick, "J5dirNickXXXOOOO");
+        assert_eq!(info.nick, "J5dirNickQRSOOOO");
         assert_eq!((info.protocol_min, info.protocol_max), (5, 5));
         assert_eq!(info.location.as_deref(), Some("x.onion:5222"));
         assert!(info.directory && info.features.is_empty() && info.motd.is_none());
@@ -683,7 +683,7 @@ mod tests {
     #[tokio::test]
     async fn every_bad_reply_is_its_typed_error() {
         let reply = |fields: Value| envelope_line(795, &fields.to_string());
-        let ok = || json!({"accepted": true, "nick": "J5dirNickXXXOOOO", "network": "regtest", "proto-ver": 5});
+        let ok = || json!({"accepted": true, "nick": "J5dirNickQRSOOOO", "network": "regtest", "proto-ver": 5});
         let with = |key: &str, value: Value| {
             let mut v = ok();
             v[key] = value;
@@ -805,7 +805,7 @@ mod tests {
         let bytes = envelope_line(795, REFERENCE_REPLY);
         let chunks = bytes.iter().map(|b| vec![*b]).collect();
         let (result, _, _side) = open_with(chunks, config()).await;
-        assert_eq!(result.unwrap().info().nick, "J5dirNickXXXOOOO");
+        assert_eq!(result.unwrap().info().nick, "J5dirNickQRSOOOO");
 
         let mut chunk = envelope_line(795, REFERENCE_REPLY);
         chunk.extend(envelope_line(789, "J5peerNickOOOOOO;x.onion:5222"));
