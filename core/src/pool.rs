@@ -514,10 +514,7 @@ impl PoolState {
                 self.proxy_up(now);
                 Ok(())
             }
-            state => Err(InputError::UnexpectedInput {
-                attempt,
-                state: state.name(),
-            }),
+            state => Err(unexpected(attempt, state)),
         }
     }
 
@@ -543,10 +540,7 @@ impl PoolState {
                 self.links.remove(attempt);
                 Ok(())
             }
-            state => Err(InputError::UnexpectedInput {
-                attempt,
-                state: state.name(),
-            }),
+            state => Err(unexpected(attempt, state)),
         }
     }
 
@@ -599,10 +593,7 @@ impl PoolState {
                 Ok(())
             }
             LinkState::Closing | LinkState::StrayClosing | LinkState::CloseAbandoned => Ok(()),
-            state => Err(InputError::UnexpectedInput {
-                attempt,
-                state: state.name(),
-            }),
+            state => Err(unexpected(attempt, state)),
         }
     }
 
@@ -635,10 +626,7 @@ impl PoolState {
                 self.links.remove(attempt);
                 Ok(())
             }
-            state => Err(InputError::UnexpectedInput {
-                attempt,
-                state: state.name(),
-            }),
+            state => Err(unexpected(attempt, state)),
         }
     }
 
@@ -1247,6 +1235,13 @@ impl PoolState {
                 self.finish_operation(id, OperationEnd::DeadlineReached);
             }
         }
+    }
+}
+
+fn unexpected(attempt: AttemptId, state: LinkState) -> InputError {
+    InputError::UnexpectedInput {
+        attempt,
+        state: state.name(),
     }
 }
 

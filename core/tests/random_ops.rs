@@ -82,21 +82,17 @@ macro_rules! bail {
 
 // ---- randomness ----------------------------------------------------------------
 
-/// SplitMix64: tiny, seedable, good enough to pick test inputs.
+/// The core's seedable SplitMix64, picking test inputs.
 #[derive(Debug, Clone)]
-struct Rng(u64);
+struct Rng(dirpool_core::JitterRng);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+        Self(dirpool_core::JitterRng::new(seed ^ 0x5DEE_CE66_D1CE_4E5B))
     }
 
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (0 when `n` is 0).
