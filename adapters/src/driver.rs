@@ -57,7 +57,7 @@ pub(crate) struct OpOutcome<C> {
 /// What the handles read without asking the driver.
 pub(crate) struct Shared<C> {
     pub(crate) clients: Mutex<BTreeMap<String, Arc<C>>>,
-    pub(crate) subscribers: Mutex<Vec<mpsc::UnboundedSender<PoolEvent>>>,
+    pub(crate) subscribers: Mutex<Vec<Subscriber>>,
 }
 
 impl<C> Default for Shared<C> {
@@ -65,6 +65,43 @@ impl<C> Default for Shared<C> {
         Self {
             clients: Mutex::new(BTreeMap::new()),
             subscribers: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Events a subscriber may have waiting before further ones are counted
+/// as missed instead of buffered.
+pub(crate) const EVENT_BUFFER: usize = 1024;
+
+/// One `events()` stream: a bounded buffer, and how many events it missed
+/// while full (told to it as [`PoolEvent::Lagged`] once there is room).
+pub(crate) struct Subscriber {
+    pub(crate) tx: mpsc::Sender<PoolEvent>,
+    pub(crate) missed: u64,
+}
+
+impl Subscriber {
+    /// Delivers `event`; false once the stream is dropped.
+    fn deliver(&mut self, event: &PoolEvent) -> bool {
+        if self.missed > 0 {
+            match self.tx.try_send(PoolEvent::Lagged {
+                missed: self.missed,
+            }) {
+                Ok(()) => self.missed = 0,
+                Err(e) if e.is_disconnected() => return false,
+                Err(_) => {
+                    self.missed += 1;
+                    return true;
+                }
+            }
+        }
+        match self.tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(e) if e.is_disconnected() => false,
+            Err(_) => {
+                self.missed += 1;
+                true
+            }
         }
     }
 }
@@ -511,7 +548,7 @@ impl<H: Handshake> Driver<H> {
 
     fn broadcast(&self, event: PoolEvent) {
         if let Ok(mut subscribers) = self.shared.subscribers.lock() {
-            subscribers.retain(|tx| tx.unbounded_send(event.clone()).is_ok());
+            subscribers.retain_mut(|subscriber| subscriber.deliver(&event));
         }
     }
 }

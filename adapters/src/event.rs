@@ -49,6 +49,12 @@ pub enum PoolEvent {
     ProxyUnreachable,
     /// The proxy answers again.
     ProxyRecovered,
+    /// This stream was not read fast enough: `missed` events were dropped
+    /// for it (and only for it) while its buffer was full.
+    Lagged {
+        /// How many.
+        missed: u64,
+    },
     /// A configured entry is malformed and is never dialed.
     AddressRejected {
         /// Its position in the configuration.

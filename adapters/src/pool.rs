@@ -12,7 +12,7 @@ use futures::channel::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::dialer::Dialer;
-use crate::driver::{Command, Driver, OpCommand, OpOutcome, Shared};
+use crate::driver::{Command, Driver, EVENT_BUFFER, OpCommand, OpOutcome, Shared, Subscriber};
 use crate::error::{ConfigError, DialError, PoolError};
 use crate::event::PoolEvent;
 use crate::handshake::Handshake;
@@ -358,18 +358,30 @@ impl<H: Handshake> DirectoryPool<H> {
     /// malformed configured entry, then, as they happen, connected,
     /// disconnected, dial failures, give-ups, all down, recovered, proxy
     /// unreachable / recovered.
+    ///
+    /// Each stream buffers up to 1,024 events; a stream that is not read
+    /// does not grow past that: later events are counted and it receives
+    /// one [`PoolEvent::Lagged`] saying how many it missed once it has room.
     pub fn events(&self) -> impl Stream<Item = PoolEvent> + Send + 'static {
-        let (tx, rx) = mpsc::unbounded();
-        for entry in &self.inner.rejected {
-            if let Rejection::Malformed(error) = &entry.reason {
-                let _ = tx.unbounded_send(PoolEvent::AddressRejected {
+        let rejections: Vec<PoolEvent> = self
+            .inner
+            .rejected
+            .iter()
+            .filter_map(|entry| match &entry.reason {
+                Rejection::Malformed(error) => Some(PoolEvent::AddressRejected {
                     index: entry.index,
                     error: error.clone(),
-                });
-            }
+                }),
+                _ => None,
+            })
+            .collect();
+        let (mut tx, rx) = mpsc::channel(EVENT_BUFFER + rejections.len());
+        for event in rejections {
+            // Fits: the buffer was sized for them.
+            let _ = tx.try_send(event);
         }
         if let Ok(mut subscribers) = self.inner.shared.subscribers.lock() {
-            subscribers.push(tx);
+            subscribers.push(Subscriber { tx, missed: 0 });
         }
         rx
     }
