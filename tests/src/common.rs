@@ -394,8 +394,10 @@ struct Incarnation {
 }
 
 /// A loopback server on a fixed address whose listener can be closed and
-/// reopened, with one thread per connection running `handler`.
-pub(crate) struct Server {
+/// reopened, with one thread per connection running its handler: the
+/// lifecycle that [`LineServer`](crate::LineServer) and
+/// [`JmDirectory`](crate::JmDirectory) share (they deref to it).
+pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
     handler: Handler,
@@ -452,21 +454,66 @@ impl Server {
         Ok(server)
     }
 
-    pub(crate) fn addr(&self) -> SocketAddr {
+    /// Its address (fixed for its whole life, across stops and restarts).
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    pub(crate) fn accepted(&self) -> usize {
+    /// Its port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The number of connections accepted so far.
+    #[must_use]
+    pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn open_connections(&self) -> usize {
+    /// The number of connections open now (uncounted only after the server
+    /// closed its socket).
+    #[must_use]
+    pub fn open_connections(&self) -> usize {
         self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// Stops: closes the listener (connecting is refused when this returns;
+    /// also cancels a pending late start) and every open connection.
+    /// Idempotent.
+    pub fn stop(&self) {
+        self.stop_listening();
+        self.drop_all();
+    }
+
+    /// Restarts on the same port: stops (see [`stop`](Self::stop)), then
+    /// listens again, retrying the bind for up to 2 s. When it returns
+    /// `Ok`, connections are accepted.
+    ///
+    /// # Errors
+    ///
+    /// If the port could not be bound again within 2 s.
+    pub fn restart(&self) -> io::Result<()> {
+        self.stop();
+        self.start_listening()
+    }
+
+    /// Stops now (see [`stop`](Self::stop)) and listens again on the same
+    /// port after `delay`, from a background thread. Returns at once.
+    ///
+    /// # Errors
+    ///
+    /// If the background thread cannot be spawned.
+    pub fn restart_after(&self, delay: Duration) -> io::Result<()> {
+        self.stop();
+        self.start_listening_after(delay)
     }
 
     /// `true` while the listening socket is bound (not before a delayed
     /// start, not while stopped).
-    pub(crate) fn is_listening(&self) -> bool {
+    #[must_use]
+    pub fn is_listening(&self) -> bool {
         lock(&self.listener).as_ref().is_some_and(|incarnation| {
             incarnation.bound.load(Ordering::SeqCst) && !incarnation.thread.is_finished()
         })
@@ -520,9 +567,10 @@ impl Server {
         Ok(())
     }
 
-    /// Shuts down every open connection (and registered extra socket), and
-    /// waits (up to 2 s) until their threads have closed them.
-    pub(crate) fn drop_all(&self) {
+    /// Closes every open connection (and registered extra socket) now, and
+    /// waits (up to 2 s) until their threads have closed them. The listener
+    /// is unaffected.
+    pub fn drop_all(&self) {
         self.shared.drop_all();
     }
 

@@ -34,7 +34,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -440,31 +440,6 @@ impl JmDirectory {
         Ok(Self { server, state })
     }
 
-    /// Its address (fixed for its whole life, across stops and restarts).
-    #[must_use]
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// Its port.
-    #[must_use]
-    pub fn port(&self) -> u16 {
-        self.server.addr().port()
-    }
-
-    /// The number of connections accepted so far.
-    #[must_use]
-    pub fn accepted(&self) -> usize {
-        self.server.accepted()
-    }
-
-    /// The number of connections open now (uncounted only after the server
-    /// closed its socket).
-    #[must_use]
-    pub fn open_connections(&self) -> usize {
-        self.server.open_connections()
-    }
-
     /// The number of connections open now that got an accepting reply (the
     /// ones [`broadcast`](Self::broadcast) reaches).
     #[must_use]
@@ -568,49 +543,6 @@ impl JmDirectory {
             .iter()
             .filter(|writer| send(&mut lock(writer), message.as_bytes()).is_ok())
             .count()
-    }
-
-    /// `true` while the listening socket is bound.
-    #[must_use]
-    pub fn is_listening(&self) -> bool {
-        self.server.is_listening()
-    }
-
-    /// Closes every open connection now, and waits (up to 2 s) until they
-    /// are closed on the server's side. The listener is unaffected.
-    pub fn drop_all(&self) {
-        self.server.drop_all();
-    }
-
-    /// Stops: closes the listener (connecting is refused when this returns;
-    /// also cancels a pending late start) and every open connection.
-    /// Idempotent.
-    pub fn stop(&self) {
-        self.server.stop_listening();
-        self.server.drop_all();
-    }
-
-    /// Restarts on the same port: stops (see [`stop`](Self::stop)), then
-    /// listens again, retrying the bind for up to 2 s. When it returns
-    /// `Ok`, connections are accepted.
-    ///
-    /// # Errors
-    ///
-    /// If the port could not be bound again within 2 s.
-    pub fn restart(&self) -> io::Result<()> {
-        self.stop();
-        self.server.start_listening()
-    }
-
-    /// Stops now (see [`stop`](Self::stop)) and listens again on the same
-    /// port after `delay`, from a background thread. Returns at once.
-    ///
-    /// # Errors
-    ///
-    /// If the background thread cannot be spawned.
-    pub fn restart_after(&self, delay: Duration) -> io::Result<()> {
-        self.stop();
-        self.server.start_listening_after(delay)
     }
 }
 
@@ -1026,6 +958,15 @@ impl Session<'_> {
     }
 }
 
+impl std::ops::Deref for JmDirectory {
+    type Target = Server;
+
+    /// Its address, counters and lifecycle (stop, restart, drop links).
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{ErrorKind, Read, Write};
@@ -1036,6 +977,7 @@ mod tests {
     use super::*;
     use crate::test_client::{closed, connect, held, read_line};
     use crate::wait_until;
+    use std::net::SocketAddr;
 
     const WAIT: Duration = Duration::from_secs(2);
     const NICK: &str = "J5xhGSWE7VrxM7sO";

@@ -73,7 +73,7 @@ mod test_client;
 
 use std::time::{Duration, Instant};
 
-pub use common::free_loopback_port;
+pub use common::{Server, free_loopback_port};
 pub use jm_server::{
     ClientHandshake, JM_DEFAULT_MOTD, JM_DEFAULT_NETWORK, JM_DIRECTORY_NICK, JM_DN_HANDSHAKE,
     JM_GETPEERLIST, JM_HANDSHAKE, JM_MAX_LINE, JM_PEERLIST, JM_PING, JM_PONG, JM_PRIVMSG,

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,10 +69,10 @@ impl LineServer {
     /// Plans a free loopback address now (binds a free port, reads it,
     /// closes it, and keeps it claimed) and starts listening on it only after `delay`, in
     /// the background (as a directory behind a still-bootstrapping Tor).
-    /// [`addr`](Self::addr) is the planned address at once; until the delay
+    /// [`addr`](crate::Server::addr) is the planned address at once; until the delay
     /// has passed, connecting to it is refused. If the port cannot be bound
     /// by then (within 2 s of retries), the server stays down
-    /// ([`is_listening`](Self::is_listening) stays `false`).
+    /// ([`is_listening`](crate::Server::is_listening) stays `false`).
     ///
     /// # Errors
     ///
@@ -81,31 +81,6 @@ impl LineServer {
         let behaviour = Arc::new(Mutex::new(behaviour));
         let server = Server::start_after(handler(&behaviour), delay)?;
         Ok(Self { server, behaviour })
-    }
-
-    /// Its address (fixed for its whole life, across stops and restarts).
-    #[must_use]
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// Its port.
-    #[must_use]
-    pub fn port(&self) -> u16 {
-        self.server.addr().port()
-    }
-
-    /// The number of connections accepted so far.
-    #[must_use]
-    pub fn accepted(&self) -> usize {
-        self.server.accepted()
-    }
-
-    /// The number of connections open now (uncounted only after the server
-    /// closed its socket).
-    #[must_use]
-    pub fn open_connections(&self) -> usize {
-        self.server.open_connections()
     }
 
     /// The behaviour for new connections.
@@ -117,51 +92,6 @@ impl LineServer {
     /// Sets the behaviour for the connections accepted from now on.
     pub fn set_behaviour(&self, behaviour: LineBehaviour) {
         *lock(&self.behaviour) = behaviour;
-    }
-
-    /// `true` while the listening socket is bound.
-    #[must_use]
-    pub fn is_listening(&self) -> bool {
-        self.server.is_listening()
-    }
-
-    /// Closes every open connection now (a directory dropping its links),
-    /// and waits (up to 2 s) until they are closed on the server's side. The
-    /// listener is unaffected.
-    pub fn drop_all(&self) {
-        self.server.drop_all();
-    }
-
-    /// Stops: closes the listener (connecting is refused when this returns;
-    /// also cancels a pending late start) and every open connection.
-    /// Idempotent.
-    pub fn stop(&self) {
-        self.server.stop_listening();
-        self.server.drop_all();
-    }
-
-    /// Restarts on the same port: stops (see [`stop`](Self::stop)) if
-    /// running, then listens again, retrying the bind for up to 2 s. When it
-    /// returns `Ok`, connections are accepted.
-    ///
-    /// # Errors
-    ///
-    /// If the port could not be bound again within 2 s.
-    pub fn restart(&self) -> io::Result<()> {
-        self.stop();
-        self.server.start_listening()
-    }
-
-    /// Stops now (see [`stop`](Self::stop)) and listens again on the same
-    /// port after `delay`, on its own (from a background thread). Returns at
-    /// once.
-    ///
-    /// # Errors
-    ///
-    /// If the background thread cannot be spawned.
-    pub fn restart_after(&self, delay: Duration) -> io::Result<()> {
-        self.stop();
-        self.server.start_listening_after(delay)
     }
 }
 
@@ -217,6 +147,15 @@ fn echo(stream: &mut TcpStream, ctx: &Ctx, drop_after: Option<Duration>) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
+impl std::ops::Deref for LineServer {
+    type Target = Server;
+
+    /// Its address, counters and lifecycle (stop, restart, drop links).
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{ErrorKind, Write};
@@ -226,6 +165,7 @@ mod tests {
     use super::*;
     use crate::test_client::{closed, connect, held, read_line};
     use crate::{free_loopback_port, wait_until};
+    use std::net::SocketAddr;
 
     const WAIT: Duration = Duration::from_secs(2);
 
