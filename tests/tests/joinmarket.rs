@@ -7,7 +7,7 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{entropy, eventually, next_matching, on_both_runtimes};
+use common::{entropy, eventually, next_matching, on_both_runtimes, wait_for};
 use dirpool::joinmarket::{
     DirectoryConnection, Envelope, JmConfig, JmError, JoinMarketHandshake, Network, Nick, wire,
 };
@@ -176,19 +176,24 @@ fn a_directory_closing_is_a_loss_the_pool_repairs() {
         let pool = jm_pool(&[&addr], &tor, &rt);
         let mut events = pool.events();
         pool.start_maintenance().unwrap();
-        let connected = |e: &PoolEvent| matches!(e, PoolEvent::Connected { .. }).then_some(());
-        next_matching(&rt, &mut events, SHORT, connected)
-            .await
-            .expect("connected");
+        let connected = |e: &PoolEvent| matches!(e, PoolEvent::Connected { .. });
+        assert!(
+            wait_for(&rt, &mut events, SHORT, connected).await,
+            "connected"
+        );
         dir.drop_all();
-        next_matching(&rt, &mut events, SHORT, |e| {
-            matches!(e, PoolEvent::Disconnected { .. }).then_some(())
-        })
-        .await
-        .expect("the pool hears the directory closed");
-        next_matching(&rt, &mut events, SHORT, connected)
-            .await
-            .expect("reconnected");
+        assert!(
+            wait_for(&rt, &mut events, SHORT, |e| matches!(
+                e,
+                PoolEvent::Disconnected { .. }
+            ))
+            .await,
+            "the pool hears the directory closed"
+        );
+        assert!(
+            wait_for(&rt, &mut events, SHORT, connected).await,
+            "reconnected"
+        );
         assert_eq!(dir.handshakes().len(), 2);
         pool.close_all().await.unwrap();
     });

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    LineClient, LineHandshake, TOKEN_HEX, config, dns, entropy, eventually, line_pool,
-    next_matching, on_both_runtimes, sleep,
+    LineClient, LineHandshake, TOKEN_HEX, config, dns, entropy, eventually, healthy_behind_proxy,
+    line_pool, next_matching, on_both_runtimes, sleep, wait_for,
 };
 use dirpool::{DialError, DirectoryPool, PoolEvent, PoolHooks};
 use dirpool_core::{DisconnectReason, IsolationScope, RetryPolicy, ServerState, SocksReply};
@@ -179,19 +179,24 @@ fn maintenance_redials_a_dropped_directory() {
         let pool = line_pool(config(&[dns("dir")], tor.addr()), &rt);
         let mut events = pool.events();
         pool.start_maintenance().unwrap();
-        let connected = |e: &PoolEvent| matches!(e, PoolEvent::Connected { .. }).then_some(());
-        next_matching(&rt, &mut events, SHORT, connected)
-            .await
-            .expect("connected by maintenance");
+        let connected = |e: &PoolEvent| matches!(e, PoolEvent::Connected { .. });
+        assert!(
+            wait_for(&rt, &mut events, SHORT, connected).await,
+            "connected by maintenance"
+        );
         dir.drop_all();
-        next_matching(&rt, &mut events, SHORT, |e| {
-            matches!(e, PoolEvent::Disconnected { .. }).then_some(())
-        })
-        .await
-        .expect("loss noticed");
-        next_matching(&rt, &mut events, SHORT, connected)
-            .await
-            .expect("redialed");
+        assert!(
+            wait_for(&rt, &mut events, SHORT, |e| matches!(
+                e,
+                PoolEvent::Disconnected { .. }
+            ))
+            .await,
+            "loss noticed"
+        );
+        assert!(
+            wait_for(&rt, &mut events, SHORT, connected).await,
+            "redialed"
+        );
         assert_eq!(dir.accepted(), 2);
         pool.close_all().await.unwrap();
     });
@@ -216,11 +221,14 @@ fn close_all_during_dials_leaves_no_socket_open() {
         rt.spawn(Box::pin(async move {
             let _ = background.connect_all_parallel().await;
         }));
-        next_matching(&rt, &mut events, SHORT, |e| {
-            matches!(e, PoolEvent::Connected { .. }).then_some(())
-        })
-        .await
-        .expect("one connected");
+        assert!(
+            wait_for(&rt, &mut events, SHORT, |e| matches!(
+                e,
+                PoolEvent::Connected { .. }
+            ))
+            .await,
+            "one connected"
+        );
         assert!(eventually(&rt, SHORT, || tor.open_connections() == 3).await);
         let report = pool.close_all().await.unwrap();
         assert_eq!(report.connected, 0);
@@ -360,19 +368,19 @@ fn every_socks_reply_code_is_its_typed_error() {
 #[test]
 fn proxy_down_is_reported_as_such_and_recovers_by_itself() {
     on_both_runtimes(|rt| async move {
-        let dir = LineServer::start(LineBehaviour::Healthy).unwrap();
-        let tor =
-            SocksServer::start(SocksConfig::new().with_default_reply(Reply::Forward(dir.addr())))
-                .unwrap();
+        let (_dir, tor) = healthy_behind_proxy();
         tor.set_down(true).unwrap();
         let pool = line_pool(config(&[dns("a"), dns("b")], tor.addr()), &rt);
         let mut events = pool.events();
         pool.start_maintenance().unwrap();
-        next_matching(&rt, &mut events, SHORT, |e| {
-            matches!(e, PoolEvent::ProxyUnreachable).then_some(())
-        })
-        .await
-        .expect("proxy unreachable reported");
+        assert!(
+            wait_for(&rt, &mut events, SHORT, |e| matches!(
+                e,
+                PoolEvent::ProxyUnreachable
+            ))
+            .await,
+            "proxy unreachable reported"
+        );
         sleep(&rt, Duration::from_millis(500)).await;
         for status in pool.status().await.unwrap() {
             assert_eq!(status.consecutive_failures, 0, "no directory is blamed");
@@ -382,11 +390,14 @@ fn proxy_down_is_reported_as_such_and_recovers_by_itself() {
             ));
         }
         tor.set_down(false).unwrap();
-        next_matching(&rt, &mut events, SHORT, |e| {
-            matches!(e, PoolEvent::ProxyRecovered).then_some(())
-        })
-        .await
-        .expect("recovered");
+        assert!(
+            wait_for(&rt, &mut events, SHORT, |e| matches!(
+                e,
+                PoolEvent::ProxyRecovered
+            ))
+            .await,
+            "recovered"
+        );
         assert!(eventually(&rt, SHORT, || pool.connected_count() == 2).await);
         pool.close_all().await.unwrap();
     });
@@ -395,10 +406,7 @@ fn proxy_down_is_reported_as_such_and_recovers_by_itself() {
 #[test]
 fn connect_to_directory_is_not_registered() {
     on_both_runtimes(|rt| async move {
-        let dir = LineServer::start(LineBehaviour::Healthy).unwrap();
-        let tor =
-            SocksServer::start(SocksConfig::new().with_default_reply(Reply::Forward(dir.addr())))
-                .unwrap();
+        let (_dir, tor) = healthy_behind_proxy();
         let pool = line_pool(config(&[dns("a")], tor.addr()), &rt);
         let (node_id, client) = pool.connect_to_directory("Other.Example").await.unwrap();
         assert_eq!(node_id, "other.example:5222");
@@ -480,10 +488,7 @@ fn a_slow_hook_does_not_delay_other_dials() {
 fn the_raw_stream_handshake_hands_out_the_tunnel() {
     on_both_runtimes(|rt| async move {
         use tokio::io::AsyncReadExt;
-        let dir = LineServer::start(LineBehaviour::Healthy).unwrap();
-        let tor =
-            SocksServer::start(SocksConfig::new().with_default_reply(Reply::Forward(dir.addr())))
-                .unwrap();
+        let (dir, tor) = healthy_behind_proxy();
         let pool = DirectoryPool::builder(config(&[dns("raw")], tor.addr()), dirpool::RawStream)
             .entropy(entropy())
             .spawn(Arc::clone(&rt))
@@ -500,11 +505,14 @@ fn the_raw_stream_handshake_hands_out_the_tunnel() {
         dir.drop_all();
         assert_eq!(stream.read(&mut hello).await.unwrap(), 0);
         connection.report_lost(dirpool_core::LinkLoss::ClosedByPeer);
-        next_matching(&rt, &mut events, SHORT, |e| {
-            matches!(e, PoolEvent::Disconnected { .. }).then_some(())
-        })
-        .await
-        .expect("loss reported");
+        assert!(
+            wait_for(&rt, &mut events, SHORT, |e| matches!(
+                e,
+                PoolEvent::Disconnected { .. }
+            ))
+            .await,
+            "loss reported"
+        );
         assert_eq!(pool.connected_count(), 0);
     });
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{LineClient, LineHandshake, config, entropy, eventually, next_matching, run_on_smol};
+use common::{LineClient, LineHandshake, config, entropy, eventually, run_on_smol, wait_for};
 use dirpool::{DirectoryPool, PoolEvent, PoolHooks};
 use dirpool_core::RetryPolicy;
 use dirpool_tests::{LineBehaviour, LineServer, Reply, SocksConfig, SocksServer};
@@ -53,17 +53,23 @@ fn the_smol_adapter_runs_without_any_tokio_runtime() {
         );
         pool.start_maintenance().unwrap();
         // The stalled dial times out on smol's timer and is retried.
-        next_matching(&rt, &mut events, Duration::from_secs(5), |e| {
-            matches!(e, PoolEvent::DialFailed { .. }).then_some(())
-        })
-        .await
-        .expect("timeout on the smol timer");
+        assert!(
+            wait_for(&rt, &mut events, Duration::from_secs(5), |e| matches!(
+                e,
+                PoolEvent::DialFailed { .. }
+            ))
+            .await,
+            "timeout on the smol timer"
+        );
         dir.drop_all();
-        next_matching(&rt, &mut events, Duration::from_secs(5), |e| {
-            matches!(e, PoolEvent::Disconnected { .. }).then_some(())
-        })
-        .await
-        .expect("loss");
+        assert!(
+            wait_for(&rt, &mut events, Duration::from_secs(5), |e| matches!(
+                e,
+                PoolEvent::Disconnected { .. }
+            ))
+            .await,
+            "loss"
+        );
         assert!(
             eventually(&rt, Duration::from_secs(5), || hooks.load(Ordering::SeqCst)
                 == 2)

@@ -212,6 +212,29 @@ pub async fn next_matching<T>(
     }
 }
 
+/// Waits for the first event `what` accepts, up to `timeout`.
+pub async fn wait_for(
+    rt: &Arc<dyn Runtime>,
+    events: &mut (impl futures::Stream<Item = PoolEvent> + Unpin),
+    timeout: Duration,
+    what: impl Fn(&PoolEvent) -> bool,
+) -> bool {
+    next_matching(rt, events, timeout, |e| what(e).then_some(()))
+        .await
+        .is_some()
+}
+
+/// A healthy line directory and a proxy that forwards every host to it.
+pub fn healthy_behind_proxy() -> (dirpool_tests::LineServer, dirpool_tests::SocksServer) {
+    let dir = dirpool_tests::LineServer::start(dirpool_tests::LineBehaviour::Healthy).unwrap();
+    let tor = dirpool_tests::SocksServer::start(
+        dirpool_tests::SocksConfig::new()
+            .with_default_reply(dirpool_tests::Reply::Forward(dir.addr())),
+    )
+    .unwrap();
+    (dir, tor)
+}
+
 /// A pool with the line handshake.
 pub fn line_pool(config: Config, rt: &Arc<dyn Runtime>) -> DirectoryPool<LineHandshake> {
     DirectoryPool::builder(config, LineHandshake)
