@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use dirpool_core::{ServerAddr, SocksCredentials};
-use futures::future::{Either, select};
 
 use crate::error::DialError;
 use crate::handshake::{Handshake, HandshakeContext};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, before};
 use crate::socks;
 
 pub(crate) struct Dialer<H> {
@@ -74,11 +73,10 @@ impl<H: Handshake> Dialer<H> {
         deadline: Instant,
         timeout: std::time::Duration,
     ) -> Result<H::Client, DialError> {
-        let dial = std::pin::pin!(self.dial(addr, credentials, deadline));
-        match select(dial, self.runtime.sleep_until(deadline)).await {
-            Either::Left((result, _)) => result,
-            Either::Right(((), _)) => Err(DialError::TimedOut(timeout)),
-        }
+        let dial = self.dial(addr, credentials, deadline);
+        before(self.runtime.sleep_until(deadline), dial)
+            .await
+            .unwrap_or(Err(DialError::TimedOut(timeout)))
     }
 
     /// async-socks5 offers "no auth" beside username/password, and a proxy

@@ -28,7 +28,7 @@ use crate::error::{CloseError, DialError};
 use crate::event::PoolEvent;
 use crate::handshake::{Client, Handshake};
 use crate::hooks::PoolHooks;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, before};
 
 /// Where an operation's outcome goes.
 pub(crate) type OpReply<C> = oneshot::Sender<Result<OpOutcome<C>, dirpool_core::ConfigError>>;
@@ -373,15 +373,12 @@ impl<H: Handshake> Driver<H> {
         let task = async move {
             // A close that hangs past its deadline is dropped, and with it
             // the pool's reference to the client, so the socket can go.
-            let result = {
-                let close = std::pin::pin!(client.close());
-                match futures::future::select(close, deadline).await {
-                    futures::future::Either::Left((result, _)) => result,
-                    futures::future::Either::Right(((), _)) => Err(CloseError::Io(
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, "close timed out"),
-                    )),
-                }
-            };
+            let result = before(deadline, client.close()).await.unwrap_or_else(|| {
+                Err(CloseError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "close timed out",
+                )))
+            });
             drop(client);
             if let Err(e) = &result {
                 tracing::warn!(error = %e, "close failed");

@@ -36,7 +36,7 @@ use wire::LineReader;
 
 use crate::error::{CloseError, HandshakeError, HandshakeErrorKind};
 use crate::handshake::{Client, Handshake, HandshakeContext, LossSignal};
-use crate::runtime::BoxedStream;
+use crate::runtime::{BoxedStream, before};
 
 /// The protocol version we speak.
 pub const PROTOCOL_VERSION: u32 = 5;
@@ -390,15 +390,15 @@ impl Handshake for JoinMarketHandshake {
         let runtime = context.runtime();
         let timeout = config.handshake_timeout;
         let own_deadline = runtime.now() + timeout;
-        let exchange = std::pin::pin!(DirectoryConnection::open(stream, config));
+        let exchange = DirectoryConnection::open(stream, config);
         if own_deadline >= context.deadline() {
             // The dial's deadline comes first; whoever set it enforces it
             // (and reports its own timeout, not ours).
             return Ok(exchange.await?);
         }
-        match select(exchange, runtime.sleep_until(own_deadline)).await {
-            Either::Left((result, _)) => Ok(result?),
-            Either::Right(((), _)) => Err(JmError::TimedOut(timeout).into()),
+        match before(runtime.sleep_until(own_deadline), exchange).await {
+            Some(result) => Ok(result?),
+            None => Err(JmError::TimedOut(timeout).into()),
         }
     }
 }

@@ -51,6 +51,19 @@ pub trait Runtime: Send + Sync + Debug + 'static {
     fn spawn(&self, future: BoxFuture<'static, ()>);
 }
 
+/// `future`'s output, or `None` if `deadline` (a sleep from
+/// [`Runtime::sleep_until`]) completes first; the future is dropped then.
+pub(crate) async fn before<F: std::future::Future>(
+    deadline: BoxFuture<'static, ()>,
+    future: F,
+) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    match futures::future::select(future, deadline).await {
+        futures::future::Either::Left((output, _)) => Some(output),
+        futures::future::Either::Right(((), _)) => None,
+    }
+}
+
 /// A shared runtime is a runtime (so `Arc<dyn Runtime>` can be handed to the
 /// pool builder).
 impl<R: Runtime + ?Sized> Runtime for std::sync::Arc<R> {
