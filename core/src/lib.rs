@@ -24,6 +24,8 @@ pub mod addr;
 pub mod backoff;
 pub mod config;
 pub mod failure;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod isolation;
 mod onion;
 pub mod output;

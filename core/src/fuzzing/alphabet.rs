@@ -1,0 +1,86 @@
+//! The operation alphabet shared by the seeded core simulation
+//! (`core/tests/random_ops.rs`) and the `pool_ops` fuzz target: what a
+//! driver can do next to a [`PoolState`](crate::PoolState).
+//!
+//! Each step is one of these; its details (which attempt, which failure,
+//! how far the clock moves) are drawn from the same [`Choices`](super::Choices)
+//! when it is applied, from what is outstanding at that moment, so that a
+//! step always names an attempt the run has seen (a current or a stale one).
+
+use arbitrary::{Arbitrary, Unstructured};
+
+/// A command of the pool's public API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// `connect_all_parallel`.
+    ConnectAllParallel,
+    /// `reconnect_disconnected`.
+    ReconnectDisconnected,
+    /// `connect_all_with_retry` with a policy drawn when it is applied.
+    ConnectAllWithRetry,
+    /// `close_all`.
+    CloseAll,
+    /// `start_maintenance`.
+    StartMaintenance,
+    /// `stop_maintenance`.
+    StopMaintenance,
+}
+
+impl<'a> Arbitrary<'a> for Command {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        // Weighted so that runs spend their time connected and reconnecting
+        // rather than closing.
+        Ok(match u.int_in_range(0..=99u8)? {
+            0..=19 => Self::ConnectAllParallel,
+            20..=34 => Self::ReconnectDisconnected,
+            35..=54 => Self::ConnectAllWithRetry,
+            55..=63 => Self::CloseAll,
+            64..=84 => Self::StartMaintenance,
+            _ => Self::StopMaintenance,
+        })
+    }
+
+    fn size_hint(_depth: usize) -> (usize, Option<usize>) {
+        (1, Some(1))
+    }
+}
+
+/// One step of a driver: an input to the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The result of an outstanding dial (an aborted one included): success
+    /// or a failure.
+    DialResult,
+    /// The result of an outstanding close: done, failed, or (by never
+    /// coming) a close timeout.
+    CloseResult,
+    /// A registered link, or one being closed, is lost.
+    LoseLink,
+    /// Time passes: a small or large step, a jump to `poll_timeout`, a
+    /// `handle_timeout` too early or in the past, or a clock that moves
+    /// before the machine is told.
+    Time,
+    /// A command.
+    Command(Command),
+    /// An input the machine must refuse without changing anything: a stale
+    /// attempt id, a result that does not fit the attempt's state, or an
+    /// invalid retry policy.
+    WrongInput,
+}
+
+impl<'a> Arbitrary<'a> for Step {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(match u.int_in_range(0..=99u8)? {
+            0..=29 => Self::DialResult,
+            30..=39 => Self::CloseResult,
+            40..=46 => Self::LoseLink,
+            47..=69 | 95..=99 => Self::Time,
+            70..=89 => Self::Command(Command::arbitrary(u)?),
+            _ => Self::WrongInput,
+        })
+    }
+
+    fn size_hint(_depth: usize) -> (usize, Option<usize>) {
+        (1, Some(2))
+    }
+}

@@ -1,0 +1,96 @@
+//! Fuzz target bodies and the checked runs they share with stable tests
+//! (feature `fuzzing`).
+//!
+//! Each function here takes the raw bytes of one fuzzer input and panics
+//! when a property is broken; the cargo-fuzz targets in `fuzz/` call them
+//! on nightly, and `core/tests/fuzz_corpus.rs` replays every corpus and
+//! regression file through them on stable. Not part of the stable API.
+
+use std::collections::BTreeMap;
+
+mod alphabet;
+mod choices;
+mod pool_ops;
+
+pub use alphabet::{Command, Step};
+pub use choices::Choices;
+
+use crate::ServerAddr;
+
+/// What a checked run of the pool that kept every invariant saw.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// How often each interesting thing happened ("connections",
+    /// "stray closes", …), to show the runs reach them.
+    pub counts: BTreeMap<&'static str, u64>,
+    /// Every step, when asked for.
+    pub trace: Option<String>,
+}
+
+/// A checked run that broke an invariant, or panicked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct RunFailure {
+    /// What broke, then the last steps of the run.
+    pub message: String,
+}
+
+/// Plays one run of the pool's model checker, drawing every decision from
+/// `choices` (see [`Step`] for the alphabet), and checks the invariants of
+/// `DESIGN.md` after every step. Afterwards `choices.consumed()` is the
+/// fuzz input that replays the run.
+///
+/// # Errors
+/// [`RunFailure`] naming the broken invariant, with the last steps.
+pub fn check_pool(choices: &mut Choices, full_trace: bool) -> Result<RunReport, RunFailure> {
+    match pool_ops::check(choices, full_trace) {
+        Ok((stats, trace)) => Ok(RunReport {
+            counts: stats.0,
+            trace: trace.full,
+        }),
+        Err(message) => Err(RunFailure { message }),
+    }
+}
+
+/// The `pool_ops` target: `data` decides a whole checked run.
+///
+/// # Panics
+/// When the run breaks an invariant.
+pub fn pool_ops(data: &[u8]) {
+    if let Err(failure) = check_pool(&mut Choices::from_bytes(data), false) {
+        panic!("pool_ops: {failure}");
+    }
+}
+
+/// The `addr_parse` target: `data` (as text, invalid UTF-8 replaced) into
+/// the address parser. Whatever parses must print back to text that parses
+/// to the same server; an error must display. The first 32 bytes, as an
+/// onion service key, must give an address that parses back too.
+///
+/// # Panics
+/// When a property is broken.
+pub fn addr_parse(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match ServerAddr::parse(&text) {
+        Ok(addr) => {
+            let printed = addr.to_string();
+            match ServerAddr::parse(&printed) {
+                Ok(again) => assert!(
+                    again == addr && again.node_id() == addr.node_id(),
+                    "{text:?} parsed to {addr:?}, which printed as {printed:?}, which parsed to {again:?}"
+                ),
+                Err(e) => panic!("{text:?} parsed to {addr:?}, but its text {printed:?} does not parse: {e}"),
+            }
+        }
+        Err(e) => drop(e.to_string()),
+    }
+    if let Some(key) = data.first_chunk::<32>() {
+        let port = u16::from_le_bytes([data.get(32).copied().unwrap_or(1), data.get(33).copied().unwrap_or(0)]).max(1);
+        let addr = ServerAddr::from_onion_key(key, port);
+        let again = ServerAddr::parse(&addr.to_string());
+        assert!(
+            again.as_ref() == Ok(&addr),
+            "the onion address {addr:?} of key {key:02x?} parses to {again:?}"
+        );
+    }
+}
