@@ -33,6 +33,8 @@ mod dialer;
 mod driver;
 pub mod error;
 pub mod event;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod handshake;
 pub mod hooks;
 pub mod joinmarket;

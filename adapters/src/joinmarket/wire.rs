@@ -111,6 +111,12 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
     }
 
+    /// Bytes of memory the reader holds for unfinished lines.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn held_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// The next line, or `None` at a clean end of stream.
     pub(crate) async fn next_line(&mut self) -> Result<Option<String>, JmError> {
         loop {
@@ -136,6 +142,10 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             }
             let room = (self.limit + 2 - self.buf.len()).min(READ_CHUNK);
             let start = self.buf.len();
+            // Grow by doubling, but never past what the limit can need, so
+            // the buffer's memory stays within the limit.
+            let wanted = (start + room).max((2 * self.buf.capacity()).min(self.limit + 2));
+            self.buf.reserve_exact(wanted - start);
             self.buf.resize(start + room, 0);
             let read = self.inner.read(&mut self.buf[start..]).await;
             let n = *read.as_ref().unwrap_or(&0);

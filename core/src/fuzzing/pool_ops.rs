@@ -1677,13 +1677,13 @@ impl Sim<'_> {
 
     fn random_loss(&mut self) -> Result<(), String> {
         let loss = random_loss(self.choices);
-        let target = if !self.m.open.is_empty() && (self.m.closes.is_empty() || self.choices.chance(85))
-        {
-            let i = self.choices.index(self.m.open.len());
-            self.m.open.keys().nth(i).copied()
-        } else {
-            self.pick_close().map(|(a, _)| a)
-        };
+        let target =
+            if !self.m.open.is_empty() && (self.m.closes.is_empty() || self.choices.chance(85)) {
+                let i = self.choices.index(self.m.open.len());
+                self.m.open.keys().nth(i).copied()
+            } else {
+                self.pick_close().map(|(a, _)| a)
+            };
         match target {
             Some(a) => self.apply(Input::Lost(a, loss)).map(drop),
             None => Ok(()),
