@@ -117,7 +117,7 @@ fn random_operations_keep_every_invariant() {
 #[test]
 fn a_seed_replays_exactly() {
     let mut traces = Vec::new();
-    for seed in [3, 141, 2_718] {
+    for seed in [1, 7, 1_000] {
         let first = run_seed(seed, true).trace.unwrap_or_default();
         let second = run_seed(seed, true).trace.unwrap_or_default();
         assert!(first.lines().count() > 100, "trace too short: {first}");

@@ -104,9 +104,11 @@ impl Choices {
         usize::try_from(self.below(n)).unwrap_or(0)
     }
 
-    /// True with the given probability in percent.
+    /// True with the given probability in percent; false once a fixed
+    /// input is used up, so that a short input ends in a quiet run (no
+    /// more commands, no rare branches) rather than in a loop of them.
     pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
+        self.below(100) >= 100u64.saturating_sub(percent)
     }
 
     /// Uniform in `[0, 1)`.
@@ -146,7 +148,8 @@ mod tests {
         assert_eq!(c.below(10), 0);
         assert_eq!(c.next_u64(), 0);
         assert!(!c.chance(0));
-        assert!(c.chance(1));
+        assert!(!c.chance(99));
+        assert!(c.chance(100));
     }
 
     #[test]
