@@ -175,19 +175,26 @@ fn random_loss(choices: &mut Choices) -> LinkLoss {
 /// The last steps of a run (and, on request, all of them).
 #[derive(Debug, Default)]
 pub(super) struct Trace {
+    /// Off for the first try of a run: formatting every step costs more
+    /// than the checks, and a failing run is replayed with it on.
+    on: bool,
     pub(super) tail: VecDeque<String>,
     pub(super) full: Option<String>,
 }
 
 impl Trace {
-    fn new(full: bool) -> Self {
+    fn new(on: bool, full: bool) -> Self {
         Self {
+            on: on || full,
             tail: VecDeque::with_capacity(TRACE_TAIL),
             full: full.then(String::new),
         }
     }
 
     fn push(&mut self, line: String) {
+        if !self.on {
+            return;
+        }
         if let Some(full) = &mut self.full {
             full.push_str(&line);
             full.push('\n');
@@ -551,6 +558,9 @@ impl Sim<'_> {
     }
 
     fn log(&mut self, what: &str, outputs: &[Output]) {
+        if !self.trace.on {
+            return;
+        }
         let mut line = format!("#{} t={} {what}", self.step, self.off(self.now));
         if !outputs.is_empty() {
             line.push_str(" =>");
@@ -641,8 +651,10 @@ impl Sim<'_> {
             }
         };
         let outputs = self.drain()?;
-        let what = self.describe_input(&input);
-        self.log(&what, &outputs);
+        if self.trace.on {
+            let what = self.describe_input(&input);
+            self.log(&what, &outputs);
+        }
         if let Err(e) = result {
             return Err(format!("the machine refused a valid input: {e}"));
         }
@@ -2269,7 +2281,23 @@ fn run(choices: &mut Choices, trace: &mut Trace) -> Result<Stats, String> {
 
 /// Runs one checked run; on failure, the error shows the last steps.
 pub(super) fn check(choices: &mut Choices, full_trace: bool) -> Result<(Stats, Trace), String> {
-    let mut trace = Trace::new(full_trace);
+    let start = choices.clone();
+    let error = match run_traced(choices, full_trace, full_trace) {
+        Ok(done) => return Ok(done),
+        Err(error) if full_trace => error,
+        // The run is a function of its bytes: replay it with the trace on.
+        Err(_) => match run_traced(&mut start.clone(), true, false) {
+            Ok(_) => "the run failed untraced but passed traced (the checker depends on its trace)"
+                .to_owned(),
+            Err(error) => error,
+        },
+    };
+    Err(error)
+}
+
+/// One run; on failure, the error shows the last steps (when traced).
+fn run_traced(choices: &mut Choices, on: bool, full: bool) -> Result<(Stats, Trace), String> {
+    let mut trace = Trace::new(on, full);
     let outcome = catch_unwind(AssertUnwindSafe(|| run(choices, &mut trace)));
     let error = match outcome {
         Ok(Ok(stats)) => return Ok((stats, trace)),
