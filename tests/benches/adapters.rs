@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::line_pool;
-use criterion::{BenchmarkId, Criterion};
+use criterion::{BenchmarkId, Criterion, SamplingMode};
 use dirpool::{Config, DirectoryPool, PoolEvent, RawStream, Runtime};
 use dirpool_core::{MaintenancePolicy, RetryPolicy};
 use dirpool_tests::{LineBehaviour, LineServer, Reply, SocksConfig, SocksServer};
@@ -139,7 +139,7 @@ fn first_connection(c: &mut Criterion) {
     config.pool.connection_timeout = CONNECTION_TIMEOUT;
 
     let mut group = c.benchmark_group("first_connection");
-    group.sample_size(10);
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
     group.bench_function("ours_connect_all_with_retry_120s", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
@@ -207,7 +207,7 @@ fn all_directories(c: &mut Criterion) {
     );
     let (_directories, tor, servers) = directories_behind_proxy(count);
     let mut group = c.benchmark_group("all_directories");
-    group.sample_size(10);
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
     for exec in [Exec::tokio(), Exec::Smol] {
         let rt = exec.runtime();
         let config = common::config(&servers, tor.addr());
@@ -221,7 +221,21 @@ fn all_directories(c: &mut Criterion) {
                         .block_on(pool.connect_all_parallel())
                         .expect("pool runs");
                     spent += start.elapsed();
-                    assert_eq!(connected, count, "every directory connects");
+                    if connected != count {
+                        let statuses = exec.block_on(pool.status()).expect("pool runs");
+                        let mut why = std::collections::BTreeMap::<String, usize>::new();
+                        for status in statuses {
+                            if let Some(failure) = status.last_failure {
+                                *why.entry(failure.to_string()).or_default() += 1;
+                            }
+                        }
+                        panic!(
+                            "{connected} of {count} directories connected on {} \
+                             in {:?}; failures: {why:?}",
+                            exec.name(),
+                            start.elapsed()
+                        );
+                    }
                     exec.block_on(pool.close_all()).expect("pool runs");
                 }
                 spent
