@@ -163,11 +163,8 @@ fn first_connection(c: &mut Criterion) {
                 .expect("the live directory connects")
         });
     });
-    let short = if full_run() {
-        Duration::from_millis(100)
-    } else {
-        Duration::from_millis(20)
-    };
+    // Long enough for the live directory even on a loaded CI machine.
+    let short = Duration::from_millis(100);
     let mut baseline_config = config.clone();
     baseline_config.pool.connection_timeout = short;
     let baseline = line_pool(baseline_config, &rt);
@@ -179,7 +176,7 @@ fn first_connection(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 exec.block_on(original_sequential_pass(&baseline, &servers))
-                    .expect("the live directory connects")
+                    .expect("the live directory connects within the short timeout")
             });
         },
     );
