@@ -633,11 +633,7 @@ impl PoolState {
     /// Fires every timer due at `now`. Safe to call early or twice.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.clock(now);
-        while let Some((at, timer)) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((_, timer)) = self.timers.pop_unless(|at, _| at > now) {
             if self.timer_is_live(timer) {
                 self.fire(now, timer);
             }
@@ -889,6 +885,7 @@ impl PoolState {
             timeout: self.connection_timeout,
             deadline,
         }));
+        self.compact_timers();
         attempt
     }
 
@@ -1109,6 +1106,7 @@ impl PoolState {
     fn request_close(&mut self, now: Instant, attempt: AttemptId, server: ServerId, stray: bool) {
         let deadline = now + self.close_timeout;
         self.timers.push(deadline, Timer::CloseDeadline(attempt));
+        self.compact_timers();
         self.outputs.push_back(Output::Close(CloseRequest {
             attempt,
             server,
@@ -1169,6 +1167,16 @@ impl PoolState {
             connected: self.connected,
             newly_connected: op.newly_connected,
         }));
+    }
+
+    /// Drops stale deadline entries now and then (amortized O(1) per push),
+    /// so dials that end long before their deadline do not pile up.
+    fn compact_timers(&mut self) {
+        if self.timers.compaction_due() {
+            let mut timers = std::mem::take(&mut self.timers);
+            timers.compact(|timer| self.timer_is_live(timer));
+            self.timers = timers;
+        }
     }
 
     fn timer_is_live(&self, timer: Timer) -> bool {

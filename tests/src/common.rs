@@ -96,13 +96,13 @@ fn bind_claimed() -> io::Result<TcpListener> {
             if claimed.contains(&port) {
                 continue;
             }
-            if let Ok(listener) = TcpListener::bind(loopback(port)) {
+            if let Ok(listener) = listen(loopback(port)) {
                 claimed.insert(port);
                 return Ok(listener);
             }
         }
     }
-    let listener = TcpListener::bind(loopback(0))?;
+    let listener = listen(loopback(0))?;
     lock(&CLAIMED).insert(listener.local_addr()?.port());
     Ok(listener)
 }
@@ -639,12 +639,34 @@ impl Drop for Server {
     }
 }
 
+/// Listen backlog of every loopback server. std's `TcpListener::bind` asks
+/// for 128, which a pool dialing 1,000 directories at once through one
+/// proxy overflows: the kernel drops the extra SYNs and the clients resend
+/// them only after 1 s, then 3 s.
+const BACKLOG: i32 = 4096;
+
+/// `TcpListener::bind` with a deeper backlog ([`BACKLOG`]).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // As std does on Unix, so a restart can rebind while old connections
+    // are in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Binds `addr`, retrying for up to [`REBIND_FOR`] while the port is still
 /// in use (unless `cancel` is set).
 fn bind_with_retry(addr: SocketAddr, cancel: Option<&AtomicBool>) -> io::Result<TcpListener> {
     let deadline = Instant::now() + REBIND_FOR;
     loop {
-        match TcpListener::bind(addr) {
+        match listen(addr) {
             Ok(listener) => return Ok(listener),
             Err(e) => {
                 let cancelled = cancel.is_some_and(|c| c.load(Ordering::SeqCst));
