@@ -3,17 +3,17 @@
 //! [`TorNetwork::shared`] starts, once per test process, the network of
 //! `tests/tor/private-network` (3 directory authorities, 5 relays, two
 //! client tors with a SocksPort and a ControlPort each, one onion-service
-//! tor) in front of two JoinMarket-speaking directories ([`JmDirectory`])
-//! published as the onion services `alpha` and `beta`. Every tor process
-//! exits when the test process does (`__OwningControllerProcess`).
+//! tor, one more for a service that is stopped and restarted) in front of
+//! three JoinMarket-speaking directories ([`JmDirectory`]) published as the
+//! onion services of [`SERVICES`]. Every tor process exits when the test
+//! process does (`__OwningControllerProcess`).
 //!
 //! [`Control`] is a minimal Tor control-port client (cookie
 //! authentication, commands, GETINFO, asynchronous events), enough to see
 //! what Tor did with the pool's streams (`stream-status`, `circuit-status`)
-//! and to publish and remove onion services (`ADD_ONION`, `DEL_ONION`).
 //! [`socks5_connect`] opens one SOCKS5 stream by hand.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -28,8 +28,24 @@ use crate::{JmBehaviour, JmDirectory};
 /// The onion port every service exposes (JoinMarket's default).
 pub const ONION_PORT: u16 = 5222;
 
-/// The names of the onion services of the shared network.
-pub const SERVICES: [&str; 2] = ["alpha", "beta"];
+/// The onion services of the shared network: `alpha` and `beta` on the
+/// shared onion-service tor, `gamma` and `delta` each on a tor of its own
+/// (see [`TorNetwork::kill_service`]).
+pub const SERVICES: [(&str, ServiceTor); 4] = [
+    ("alpha", ServiceTor::Shared),
+    ("beta", ServiceTor::Shared),
+    ("gamma", ServiceTor::Own),
+    ("delta", ServiceTor::Own),
+];
+
+/// Which tor publishes an onion service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceTor {
+    /// The shared onion-service tor.
+    Shared,
+    /// A tor of its own, which can be stopped and restarted.
+    Own,
+}
 
 /// One of the network's two client tors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,11 +138,14 @@ impl TorNetwork {
             .arg(&dir)
             .arg("--owner")
             .arg(std::process::id().to_string());
-        for name in SERVICES {
+        for (name, tor) in SERVICES {
             let directory = JmDirectory::start(JmBehaviour::default())
                 .map_err(|e| format!("cannot start the {name} directory: {e}"))?;
             command
-                .arg("--service")
+                .arg(match tor {
+                    ServiceTor::Shared => "--service",
+                    ServiceTor::Own => "--own-service",
+                })
                 .arg(format!("{name}={}", directory.port()));
             directories.push((name, directory));
         }
@@ -255,76 +274,28 @@ impl TorNetwork {
     /// If the script fails.
     pub fn restart_client(&self, client: TorClient) -> io::Result<()> {
         let dir = self.dir.to_string_lossy();
-        self.run_script(&["restart-client", &dir, client.node()])
+        self.run_script(&["restart-node", &dir, client.node()])
     }
 
-    /// Publishes an onion service on the onion-service tor, forwarding
-    /// port 5222 to `127.0.0.1:target`, with `key` (`ED25519-V3:…` as
-    /// returned in [`Onion::key`]) or a new one, and waits until its
-    /// descriptors are uploaded.
+    /// Kills the onion-service tor of the restartable service `name` (its
+    /// own tor: the service is gone, circuits and all) and waits until it
+    /// has exited.
     ///
     /// # Errors
-    /// If Tor refuses or the descriptors are not uploaded within `timeout`.
-    pub fn publish_onion(
-        &self,
-        key: Option<&str>,
-        target: u16,
-        timeout: Duration,
-    ) -> io::Result<Onion> {
-        let mut control = self.service_control()?;
-        control.command("SETEVENTS HS_DESC")?;
-        let key_arg = key.unwrap_or("NEW:ED25519-V3");
-        let reply = control.command(&format!(
-            "ADD_ONION {key_arg} Flags=Detach Port={ONION_PORT},127.0.0.1:{target}"
-        ))?;
-        let field = |name: &str| {
-            reply
-                .iter()
-                .find_map(|l| l.strip_prefix(name))
-                .map(str::to_owned)
-        };
-        let id = field("ServiceID=")
-            .ok_or_else(|| io::Error::other(format!("ADD_ONION gave no ServiceID: {reply:?}")))?;
-        let key = match key {
-            Some(key) => key.to_owned(),
-            None => field("PrivateKey=").ok_or_else(|| {
-                io::Error::other(format!("ADD_ONION gave no PrivateKey: {reply:?}"))
-            })?,
-        };
-        control.wait_uploaded(&id, timeout)?;
-        Ok(Onion { id, key })
+    /// If the script fails.
+    pub fn kill_service(&self, name: &str) -> io::Result<()> {
+        let dir = self.dir.to_string_lossy();
+        self.run_script(&["kill-node", &dir, &format!("svc-{name}")])
     }
 
-    /// Removes the onion service `id` from the onion-service tor.
+    /// Starts the onion-service tor of `name` again and waits until it has
+    /// uploaded its descriptors.
     ///
     /// # Errors
-    /// If Tor refuses.
-    pub fn remove_onion(&self, id: &str) -> io::Result<()> {
-        self.service_control()?
-            .command(&format!("DEL_ONION {id}"))
-            .map(drop)
-    }
-}
-
-/// An onion service published with [`TorNetwork::publish_onion`].
-#[derive(Clone)]
-pub struct Onion {
-    /// The service id (the address without `.onion`).
-    pub id: String,
-    /// Its private key, `ED25519-V3:…`, to publish it again.
-    pub key: String,
-}
-
-impl std::fmt::Debug for Onion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Onion").field("id", &self.id).finish()
-    }
-}
-
-impl Onion {
-    /// Its address, port 5222.
-    pub fn addr(&self) -> ServerAddr {
-        ServerAddr::parse(&format!("{}.onion:{ONION_PORT}", self.id)).expect("a valid onion")
+    /// If the script fails.
+    pub fn restart_service(&self, name: &str) -> io::Result<()> {
+        let dir = self.dir.to_string_lossy();
+        self.run_script(&["restart-node", &dir, &format!("svc-{name}")])
     }
 }
 
@@ -404,8 +375,7 @@ impl Control {
     /// # Errors
     /// On I/O errors or any other status than 250.
     pub fn command(&mut self, command: &str) -> io::Result<Vec<String>> {
-        self.writer
-            .write_all(format!("{command}\r\n").as_bytes())?;
+        self.writer.write_all(format!("{command}\r\n").as_bytes())?;
         loop {
             let (code, lines) = self.read_reply()?;
             if code == "650" {
@@ -452,62 +422,15 @@ impl Control {
         self.writer.set_read_timeout(Some(REPLY_TIMEOUT))?;
         match result {
             Ok((_, lines)) => Ok(Some(lines.join("\n"))),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e),
-        }
-    }
-
-    /// After `SETEVENTS HS_DESC`: waits until the service `id` has at least
-    /// one descriptor uploaded and every upload it started has ended.
-    ///
-    /// # Errors
-    /// If that does not happen within `timeout`.
-    pub fn wait_uploaded(&mut self, id: &str, timeout: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut pending = BTreeSet::new();
-        let mut uploaded = 0;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::other(format!(
-                    "{id}.onion: descriptors not uploaded within {timeout:?} \
-                     ({uploaded} uploaded, {} pending)",
-                    pending.len()
-                )));
-            }
-            let wait = if uploaded > 0 && pending.is_empty() {
-                // Quiet for a moment: every upload started has ended.
-                Duration::from_millis(500).min(left)
-            } else {
-                left
-            };
-            let Some(event) = self.next_event(wait)? else {
-                if uploaded > 0 && pending.is_empty() {
-                    return Ok(());
-                }
-                continue;
-            };
-            let fields: Vec<&str> = event.split(' ').collect();
-            // HS_DESC Action HSAddress AuthType HsDir ...
-            if fields.len() < 5 || fields[0] != "HS_DESC" || fields[2] != id {
-                continue;
-            }
-            let hsdir = fields[4].to_owned();
-            match fields[1] {
-                "UPLOAD" => {
-                    pending.insert(hsdir);
-                }
-                "UPLOADED" => {
-                    pending.remove(&hsdir);
-                    uploaded += 1;
-                }
-                "FAILED" => {
-                    pending.remove(&hsdir);
-                }
-                _ => {}
-            }
         }
     }
 
