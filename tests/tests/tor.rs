@@ -337,6 +337,18 @@ fn a_stopped_and_restarted_onion_service_is_reconnected() {
                 assert!(!seen.iter().any(connected), "{seen:#?}");
                 assert_eq!(pool.connected_count(), 0);
                 blocking(move || net.restart_service(name)).await.unwrap();
+                // Tor's own state: a client that tried the service while it was
+                // down can stay unable to reach its new instance for minutes
+                // (intro points NACK, then it stalls on the new ones). NEWNYM
+                // clears its onion-service client state, as a Tor controller
+                // would; the pool is not told and reconnects by maintenance.
+                blocking(move || {
+                    net.control(TorClient::First)?
+                        .command("SIGNAL NEWNYM")
+                        .map(drop)
+                })
+                .await
+                .unwrap();
                 let mut seen = Vec::new();
                 let back = next_matching(&rt, &mut events, Duration::from_secs(120), |e| {
                     seen.push(e.clone());
