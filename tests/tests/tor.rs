@@ -171,12 +171,15 @@ fn connect_all_with_retry_reaches_both_onions_and_types_the_unpublished_one() {
     });
 }
 
-/// The streams Tor has to `onions` (any port), each with its circuit's
-/// SOCKS credentials.
+/// SOCKS username and password.
+type Credentials = (String, String);
+
+/// The streams Tor has to `onions`: target, circuit id, and the SOCKS
+/// credentials of that circuit.
 fn streams_to(
     control: &mut Control,
     onions: &[&ServerAddr],
-) -> Vec<(String, String, Option<(String, String)>)> {
+) -> Vec<(String, String, Option<Credentials>)> {
     let circuits = control.circuits().unwrap();
     control
         .streams()
@@ -232,7 +235,7 @@ fn isolation_is_what_tor_sees() {
                 IsolationCategory::Peer.username().to_owned(),
                 password.clone(),
             );
-            let circuits_with = |target: &ServerAddr, who: &(String, String)| {
+            let circuits_with = |target: &ServerAddr, who: &Credentials| {
                 seen.iter()
                     .filter(|(t, _, c)| t == target.node_id() && c.as_ref() == Some(who))
                     .map(|(_, circuit, _)| circuit.clone())
