@@ -3,15 +3,19 @@
 //! [`TorNetwork::shared`] starts, once per test process, the network of
 //! `tests/tor/private-network` (3 directory authorities, 5 relays, two
 //! client tors with a SocksPort and a ControlPort each, one onion-service
-//! tor, one more for a service that is stopped and restarted) in front of
-//! three JoinMarket-speaking directories ([`JmDirectory`]) published as the
-//! onion services of [`SERVICES`]. Every tor process exits when the test
-//! process does (`__OwningControllerProcess`).
+//! tor for two services, and a tor of its own for each of the two services
+//! that are stopped and restarted) in front of four JoinMarket-speaking
+//! directories ([`JmDirectory`]) published as the onion services of
+//! [`SERVICES`]. Every tor process exits when the test process does
+//! (`__OwningControllerProcess`); the data directory,
+//! `$TMPDIR/dirpool-tor-PID` with every tor's log, stays for a post-mortem
+//! until the next run removes it.
 //!
 //! [`Control`] is a minimal Tor control-port client (cookie
 //! authentication, commands, GETINFO, asynchronous events), enough to see
 //! what Tor did with the pool's streams (`stream-status`, `circuit-status`)
-//! [`socks5_connect`] opens one SOCKS5 stream by hand.
+//! and to send it signals. [`socks5_connect`] opens one SOCKS5 stream by
+//! hand.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
