@@ -302,16 +302,17 @@ fn a_stopped_and_restarted_onion_service_is_reconnected() {
     let net = TorNetwork::shared();
     let _turn = first_client();
     timed("onion service restarted", || {
-        // A service that was never restarted for each runtime: Tor clients
-        // handle a restarted service's second stop worse (see the README).
+        // A service never restarted before for each runtime: stopping a
+        // restarted service's tor again, the client's rendezvous circuit
+        // got no DESTROY here and the link looked alive (see the README).
         let services = std::sync::Mutex::new(vec!["delta", "gamma"]);
         on_both_runtimes_within(LIMIT, |rt| {
             let name = services.lock().unwrap().pop().expect("two runs");
             async move {
-                let gamma = net.onion(name);
+                let onion = net.onion(name);
                 let directory = net.directory(name);
                 let pool = jm_pool(
-                    &[&gamma],
+                    &[&onion],
                     net.socks(TorClient::First),
                     true,
                     fresh_entropy().0,
