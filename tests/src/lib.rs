@@ -67,6 +67,7 @@ pub mod jm_server;
 pub mod line_server;
 pub mod sim;
 pub mod socks_server;
+pub mod tor;
 
 #[cfg(test)]
 mod test_client;

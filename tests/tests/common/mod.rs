@@ -137,15 +137,24 @@ where
     F: Fn(Arc<dyn Runtime>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    on_both_runtimes_within(Duration::from_secs(60), scenario);
+}
+
+/// Runs `scenario` on a tokio runtime and on smol, each bounded by `limit`.
+pub fn on_both_runtimes_within<F, Fut>(limit: Duration, scenario: F)
+where
+    F: Fn(Arc<dyn Runtime>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
     let rt: Arc<dyn Runtime> = Arc::new(tokio.block_on(async { dirpool::TokioRuntime::current() }));
-    tokio.block_on(bounded(rt.clone(), scenario(rt), "tokio"));
+    tokio.block_on(bounded(rt.clone(), scenario(rt), "tokio", limit));
     drop(tokio);
-    run_on_smol(scenario);
+    run_on_smol_within(limit, scenario);
 }
 
 /// Runs `scenario` on smol, bounded by 60 s.
@@ -154,14 +163,28 @@ where
     F: Fn(Arc<dyn Runtime>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let rt: Arc<dyn Runtime> = Arc::new(dirpool::SmolRuntime);
-    smol::block_on(bounded(rt.clone(), scenario(rt), "smol"));
+    run_on_smol_within(Duration::from_secs(60), scenario);
 }
 
-async fn bounded(rt: Arc<dyn Runtime>, scenario: impl Future<Output = ()>, name: &str) {
-    let limit = rt.sleep_until(rt.now() + Duration::from_secs(60));
-    if let Either::Right(_) = select(std::pin::pin!(scenario), limit).await {
-        panic!("scenario on {name} did not finish within 60 s");
+/// Runs `scenario` on smol, bounded by `limit`.
+pub fn run_on_smol_within<F, Fut>(limit: Duration, scenario: F)
+where
+    F: Fn(Arc<dyn Runtime>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let rt: Arc<dyn Runtime> = Arc::new(dirpool::SmolRuntime);
+    smol::block_on(bounded(rt.clone(), scenario(rt), "smol", limit));
+}
+
+async fn bounded(
+    rt: Arc<dyn Runtime>,
+    scenario: impl Future<Output = ()>,
+    name: &str,
+    limit: Duration,
+) {
+    let deadline = rt.sleep_until(rt.now() + limit);
+    if let Either::Right(_) = select(std::pin::pin!(scenario), deadline).await {
+        panic!("scenario on {name} did not finish within {limit:?}");
     }
 }
 

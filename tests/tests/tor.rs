@@ -1,0 +1,490 @@
+//! Through a real Tor: a private Tor network on loopback
+//! (`tests/tor/private-network`, Debian's `tor`), with JoinMarket-speaking
+//! directories published as v3 onion services, on tokio and on smol.
+//!
+//! The network starts once for this test binary (see
+//! `dirpool_tests::tor`). Tests that use the first client tor take turns
+//! ([`first_client`]) so that what its control port shows belongs to one
+//! test; the test that restarts a tor client uses the second one.
+
+mod common;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use common::{eventually, next_matching, on_both_runtimes_within, sleep, wait_for};
+use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
+use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
+use dirpool_core::{
+    Backoff, DialFailure, Entropy, IsolationCategory, IsolationScope, IsolationToken, RetryPolicy,
+    ServerAddr, ServerState, SocksReply,
+};
+use dirpool_tests::tor::{Control, TorClient, TorNetwork, socks5_connect};
+
+/// Bound of each scenario, per runtime.
+const LIMIT: Duration = Duration::from_secs(180);
+/// How long an onion connection may take (circuits, descriptor, rendezvous).
+const ONION: Duration = Duration::from_secs(60);
+const NICK: &str = "J5xhGSWE7VrxM7sO";
+
+/// Serialises the tests that use the first client tor.
+fn first_client() -> MutexGuard<'static, ()> {
+    static CLIENT: Mutex<()> = Mutex::new(());
+    CLIENT.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Fresh isolation credentials, so that Tor's view of this test's streams
+/// cannot be confused with another's; and its password.
+fn fresh_entropy() -> (Entropy, String) {
+    let token: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let hex = token.iter().map(|b| format!("{b:02x}")).collect();
+    let entropy = Entropy {
+        isolation_token: IsolationToken::from_bytes(token),
+        jitter_seed: fastrand::u64(..),
+    };
+    (entropy, hex)
+}
+
+fn jm_pool(
+    servers: &[&ServerAddr],
+    proxy: std::net::SocketAddr,
+    isolation: bool,
+    entropy: Entropy,
+    rt: &Arc<dyn Runtime>,
+) -> DirectoryPool<JoinMarketHandshake> {
+    let mut config = Config::new(servers.iter().map(|a| a.node_id().to_owned()));
+    config.proxy = proxy;
+    config.pool.isolation = if isolation {
+        IsolationScope::PerCategory
+    } else {
+        IsolationScope::Off
+    };
+    config.pool.connection_timeout = ONION;
+    config.pool.maintenance.backoff =
+        Backoff::new(Duration::from_millis(250), Duration::from_secs(2), 2.0);
+    let handshake =
+        JoinMarketHandshake::new(JmConfig::new(Nick::parse(NICK).unwrap(), Network::Regtest))
+            .unwrap();
+    DirectoryPool::builder(config, handshake)
+        .entropy(entropy)
+        .spawn(Arc::clone(rt))
+        .unwrap()
+}
+
+/// Connects every server in one pass and asserts all connected, saying
+/// why not with the pool's status.
+async fn connect_all(pool: &DirectoryPool<JoinMarketHandshake>) {
+    let connected = pool.connect_all_parallel().await.unwrap();
+    assert_eq!(
+        connected,
+        pool.servers().len(),
+        "{:#?}",
+        pool.status().await.unwrap()
+    );
+}
+
+/// Runs blocking `f` (a control-port exchange, a process) off the runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    smol::unblock(f).await
+}
+
+/// The time a test took, for the README's numbers (`--nocapture`).
+#[allow(clippy::print_stdout)]
+fn timed(name: &str, test: impl FnOnce()) {
+    let network = TorNetwork::shared();
+    let started = Instant::now();
+    test();
+    println!(
+        "tor timing: {name}: {:.1?} (network started in {:.1?})",
+        started.elapsed(),
+        network.startup()
+    );
+}
+
+#[test]
+fn connect_all_with_retry_reaches_both_onions_and_types_the_unpublished_one() {
+    let net = TorNetwork::shared();
+    let _turn = first_client();
+    timed("connect_all_with_retry", || {
+        on_both_runtimes_within(LIMIT, |rt| async move {
+            let (alpha, beta, nobody) = (net.onion("alpha"), net.onion("beta"), net.unpublished());
+            let before = net.directory("alpha").handshakes().len();
+            let pool = jm_pool(
+                &[&alpha, &beta, &nobody],
+                net.socks(TorClient::First),
+                true,
+                fresh_entropy().0,
+                &rt,
+            );
+            let mut events = pool.events();
+            let mut policy = RetryPolicy::new(ONION);
+            policy.backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(2), 2.0);
+            assert!(pool.connect_all_with_retry(policy).await.unwrap() >= 1);
+            assert!(
+                eventually(&rt, ONION, || pool.connected_count() == 2).await,
+                "both live onion directories connect: {:?}",
+                pool.status().await.unwrap()
+            );
+            assert!(pool.client(alpha.node_id()).is_some());
+            assert!(pool.client(beta.node_id()).is_some());
+            assert_eq!(net.directory("alpha").handshakes().len(), before + 1);
+
+            let error = next_matching(&rt, &mut events, ONION, |e| match e {
+                PoolEvent::DialFailed { node_id, error, .. } if node_id == nobody.node_id() => {
+                    Some(Arc::clone(error))
+                }
+                _ => None,
+            })
+            .await
+            .expect("the unpublished onion fails");
+            assert!(
+                matches!(
+                    &*error,
+                    DialError::Socks {
+                        reply: SocksReply::OnionDescriptorNotFound,
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+            assert_eq!(
+                error.failure(),
+                DialFailure::Socks(SocksReply::OnionDescriptorNotFound)
+            );
+            assert!(
+                error.to_string().contains("descriptor not found"),
+                "{error}"
+            );
+            let status = pool.status().await.unwrap();
+            let unpublished = status
+                .iter()
+                .find(|s| s.addr.node_id() == nobody.node_id())
+                .unwrap();
+            assert!(!matches!(unpublished.state, ServerState::Connected));
+            assert_eq!(
+                unpublished.last_failure,
+                Some(DialFailure::Socks(SocksReply::OnionDescriptorNotFound))
+            );
+            pool.close_all().await.unwrap();
+        });
+    });
+}
+
+/// SOCKS username and password.
+type Credentials = (String, String);
+
+/// The streams Tor has to `onions`: target, circuit id, and the SOCKS
+/// credentials of that circuit.
+fn streams_to(
+    control: &mut Control,
+    onions: &[&ServerAddr],
+) -> Vec<(String, String, Option<Credentials>)> {
+    let circuits = control.circuits().unwrap();
+    control
+        .streams()
+        .unwrap()
+        .into_iter()
+        .filter(|s| onions.iter().any(|o| s.target == o.node_id()))
+        .map(|s| {
+            let credentials = circuits
+                .iter()
+                .find(|c| c.id == s.circuit)
+                .and_then(|c| Some((c.socks_username.clone()?, c.socks_password.clone()?)));
+            (s.target, s.circuit, credentials)
+        })
+        .collect()
+}
+
+#[test]
+fn isolation_is_what_tor_sees() {
+    let net = TorNetwork::shared();
+    let _turn = first_client();
+    timed("isolation", || {
+        on_both_runtimes_within(LIMIT, |rt| async move {
+            let (alpha, beta) = (net.onion("alpha"), net.onion("beta"));
+            let socks = net.socks(TorClient::First);
+
+            // Isolation on: directory streams carry the directory
+            // credentials, a peer stream the peer ones, on other circuits.
+            let (entropy, password) = fresh_entropy();
+            let pool = jm_pool(&[&alpha, &beta], socks, true, entropy, &rt);
+            connect_all(&pool).await;
+            let peer = pool.peer_credentials().expect("isolation on");
+            assert_eq!(peer.username(), IsolationCategory::Peer.username());
+            let peer_password = peer.password().expose().to_owned();
+            assert_eq!(peer_password, password);
+            let host = alpha.host().to_owned();
+            let peer_stream = blocking(move || {
+                socks5_connect(socks, &host, 5222, Some(("jm-peer", &peer_password)), ONION)
+            })
+            .await
+            .expect("SOCKS exchange")
+            .expect("the peer stream connects");
+            let (a, b) = (alpha.clone(), beta.clone());
+            let seen = blocking(move || {
+                let mut control = net.control(TorClient::First).unwrap();
+                streams_to(&mut control, &[&a, &b])
+            })
+            .await;
+            let directory = (
+                IsolationCategory::Directory.username().to_owned(),
+                password.clone(),
+            );
+            let peer = (
+                IsolationCategory::Peer.username().to_owned(),
+                password.clone(),
+            );
+            let circuits_with = |target: &ServerAddr, who: &Credentials| {
+                seen.iter()
+                    .filter(|(t, _, c)| t == target.node_id() && c.as_ref() == Some(who))
+                    .map(|(_, circuit, _)| circuit.clone())
+                    .collect::<Vec<_>>()
+            };
+            let alpha_directory = circuits_with(&alpha, &directory);
+            let alpha_peer = circuits_with(&alpha, &peer);
+            assert_eq!(alpha_directory.len(), 1, "{seen:?}");
+            assert_eq!(circuits_with(&beta, &directory).len(), 1, "{seen:?}");
+            assert_eq!(alpha_peer.len(), 1, "{seen:?}");
+            assert_ne!(
+                alpha_directory, alpha_peer,
+                "same onion, other credentials: another circuit"
+            );
+            drop(peer_stream);
+            pool.close_all().await.unwrap();
+
+            // Wait until Tor has closed those streams.
+            let (a, b) = (alpha.clone(), beta.clone());
+            let gone = blocking(move || {
+                let mut control = net.control(TorClient::First).unwrap();
+                dirpool_tests::wait_until(Duration::from_secs(10), || {
+                    streams_to(&mut control, &[&a, &b]).is_empty()
+                })
+            })
+            .await;
+            assert!(gone, "Tor still lists streams to the directories");
+
+            // Isolation off: the streams carry no credentials at all.
+            let pool = jm_pool(&[&alpha, &beta], socks, false, fresh_entropy().0, &rt);
+            assert!(pool.peer_credentials().is_none());
+            connect_all(&pool).await;
+            let (a, b) = (alpha.clone(), beta.clone());
+            let seen = blocking(move || {
+                let mut control = net.control(TorClient::First).unwrap();
+                let circuits = control.circuits().unwrap();
+                let streams = control.streams().unwrap();
+                streams
+                    .into_iter()
+                    .filter(|s| s.target == a.node_id() || s.target == b.node_id())
+                    .map(|s| {
+                        let circuit = circuits.iter().find(|c| c.id == s.circuit).cloned();
+                        (s, circuit)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            assert_eq!(seen.len(), 2, "{seen:?}");
+            for (stream, circuit) in &seen {
+                let circuit = circuit.as_ref().expect("the stream's circuit");
+                assert_eq!(
+                    (&circuit.socks_username, &circuit.socks_password),
+                    (&None, &None),
+                    "{stream:?}"
+                );
+            }
+            pool.close_all().await.unwrap();
+        });
+    });
+}
+
+#[test]
+fn a_stopped_and_restarted_onion_service_is_reconnected() {
+    let net = TorNetwork::shared();
+    let _turn = first_client();
+    timed("onion service restarted", || {
+        // A service never restarted before for each runtime: stopping a
+        // restarted service's tor again, the client's rendezvous circuit
+        // got no DESTROY here and the link looked alive (see the README).
+        let services = std::sync::Mutex::new(vec!["delta", "gamma"]);
+        on_both_runtimes_within(LIMIT, |rt| {
+            let name = services.lock().unwrap().pop().expect("two runs");
+            async move {
+                let onion = net.onion(name);
+                let directory = net.directory(name);
+                let pool = jm_pool(
+                    &[&onion],
+                    net.socks(TorClient::First),
+                    true,
+                    fresh_entropy().0,
+                    &rt,
+                );
+                let mut events = pool.events();
+                pool.start_maintenance().unwrap();
+                let connected = |e: &PoolEvent| matches!(e, PoolEvent::Connected { .. });
+                assert!(
+                    wait_for(&rt, &mut events, ONION, connected).await,
+                    "connected"
+                );
+                let handshakes = directory.handshakes().len();
+
+                blocking(move || net.kill_service(name)).await.unwrap();
+                let mut seen = Vec::new();
+                let gone = next_matching(&rt, &mut events, ONION, |e| {
+                    seen.push(e.clone());
+                    matches!(e, PoolEvent::Disconnected { .. }).then_some(())
+                })
+                .await;
+                assert!(
+                    gone.is_some(),
+                    "the pool hears the onion service is gone: {seen:#?}"
+                );
+                assert!(!seen.iter().any(connected), "{seen:#?}");
+                assert_eq!(pool.connected_count(), 0);
+                blocking(move || net.restart_service(name)).await.unwrap();
+                // Tor's own state: a client that tried the service while it was
+                // down can stay unable to reach its new instance for minutes
+                // (intro points NACK, then it stalls on the new ones). NEWNYM
+                // clears its onion-service client state, as a Tor controller
+                // would; the pool is not told and reconnects by maintenance.
+                blocking(move || {
+                    net.control(TorClient::First)?
+                        .command("SIGNAL NEWNYM")
+                        .map(drop)
+                })
+                .await
+                .unwrap();
+                let mut seen = Vec::new();
+                let back = next_matching(&rt, &mut events, Duration::from_secs(120), |e| {
+                    seen.push(e.clone());
+                    connected(e).then_some(())
+                })
+                .await;
+                assert!(back.is_some(), "maintenance reconnects; events: {seen:#?}");
+                assert_eq!(directory.handshakes().len(), handshakes + 1);
+                pool.close_all().await.unwrap();
+            }
+        });
+    });
+}
+
+#[test]
+fn a_restarted_tor_client_is_proxy_unreachable_then_recovers() {
+    let net = TorNetwork::shared();
+    timed("tor client restarted", || {
+        on_both_runtimes_within(LIMIT, |rt| async move {
+            let (alpha, beta) = (net.onion("alpha"), net.onion("beta"));
+            let pool = jm_pool(
+                &[&alpha, &beta],
+                net.socks(TorClient::Second),
+                true,
+                fresh_entropy().0,
+                &rt,
+            );
+            let mut events = pool.events();
+            pool.start_maintenance().unwrap();
+            assert!(
+                eventually(&rt, ONION, || pool.connected_count() == 2).await,
+                "both connect: {:?}",
+                pool.status().await.unwrap()
+            );
+
+            blocking(move || net.kill_client(TorClient::Second))
+                .await
+                .unwrap();
+            let mut down = Vec::new();
+            let unreachable = next_matching(&rt, &mut events, ONION, |e| {
+                down.push(e.clone());
+                matches!(e, PoolEvent::ProxyUnreachable).then_some(())
+            })
+            .await;
+            assert!(unreachable.is_some(), "ProxyUnreachable; events: {down:#?}");
+            // Let maintenance try a while against the dead proxy.
+            sleep(&rt, Duration::from_secs(3)).await;
+            for status in pool.status().await.unwrap() {
+                assert_eq!(status.consecutive_failures, 0, "{status:?}");
+                assert_eq!(
+                    status.last_failure,
+                    Some(DialFailure::ProxyUnreachable),
+                    "{status:?}"
+                );
+            }
+
+            blocking(move || net.restart_client(TorClient::Second))
+                .await
+                .unwrap();
+            let mut up = Vec::new();
+            let mut connected = 0;
+            let recovered = next_matching(&rt, &mut events, Duration::from_secs(120), |e| {
+                up.push(e.clone());
+                if matches!(e, PoolEvent::Connected { .. }) {
+                    connected += 1;
+                }
+                (connected == 2).then_some(())
+            })
+            .await;
+            assert!(recovered.is_some(), "both reconnect; events: {up:#?}");
+            let all: Vec<_> = down.iter().chain(&up).collect();
+            assert_eq!(
+                all.iter()
+                    .filter(|e| matches!(e, PoolEvent::Disconnected { .. }))
+                    .count(),
+                2,
+                "{all:#?}"
+            );
+            assert!(
+                up.iter().any(|e| matches!(e, PoolEvent::ProxyRecovered)),
+                "{up:#?}"
+            );
+            // While Tor was down, every failure was the proxy's.
+            for event in &all {
+                if let PoolEvent::DialFailed { error, .. } = event {
+                    assert_eq!(error.failure(), DialFailure::ProxyUnreachable, "{error:?}");
+                }
+            }
+            pool.close_all().await.unwrap();
+        });
+    });
+}
+
+#[test]
+fn the_probe_reaches_the_onion_directories() {
+    let net = TorNetwork::shared();
+    let _turn = first_client();
+    timed("probe", || {
+        let (alpha, beta) = (net.onion("alpha"), net.onion("beta"));
+        let output = Command::new(env!("CARGO_BIN_EXE_probe"))
+            .args(["--socks", &net.socks(TorClient::First).to_string()])
+            .args(["--isolate", "--network", "regtest", "--timeout", "60"])
+            .args([alpha.node_id(), beta.host()])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("reached 2 of 2 directories"), "{stdout}");
+        assert!(stdout.contains("stream isolation on"), "{stdout}");
+        assert_eq!(stdout.matches("outcome:    OK").count(), 2, "{stdout}");
+        assert_eq!(stdout.matches("network:    regtest").count(), 2, "{stdout}");
+    });
+}
+
+#[test]
+fn the_unpublished_onion_is_0xf0_through_the_socks_port() {
+    // What the pool's typed error rests on: Tor's own answer, by hand.
+    let net = TorNetwork::shared();
+    let _turn = first_client();
+    let nobody = net.unpublished();
+    let reply = socks5_connect(
+        net.socks(TorClient::First),
+        nobody.host(),
+        5222,
+        None,
+        ONION,
+    )
+    .unwrap();
+    assert_eq!(reply.err(), Some(0xF0));
+}
