@@ -633,7 +633,8 @@ impl PoolState {
     /// Fires every timer due at `now`. Safe to call early or twice.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.clock(now);
-        while let Some((_, timer)) = self.timers.pop_unless(|at, _| at > now) {
+        let due = self.timers.due_at(now);
+        while let Some(timer) = self.timers.pop_due(&due) {
             if self.timer_is_live(timer) {
                 self.fire(now, timer);
             }
@@ -649,11 +650,11 @@ impl PoolState {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        while let Some((at, timer)) = self.timers.peek() {
+        while let Some((timer, first)) = self.timers.peek() {
             if self.timer_is_live(timer) {
-                return Some(at);
+                return Some(self.timers.instant(first));
             }
-            self.timers.pop();
+            self.timers.remove(first);
         }
         None
     }
