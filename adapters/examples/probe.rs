@@ -119,11 +119,9 @@ fn parse_timeout(value: &str) -> Result<Duration, String> {
 /// An error and its `source()` chain on one line.
 fn chain(error: &dyn Error) -> String {
     let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
+    for cause in std::iter::successors(error.source(), |&e| e.source()) {
         text.push_str(": ");
         text.push_str(&cause.to_string());
-        source = cause.source();
     }
     text
 }

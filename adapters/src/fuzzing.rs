@@ -28,7 +28,7 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::dialer::Dialer;
-use crate::error::DialError;
+use crate::error::{DialError, every_text};
 use crate::handshake::{Client, Handshake, HandshakeContext, RawStream};
 use crate::joinmarket::wire::LineReader;
 use crate::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
@@ -111,11 +111,12 @@ pub fn socks_reply(data: &[u8]) {
                 other => panic!("unexpected dial error {other:?}"),
             }
             if let Some(credentials) = &credentials {
-                let shown = describe(&error);
-                assert!(
-                    !shown.contains(credentials.password().expose()),
-                    "the SOCKS password shows in {shown}"
-                );
+                for shown in every_text(&error) {
+                    assert!(
+                        !shown.contains(credentials.password().expose()),
+                        "the SOCKS password shows in {shown}"
+                    );
+                }
             }
         }
     }
@@ -152,7 +153,7 @@ pub fn handshake_reply(data: &[u8]) {
     let connection = match rt.run(handshake.handshake(&context, &server, stream)) {
         Ok(connection) => connection,
         Err(error) => {
-            drop(describe(&error));
+            drop(every_text(&error));
             return;
         }
     };
@@ -203,17 +204,6 @@ fn line_reader_stays_bounded(data: &[u8], limit: usize) {
         }
     }
     panic!("the line reader read more lines than there are bytes");
-}
-
-/// Every error's message and causes, as a user would print them.
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = format!("{error} / {error:?}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(" / {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 /// The bytes every connection reads, and what was written to them.

@@ -412,7 +412,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MethodGuard<S> {
 
 #[cfg(all(test, feature = "tokio"))]
 mod tests {
-    use std::error::Error as _;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use dirpool_core::{
@@ -610,13 +609,7 @@ mod tests {
     /// No form of the error shows the password.
     fn assert_no_secret(error: &DialError) {
         let secret = password();
-        let mut texts = vec![error.to_string(), format!("{error:?}")];
-        let mut source = error.source();
-        while let Some(e) = source {
-            texts.push(e.to_string());
-            source = e.source();
-        }
-        for text in texts {
+        for text in crate::error::every_text(error) {
             assert!(!text.contains(&secret), "{text} leaks the password");
         }
     }

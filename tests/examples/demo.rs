@@ -177,10 +177,8 @@ async fn watch_events(mut events: impl futures::Stream<Item = PoolEvent> + Unpin
         };
         *tally.entry(kind).or_default() += 1;
         if let PoolEvent::DialFailed { node_id, error, .. } = event {
-            let mut cause = error.source();
-            while let Some(e) = cause {
-                tracing::info!(server = %short(&node_id), "  caused by: {e}");
-                cause = e.source();
+            for cause in std::iter::successors(error.source(), |&e| e.source()) {
+                tracing::info!(server = %short(&node_id), "  caused by: {cause}");
             }
         }
     }

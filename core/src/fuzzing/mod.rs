@@ -154,13 +154,18 @@ pub fn replay_checked_in(target: &str, body: fn(&[u8])) -> usize {
     let inputs = checked_in_inputs(target);
     for (path, data) in &inputs {
         if let Err(payload) = std::panic::catch_unwind(|| body(data)) {
-            let text = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
+            let text = panic_text(&*payload);
             panic!("fuzz target {target} fails on {}: {text}", path.display());
         }
     }
     inputs.len()
+}
+
+/// The message of a caught panic (empty if it carried no text).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
 }

@@ -2302,14 +2302,7 @@ fn run_traced(choices: &mut Choices, on: bool, full: bool) -> Result<(Stats, Tra
     let error = match outcome {
         Ok(Ok(stats)) => return Ok((stats, trace)),
         Ok(Err(message)) => message,
-        Err(payload) => {
-            let text = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            format!("panic: {text}")
-        }
+        Err(payload) => format!("panic: {}", super::panic_text(&*payload)),
     };
     Err(format!(
         "{error}\nlast {} steps:\n{}",

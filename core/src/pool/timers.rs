@@ -12,8 +12,8 @@
 //! min-heap. Every entry is 24 bytes (its instant as nanoseconds from the
 //! first instant pushed, its sequence number and kind, a payload) and the
 //! heap is 4-ary, so a pop at 100,000 timers touches about half as many
-//! cache lines as a binary heap of 40-byte entries. Most dials end long before their deadline, so most deadline
-//! entries go stale; [`Timers::compact`] drops the stale ones whenever a
+//! cache lines as a binary heap of 40-byte entries. Most dials end long
+//! before their deadline, so most deadline entries go stale; [`Timers::compact`] drops the stale ones whenever a
 //! queue has doubled since the last time, which bounds the memory at about
 //! twice the live deadlines for O(1) amortized work per push.
 
