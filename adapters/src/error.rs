@@ -44,6 +44,16 @@ pub enum DialError {
         #[source]
         source: BoxError,
     },
+    /// The proxy accepted the TCP connection but sent nothing back to the
+    /// SOCKS greeting within its deadline (a hung proxy): a pool-wide fault,
+    /// not the directory's.
+    #[error("SOCKS proxy {proxy} accepted the connection but did not answer within {waited:?}")]
+    ProxyTimedOut {
+        /// The proxy.
+        proxy: SocketAddr,
+        /// How long it was given.
+        waited: Duration,
+    },
     /// The proxy rejected the isolation username/password.
     #[error("SOCKS proxy {proxy} rejected the credentials for user {username:?}")]
     ProxyAuthRejected {
@@ -101,12 +111,14 @@ impl DialError {
         match self {
             Self::ProxyUnreachable { .. } => DialFailure::ProxyUnreachable,
             Self::ProxyProtocol { .. } => DialFailure::ProxyProtocol,
+            Self::ProxyTimedOut { .. } => DialFailure::ProxyTimedOut,
             Self::ProxyAuthRejected { .. } => DialFailure::ProxyAuthRejected,
             Self::IsolationUnsupported { .. } => DialFailure::IsolationUnsupported,
             Self::Socks { reply, .. } => DialFailure::Socks(*reply),
             Self::TimedOut(_) => DialFailure::TimedOut,
             Self::Handshake(e) => match e.kind() {
                 HandshakeErrorKind::Rejected => DialFailure::HandshakeRejected,
+                HandshakeErrorKind::NickInUse => DialFailure::NickInUse,
                 HandshakeErrorKind::Protocol => DialFailure::HandshakeProtocol,
                 HandshakeErrorKind::Io(kind) => DialFailure::Io(kind),
                 HandshakeErrorKind::TimedOut => DialFailure::TimedOut,
@@ -124,6 +136,9 @@ pub enum HandshakeErrorKind {
     /// The directory refused us (e.g. `accepted: false`, wrong network,
     /// incompatible protocol version).
     Rejected,
+    /// The directory still holds our previous link under the same nick
+    /// ("Peer nick already registered"): transient, retried after backoff.
+    NickInUse,
     /// The directory's bytes broke the protocol, or it closed the connection
     /// without a reply.
     Protocol,
@@ -137,6 +152,7 @@ impl fmt::Display for HandshakeErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Rejected => f.write_str("directory rejected the handshake"),
+            Self::NickInUse => f.write_str("directory still holds our nick (previous link)"),
             Self::Protocol => f.write_str("directory handshake protocol error"),
             Self::Io(kind) => write!(f, "I/O error during the handshake ({kind:?})"),
             Self::TimedOut => f.write_str("handshake timed out"),
@@ -228,6 +244,14 @@ pub enum PoolError {
     /// The pool's driver has stopped (every handle was dropped, or it panicked).
     #[error("the pool's driver is not running")]
     DriverGone,
+    /// A task of the pool panicked; the pool closed every link and stopped.
+    #[error("the pool stopped after a panic in its {task} task: {message}")]
+    Panicked {
+        /// Which task ("driver", "dial", "close", "link", "hook").
+        task: &'static str,
+        /// The panic's message.
+        message: String,
+    },
     /// A retry policy out of range.
     #[error(transparent)]
     Config(#[from] dirpool_core::ConfigError),

@@ -3,10 +3,11 @@
 //! when its link is gone.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use dirpool_core::{LinkLoss, ServerAddr};
+use dirpool_core::{AttemptId, LinkLoss, ServerAddr};
 use futures::FutureExt;
 use futures::channel::oneshot;
 use futures::future::Shared;
@@ -15,18 +16,36 @@ use tokio::io::AsyncWriteExt;
 use crate::error::{CloseError, HandshakeError};
 use crate::runtime::{BoxedStream, Runtime};
 
-/// What a handshake may use: the pool's runtime (for timers and spawning)
-/// and the instant the whole dial must be done by.
+/// What a handshake may use: the pool's runtime (for timers and spawning),
+/// the instant the whole dial must be done by, and the [`LinkSignals`] its
+/// client reports signs of life with.
 #[derive(Debug, Clone)]
 pub struct HandshakeContext {
     runtime: Arc<dyn Runtime>,
     deadline: Instant,
+    signals: LinkSignals,
 }
 
 impl HandshakeContext {
-    /// A context on `runtime` with the dial's `deadline`.
+    /// A context on `runtime` with the dial's `deadline`, whose signals go
+    /// nowhere (a connection the pool does not watch).
     pub fn new(runtime: Arc<dyn Runtime>, deadline: Instant) -> Self {
-        Self { runtime, deadline }
+        Self {
+            runtime,
+            deadline,
+            signals: LinkSignals::detached(),
+        }
+    }
+
+    /// The same context, reporting through `signals`.
+    pub fn with_signals(mut self, signals: LinkSignals) -> Self {
+        self.signals = signals;
+        self
+    }
+
+    /// Where the client reports signs of life and probe answers.
+    pub fn signals(&self) -> &LinkSignals {
+        &self.signals
     }
 
     /// The pool's runtime.
@@ -49,6 +68,106 @@ pub trait Client: Send + Sync + 'static {
 
     /// Closes the connection.
     fn close(&self) -> impl Future<Output = Result<(), CloseError>> + Send;
+
+    /// Sends one liveness probe (JoinMarket: PING 798), without waiting:
+    /// the answer is reported through the [`LinkSignals`] the handshake got.
+    /// The default says the link cannot be probed; the pool then watches it
+    /// only through [`closed`](Self::closed).
+    fn probe(&self) -> ProbeStatus {
+        ProbeStatus::Unsupported
+    }
+}
+
+/// What became of a [`Client::probe`] request.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeStatus {
+    /// The probe is on its way; its answer comes through [`LinkSignals`].
+    Sent,
+    /// This link has no probe the other side answers (e.g. a directory
+    /// that does not advertise `ping`).
+    Unsupported,
+    /// The link is closed.
+    Closed,
+}
+
+/// What a link tells the pool about itself: signs of life and probe
+/// answers. Cheap to clone and to call from a read loop: a burst of
+/// [`alive`](Self::alive) calls reaches the pool as one signal.
+#[derive(Debug, Clone, Default)]
+pub struct LinkSignals {
+    inner: Option<Arc<SignalsInner>>,
+}
+
+#[derive(Debug)]
+struct SignalsInner {
+    attempt: AttemptId,
+    /// An `Alive` is queued and not taken yet: further calls add nothing.
+    alive_queued: Arc<AtomicBool>,
+    tx: futures::channel::mpsc::UnboundedSender<LinkSignal>,
+}
+
+/// One signal, as the driver receives it.
+#[derive(Debug)]
+pub(crate) enum LinkSignal {
+    /// Bytes arrived; the flag is cleared by the driver when it takes this.
+    Alive(AttemptId, Arc<AtomicBool>),
+    /// The answer to a probe arrived.
+    ProbeAnswered(AttemptId),
+}
+
+impl LinkSignal {
+    /// The attempt it is about; marks an `Alive` as taken.
+    pub(crate) fn take(self) -> (AttemptId, bool) {
+        match self {
+            Self::Alive(attempt, queued) => {
+                queued.store(false, Ordering::Release);
+                (attempt, false)
+            }
+            Self::ProbeAnswered(attempt) => (attempt, true),
+        }
+    }
+}
+
+impl LinkSignals {
+    /// Signals that go nowhere.
+    pub fn detached() -> Self {
+        Self { inner: None }
+    }
+
+    pub(crate) fn new(
+        attempt: AttemptId,
+        tx: futures::channel::mpsc::UnboundedSender<LinkSignal>,
+    ) -> Self {
+        Self {
+            inner: Some(Arc::new(SignalsInner {
+                attempt,
+                alive_queued: Arc::new(AtomicBool::new(false)),
+                tx,
+            })),
+        }
+    }
+
+    /// The link showed a sign of life (a line arrived).
+    pub fn alive(&self) {
+        if let Some(inner) = &self.inner {
+            if !inner.alive_queued.swap(true, Ordering::AcqRel) {
+                let _ = inner.tx.unbounded_send(LinkSignal::Alive(
+                    inner.attempt,
+                    Arc::clone(&inner.alive_queued),
+                ));
+            }
+        }
+    }
+
+    /// The answer to the last [`Client::probe`] arrived.
+    pub fn probe_answered(&self) {
+        if let Some(inner) = &self.inner {
+            let _ = inner
+                .tx
+                .unbounded_send(LinkSignal::ProbeAnswered(inner.attempt));
+        }
+    }
 }
 
 /// Turns a tunnel to a server into a client: the original's

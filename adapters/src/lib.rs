@@ -48,7 +48,10 @@ pub use error::{
     HandshakeErrorKind, PoolError,
 };
 pub use event::PoolEvent;
-pub use handshake::{Client, Handshake, HandshakeContext, LossSignal, RawConnection, RawStream};
+pub use handshake::{
+    Client, Handshake, HandshakeContext, LinkSignals, LossSignal, ProbeStatus, RawConnection,
+    RawStream,
+};
 pub use hooks::{NoHooks, PoolHooks};
 pub use pool::{DirectoryPool, PoolBuilder};
 #[cfg(feature = "smol")]

@@ -32,6 +32,8 @@ pub struct PoolConfig {
     pub isolation: IsolationScope,
     /// The background redial policy used while maintenance runs.
     pub maintenance: MaintenancePolicy,
+    /// How connected links are watched for a silent path.
+    pub keepalive: KeepalivePolicy,
 }
 
 impl PoolConfig {
@@ -47,6 +49,7 @@ impl PoolConfig {
             close_timeout: Duration::from_secs(10),
             isolation: IsolationScope::Off,
             maintenance: MaintenancePolicy::default(),
+            keepalive: KeepalivePolicy::default(),
         }
     }
 
@@ -61,7 +64,8 @@ impl PoolConfig {
         }
         check_duration("connection_timeout", self.connection_timeout)?;
         check_duration("close_timeout", self.close_timeout)?;
-        self.maintenance.validate()
+        self.maintenance.validate()?;
+        self.keepalive.validate()
     }
 }
 
@@ -163,6 +167,74 @@ impl MaintenancePolicy {
     }
 }
 
+/// How the pool watches each connected link.
+///
+/// A link that shows no sign of life (no line read, no probe answered) for
+/// `idle` is probed once; a probe unanswered after `probe_timeout` means the
+/// path is dead and the link is declared lost
+/// ([`LinkLoss::KeepaliveTimeout`](crate::LinkLoss::KeepaliveTimeout)), so a
+/// silent path is found at most `idle + probe_timeout` after its last sign
+/// of life. A healthy idle link is probed at most once per `idle`.
+///
+/// The defaults (30 s, 30 s) find a silent path within 60 s and send at
+/// most two probes a minute on an idle link: a third of what joinmarket-rs
+/// allows (6 PING a minute per peer; it disconnects a peer that sends more),
+/// and far inside joinmarket-ng's heartbeat (it PINGs a peer idle for
+/// 600 s and evicts it 30 s later without a PONG).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepalivePolicy {
+    /// Quiet time after which a link is probed. At least
+    /// [`MIN_PROBE_INTERVAL`], so no directory's PING rate limit is reached.
+    pub idle: Duration,
+    /// How long a probe may go unanswered before the link is declared lost.
+    pub probe_timeout: Duration,
+}
+
+/// The shortest allowed [`KeepalivePolicy::idle`]: joinmarket-rs
+/// disconnects a peer sending more than 6 PINGs a minute.
+pub const MIN_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Default for KeepalivePolicy {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(30),
+            probe_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl KeepalivePolicy {
+    /// A policy with these timings.
+    pub const fn new(idle: Duration, probe_timeout: Duration) -> Self {
+        Self {
+            idle,
+            probe_timeout,
+        }
+    }
+
+    /// The longest a silent path can stay unnoticed: `idle + probe_timeout`.
+    pub fn loss_bound(&self) -> Duration {
+        self.idle.saturating_add(self.probe_timeout)
+    }
+
+    /// Checks the policy.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the field that is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_duration("keepalive.idle", self.idle)?;
+        check_duration("keepalive.probe_timeout", self.probe_timeout)?;
+        if self.idle < MIN_PROBE_INTERVAL {
+            return Err(ConfigError::ProbeTooFrequent {
+                idle: self.idle,
+                min: MIN_PROBE_INTERVAL,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The randomness the pool needs, made by the caller: the core never reads
 /// an RNG, so a run is a pure function of its inputs.
 #[derive(Debug, Clone, Copy)]
@@ -213,6 +285,17 @@ pub enum ConfigError {
         field: &'static str,
         /// The value given.
         factor: f64,
+    },
+    /// A keepalive interval short enough to trip a directory's PING rate
+    /// limit.
+    #[error(
+        "keepalive.idle {idle:?} is below {min:?}: directories disconnect a peer that pings more often"
+    )]
+    ProbeTooFrequent {
+        /// The value given.
+        idle: Duration,
+        /// The least allowed.
+        min: Duration,
     },
     /// A jitter fraction outside `0.0..=1.0`.
     #[error("{field}: jitter must be within 0.0..=1.0, got {jitter}")]

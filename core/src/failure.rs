@@ -19,6 +19,11 @@ pub enum DialFailure {
     /// The proxy answered, but not as a SOCKS5 server should.
     #[error("SOCKS proxy protocol error")]
     ProxyProtocol,
+    /// The proxy accepted the TCP connection but sent nothing back to our
+    /// SOCKS greeting within its deadline: a hung or overloaded proxy, which
+    /// every server would meet the same way.
+    #[error("SOCKS proxy accepted the connection but did not answer")]
+    ProxyTimedOut,
     /// The proxy rejected our username/password.
     #[error("SOCKS proxy rejected the isolation credentials")]
     ProxyAuthRejected,
@@ -36,6 +41,12 @@ pub enum DialFailure {
     /// incompatible protocol version).
     #[error("directory rejected the handshake")]
     HandshakeRejected,
+    /// The directory still holds a link of ours under the same nick (it has
+    /// not noticed yet that our previous link died: joinmarket-ng answers
+    /// "Peer nick already registered"). Transient: retried on the backoff,
+    /// and it does not count towards `max_retries`.
+    #[error("directory still holds our previous link (nick already registered)")]
+    NickInUse,
     /// The directory's reply broke the protocol, or it closed the connection
     /// without replying.
     #[error("directory handshake failed")]
@@ -64,6 +75,7 @@ impl DialFailure {
     pub fn scope(self) -> FailureScope {
         match self {
             Self::ProxyUnreachable
+            | Self::ProxyTimedOut
             | Self::ProxyProtocol
             | Self::ProxyAuthRejected
             | Self::IsolationUnsupported => FailureScope::Proxy,
@@ -76,8 +88,15 @@ impl DialFailure {
     pub fn proves_proxy_up(self) -> bool {
         matches!(
             self,
-            Self::Socks(_) | Self::HandshakeRejected | Self::HandshakeProtocol
+            Self::Socks(_) | Self::HandshakeRejected | Self::HandshakeProtocol | Self::NickInUse
         )
+    }
+
+    /// Whether the failure counts towards a server's `max_retries`: a nick
+    /// the directory has not released yet is its lag, not the server
+    /// failing.
+    pub fn counts_towards_give_up(self) -> bool {
+        !matches!(self, Self::NickInUse)
     }
 }
 
@@ -211,8 +230,24 @@ pub enum LinkLoss {
     Io(std::io::ErrorKind),
     /// The directory broke the protocol after the handshake.
     Protocol,
-    /// The link stopped answering keepalives.
+    /// The link stopped answering keepalives: a silent path (the
+    /// directory or the Tor circuit to it stopped answering while the
+    /// socket stayed open).
     KeepaliveTimeout,
+    /// A write did not finish within its deadline: the peer stopped reading.
+    WriteTimedOut,
+    /// The directory said goodbye on purpose (JoinMarket DISCONNECT, 801).
+    DisconnectedByPeer,
+    /// The link's own task panicked; the link was dropped.
+    Panicked,
+}
+
+impl LinkLoss {
+    /// Whether the other side ended the link on purpose (it said so),
+    /// as opposed to a failure of the link or the path.
+    pub fn is_deliberate(self) -> bool {
+        matches!(self, Self::DisconnectedByPeer)
+    }
 }
 
 impl fmt::Display for LinkLoss {
@@ -221,7 +256,10 @@ impl fmt::Display for LinkLoss {
             Self::ClosedByPeer => f.write_str("closed by peer"),
             Self::Io(kind) => write!(f, "I/O error: {kind:?}"),
             Self::Protocol => f.write_str("protocol error"),
-            Self::KeepaliveTimeout => f.write_str("keepalive timed out"),
+            Self::KeepaliveTimeout => f.write_str("keepalive timed out (silent path)"),
+            Self::WriteTimedOut => f.write_str("write timed out (peer stopped reading)"),
+            Self::DisconnectedByPeer => f.write_str("disconnected by peer (DISCONNECT)"),
+            Self::Panicked => f.write_str("link task panicked"),
         }
     }
 }

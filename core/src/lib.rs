@@ -36,14 +36,17 @@ pub mod status;
 
 pub use addr::{AddrError, DEFAULT_PORT, HostKind, OnionError, ServerAddr};
 pub use backoff::{Backoff, JitterRng};
-pub use config::{ConfigError, Entropy, MaintenancePolicy, PoolConfig, RetryPolicy};
+pub use config::{
+    ConfigError, Entropy, KeepalivePolicy, MIN_PROBE_INTERVAL, MaintenancePolicy, PoolConfig,
+    RetryPolicy,
+};
 pub use failure::{CloseFailure, DialFailure, FailureScope, LinkLoss, SocksReply};
 pub use isolation::{
     IsolationCategory, IsolationScope, IsolationToken, Password, SocksCredentials, StreamIsolation,
 };
 pub use output::{
     AttemptId, CloseRequest, DialRequest, DisconnectReason, Notification, OperationEnd,
-    OperationId, OperationKind, OperationReport, Output, ServerId,
+    OperationId, OperationKind, OperationReport, Output, ProbeRequest, ServerId,
 };
 pub use pool::{InputError, PoolState, RejectedEntry, Rejection};
 pub use status::{ServerState, ServerStatus};

@@ -76,6 +76,12 @@ pub enum Output {
     Abort(AttemptId),
     /// Close a connection and report when done.
     Close(CloseRequest),
+    /// Send a liveness probe on a connected link (JoinMarket: PING 798).
+    /// Report its answer with
+    /// [`PoolState::probe_answered`](crate::PoolState::probe_answered), or
+    /// [`PoolState::probe_unsupported`](crate::PoolState::probe_unsupported)
+    /// if the link cannot be probed.
+    Probe(ProbeRequest),
     /// Something the user (hooks, notification stream, logs) should hear.
     Notify(Notification),
 }
@@ -97,6 +103,18 @@ pub struct DialRequest {
     /// driver's own timer is only a safety net.
     pub timeout: Duration,
     /// `now + timeout` at the time of the request.
+    pub deadline: Instant,
+}
+
+/// A probe to send on a connected link.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeRequest {
+    /// The attempt whose connection to probe.
+    pub attempt: AttemptId,
+    /// Its server.
+    pub server: ServerId,
+    /// When the link is declared lost if nothing has been heard by then.
     pub deadline: Instant,
 }
 
@@ -164,6 +182,15 @@ pub enum Notification {
         attempt: AttemptId,
         /// Why.
         reason: DisconnectReason,
+    },
+    /// A probe was answered: the link is alive.
+    ProbeAnswered {
+        /// The server.
+        server: ServerId,
+        /// The attempt that made the connection.
+        attempt: AttemptId,
+        /// Time from the probe's request to its answer.
+        rtt: Duration,
     },
     /// Maintenance stopped redialing a server after `max_retries` failures.
     GaveUp {
