@@ -2,6 +2,7 @@
 //! and how to route.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use dirpool_core::PoolConfig;
 
@@ -30,6 +31,16 @@ pub struct Config {
     /// as the original does for local and regtest setups. Off by default:
     /// it bypasses Tor.
     pub direct_clearnet: bool,
+    /// How long the proxy may take to answer our SOCKS greeting (Tor
+    /// answers at once; only the CONNECT reply waits for the circuit). A
+    /// proxy that accepts TCP and stays silent past this is a pool-wide
+    /// fault ([`PoolEvent::ProxyUnreachable`](crate::PoolEvent::ProxyUnreachable)),
+    /// not each directory's. Default 10 s.
+    pub proxy_timeout: Duration,
+    /// How long a connected or disconnected hook may run before it is
+    /// dropped and reported ([`PoolEvent::HookTimedOut`](crate::PoolEvent::HookTimedOut)).
+    /// Default 10 s.
+    pub hook_timeout: Duration,
 }
 
 impl Config {
@@ -43,6 +54,8 @@ impl Config {
             pool: PoolConfig::new(servers),
             proxy: DEFAULT_PROXY,
             direct_clearnet: false,
+            proxy_timeout: Duration::from_secs(10),
+            hook_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What the pool tells its users, by node_id.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dirpool_core::{AddrError, DisconnectReason};
 
@@ -32,6 +32,30 @@ pub enum PoolEvent {
         error: Arc<DialError>,
         /// When it will be dialed again, if anything wants it.
         retry_at: Option<Instant>,
+    },
+    /// A keepalive probe was answered: the link is alive.
+    ProbeAnswered {
+        /// The server.
+        node_id: String,
+        /// From the probe's request to its answer.
+        rtt: Duration,
+    },
+    /// A connected or disconnected hook ran past the hook timeout; it was
+    /// dropped (with whatever it held) and the next hook ran.
+    HookTimedOut {
+        /// The server the hook was about.
+        node_id: String,
+        /// `"connected"` or `"disconnected"`.
+        hook: &'static str,
+    },
+    /// A task of the pool panicked. The pool closes every link and stops;
+    /// commands then fail with [`PoolError::Panicked`](crate::PoolError::Panicked).
+    /// A panicking hook is reported here too, but does not stop the pool.
+    Panicked {
+        /// Which task ("driver", "dial", "close", "link", "hook").
+        task: &'static str,
+        /// The panic's message.
+        message: String,
     },
     /// Maintenance gave up on a server after its `max_retries`.
     GaveUp {
