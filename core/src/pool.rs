@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use crate::addr::{AddrError, ServerAddr};
 use crate::backoff::{Backoff, JitterRng};
-use crate::config::{ConfigError, Entropy, MaintenancePolicy, PoolConfig, RetryPolicy};
+use crate::config::{
+    ConfigError, Entropy, KeepalivePolicy, MaintenancePolicy, PoolConfig, RetryPolicy,
+};
 use crate::failure::{CloseFailure, DialFailure, FailureScope, LinkLoss};
 use crate::isolation::{SocksCredentials, StreamIsolation};
 use crate::output::{
     AttemptId, CloseRequest, DialRequest, DisconnectReason, Notification, OperationEnd,
-    OperationId, OperationKind, OperationReport, Output, ServerId,
+    OperationId, OperationKind, OperationReport, Output, ProbeRequest, ServerId,
 };
 use crate::status::{ServerState, ServerStatus};
 use links::{Link, LinkState, Links};
@@ -69,8 +71,35 @@ pub enum Rejection {
 enum Phase {
     Idle,
     Dialing(AttemptId),
-    Connected { attempt: AttemptId, since: Instant },
-    Closing(AttemptId),
+    Connected {
+        attempt: AttemptId,
+        since: Instant,
+        /// The last sign of life: a line read, a probe answered.
+        last_active: Instant,
+        watch: Watch,
+        /// The keepalive timer entry that counts; entries that fire before
+        /// it are stale (left behind when an answer moved the next probe
+        /// earlier than a pending probe deadline).
+        armed: Instant,
+    },
+    Closing {
+        attempt: AttemptId,
+        /// A connect command arrived while closing: dial as soon as the
+        /// close ends (the command waits for that dial).
+        redial: bool,
+    },
+}
+
+/// How a connected link is being watched for a silent path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    /// Nothing outstanding: probed once quiet for `keepalive.idle`.
+    Quiet,
+    /// A probe is out since `sent`; without a sign of life by `deadline`
+    /// the link is lost.
+    Probing { sent: Instant, deadline: Instant },
+    /// The link has no probe its peer answers: watched only for its end.
+    Passive,
 }
 
 #[derive(Debug)]
@@ -152,6 +181,7 @@ struct RetrySpec {
 #[derive(Debug)]
 pub struct PoolState {
     connection_timeout: Duration,
+    keepalive: KeepalivePolicy,
     close_timeout: Duration,
     maintenance_policy: MaintenancePolicy,
     isolation: StreamIsolation,
@@ -283,6 +313,7 @@ impl PoolState {
 
         Ok(Self {
             connection_timeout: config.connection_timeout,
+            keepalive: config.keepalive,
             close_timeout: config.close_timeout,
             maintenance_policy: config.maintenance,
             isolation,
@@ -349,8 +380,17 @@ impl PoolState {
             if !matches!(server.phase, Phase::Connected { .. }) {
                 server.backoff_step = 0;
             }
-            if matches!(server.phase, Phase::Idle) {
-                self.dial(now, server_id(index));
+            match server.phase {
+                Phase::Idle => {
+                    self.dial(now, server_id(index));
+                }
+                Phase::Closing { attempt, .. } => {
+                    server.phase = Phase::Closing {
+                        attempt,
+                        redial: true,
+                    };
+                }
+                Phase::Dialing(_) | Phase::Connected { .. } => {}
             }
         }
         if self.connected > 0 {
@@ -403,13 +443,21 @@ impl PoolState {
                     self.outputs.push_back(Output::Abort(attempt));
                 }
                 Phase::Connected { attempt, .. } => {
-                    server.phase = Phase::Closing(attempt);
+                    server.phase = Phase::Closing {
+                        attempt,
+                        redial: false,
+                    };
                     self.connected -= 1;
                     self.set_link_state(attempt, LinkState::Closing);
                     self.request_close(now, attempt, server_id(index), false);
                     waiting.insert(attempt);
                 }
-                Phase::Closing(attempt) => {
+                Phase::Closing { attempt, .. } => {
+                    // close_all is the last word: no redial after this close.
+                    server.phase = Phase::Closing {
+                        attempt,
+                        redial: false,
+                    };
                     waiting.insert(attempt);
                 }
             }
@@ -481,11 +529,16 @@ impl PoolState {
                 server.phase = Phase::Connected {
                     attempt,
                     since: now,
+                    last_active: now,
+                    watch: Watch::Quiet,
+                    armed: now + self.keepalive.idle,
                 };
                 server.consecutive_failures = 0;
                 server.gave_up = false;
                 self.connected += 1;
                 tracing::debug!(server = %server.addr, %attempt, "connected");
+                self.timers
+                    .push(now + self.keepalive.idle, Timer::Keepalive(attempt));
                 self.notify(Notification::Connected {
                     server: id,
                     attempt,
@@ -559,37 +612,53 @@ impl PoolState {
         let now = self.clock(now);
         match link.state {
             LinkState::Open => {
-                self.links.remove(attempt);
-                let id = link.server;
-                let stable_after = self.maintenance_policy.stable_after;
-                let server = &mut self.servers[id.index()];
-                if let Phase::Connected { since, .. } = server.phase {
-                    // A link that stayed up long enough earns a fresh backoff;
-                    // one that died young keeps climbing, so a flapping
-                    // directory is not hammered.
-                    if now.saturating_duration_since(since) >= stable_after {
-                        server.backoff_step = 0;
-                    }
+                self.lose(now, attempt, link.server, loss);
+                Ok(())
+            }
+            LinkState::Closing | LinkState::StrayClosing | LinkState::CloseAbandoned => Ok(()),
+            state => Err(unexpected(attempt, state)),
+        }
+    }
+
+    /// The connection made by `attempt` showed a sign of life (a line
+    /// arrived). Cheap: call it as often as the driver likes. A sign of life
+    /// also settles a probe that is out. Ignored for a link being closed.
+    ///
+    /// # Errors
+    /// [`InputError`] if `attempt` is unknown or never connected.
+    pub fn link_active(&mut self, now: Instant, attempt: AttemptId) -> Result<(), InputError> {
+        self.heard(now, attempt, false)
+    }
+
+    /// The answer to the probe on `attempt`'s connection arrived: a sign of
+    /// life, and [`Notification::ProbeAnswered`] with the round trip if a
+    /// probe was out.
+    ///
+    /// # Errors
+    /// [`InputError`] if `attempt` is unknown or never connected.
+    pub fn probe_answered(&mut self, now: Instant, attempt: AttemptId) -> Result<(), InputError> {
+        self.heard(now, attempt, true)
+    }
+
+    /// `attempt`'s connection cannot be probed (its peer answers no probe):
+    /// from now on it is watched only for its end, never declared lost for
+    /// silence.
+    ///
+    /// # Errors
+    /// [`InputError`] if `attempt` is unknown or never connected.
+    pub fn probe_unsupported(
+        &mut self,
+        now: Instant,
+        attempt: AttemptId,
+    ) -> Result<(), InputError> {
+        let link = self.link(attempt)?;
+        self.clock(now);
+        match link.state {
+            LinkState::Open => {
+                if let Phase::Connected { watch, .. } = &mut self.servers[link.server.index()].phase
+                {
+                    *watch = Watch::Passive;
                 }
-                server.phase = Phase::Idle;
-                #[cfg(dirpool_planted_bugs)]
-                let miscount = crate::planted::active(crate::planted::Bug::MiscountLostLink);
-                #[cfg(not(dirpool_planted_bugs))]
-                let miscount = false;
-                if !miscount {
-                    self.connected -= 1;
-                }
-                tracing::debug!(server = %server.addr, %attempt, %loss, "connection lost");
-                self.notify(Notification::Disconnected {
-                    server: id,
-                    attempt,
-                    reason: DisconnectReason::Lost(loss),
-                });
-                if self.connected == 0 {
-                    self.all_down = true;
-                    self.notify(Notification::AllDown);
-                }
-                self.schedule_retry(now, id);
                 Ok(())
             }
             LinkState::Closing | LinkState::StrayClosing | LinkState::CloseAbandoned => Ok(()),
@@ -651,8 +720,9 @@ impl PoolState {
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         while let Some((timer, first)) = self.timers.peek() {
-            if self.timer_is_live(timer) {
-                return Some(self.timers.instant(first));
+            let at = self.timers.instant(first);
+            if self.timer_is_live(timer) && !self.keepalive_stale(timer, at) {
+                return Some(at);
             }
             self.timers.remove(first);
         }
@@ -714,7 +784,7 @@ impl PoolState {
         let state = match s.phase {
             Phase::Dialing(_) => ServerState::Dialing,
             Phase::Connected { .. } => ServerState::Connected,
-            Phase::Closing(_) => ServerState::Closing,
+            Phase::Closing { .. } => ServerState::Closing,
             Phase::Idle if s.waiting_for_proxy => ServerState::WaitingForProxy,
             Phase::Idle if s.retry_at.is_some() => ServerState::WaitingRetry,
             Phase::Idle if s.gave_up => ServerState::GaveUp,
@@ -806,6 +876,135 @@ impl PoolState {
         now
     }
 
+    /// A registered link is gone without our asking.
+    fn lose(&mut self, now: Instant, attempt: AttemptId, id: ServerId, loss: LinkLoss) {
+        self.links.remove(attempt);
+        let stable_after = self.maintenance_policy.stable_after;
+        let server = &mut self.servers[id.index()];
+        if let Phase::Connected { since, .. } = server.phase {
+            // A link that stayed up long enough earns a fresh backoff; one
+            // that died young keeps climbing, so a flapping directory is not
+            // hammered.
+            if now.saturating_duration_since(since) >= stable_after {
+                server.backoff_step = 0;
+            }
+        }
+        server.phase = Phase::Idle;
+        #[cfg(dirpool_planted_bugs)]
+        let miscount = crate::planted::active(crate::planted::Bug::MiscountLostLink);
+        #[cfg(not(dirpool_planted_bugs))]
+        let miscount = false;
+        if !miscount {
+            self.connected -= 1;
+        }
+        tracing::debug!(server = %server.addr, %attempt, %loss, "connection lost");
+        self.notify(Notification::Disconnected {
+            server: id,
+            attempt,
+            reason: DisconnectReason::Lost(loss),
+        });
+        if self.connected == 0 {
+            self.all_down = true;
+            self.notify(Notification::AllDown);
+        }
+        self.schedule_retry(now, id);
+    }
+
+    /// A sign of life on `attempt`'s link; `answer` when it answers a probe.
+    fn heard(&mut self, now: Instant, attempt: AttemptId, answer: bool) -> Result<(), InputError> {
+        let link = self.link(attempt)?;
+        let now = self.clock(now);
+        match link.state {
+            LinkState::Open => {
+                let id = link.server;
+                let idle = self.keepalive.idle;
+                let Phase::Connected {
+                    last_active,
+                    watch,
+                    armed,
+                    ..
+                } = &mut self.servers[id.index()].phase
+                else {
+                    return Ok(());
+                };
+                *last_active = now;
+                if let Watch::Probing { sent, .. } = *watch {
+                    // Any sign of life settles the probe. The pending entry
+                    // (at the probe's deadline) re-arms itself from
+                    // `last_active` when it fires, unless the next probe is
+                    // due before that.
+                    *watch = Watch::Quiet;
+                    let due = now + idle;
+                    if due < *armed {
+                        *armed = due;
+                        self.timers.push(due, Timer::Keepalive(attempt));
+                    }
+                    if answer {
+                        self.notify(Notification::ProbeAnswered {
+                            server: id,
+                            attempt,
+                            rtt: now.saturating_duration_since(sent),
+                        });
+                    }
+                }
+                Ok(())
+            }
+            LinkState::Closing | LinkState::StrayClosing | LinkState::CloseAbandoned => Ok(()),
+            state => Err(unexpected(attempt, state)),
+        }
+    }
+
+    /// The keepalive timer of an open link fired: probe it if it has been
+    /// quiet for `idle`, declare it lost if its probe went unanswered, else
+    /// re-arm at the link's next due instant.
+    fn keepalive_due(&mut self, now: Instant, attempt: AttemptId, id: ServerId) {
+        let keepalive = self.keepalive;
+        let Phase::Connected {
+            last_active,
+            watch,
+            armed,
+            ..
+        } = &mut self.servers[id.index()].phase
+        else {
+            return;
+        };
+        if now < *armed {
+            return; // a stale entry
+        }
+        match *watch {
+            Watch::Passive => {}
+            Watch::Quiet => {
+                let due = *last_active + keepalive.idle;
+                if now < due {
+                    *armed = due;
+                    self.timers.push(due, Timer::Keepalive(attempt));
+                    return;
+                }
+                let deadline = now + keepalive.probe_timeout;
+                *watch = Watch::Probing {
+                    sent: now,
+                    deadline,
+                };
+                *armed = deadline;
+                self.timers.push(deadline, Timer::Keepalive(attempt));
+                self.outputs.push_back(Output::Probe(ProbeRequest {
+                    attempt,
+                    server: id,
+                    deadline,
+                }));
+            }
+            Watch::Probing { deadline, .. } => {
+                if now < deadline {
+                    *armed = deadline;
+                    self.timers.push(deadline, Timer::Keepalive(attempt));
+                    return;
+                }
+                tracing::debug!(server = %self.servers[id.index()].addr, %attempt, "probe unanswered: silent path");
+                self.lose(now, attempt, id, LinkLoss::KeepaliveTimeout);
+            }
+        }
+    }
+
     fn new_operation_id(&mut self) -> OperationId {
         self.next_operation += 1;
         OperationId(self.next_operation)
@@ -847,7 +1046,16 @@ impl PoolState {
                 Phase::Dialing(attempt) => {
                     waiting.insert(attempt);
                 }
-                Phase::Connected { .. } | Phase::Closing(_) => {}
+                Phase::Closing { attempt, .. } => {
+                    // Asked for after a close_all that is still closing this
+                    // link: dial when the close ends; wait for that dial.
+                    self.servers[index].phase = Phase::Closing {
+                        attempt,
+                        redial: true,
+                    };
+                    waiting.insert(attempt);
+                }
+                Phase::Connected { .. } => {}
             }
         }
         let done = waiting.is_empty();
@@ -1078,9 +1286,13 @@ impl PoolState {
                 }
                 let max = self.maintenance_policy.max_retries;
                 let server = &mut self.servers[id.index()];
-                server.consecutive_failures = server.consecutive_failures.saturating_add(1);
+                let counts = failure.counts_towards_give_up();
+                if counts {
+                    server.consecutive_failures = server.consecutive_failures.saturating_add(1);
+                }
                 let failures = server.consecutive_failures;
-                let gives_up = self.maintenance && max > 0 && !server.gave_up && failures >= max;
+                let gives_up =
+                    counts && self.maintenance && max > 0 && !server.gave_up && failures >= max;
                 if gives_up {
                     server.gave_up = true;
                 }
@@ -1118,15 +1330,32 @@ impl PoolState {
 
     /// A registered connection's close ended (done, failed or timed out).
     fn closed(&mut self, now: Instant, attempt: AttemptId, id: ServerId, reason: DisconnectReason) {
+        let redial = matches!(
+            self.servers[id.index()].phase,
+            Phase::Closing { redial: true, .. }
+        );
         self.servers[id.index()].phase = Phase::Idle;
         self.notify(Notification::Disconnected {
             server: id,
             attempt,
             reason,
         });
-        self.attempt_resolved(attempt, None);
-        // Only if a command started since close_all wants the server back.
-        self.schedule_retry(now, id);
+        if redial {
+            // A connect command came while this link was closing: its dial
+            // starts now, and the passes that waited for the close wait for
+            // the dial instead.
+            let dial = self.dial(now, id);
+            for op in &mut self.operations {
+                if op.kind != OperationKind::CloseAll && op.waiting.remove(&attempt) {
+                    op.waiting.insert(dial);
+                }
+            }
+            self.attempt_resolved(attempt, None);
+        } else {
+            self.attempt_resolved(attempt, None);
+            // Only if a command started since close_all wants the server back.
+            self.schedule_retry(now, id);
+        }
     }
 
     /// An attempt (or close) some operations may be waiting for has ended.
@@ -1180,6 +1409,23 @@ impl PoolState {
         }
     }
 
+    /// A keepalive entry set for before the one its link counts on: left
+    /// behind when an answer moved the link's next probe earlier.
+    fn keepalive_stale(&self, timer: Timer, at: Instant) -> bool {
+        let Timer::Keepalive(attempt) = timer else {
+            return false;
+        };
+        let Some(link) = self.links.get(attempt) else {
+            return true;
+        };
+        match self.servers[link.server.index()].phase {
+            Phase::Connected {
+                attempt: a, armed, ..
+            } if a == attempt => at < armed,
+            _ => true,
+        }
+    }
+
     fn timer_is_live(&self, timer: Timer) -> bool {
         match timer {
             Timer::DialDeadline(attempt) => self
@@ -1198,6 +1444,10 @@ impl PoolState {
                 self.proxy.down && self.proxy.probe_generation == generation
             }
             Timer::OperationDeadline(id) => self.operations.iter().any(|op| op.id == id),
+            Timer::Keepalive(attempt) => self
+                .links
+                .get(attempt)
+                .is_some_and(|l| l.state == LinkState::Open),
         }
     }
 
@@ -1242,6 +1492,10 @@ impl PoolState {
             }
             Timer::OperationDeadline(id) => {
                 self.finish_operation(id, OperationEnd::DeadlineReached);
+            }
+            Timer::Keepalive(attempt) => {
+                let Ok(link) = self.link(attempt) else { return };
+                self.keepalive_due(now, attempt, link.server);
             }
         }
     }

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use dirpool_core::{
     AttemptId, Backoff, CloseFailure, ConfigError, DialFailure, DialRequest, DisconnectReason,
-    Entropy, InputError, IsolationScope, IsolationToken, LinkLoss, Notification, OperationEnd,
-    OperationKind, OperationReport, Output, PoolConfig, PoolState, RetryPolicy, ServerId,
-    ServerState, SocksReply,
+    Entropy, InputError, IsolationScope, IsolationToken, KeepalivePolicy, LinkLoss, Notification,
+    OperationEnd, OperationKind, OperationReport, Output, PoolConfig, PoolState, ProbeRequest,
+    RetryPolicy, ServerId, ServerState, SocksReply,
 };
 
 const A: &str = "127.0.0.1:5222";
@@ -162,9 +162,10 @@ fn a_pass_dials_every_server_at_once() {
     assert_eq!(report.end, OperationEnd::Completed);
     assert_eq!(report.connected, 2);
     assert_eq!(report.newly_connected, vec![rig.id(A), rig.id(C)]);
-    assert!(
-        rig.pool.poll_timeout().is_none(),
-        "no maintenance, nothing to wake for"
+    assert_eq!(
+        rig.pool.poll_timeout(),
+        Some(rig.at(31.0)),
+        "no maintenance: only the links' keepalive (idle 30 s from t=1)"
     );
 }
 
@@ -961,4 +962,226 @@ fn an_onion_error_proves_the_proxy_is_back() {
     );
     assert!(notes(&out).contains(&Notification::ProxyRecovered));
     assert_eq!(dials(&out).len(), 1, "the waiting server is dialed now");
+}
+
+// ---- keepalive ---------------------------------------------------------------
+
+fn probes(outputs: &[Output]) -> Vec<ProbeRequest> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Probe(p) => Some(*p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One server, connected at t=0, keepalive idle 30 s and probe timeout 20 s.
+fn connected_link() -> (Rig, AttemptId) {
+    let mut config = PoolConfig::new([A]);
+    config.keepalive = KeepalivePolicy::new(secs(30.0), secs(20.0));
+    let mut rig = Rig::new(config);
+    rig.pool.connect_all_parallel(rig.now);
+    let attempt = dials(&rig.drain())[0].attempt;
+    rig.succeed(attempt);
+    (rig, attempt)
+}
+
+#[test]
+fn a_quiet_link_is_probed_once_per_idle_interval_and_an_answer_keeps_it() {
+    let (mut rig, attempt) = connected_link();
+    assert_eq!(rig.pool.poll_timeout(), Some(rig.at(30.0)));
+    assert!(probes(&rig.advance_to(29.9)).is_empty(), "not before idle");
+    let out = rig.advance_to(30.0);
+    let p = probes(&out);
+    assert_eq!(p.len(), 1, "{out:#?}");
+    assert_eq!((p[0].attempt, p[0].deadline), (attempt, rig.at(50.0)));
+    assert!(
+        probes(&rig.advance_to(40.0)).is_empty(),
+        "one probe at a time"
+    );
+
+    rig.now = rig.at(40.5);
+    rig.pool.probe_answered(rig.now, attempt).unwrap();
+    let out = rig.drain();
+    assert_eq!(
+        notes(&out),
+        vec![Notification::ProbeAnswered {
+            server: rig.id(A),
+            attempt,
+            rtt: secs(10.5)
+        }]
+    );
+    // The entry at the old probe deadline wakes the driver once and
+    // re-arms itself one idle interval after the answer.
+    assert_eq!(rig.pool.poll_timeout(), Some(rig.at(50.0)));
+    assert!(rig.advance_to(50.0).is_empty(), "not lost, not probed");
+    assert_eq!(rig.pool.poll_timeout(), Some(rig.at(70.5)));
+    assert_eq!(probes(&rig.advance_to(70.5)).len(), 1);
+    assert_eq!(rig.pool.connected_count(), 1);
+}
+
+#[test]
+fn signs_of_life_postpone_the_probe() {
+    let (mut rig, attempt) = connected_link();
+    for t in [10.0, 25.0, 50.0] {
+        rig.now = rig.at(t);
+        rig.pool.link_active(rig.now, attempt).unwrap();
+        rig.drain();
+    }
+    // Stale entries may wake the driver early; they never probe early.
+    for t in [30.0, 55.0, 79.9] {
+        assert!(probes(&rig.advance_to(t)).is_empty(), "no probe at {t}");
+    }
+    assert_eq!(probes(&rig.advance_to(80.0)).len(), 1);
+    // Any line settles the probe, without an RTT (it was no answer).
+    rig.now = rig.at(85.0);
+    rig.pool.link_active(rig.now, attempt).unwrap();
+    assert!(rig.drain().is_empty());
+    assert!(notes(&rig.advance_to(100.0)).is_empty(), "not lost");
+}
+
+#[test]
+fn a_silent_link_is_lost_at_idle_plus_probe_timeout_and_redialed() {
+    let (mut rig, attempt) = connected_link();
+    rig.pool.start_maintenance(rig.now);
+    rig.drain();
+    rig.advance_to(30.0);
+    assert!(notes(&rig.advance_to(49.9)).is_empty());
+    let out = rig.advance_to(50.0);
+    assert_eq!(
+        notes(&out)[..2],
+        [
+            Notification::Disconnected {
+                server: rig.id(A),
+                attempt,
+                reason: DisconnectReason::Lost(LinkLoss::KeepaliveTimeout),
+            },
+            Notification::AllDown,
+        ]
+    );
+    assert_eq!(rig.pool.connected_count(), 0);
+    assert_eq!(
+        rig.pool.status(rig.id(A)).unwrap().state,
+        ServerState::WaitingRetry,
+        "maintenance redials it"
+    );
+    // The lost link's late signals and losses are harmless.
+    assert_eq!(
+        rig.pool.probe_answered(rig.now, attempt),
+        Err(InputError::UnknownAttempt(attempt))
+    );
+}
+
+#[test]
+fn a_link_without_a_probe_is_watched_only_for_its_end() {
+    let (mut rig, attempt) = connected_link();
+    assert_eq!(probes(&rig.advance_to(30.0)).len(), 1);
+    rig.pool.probe_unsupported(rig.now, attempt).unwrap();
+    for t in [50.0, 500.0, 86_400.0] {
+        let out = rig.advance_to(t);
+        assert!(out.is_empty(), "{out:#?}");
+    }
+    assert_eq!(rig.pool.connected_count(), 1);
+    assert_eq!(rig.pool.poll_timeout(), None);
+}
+
+#[test]
+fn keepalive_settings_are_validated() {
+    let mut config = PoolConfig::new([A]);
+    config.keepalive.idle = secs(9.0);
+    assert!(matches!(
+        config.validate(),
+        Err(ConfigError::ProbeTooFrequent { .. })
+    ));
+    config.keepalive.idle = Duration::MAX;
+    assert!(matches!(
+        config.validate(),
+        Err(ConfigError::DurationTooLong { .. })
+    ));
+    config.keepalive = KeepalivePolicy::new(secs(30.0), Duration::ZERO);
+    assert!(matches!(
+        config.validate(),
+        Err(ConfigError::ZeroDuration { .. })
+    ));
+    let defaults = PoolConfig::new([A]).keepalive;
+    assert!(defaults.loss_bound() <= secs(120.0));
+}
+
+// ---- close_all, then a command at once --------------------------------------
+
+#[test]
+fn a_connect_right_after_close_all_waits_for_the_close_and_dials() {
+    let mut rig = Rig::with(&[A, B]);
+    rig.pool.connect_all_parallel(rig.now);
+    let d = dials(&rig.drain());
+    rig.succeed(d[0].attempt);
+    rig.succeed(d[1].attempt);
+    let close = rig.pool.close_all(rig.now);
+    let closes: Vec<_> = rig
+        .drain()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Close(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closes.len(), 2);
+    // The user asks for the pool again before the closes finished.
+    let op = rig.pool.connect_all_parallel(rig.now);
+    assert!(
+        dials(&rig.drain()).is_empty(),
+        "nothing dials a link still closing"
+    );
+    rig.now = rig.at(0.1);
+    rig.pool
+        .close_finished(rig.now, closes[0].attempt, Ok(()))
+        .unwrap();
+    let out = rig.drain();
+    let first = dial_to(&out, closes[0].server);
+    rig.pool
+        .close_finished(rig.now, closes[1].attempt, Ok(()))
+        .unwrap();
+    let out = rig.drain();
+    let second = dial_to(&out, closes[1].server);
+    assert_eq!(finished(&out).map(|r| r.id), Some(close));
+    rig.succeed(first);
+    let report = finished(&rig.succeed(second)).expect("the connect finished");
+    assert_eq!((report.id, report.connected), (op, 2));
+
+    // close_all is the last word: a close_all after the command cancels
+    // the redial.
+    let mut rig = Rig::with(&[A]);
+    rig.pool.connect_all_parallel(rig.now);
+    let a = dials(&rig.drain())[0].attempt;
+    rig.succeed(a);
+    rig.pool.close_all(rig.now);
+    rig.drain();
+    rig.pool.connect_all_parallel(rig.now);
+    rig.pool.close_all(rig.now);
+    rig.drain();
+    rig.pool.close_finished(rig.now, a, Ok(())).unwrap();
+    assert!(dials(&rig.drain()).is_empty());
+}
+
+#[test]
+fn a_nick_still_registered_is_retried_and_never_gives_up() {
+    let mut rig = maintained(2);
+    rig.pool.start_maintenance(rig.now);
+    let a = rig.id(A);
+    let mut attempt = dial_to(&rig.drain(), a);
+    for _ in 0..5 {
+        let out = rig.fail(attempt, DialFailure::NickInUse);
+        assert!(
+            !notes(&out)
+                .iter()
+                .any(|n| matches!(n, Notification::GaveUp { .. })),
+            "{out:#?}"
+        );
+        let at = rig.pool.poll_timeout().expect("a retry is scheduled");
+        rig.now = at;
+        rig.pool.handle_timeout(at);
+        attempt = dial_to(&rig.drain(), a);
+    }
+    assert_eq!(rig.pool.status(a).unwrap().consecutive_failures, 0);
 }

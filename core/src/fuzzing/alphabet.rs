@@ -56,6 +56,9 @@ pub enum Step {
     CloseResult,
     /// A registered link, or one being closed, is lost.
     LoseLink,
+    /// A registered link shows life, answers its probe, or turns out to
+    /// have no probe.
+    LinkSignal,
     /// Time passes: a small or large step, a jump to `poll_timeout`, a
     /// `handle_timeout` too early or in the past, or a clock that moves
     /// before the machine is told.
@@ -73,8 +76,9 @@ impl<'a> Arbitrary<'a> for Step {
         Ok(match u.int_in_range(0..=99u8)? {
             0..=29 => Self::DialResult,
             30..=39 => Self::CloseResult,
-            40..=46 => Self::LoseLink,
-            47..=69 | 95..=99 => Self::Time,
+            40..=44 => Self::LoseLink,
+            45..=51 => Self::LinkSignal,
+            52..=69 | 95..=99 => Self::Time,
             70..=89 => Self::Command(Command::arbitrary(u)?),
             _ => Self::WrongInput,
         })

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use super::{Choices, Command, Step};
 use crate::{
     AttemptId, Backoff, CloseFailure, ConfigError, DialFailure, DisconnectReason, Entropy,
-    FailureScope, InputError, IsolationScope, IsolationToken, LinkLoss, Notification, OperationEnd,
-    OperationId, OperationKind, OperationReport, Output, PoolConfig, PoolState, RetryPolicy,
-    ServerAddr, ServerId, ServerState, ServerStatus, SocksReply,
+    FailureScope, InputError, IsolationScope, IsolationToken, KeepalivePolicy, LinkLoss,
+    Notification, OperationEnd, OperationId, OperationKind, OperationReport, Output, PoolConfig,
+    PoolState, RetryPolicy, ServerAddr, ServerId, ServerState, ServerStatus, SocksReply,
 };
 
 const TRACE_TAIL: usize = 30;
@@ -129,11 +129,12 @@ fn random_failure(choices: &mut Choices, proxy_pct: u64) -> DialFailure {
             DialFailure::ProxyUnreachable,
             DialFailure::ProxyUnreachable,
             DialFailure::ProxyProtocol,
+            DialFailure::ProxyTimedOut,
             DialFailure::ProxyAuthRejected,
             DialFailure::IsolationUnsupported,
         ]);
     }
-    match choices.below(8) {
+    match choices.below(9) {
         0 | 1 => {
             let code = *choices.pick(&[
                 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0xF0, 0xF1, 0xF2, 0xF3, 0xF4, 0xF5,
@@ -146,6 +147,7 @@ fn random_failure(choices: &mut Choices, proxy_pct: u64) -> DialFailure {
         4 => DialFailure::HandshakeProtocol,
         5 => DialFailure::Io(random_io_kind(choices)),
         6 => DialFailure::Aborted,
+        7 => DialFailure::NickInUse,
         _ => DialFailure::Socks(SocksReply::from_code(
             u8::try_from(choices.below(256)).unwrap_or(1),
         )),
@@ -162,10 +164,13 @@ fn random_io_kind(choices: &mut Choices) -> std::io::ErrorKind {
 }
 
 fn random_loss(choices: &mut Choices) -> LinkLoss {
-    match choices.below(4) {
+    match choices.below(7) {
         0 => LinkLoss::ClosedByPeer,
         1 => LinkLoss::Io(random_io_kind(choices)),
         2 => LinkLoss::Protocol,
+        3 => LinkLoss::WriteTimedOut,
+        4 => LinkLoss::DisconnectedByPeer,
+        5 => LinkLoss::Panicked,
         _ => LinkLoss::KeepaliveTimeout,
     }
 }
@@ -257,6 +262,15 @@ enum OpM {
     },
 }
 
+/// What the driver knows of a registered link's keepalive.
+#[derive(Debug, Clone, Copy)]
+struct WatchM {
+    last_active: Instant,
+    /// A probe is out: when it was asked for and its deadline.
+    probe: Option<(Instant, Instant)>,
+    passive: bool,
+}
+
 /// A notification that must come right after the one just seen.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Expect {
@@ -275,6 +289,11 @@ struct Model {
     open: BTreeMap<AttemptId, usize>,
     /// When each registered connection was made.
     since: BTreeMap<AttemptId, Instant>,
+    /// Keepalive state of each registered connection.
+    watch: BTreeMap<AttemptId, WatchM>,
+    /// Servers a connect command asked for while their link was closing
+    /// (and that close): the machine dials them when the close ends.
+    redial: BTreeMap<usize, AttemptId>,
     /// Close requests without a result yet.
     closes: BTreeMap<AttemptId, CloseM>,
     /// Per server: the attempt of a `Connected` not yet followed by `Disconnected`.
@@ -348,6 +367,12 @@ enum Input {
     Fail(AttemptId, DialFailure),
     Lost(AttemptId, LinkLoss),
     CloseDone(AttemptId, Result<(), CloseFailure>),
+    /// A sign of life on a link.
+    Active(AttemptId),
+    /// The answer to a link's probe.
+    Answer(AttemptId),
+    /// The link cannot be probed.
+    Unsupported(AttemptId),
     /// Move the clock, then `handle_timeout`.
     Advance(Duration),
     /// Move the clock without telling the machine (the next input carries it).
@@ -372,6 +397,7 @@ struct Snapshot {
 #[derive(Debug, Clone, Copy)]
 enum WorldEvent {
     Succeed(AttemptId),
+    Answer(AttemptId),
     Aborted(AttemptId),
     CloseDone(AttemptId),
 }
@@ -419,6 +445,10 @@ fn random_setup(choices: &mut Choices) -> Setup {
     config.maintenance.backoff = random_backoff(choices);
     config.maintenance.max_retries = u32::try_from(choices.below(4)).unwrap_or(0);
     config.maintenance.stable_after = choices.millis(0, 120_000);
+    config.keepalive = KeepalivePolicy::new(
+        choices.millis(10_000, 120_000),
+        choices.millis(1_000, 60_000),
+    );
     let mut token = [0u8; 16];
     for byte in &mut token {
         *byte = u8::try_from(choices.below(256)).unwrap_or(0);
@@ -457,6 +487,7 @@ struct Sim<'t> {
     maintenance_max: Duration,
     maintenance_backoff: Backoff,
     stable_after: Duration,
+    keepalive: KeepalivePolicy,
     max_retries: u32,
     /// The largest backoff maximum of any policy used so far.
     max_backoff: Duration,
@@ -487,6 +518,9 @@ impl Sim<'_> {
             Input::Fail(a, f) => format!("dial_failed {a} {f:?}"),
             Input::Lost(a, l) => format!("connection_lost {a} {l:?}"),
             Input::CloseDone(a, r) => format!("close_finished {a} {r:?}"),
+            Input::Active(a) => format!("link_active {a}"),
+            Input::Answer(a) => format!("probe_answered {a}"),
+            Input::Unsupported(a) => format!("probe_unsupported {a}"),
             Input::Advance(d) => format!("handle_timeout (+{d:?})"),
             Input::Drift(d) => format!("clock +{d:?} (no handle_timeout)"),
         }
@@ -502,6 +536,12 @@ impl Sim<'_> {
                 d.credentials.is_some()
             ),
             Output::Abort(a) => format!("Abort {a}"),
+            Output::Probe(p) => format!(
+                "Probe {} {} until {}",
+                p.server,
+                p.attempt,
+                self.off(p.deadline)
+            ),
             Output::Close(c) => format!(
                 "Close {} {}{}",
                 c.server,
@@ -603,6 +643,15 @@ impl Sim<'_> {
             _ => None,
         };
         let active_before = self.m.active_dials();
+        // Links being closed (not timed out): a connect command waits for
+        // them and has them redialed when their close ends.
+        let closing_before: Vec<(AttemptId, usize)> = self
+            .m
+            .closes
+            .iter()
+            .filter(|(_, c)| !c.stray && !c.timed_out)
+            .map(|(a, c)| (*a, c.server))
+            .collect();
         let started_connected = !self.m.open.is_empty();
 
         let mut new_op = None;
@@ -638,6 +687,9 @@ impl Sim<'_> {
             Input::Fail(a, f) => self.pool.dial_failed(self.now, a, f),
             Input::Lost(a, l) => self.pool.connection_lost(self.now, a, l),
             Input::CloseDone(a, r) => self.pool.close_finished(self.now, a, r),
+            Input::Active(a) => self.pool.link_active(self.now, a),
+            Input::Answer(a) => self.pool.probe_answered(self.now, a),
+            Input::Unsupported(a) => self.pool.probe_unsupported(self.now, a),
             Input::Advance(d) => {
                 self.now += d;
                 self.pool.handle_timeout(self.now);
@@ -670,8 +722,17 @@ impl Sim<'_> {
             Input::CloseAll => {
                 self.m.maintenance = false;
                 self.m.all_down = false;
+                self.m.redial.clear();
             }
-            Input::Retry(p) => self.max_backoff = self.max_backoff.max(p.backoff.max),
+            Input::ConnectAll | Input::Reconnect | Input::Retry(_) => {
+                self.m
+                    .redial
+                    .extend(closing_before.iter().map(|(a, s)| (*s, *a)));
+                if let Input::Retry(p) = input {
+                    self.max_backoff = self.max_backoff.max(p.backoff.max);
+                }
+            }
+
             _ => {}
         }
         if let Some(id) = new_op {
@@ -682,6 +743,7 @@ impl Sim<'_> {
             let op = match input {
                 Input::ConnectAll | Input::Reconnect => {
                     let mut waiting = active_before;
+                    waiting.extend(closing_before.iter().map(|(a, _)| *a));
                     waiting.extend(outputs.iter().filter_map(|o| match o {
                         Output::Dial(d) => Some(d.attempt),
                         _ => None,
@@ -723,6 +785,21 @@ impl Sim<'_> {
 
         for output in &outputs {
             self.on_output(input, pre_dial, new_op, output)?;
+        }
+        match input {
+            Input::Active(a) | Input::Answer(a) => {
+                if let Some(w) = self.m.watch.get_mut(&a) {
+                    w.last_active = self.now;
+                    w.probe = None;
+                }
+            }
+            Input::Unsupported(a) => {
+                if let Some(w) = self.m.watch.get_mut(&a) {
+                    w.passive = true;
+                    w.probe = None;
+                }
+            }
+            _ => {}
         }
         if let Some(e) = self.m.expect.take() {
             return Err(format!("expected {e:?} after the last output, got nothing"));
@@ -773,6 +850,36 @@ impl Sim<'_> {
             return Ok(());
         }
         match output {
+            Output::Probe(p) => {
+                let a = p.attempt;
+                ensure!(
+                    matches!(input, Input::Advance(_)),
+                    "Probe of {a} outside handle_timeout"
+                );
+                let w = self
+                    .m
+                    .watch
+                    .get_mut(&a)
+                    .ok_or_else(|| format!("Probe of {a}, which is not registered"))?;
+                ensure!(!w.passive, "Probe of {a}, which cannot be probed");
+                ensure!(w.probe.is_none(), "a second Probe of {a} while one is out");
+                ensure!(
+                    w.last_active + self.keepalive.idle <= self.now,
+                    "Probe of {a} before it was quiet for {:?}",
+                    self.keepalive.idle
+                );
+                ensure!(
+                    p.deadline == self.now + self.keepalive.probe_timeout,
+                    "Probe of {a} with deadline {}",
+                    self.off(p.deadline)
+                );
+                ensure!(
+                    self.m.open.get(&a) == Some(&p.server.index()),
+                    "Probe names the wrong server"
+                );
+                w.probe = Some((self.now, p.deadline));
+                self.stats.bump("probes");
+            }
             Output::Dial(d) => {
                 let s = d.server.index();
                 ensure!(s < self.ids.len(), "dial for unknown server {}", d.server);
@@ -814,13 +921,32 @@ impl Sim<'_> {
                     self.conn_timeout,
                     self.off(self.now + self.conn_timeout)
                 );
-                let wanted = matches!(
-                    input,
-                    Input::ConnectAll
-                        | Input::Reconnect
-                        | Input::Retry(_)
-                        | Input::StartMaintenance
-                ) || self.m.maintenance
+                let closed = match input {
+                    Input::CloseDone(..) | Input::Advance(_) => self.m.redial.remove(&s),
+                    _ => None,
+                };
+                let redial = closed.is_some();
+                if let Some(closed) = closed {
+                    // The close this pass waited for ended: it waits for the
+                    // dial now.
+                    for op in self.m.ops.values_mut() {
+                        if let OpM::Pass { waiting, .. } = op {
+                            if waiting.remove(&closed) {
+                                waiting.insert(d.attempt);
+                            }
+                        }
+                    }
+                    self.stats.bump("redials after a close");
+                }
+                let wanted = redial
+                    || matches!(
+                        input,
+                        Input::ConnectAll
+                            | Input::Reconnect
+                            | Input::Retry(_)
+                            | Input::StartMaintenance
+                    )
+                    || self.m.maintenance
                     || self.m.has_retry_op();
                 ensure!(
                     wanted,
@@ -893,6 +1019,7 @@ impl Sim<'_> {
                         .ok_or_else(|| format!("Close of {a}, which is not registered"))?;
                     ensure!(server == c.server.index(), "Close names the wrong server");
                     self.m.since.remove(&a);
+                    self.m.watch.remove(&a);
                     self.m.closes.insert(
                         a,
                         CloseM {
@@ -983,6 +1110,14 @@ impl Sim<'_> {
                 self.m.connected_notes[s] += 1;
                 self.m.open.insert(*attempt, s);
                 self.m.since.insert(*attempt, self.now);
+                self.m.watch.insert(
+                    *attempt,
+                    WatchM {
+                        last_active: self.now,
+                        probe: None,
+                        passive: false,
+                    },
+                );
                 self.m.failures[s] = 0;
                 self.m.gave_up[s] = false;
                 self.m.resolve(*attempt, Some(*server));
@@ -1023,7 +1158,10 @@ impl Sim<'_> {
                 }
                 self.m.resolve(*attempt, None);
                 let scope = failure.scope();
-                if scope == FailureScope::Server {
+                if scope == FailureScope::Server && !failure.counts_towards_give_up() {
+                    self.stats
+                        .bump("failures that do not count towards giving up");
+                } else if scope == FailureScope::Server {
                     self.m.failures[s] = self.m.failures[s].saturating_add(1);
                     let failures = self.m.failures[s];
                     if self.m.maintenance
@@ -1050,10 +1188,28 @@ impl Sim<'_> {
                 let s = server.index();
                 match reason {
                     DisconnectReason::Lost(loss) => {
-                        ensure!(
-                            matches!(input, Input::Lost(x, l) if x == *attempt && l == *loss),
-                            "Disconnected {attempt} (lost) without a loss reported"
-                        );
+                        let keepalive = *loss == LinkLoss::KeepaliveTimeout
+                            && matches!(input, Input::Advance(_));
+                        if keepalive {
+                            // Invariant 11: lost for silence only once its
+                            // probe went unanswered past its deadline.
+                            let w = self
+                                .m
+                                .watch
+                                .get(attempt)
+                                .ok_or("keepalive loss, no watch")?;
+                            ensure!(
+                                w.probe.is_some_and(|(_, deadline)| deadline <= self.now),
+                                "inv 11: {attempt} lost for silence without an overdue probe ({w:?})"
+                            );
+                            self.stats.bump("silent links lost");
+                        } else {
+                            ensure!(
+                                matches!(input, Input::Lost(x, l) if x == *attempt && l == *loss),
+                                "Disconnected {attempt} (lost) without a loss reported"
+                            );
+                        }
+                        self.m.watch.remove(attempt);
                         let was = self.m.open.remove(attempt).ok_or("lost but not open")?;
                         ensure!(was == s, "Disconnected names the wrong server");
                         self.m.retire(*attempt);
@@ -1111,6 +1267,28 @@ impl Sim<'_> {
                         waiting.remove(attempt);
                     }
                 }
+            }
+            Notification::ProbeAnswered {
+                server,
+                attempt,
+                rtt,
+            } => {
+                ensure!(
+                    matches!(input, Input::Answer(x) if x == *attempt),
+                    "ProbeAnswered {attempt} without its answer"
+                );
+                let w = self.m.watch.get(attempt).ok_or("answer, no watch")?;
+                let (sent, _) = w.probe.ok_or("ProbeAnswered with no probe out")?;
+                ensure!(
+                    *rtt == self.now.saturating_duration_since(sent),
+                    "ProbeAnswered rtt {rtt:?}, want {:?}",
+                    self.now.saturating_duration_since(sent)
+                );
+                ensure!(
+                    self.m.open.get(attempt) == Some(&server.index()),
+                    "ProbeAnswered names the wrong server"
+                );
+                self.stats.bump("probes answered");
             }
             Notification::ProxyRecovered => {
                 ensure!(self.m.proxy_down, "ProxyRecovered while the proxy was up");
@@ -1474,6 +1652,27 @@ impl Sim<'_> {
     }
 
     fn check_global(&mut self, after_timeout: bool) -> Result<(), String> {
+        // Invariant 11: a link quiet for `idle` has been probed, and one
+        // whose probe is overdue has been declared lost, by the last
+        // handle_timeout.
+        for (a, w) in &self.m.watch {
+            if w.passive {
+                continue;
+            }
+            match w.probe {
+                None => ensure!(
+                    w.last_active + self.keepalive.idle > self.fired_until,
+                    "inv 11: {a} quiet since {} but not probed by {}",
+                    self.off(w.last_active),
+                    self.off(self.fired_until)
+                ),
+                Some((_, deadline)) => ensure!(
+                    deadline > self.fired_until,
+                    "inv 11: {a}'s probe is overdue since {} but it is not lost",
+                    self.off(deadline)
+                ),
+            }
+        }
         let m = &self.m;
         ensure!(
             self.pool.connected_count() == m.open.len(),
@@ -1634,6 +1833,12 @@ impl Sim<'_> {
                 consider(*deadline);
             }
         }
+        for w in m.watch.values().filter(|w| !w.passive) {
+            consider(match w.probe {
+                Some((_, deadline)) => deadline,
+                None => w.last_active + self.keepalive.idle,
+            });
+        }
         if let Some(must) = must {
             ensure!(
                 timeout.is_some_and(|t| t <= must),
@@ -1700,6 +1905,25 @@ impl Sim<'_> {
             Some(a) => self.apply(Input::Lost(a, loss)).map(drop),
             None => Ok(()),
         }
+    }
+
+    /// A sign of life, a probe's answer, or "cannot be probed", on a
+    /// registered link (or, rarely, on a link being closed: a late signal).
+    fn random_signal(&mut self) -> Result<(), String> {
+        let target = if !self.m.closes.is_empty() && self.choices.chance(10) {
+            self.pick_close().map(|(a, _)| a)
+        } else {
+            let i = self.choices.index(self.m.watch.len());
+            self.m.watch.keys().nth(i).copied()
+        };
+        let Some(a) = target else { return Ok(()) };
+        let probing = self.m.watch.get(&a).is_some_and(|w| w.probe.is_some());
+        let input = match self.choices.below(20) {
+            0 => Input::Unsupported(a),
+            1..=9 if probing => Input::Answer(a),
+            _ => Input::Active(a),
+        };
+        self.apply(input).map(drop)
     }
 
     fn command(&mut self, command: Command) -> Result<(), String> {
@@ -1859,14 +2083,17 @@ impl Sim<'_> {
             Step::DialResult | Step::CloseResult if !self.m.closes.is_empty() => {
                 self.random_close_done()
             }
-            Step::DialResult | Step::CloseResult | Step::LoseLink
+            Step::LinkSignal if !self.m.watch.is_empty() => self.random_signal(),
+            Step::DialResult | Step::CloseResult | Step::LoseLink | Step::LinkSignal
                 if !(self.m.open.is_empty() && self.m.closes.is_empty()) =>
             {
                 self.random_loss()
             }
-            Step::DialResult | Step::CloseResult | Step::LoseLink | Step::Time => {
-                self.random_time_step()
-            }
+            Step::DialResult
+            | Step::CloseResult
+            | Step::LoseLink
+            | Step::LinkSignal
+            | Step::Time => self.random_time_step(),
             Step::Command(command) => self.command(command),
             Step::WrongInput => self.wrong_input(),
         }
@@ -1964,6 +2191,11 @@ impl Sim<'_> {
                     Output::Close(c) if c.stray => {
                         events.insert((self.now + lat, seq), WorldEvent::CloseDone(c.attempt));
                     }
+                    Output::Probe(p) => {
+                        // A healthy directory answers within half the probe timeout.
+                        let lat = lat.min(self.keepalive.probe_timeout / 2);
+                        events.insert((self.now + lat, seq), WorldEvent::Answer(p.attempt));
+                    }
                     _ => {}
                 }
             }
@@ -1994,12 +2226,14 @@ impl Sim<'_> {
                         WorldEvent::Succeed(a) => Input::Succeed(a),
                         WorldEvent::Aborted(a) => Input::Fail(a, DialFailure::Aborted),
                         WorldEvent::CloseDone(a) => Input::CloseDone(a, Ok(())),
+                        WorldEvent::Answer(a) => Input::Answer(a),
                     };
                     let known = match ev {
                         WorldEvent::Succeed(a) | WorldEvent::Aborted(a) => {
                             self.m.dials.contains_key(&a)
                         }
                         WorldEvent::CloseDone(a) => self.m.closes.contains_key(&a),
+                        WorldEvent::Answer(a) => self.m.watch.contains_key(&a),
                     };
                     ensure!(
                         known,
@@ -2248,6 +2482,7 @@ fn run(choices: &mut Choices, trace: &mut Trace) -> Result<Stats, String> {
         maintenance_max: maintenance.backoff.max,
         maintenance_backoff: maintenance.backoff,
         stable_after: maintenance.stable_after,
+        keepalive: setup.config.keepalive,
         max_retries: maintenance.max_retries,
         max_backoff: maintenance.backoff.max,
         success_pct,

@@ -35,6 +35,9 @@ pub(crate) enum Timer {
     ProxyProbe { generation: u32 },
     /// A `connect_all_with_retry` deadline.
     OperationDeadline(OperationId),
+    /// A connected link's keepalive: probe it, or declare it lost. One entry
+    /// per open link; firing re-arms it at the link's next due instant.
+    Keepalive(AttemptId),
 }
 
 /// Entries below which a deadline queue is never compacted.
@@ -65,6 +68,7 @@ impl Slot {
             }
             Timer::ProxyProbe { generation } => (3, u64::from(generation)),
             Timer::OperationDeadline(id) => (4, id.0),
+            Timer::Keepalive(a) => (5, a.0),
         };
         Self {
             at,
@@ -92,7 +96,8 @@ impl Slot {
             3 => Timer::ProxyProbe {
                 generation: self.payload as u32,
             },
-            _ => Timer::OperationDeadline(OperationId(self.payload)),
+            4 => Timer::OperationDeadline(OperationId(self.payload)),
+            _ => Timer::Keepalive(AttemptId(self.payload)),
         }
     }
 }
