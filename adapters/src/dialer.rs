@@ -3,18 +3,20 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dirpool_core::{ServerAddr, SocksCredentials};
 
 use crate::error::DialError;
-use crate::handshake::{Handshake, HandshakeContext};
+use crate::handshake::{Handshake, HandshakeContext, LinkSignals};
 use crate::runtime::{Runtime, before};
 use crate::socks;
 
 pub(crate) struct Dialer<H> {
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) proxy: SocketAddr,
+    /// How long the proxy may take to connect and answer.
+    pub(crate) proxy_timeout: Duration,
     pub(crate) direct_clearnet: bool,
     pub(crate) handshake: H,
     /// The proxy was seen to take username/password since it last went down.
@@ -27,12 +29,14 @@ impl<H: Handshake> Dialer<H> {
     pub(crate) fn new(
         runtime: Arc<dyn Runtime>,
         proxy: SocketAddr,
+        proxy_timeout: Duration,
         direct_clearnet: bool,
         handshake: H,
     ) -> Self {
         Self {
             runtime,
             proxy,
+            proxy_timeout,
             direct_clearnet,
             handshake,
             isolation_verified: AtomicBool::new(false),
@@ -47,6 +51,7 @@ impl<H: Handshake> Dialer<H> {
         addr: &ServerAddr,
         credentials: Option<&SocksCredentials>,
         deadline: Instant,
+        signals: LinkSignals,
     ) -> Result<H::Client, DialError> {
         let direct = self.direct_clearnet && !addr.is_onion() && addr.ip().is_some();
         if credentials.is_some() && !direct {
@@ -55,13 +60,15 @@ impl<H: Handshake> Dialer<H> {
         let stream = socks::dial(
             &*self.runtime,
             self.proxy,
+            self.proxy_timeout,
             self.direct_clearnet,
             addr,
             credentials,
         )
         .await?;
         tracing::debug!("tunnel open, handshaking");
-        let context = HandshakeContext::new(Arc::clone(&self.runtime), deadline);
+        let context =
+            HandshakeContext::new(Arc::clone(&self.runtime), deadline).with_signals(signals);
         Ok(self.handshake.handshake(&context, addr, stream).await?)
     }
 
@@ -73,7 +80,7 @@ impl<H: Handshake> Dialer<H> {
         deadline: Instant,
         timeout: std::time::Duration,
     ) -> Result<H::Client, DialError> {
-        let dial = self.dial(addr, credentials, deadline);
+        let dial = self.dial(addr, credentials, deadline, LinkSignals::detached());
         before(self.runtime.sleep_until(deadline), dial)
             .await
             .unwrap_or(Err(DialError::TimedOut(timeout)))
@@ -91,7 +98,7 @@ impl<H: Handshake> Dialer<H> {
         if self.isolation_verified.load(Ordering::Acquire) {
             return Ok(());
         }
-        socks::probe_isolation(&*self.runtime, self.proxy).await?;
+        socks::probe_isolation(&*self.runtime, self.proxy, self.proxy_timeout).await?;
         tracing::debug!(proxy = %self.proxy, "proxy supports username/password isolation");
         self.isolation_verified.store(true, Ordering::Release);
         Ok(())

@@ -12,7 +12,7 @@ use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dirpool_core::{
     AttemptId, CloseFailure, CloseRequest, DialRequest, DisconnectReason, LinkLoss, Notification,
@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::dialer::Dialer;
 use crate::error::{CloseError, DialError};
 use crate::event::PoolEvent;
-use crate::handshake::{Client, Handshake};
+use crate::handshake::{Client, Handshake, LinkSignal, LinkSignals, ProbeStatus};
 use crate::hooks::PoolHooks;
 use crate::runtime::{Runtime, before};
 
@@ -58,6 +58,8 @@ pub(crate) struct OpOutcome<C> {
 pub(crate) struct Shared<C> {
     pub(crate) clients: Mutex<BTreeMap<String, Arc<C>>>,
     pub(crate) subscribers: Mutex<Vec<Subscriber>>,
+    /// The first panic in a task of the pool, which stopped it.
+    pub(crate) panic: Mutex<Option<(&'static str, String)>>,
 }
 
 impl<C> Default for Shared<C> {
@@ -65,8 +67,37 @@ impl<C> Default for Shared<C> {
         Self {
             clients: Mutex::new(BTreeMap::new()),
             subscribers: Mutex::new(Vec::new()),
+            panic: Mutex::new(None),
         }
     }
+}
+
+impl<C> Shared<C> {
+    /// Tells every `events()` stream.
+    pub(crate) fn broadcast(&self, event: &PoolEvent) {
+        if let Ok(mut subscribers) = self.subscribers.lock() {
+            subscribers.retain_mut(|subscriber| subscriber.deliver(event));
+        }
+    }
+
+    /// Records the panic that stops the pool (the first one wins) and tells
+    /// the subscribers.
+    pub(crate) fn panicked(&self, task: &'static str, message: String) {
+        tracing::error!(task, %message, "a task of the pool panicked");
+        if let Ok(mut panic) = self.panic.lock() {
+            panic.get_or_insert_with(|| (task, message.clone()));
+        }
+        self.broadcast(&PoolEvent::Panicked { task, message });
+    }
+}
+
+/// A panic's message, if it has one.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// Events a subscriber may have waiting before further ones are counted
@@ -115,6 +146,8 @@ enum Event<C> {
     },
     Lost(AttemptId, LinkLoss),
     Closed(AttemptId, Result<(), CloseError>),
+    /// A task panicked (its own result, if any, was reported as well).
+    Panicked(&'static str, String),
 }
 
 enum HookCall<C> {
@@ -131,6 +164,7 @@ struct Held<C> {
 
 enum Wake<C> {
     Event(Event<C>),
+    Signal(LinkSignal),
     Command(Option<Command<C>>),
     Timer,
 }
@@ -144,6 +178,9 @@ pub(crate) struct Driver<H: Handshake> {
     commands_open: bool,
     events_tx: mpsc::UnboundedSender<Event<H::Client>>,
     events_rx: mpsc::UnboundedReceiver<Event<H::Client>>,
+    /// Signs of life and probe answers from the links (coalesced per link).
+    signals_tx: mpsc::UnboundedSender<LinkSignal>,
+    signals_rx: mpsc::UnboundedReceiver<LinkSignal>,
     hooks_tx: mpsc::UnboundedSender<HookCall<H::Client>>,
     dials: HashMap<AttemptId, AbortHandle>,
     held: HashMap<AttemptId, Held<H::Client>>,
@@ -161,11 +198,22 @@ impl<H: Handshake> Driver<H> {
         dialer: Arc<Dialer<H>>,
         shared: Arc<Shared<H::Client>>,
         hooks: K,
+        hook_timeout: Duration,
     ) -> mpsc::UnboundedSender<Command<H::Client>> {
         let (commands_tx, commands) = mpsc::unbounded();
         let (events_tx, events_rx) = mpsc::unbounded();
+        let (signals_tx, signals_rx) = mpsc::unbounded();
         let (hooks_tx, hook_calls) = mpsc::unbounded();
-        runtime.spawn(run_hooks(hooks, hook_calls).boxed());
+        runtime.spawn(
+            run_hooks(
+                hooks,
+                hook_calls,
+                Arc::clone(&runtime),
+                hook_timeout,
+                Arc::clone(&shared),
+            )
+            .boxed(),
+        );
         let driver = Self {
             state,
             runtime: Arc::clone(&runtime),
@@ -175,6 +223,8 @@ impl<H: Handshake> Driver<H> {
             commands_open: true,
             events_tx,
             events_rx,
+            signals_tx,
+            signals_rx,
             hooks_tx,
             dials: HashMap::new(),
             held: HashMap::new(),
@@ -182,13 +232,43 @@ impl<H: Handshake> Driver<H> {
             last_error: None,
             timer: None,
         };
+        let shared = Arc::clone(&driver.shared);
+        let run = AssertUnwindSafe(driver.run()).catch_unwind();
         runtime.spawn(
-            driver
-                .run()
-                .instrument(tracing::info_span!("dirpool"))
-                .boxed(),
+            async move {
+                // The driver's state is gone with its panic; dropping it
+                // dropped every client, so every socket is closed.
+                if let Err(payload) = run.await {
+                    shared.panicked("driver", panic_message(&*payload));
+                }
+            }
+            .instrument(tracing::info_span!("dirpool"))
+            .boxed(),
         );
         commands_tx
+    }
+
+    /// Spawns `task`; if it panics, `on_panic` gives the event that stands
+    /// for its result, and the panic is reported to the driver.
+    fn spawn_guarded(
+        &self,
+        task: &'static str,
+        future: impl std::future::Future<Output = ()> + Send + 'static,
+        on_panic: impl FnOnce() -> Option<Event<H::Client>> + Send + 'static,
+    ) {
+        let events = self.events_tx.clone();
+        let guarded = AssertUnwindSafe(future).catch_unwind();
+        self.runtime.spawn(
+            async move {
+                if let Err(payload) = guarded.await {
+                    if let Some(event) = on_panic() {
+                        let _ = events.unbounded_send(event);
+                    }
+                    let _ = events.unbounded_send(Event::Panicked(task, panic_message(&*payload)));
+                }
+            }
+            .boxed(),
+        );
     }
 
     async fn run(mut self) {
@@ -209,7 +289,27 @@ impl<H: Handshake> Driver<H> {
             let wake = poll_fn(|cx| self.poll_wake(cx)).await;
             let now = self.runtime.now();
             match wake {
+                Wake::Event(Event::Panicked(task, message)) => {
+                    self.shared.panicked(task, message);
+                    if self.commands_open {
+                        // Stop as if every handle were dropped: close every
+                        // link, then end; waiting callers get the panic.
+                        self.commands_open = false;
+                        self.state.close_all(now);
+                    }
+                }
                 Wake::Event(event) => self.on_event(now, event),
+                Wake::Signal(signal) => {
+                    let (attempt, answer) = signal.take();
+                    let taken = if answer {
+                        self.state.probe_answered(now, attempt)
+                    } else {
+                        self.state.link_active(now, attempt)
+                    };
+                    if let Err(e) = taken {
+                        tracing::trace!(error = %e, "link signal not taken");
+                    }
+                }
                 Wake::Command(Some(command)) => self.on_command(now, command),
                 Wake::Command(None) => {
                     tracing::debug!("every pool handle dropped: closing all");
@@ -228,6 +328,9 @@ impl<H: Handshake> Driver<H> {
         // Never None: the driver holds a sender.
         if let Poll::Ready(Some(event)) = self.events_rx.poll_next_unpin(cx) {
             return Poll::Ready(Wake::Event(event));
+        }
+        if let Poll::Ready(Some(signal)) = self.signals_rx.poll_next_unpin(cx) {
+            return Poll::Ready(Wake::Signal(signal));
         }
         if self.commands_open {
             if let Poll::Ready(command) = self.commands.poll_next_unpin(cx) {
@@ -302,6 +405,7 @@ impl<H: Handshake> Driver<H> {
                 let result = result.map_err(|CloseError::Io(e)| CloseFailure::Io(e.kind()));
                 self.state.close_finished(now, attempt, result)
             }
+            Event::Panicked(..) => Ok(()),
         };
         if let Err(e) = outcome {
             // E.g. a loss reported after the close finished: harmless.
@@ -319,6 +423,7 @@ impl<H: Handshake> Driver<H> {
                     }
                 }
                 Output::Close(request) => self.start_close(request),
+                Output::Probe(request) => self.probe(request.attempt),
                 Output::Notify(notification) => self.on_notification(notification),
                 other => tracing::warn!(?other, "unknown output ignored"),
             }
@@ -330,14 +435,17 @@ impl<H: Handshake> Driver<H> {
         self.dials.insert(request.attempt, handle);
         let dialer = Arc::clone(&self.dialer);
         let events = self.events_tx.clone();
+        let signals = LinkSignals::new(request.attempt, self.signals_tx.clone());
         let span =
             tracing::info_span!("directory", server = %request.addr, attempt = %request.attempt);
+        let (attempt, addr) = (request.attempt, Arc::clone(&request.addr));
         let task = async move {
             tracing::debug!("dialing");
             let dial = dialer.dial(
                 &request.addr,
                 request.credentials.as_ref(),
                 request.deadline,
+                signals,
             );
             let result = Abortable::new(dial, registration)
                 .await
@@ -348,7 +456,31 @@ impl<H: Handshake> Driver<H> {
                 result,
             });
         };
-        self.runtime.spawn(task.instrument(span).boxed());
+        // A panicking dial still owes the machine its result.
+        self.spawn_guarded("dial", task.instrument(span), move || {
+            Some(Event::Dialed {
+                attempt,
+                addr,
+                result: Err(DialError::Aborted),
+            })
+        });
+    }
+
+    /// Asks `attempt`'s client for a keepalive probe.
+    fn probe(&mut self, attempt: AttemptId) {
+        let Some(held) = self.held.get(&attempt) else {
+            return;
+        };
+        match held.client.probe() {
+            ProbeStatus::Sent => tracing::trace!(server = %held.node_id, "probe sent"),
+            ProbeStatus::Unsupported => {
+                tracing::debug!(server = %held.node_id, "link has no probe: watched for its end only");
+                let now = self.runtime.now();
+                let _ = self.state.probe_unsupported(now, attempt);
+            }
+            // The link task is ending; its loss is on its way.
+            _ => {}
+        }
     }
 
     fn start_close(&mut self, request: CloseRequest) {
@@ -385,7 +517,12 @@ impl<H: Handshake> Driver<H> {
             }
             let _ = events.unbounded_send(Event::Closed(attempt, result));
         };
-        self.runtime.spawn(task.instrument(span).boxed());
+        self.spawn_guarded("close", task.instrument(span), move || {
+            Some(Event::Closed(
+                attempt,
+                Err(CloseError::Io(std::io::Error::other("close panicked"))),
+            ))
+        });
     }
 
     fn unregister(&self, node_id: &str) {
@@ -410,15 +547,23 @@ impl<H: Handshake> Driver<H> {
                 let node_id = node(&self.state, server);
                 tracing::info!(server = %node_id, %reason, "disconnected");
                 if let Some(held) = self.held.remove(&attempt) {
-                    // A lost link: the pool never asked to close it, so
-                    // release the client's resources here.
+                    // A lost link: the pool never asked to close it, so stop
+                    // its task (for a keepalive loss it is still reading)
+                    // and release the client within the close timeout.
+                    if let Some(watcher) = held.watcher {
+                        watcher.abort();
+                    }
                     self.unregister(&held.node_id);
                     let client = held.client;
-                    self.runtime.spawn(
+                    let deadline = self
+                        .runtime
+                        .sleep_until(self.runtime.now() + self.state.close_timeout());
+                    self.spawn_guarded(
+                        "close",
                         async move {
-                            let _ = client.close().await;
-                        }
-                        .boxed(),
+                            let _ = before(deadline, client.close()).await;
+                        },
+                        || None,
                     );
                 }
                 let _ = self
@@ -456,6 +601,11 @@ impl<H: Handshake> Driver<H> {
                     error,
                     retry_at,
                 });
+            }
+            Notification::ProbeAnswered { server, rtt, .. } => {
+                let node_id = node(&self.state, server);
+                tracing::debug!(server = %node_id, ?rtt, "probe answered");
+                self.broadcast(PoolEvent::ProbeAnswered { node_id, rtt });
             }
             Notification::GaveUp { server, failures } => {
                 let node_id = node(&self.state, server);
@@ -513,12 +663,15 @@ impl<H: Handshake> Driver<H> {
                 let _ = events.unbounded_send(Event::Lost(attempt, loss));
             }
         };
-        self.runtime.spawn(watch.boxed());
         let node_id = held.node_id.clone();
-        let _ = self.hooks_tx.unbounded_send(HookCall::Connected(
-            node_id.clone(),
-            Arc::clone(&held.client),
-        ));
+        let hook_client = Arc::clone(&held.client);
+        let span = tracing::info_span!("directory", server = %node_id, %attempt);
+        self.spawn_guarded("link", watch.instrument(span), move || {
+            Some(Event::Lost(attempt, LinkLoss::Panicked))
+        });
+        let _ = self
+            .hooks_tx
+            .unbounded_send(HookCall::Connected(node_id.clone(), hook_client));
         self.broadcast(PoolEvent::Connected { node_id });
     }
 
@@ -544,33 +697,49 @@ impl<H: Handshake> Driver<H> {
     }
 
     fn broadcast(&self, event: PoolEvent) {
-        if let Ok(mut subscribers) = self.shared.subscribers.lock() {
-            subscribers.retain_mut(|subscriber| subscriber.deliver(&event));
-        }
+        self.shared.broadcast(&event);
     }
 }
 
-/// Runs hooks one after another, in event order. A panicking hook is
-/// logged and does not stop the others.
+/// Runs hooks one after another, in event order, each bounded by
+/// `timeout`: a hook that overruns is dropped (with whatever it holds, the
+/// client included) and reported, and the next one runs. A panicking hook is
+/// reported and does not stop the others.
 async fn run_hooks<C: Client, K: PoolHooks<C>>(
     hooks: K,
     mut calls: mpsc::UnboundedReceiver<HookCall<C>>,
+    runtime: Arc<dyn Runtime>,
+    timeout: Duration,
+    shared: Arc<Shared<C>>,
 ) {
     while let Some(call) = calls.next().await {
-        let result = match call {
+        let deadline = runtime.sleep_until(runtime.now() + timeout);
+        let (node_id, hook, result) = match call {
             HookCall::Connected(node_id, client) => {
-                AssertUnwindSafe(hooks.on_connected(&node_id, &client))
-                    .catch_unwind()
-                    .await
+                let run = AssertUnwindSafe(hooks.on_connected(&node_id, &client)).catch_unwind();
+                let result = before(deadline, run).await;
+                (node_id, "connected", result)
             }
             HookCall::Disconnected(node_id, reason) => {
-                AssertUnwindSafe(hooks.on_disconnected(&node_id, reason))
-                    .catch_unwind()
-                    .await
+                let run = AssertUnwindSafe(hooks.on_disconnected(&node_id, reason)).catch_unwind();
+                let result = before(deadline, run).await;
+                (node_id, "disconnected", result)
             }
         };
-        if result.is_err() {
-            tracing::error!("a pool hook panicked");
+        match result {
+            Some(Ok(())) => {}
+            Some(Err(payload)) => {
+                let message = panic_message(&*payload);
+                tracing::error!(server = %node_id, hook, %message, "a pool hook panicked");
+                shared.broadcast(&PoolEvent::Panicked {
+                    task: "hook",
+                    message,
+                });
+            }
+            None => {
+                tracing::warn!(server = %node_id, hook, ?timeout, "a pool hook overran its timeout and was dropped");
+                shared.broadcast(&PoolEvent::HookTimedOut { node_id, hook });
+            }
         }
     }
 }

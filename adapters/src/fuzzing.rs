@@ -81,6 +81,7 @@ pub fn socks_reply(data: &[u8]) {
     let dialer = Dialer::new(
         runtime,
         SocketAddr::from((Ipv4Addr::LOCALHOST, 9050)),
+        Duration::from_secs(10),
         false,
         RawStream,
     );
@@ -107,7 +108,9 @@ pub fn socks_reply(data: &[u8]) {
                 | DialError::IsolationUnsupported { .. }
                 | DialError::Socks { .. }
                 | DialError::Io { .. } => {}
-                DialError::TimedOut(_) if silent => {}
+                // A proxy that said nothing before falling silent is a
+                // proxy fault; one that answered, then stalled, the dial's.
+                DialError::TimedOut(_) | DialError::ProxyTimedOut { .. } if silent => {}
                 other => panic!("unexpected dial error {other:?}"),
             }
             if let Some(credentials) = &credentials {
@@ -407,6 +410,7 @@ mod tests {
         let dialer = Dialer::new(
             Arc::new(rt.clone()),
             SocketAddr::from((Ipv4Addr::LOCALHOST, 9050)),
+            Duration::from_secs(10),
             false,
             RawStream,
         );

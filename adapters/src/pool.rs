@@ -125,6 +125,7 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
         let dialer = Arc::new(Dialer::new(
             Arc::clone(&runtime),
             self.config.proxy,
+            self.config.proxy_timeout,
             self.config.direct_clearnet,
             self.handshake,
         ));
@@ -135,6 +136,7 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
             Arc::clone(&dialer),
             Arc::clone(&shared),
             self.hooks,
+            self.config.hook_timeout,
         );
         Ok(DirectoryPool {
             inner: Arc::new(Inner {
@@ -188,14 +190,22 @@ impl<H: Handshake> DirectoryPool<H> {
     async fn run(&self, op: OpCommand) -> Result<OpOutcome<H::Client>, PoolError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Run(op, tx))?;
-        Ok(rx.await.map_err(|_| PoolError::DriverGone)??)
+        Ok(rx.await.map_err(|_| self.gone())??)
     }
 
     fn send(&self, command: Command<H::Client>) -> Result<(), PoolError> {
         self.inner
             .commands
             .unbounded_send(command)
-            .map_err(|_| PoolError::DriverGone)
+            .map_err(|_| self.gone())
+    }
+
+    /// Why the driver is not there: the panic that stopped it, if any.
+    fn gone(&self) -> PoolError {
+        match self.inner.shared.panic.lock().ok().and_then(|p| p.clone()) {
+            Some((task, message)) => PoolError::Panicked { task, message },
+            None => PoolError::DriverGone,
+        }
     }
 
     /// Connects to one server, bounded by the connection timeout, without
@@ -289,7 +299,7 @@ impl<H: Handshake> DirectoryPool<H> {
     pub async fn status(&self) -> Result<Vec<ServerStatus>, PoolError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Statuses(tx))?;
-        rx.await.map_err(|_| PoolError::DriverGone)
+        rx.await.map_err(|_| self.gone())
     }
 
     /// The connected clients, by node_id.

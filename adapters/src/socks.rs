@@ -23,7 +23,9 @@
 //!   SOCKS message leaves in one segment rather than one per field; the
 //!   buffer is flushed and removed before the stream is returned.
 //!
-//! No timeouts here: the caller bounds the whole dial. Nothing loops or
+//! One timeout here: the proxy must connect and send its first byte within
+//! `proxy_timeout` (a silent proxy is a pool-wide fault, reported as
+//! [`DialError::ProxyTimedOut`]); the caller bounds the whole dial. Nothing loops or
 //! buffers without bound on hostile input (SOCKS fields are at most 255
 //! bytes, the probe reads two bytes).
 //!
@@ -32,7 +34,10 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use async_socks5::{AddrKind, Auth, UnsuccessfulReply};
 use dirpool_core::{ServerAddr, SocksCredentials, SocksReply};
@@ -40,7 +45,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, R
 use tracing::debug;
 
 use crate::error::{BoxError, CredentialsError, DialError};
-use crate::runtime::{BoxedStream, Runtime};
+use crate::runtime::{BoxedStream, Runtime, before};
 
 /// SOCKS protocol version 5.
 const SOCKS5: u8 = 0x05;
@@ -91,6 +96,7 @@ const TOR_EXTENDED_PREFIX: &str = "<torS0X>";
 pub(crate) async fn dial(
     rt: &dyn Runtime,
     proxy: SocketAddr,
+    proxy_timeout: Duration,
     route_direct: bool,
     target: &ServerAddr,
     credentials: Option<&SocksCredentials>,
@@ -104,7 +110,58 @@ pub(crate) async fn dial(
             ),
         }
     }
-    dial_via_proxy(rt, proxy, target, credentials).await
+    dial_via_proxy(rt, proxy, proxy_timeout, target, credentials).await
+}
+
+/// Connects to the proxy, bounded by `proxy_timeout`: a proxy address that
+/// swallows the SYN is as unreachable as one that refuses it.
+async fn connect_proxy(
+    rt: &dyn Runtime,
+    proxy: SocketAddr,
+    proxy_timeout: Duration,
+) -> Result<BoxedStream, DialError> {
+    let unreachable = |source| DialError::ProxyUnreachable { proxy, source };
+    let Some(deadline) = rt.now().checked_add(proxy_timeout) else {
+        return rt.connect_tcp(proxy).await.map_err(unreachable);
+    };
+    match before(rt.sleep_until(deadline), rt.connect_tcp(proxy)).await {
+        Some(result) => result.map_err(unreachable),
+        None => Err(unreachable(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TCP connect to the proxy timed out",
+        ))),
+    }
+}
+
+/// Runs `exchange` (a SOCKS exchange on a stream whose first answer sets
+/// `answered`); if the proxy has sent nothing by `proxy_timeout`, gives up
+/// with [`DialError::ProxyTimedOut`]. Once the proxy has answered, the
+/// exchange may take as long as the caller allows (Tor's CONNECT reply
+/// waits for the circuit to the onion service).
+async fn proxy_must_answer<T>(
+    rt: &dyn Runtime,
+    proxy: SocketAddr,
+    proxy_timeout: Duration,
+    answered: &AtomicBool,
+    exchange: impl std::future::Future<Output = T>,
+) -> Result<T, DialError> {
+    let exchange = std::pin::pin!(exchange);
+    let Some(deadline) = rt.now().checked_add(proxy_timeout) else {
+        return Ok(exchange.await);
+    };
+    match futures::future::select(exchange, rt.sleep_until(deadline)).await {
+        futures::future::Either::Left((output, _)) => Ok(output),
+        futures::future::Either::Right(((), exchange)) => {
+            if answered.load(Ordering::Acquire) {
+                Ok(exchange.await)
+            } else {
+                Err(DialError::ProxyTimedOut {
+                    proxy,
+                    waited: proxy_timeout,
+                })
+            }
+        }
+    }
 }
 
 /// A plain TCP connection to an IP target.
@@ -125,19 +182,22 @@ async fn dial_direct(
 async fn dial_via_proxy(
     rt: &dyn Runtime,
     proxy: SocketAddr,
+    proxy_timeout: Duration,
     target: &ServerAddr,
     credentials: Option<&SocksCredentials>,
 ) -> Result<BoxedStream, DialError> {
     let username = credentials.map(SocksCredentials::username);
     debug!(proxy = %proxy, target = %target, username, "connecting to the SOCKS proxy");
-    let stream = rt
-        .connect_tcp(proxy)
-        .await
-        .map_err(|source| DialError::ProxyUnreachable { proxy, source })?;
+    let stream = connect_proxy(rt, proxy, proxy_timeout).await?;
 
     // Not a BufReader or BufStream: a read-ahead buffer would swallow the
     // bytes the server sends right after the SOCKS reply.
-    let mut guarded = MethodGuard::new(BufWriter::new(stream), credentials.is_some());
+    let answered = Arc::new(AtomicBool::new(false));
+    let mut guarded = MethodGuard::new(
+        BufWriter::new(stream),
+        credentials.is_some(),
+        Arc::clone(&answered),
+    );
     let addr = match target.ip() {
         Some(ip) => AddrKind::Ip(SocketAddr::new(ip, target.port())),
         None => AddrKind::Domain(target.host().to_owned(), target.port()),
@@ -151,7 +211,16 @@ async fn dial_via_proxy(
         Auth::new(c.username(), c.password().expose())
     });
 
-    if let Err(error) = async_socks5::connect(&mut guarded, addr, auth).await {
+    let exchange = async_socks5::connect(&mut guarded, addr, auth);
+    let outcome = proxy_must_answer(rt, proxy, proxy_timeout, &answered, exchange).await;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            debug!(proxy = %proxy, error = %error, "SOCKS proxy silent");
+            return Err(error);
+        }
+    };
+    if let Err(error) = outcome {
         let error = map_socks_error(error, guarded.no_auth_picked(), proxy, target, username);
         debug!(proxy = %proxy, target = %target, error = %error, "SOCKS CONNECT failed");
         return Err(error);
@@ -183,12 +252,13 @@ async fn dial_via_proxy(
 /// - [`DialError::ProxyProtocol`]: the proxy picked a method we did not
 ///   offer, answered with another SOCKS version, closed the connection, or
 ///   an I/O error happened after connecting.
-pub(crate) async fn probe_isolation(rt: &dyn Runtime, proxy: SocketAddr) -> Result<(), DialError> {
+pub(crate) async fn probe_isolation(
+    rt: &dyn Runtime,
+    proxy: SocketAddr,
+    proxy_timeout: Duration,
+) -> Result<(), DialError> {
     debug!(proxy = %proxy, "probing the SOCKS proxy for username/password support");
-    let mut stream = rt
-        .connect_tcp(proxy)
-        .await
-        .map_err(|source| DialError::ProxyUnreachable { proxy, source })?;
+    let mut stream = connect_proxy(rt, proxy, proxy_timeout).await?;
     let protocol = |source: io::Error| DialError::ProxyProtocol {
         proxy,
         source: Box::new(source),
@@ -199,7 +269,11 @@ pub(crate) async fn probe_isolation(rt: &dyn Runtime, proxy: SocketAddr) -> Resu
         .map_err(protocol)?;
     stream.flush().await.map_err(protocol)?;
     let mut answer = [0u8; 2];
-    stream.read_exact(&mut answer).await.map_err(protocol)?;
+    // Nothing but the answer is read here, so "answered" is "done".
+    let never = AtomicBool::new(false);
+    proxy_must_answer(rt, proxy, proxy_timeout, &never, stream.read_exact(&mut answer))
+        .await?
+        .map_err(protocol)?;
     let result = match answer {
         [SOCKS5, METHOD_USER_PASS] => Ok(()),
         [SOCKS5, METHOD_NONE_ACCEPTABLE] => Err(DialError::IsolationUnsupported { proxy }),
@@ -343,16 +417,19 @@ struct MethodGuard<S> {
     seen: usize,
     /// Whether credentials were offered, so "no authentication" is refused.
     require_auth: bool,
+    /// Set once the proxy has sent a byte (it is alive and speaking).
+    answered: Arc<AtomicBool>,
 }
 
 impl<S> MethodGuard<S> {
     /// Wraps `inner`.
-    fn new(inner: S, require_auth: bool) -> Self {
+    fn new(inner: S, require_auth: bool, answered: Arc<AtomicBool>) -> Self {
         Self {
             inner,
             selection: [0; 2],
             seen: 0,
             require_auth,
+            answered,
         }
     }
 
@@ -378,6 +455,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for MethodGuard<S> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            this.answered.store(true, Ordering::Release);
+        }
         let take = new.len().min(this.selection.len() - this.seen);
         this.selection[this.seen..this.seen + take].copy_from_slice(&new[..take]);
         this.seen += take;
@@ -614,6 +694,8 @@ mod tests {
         }
     }
 
+    const PROXY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
     async fn dial_with(
         script: Script,
         target: &str,
@@ -621,7 +703,7 @@ mod tests {
     ) -> (Result<BoxedStream, DialError>, JoinHandle<Seen>) {
         let rt = TokioRuntime::current();
         let (proxy_addr, seen) = proxy(script).await;
-        let result = dial(&rt, proxy_addr, false, &addr(target), creds).await;
+        let result = dial(&rt, proxy_addr, PROXY_TIMEOUT, false, &addr(target), creds).await;
         (result, seen)
     }
 
@@ -723,7 +805,7 @@ mod tests {
         let target = addr(&format!("127.0.0.1:{port}"));
         let proxy_addr = dead_addr().await;
         let creds = credentials();
-        let stream = dial(&rt, proxy_addr, true, &target, Some(&creds))
+        let stream = dial(&rt, proxy_addr, PROXY_TIMEOUT, true, &target, Some(&creds))
             .await
             .unwrap();
         converse(stream).await;
@@ -732,7 +814,7 @@ mod tests {
         // Nothing listening: an I/O error about the target, not the proxy.
         let port = dead_addr().await.port();
         let target = addr(&format!("127.0.0.1:{port}"));
-        let err = match dial(&rt, proxy_addr, true, &target, None).await {
+        let err = match dial(&rt, proxy_addr, PROXY_TIMEOUT, true, &target, None).await {
             Ok(_) => panic!("dial succeeded"),
             Err(e) => e,
         };
@@ -745,7 +827,7 @@ mod tests {
         let rt = TokioRuntime::current();
         for (target, atyp) in [(ONION, 0x03), ("localhost:5222", 0x03)] {
             let (proxy_addr, seen) = proxy(Script::picking(METHOD_NO_AUTH)).await;
-            let stream = dial(&rt, proxy_addr, true, &addr(target), None)
+            let stream = dial(&rt, proxy_addr, PROXY_TIMEOUT, true, &addr(target), None)
                 .await
                 .unwrap();
             converse(stream).await;
@@ -843,7 +925,7 @@ mod tests {
         let rt = TokioRuntime::current();
         let proxy_addr = dead_addr().await;
         let creds = credentials();
-        let err = match dial(&rt, proxy_addr, false, &addr(ONION), Some(&creds)).await {
+        let err = match dial(&rt, proxy_addr, PROXY_TIMEOUT, false, &addr(ONION), Some(&creds)).await {
             Ok(_) => panic!("dial succeeded"),
             Err(e) => e,
         };
@@ -854,7 +936,7 @@ mod tests {
         assert_eq!(err.failure(), DialFailure::ProxyUnreachable);
         assert_no_secret(&err);
 
-        let err = probe_isolation(&rt, proxy_addr).await.unwrap_err();
+        let err = probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT).await.unwrap_err();
         assert_eq!(err.failure(), DialFailure::ProxyUnreachable);
     }
 
@@ -900,7 +982,7 @@ mod tests {
     async fn probe_accepts_a_proxy_offering_username_password() {
         let rt = TokioRuntime::current();
         let (proxy_addr, seen) = proxy(Script::picking(METHOD_USER_PASS)).await;
-        probe_isolation(&rt, proxy_addr).await.unwrap();
+        probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT).await.unwrap();
         let seen = seen.await.unwrap();
         assert_eq!(seen.methods, [METHOD_USER_PASS]);
         assert_eq!(seen.username, None);
@@ -934,7 +1016,7 @@ mod tests {
         ];
         for (script, failure) in cases {
             let (proxy_addr, seen) = proxy(script.clone()).await;
-            let err = probe_isolation(&rt, proxy_addr).await.unwrap_err();
+            let err = probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT).await.unwrap_err();
             assert_eq!(err.failure(), failure, "{script:?}: {err:?}");
             assert_eq!(seen.await.unwrap().methods, [METHOD_USER_PASS]);
         }

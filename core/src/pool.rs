@@ -859,6 +859,11 @@ impl PoolState {
         self.connection_timeout
     }
 
+    /// How long a close may take; the driver bounds its own closes by it.
+    pub fn close_timeout(&self) -> Duration {
+        self.close_timeout
+    }
+
     /// The maintenance policy.
     pub fn maintenance_policy(&self) -> &MaintenancePolicy {
         &self.maintenance_policy
