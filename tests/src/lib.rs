@@ -63,6 +63,7 @@
 #![forbid(unsafe_code)]
 
 mod common;
+pub mod directory_model;
 pub mod jm_server;
 pub mod line_server;
 pub mod sim;
