@@ -165,6 +165,13 @@ impl Ctx {
         self.shared.stopping.load(Ordering::SeqCst)
     }
 
+    /// How many times the server dropped all its connections so far: a
+    /// handler that does not read (and so cannot see its socket shut down)
+    /// compares it with the value it started with.
+    pub(crate) fn drop_generation(&self) -> u64 {
+        self.shared.drops.load(Ordering::SeqCst)
+    }
+
     /// Registers an extra socket (e.g. the upstream side of a tunnel) so that
     /// `drop_all` and drop shut it down too. It is unregistered (and the
     /// registry's handle closed) when the returned guard drops. It does not
@@ -259,6 +266,8 @@ pub(crate) type Handler = Arc<dyn Fn(TcpStream, &Ctx) + Send + Sync>;
 /// owner.
 struct Shared {
     stopping: AtomicBool,
+    /// Incremented by every `drop_all` (see [`Ctx::drop_generation`]).
+    drops: AtomicU64,
     accepted: AtomicUsize,
     open: AtomicUsize,
     next_id: AtomicU64,
@@ -283,6 +292,7 @@ impl Shared {
     /// Shuts down every registered socket and waits (bounded) until their
     /// threads have closed them.
     fn drop_all(&self) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
         let ids: Vec<u64> = {
             let sockets = lock(&self.sockets);
             for stream in sockets.values() {
@@ -421,6 +431,7 @@ impl Server {
             addr,
             shared: Arc::new(Shared {
                 stopping: AtomicBool::new(false),
+                drops: AtomicU64::new(0),
                 accepted: AtomicUsize::new(0),
                 open: AtomicUsize::new(0),
                 next_id: AtomicU64::new(0),

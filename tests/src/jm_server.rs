@@ -43,6 +43,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use crate::common::{Ctx, Handler, POLL, ReadEvent, Server, is_timeout, lock, send};
+use crate::directory_model::{
+    DirectoryConfig, DirectoryLink, DirectoryProfile, DuplicateNick, LineLimit, LinkClose,
+    LinkOutput, LinkPeer, LinkRecord,
+};
 
 /// Message type of a private message.
 pub const JM_PRIVMSG: u32 = 685;
@@ -267,6 +271,56 @@ pub enum JmBehaviour {
     Oversize(usize),
     /// Sends exactly these bytes (e.g. invalid UTF-8), then holds.
     Raw(Vec<u8>),
+    /// Behaves like a real directory implementation (see [`JmModelled`]).
+    Modelled(JmModelled),
+}
+
+/// A directory that behaves like a real implementation
+/// ([`JmBehaviour::Modelled`]): each accepted connection runs a
+/// [`DirectoryLink`] of [`config`](Self::config) (heartbeat, rate limits,
+/// answers, reactions), on the real clock.
+///
+/// Before the link: the reply advertises the profile's features (ng and rs
+/// `peerlist_features` and `ping`, the reference none), lines are limited as
+/// the profile does ([`DirectoryConfig::line_limit`]), and a handshake whose
+/// nick has another modelled connection open here gets the profile's
+/// [`DuplicateNick`] treatment (ng: `accepted: false` with motd `Rejected:
+/// Peer nick already registered: <nick>`, then close; rs: close without a
+/// reply; both recorded in [`JmDirectory::rejections`]; the reference:
+/// accepted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JmModelled {
+    /// The model's configuration (profile, timings, limits, peer list).
+    pub config: DirectoryConfig,
+    /// The path goes silent this long after the accepting reply: from then
+    /// on the directory neither reads nor writes (the model stops too), and
+    /// keeps the socket open until the client closes it, the server drops
+    /// its connections, or it stops. See also
+    /// [`JmDirectory::silence_links`].
+    pub silent_after: Option<Duration>,
+    /// After the reply, sends public messages of this many bytes each
+    /// (`\r\n` included; at least 27) as fast as the socket takes them,
+    /// reading nothing, until the client closes, the server drops its
+    /// connections, or it stops (see [`JmDirectory::flood_lines`]).
+    pub flood: Option<usize>,
+}
+
+impl JmModelled {
+    /// `profile` with its real defaults, nick [`JM_DIRECTORY_NICK`].
+    #[must_use]
+    pub fn new(profile: DirectoryProfile) -> Self {
+        Self::with_config(DirectoryConfig::new(profile, JM_DIRECTORY_NICK))
+    }
+
+    /// This configuration, neither silent nor flooding.
+    #[must_use]
+    pub fn with_config(config: DirectoryConfig) -> Self {
+        Self {
+            config,
+            silent_after: None,
+            flood: None,
+        }
+    }
 }
 
 impl Default for JmBehaviour {
@@ -345,6 +399,16 @@ struct State {
     /// Writers of the connections that got an accepting reply.
     sessions: Mutex<HashMap<u64, Arc<Mutex<TcpStream>>>>,
     next_session: AtomicU64,
+    /// The phase of the modelled heartbeat sweeps.
+    started: Instant,
+    /// What every modelled link did, in the order they opened.
+    links: Mutex<Vec<LinkRecord>>,
+    /// Open modelled connections per nick.
+    nicks: Mutex<HashMap<String, usize>>,
+    /// Incremented by [`JmDirectory::silence_links`].
+    silence: AtomicU64,
+    /// Whole lines sent by flooding connections.
+    flood_lines: AtomicU64,
 }
 
 impl State {
@@ -359,6 +423,11 @@ impl State {
             pongs: AtomicUsize::new(0),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(0),
+            started: Instant::now(),
+            links: Mutex::new(Vec::new()),
+            nicks: Mutex::new(HashMap::new()),
+            silence: AtomicU64::new(0),
+            flood_lines: AtomicU64::new(0),
         }
     }
 
@@ -533,6 +602,54 @@ impl JmDirectory {
         self.state.pongs.store(0, Ordering::SeqCst);
     }
 
+    /// What every [`JmBehaviour::Modelled`] link did (open or closed), in
+    /// the order they opened: pings sent, pongs received, its close.
+    #[must_use]
+    pub fn link_records(&self) -> Vec<LinkRecord> {
+        lock(&self.state.links).clone()
+    }
+
+    /// The evictions (pong timeout, hard idle, rate limit) of the modelled
+    /// links so far: the client's nick and the close.
+    #[must_use]
+    pub fn evictions(&self) -> Vec<(String, LinkClose)> {
+        lock(&self.state.links)
+            .iter()
+            .filter_map(|record| Some((record.nick.clone(), record.eviction()?)))
+            .collect()
+    }
+
+    /// Heartbeat PINGs sent by the modelled links so far.
+    #[must_use]
+    pub fn pings_sent(&self) -> usize {
+        lock(&self.state.links)
+            .iter()
+            .map(|record| record.pings_sent.len())
+            .sum()
+    }
+
+    /// PONGs received by the modelled links so far.
+    #[must_use]
+    pub fn pongs_received(&self) -> usize {
+        lock(&self.state.links)
+            .iter()
+            .map(|record| record.pongs_received.len())
+            .sum()
+    }
+
+    /// Makes every modelled connection open now go silent (see
+    /// [`JmModelled::silent_after`]); later connections are not affected.
+    pub fn silence_links(&self) {
+        self.state.silence.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whole lines sent so far by flooding connections
+    /// ([`JmModelled::flood`]).
+    #[must_use]
+    pub fn flood_lines(&self) -> u64 {
+        self.state.flood_lines.load(Ordering::SeqCst)
+    }
+
     /// Sends one message to every connection that got an accepting reply
     /// and is still open (e.g. a peer list update, [`JM_PEERLIST`] with
     /// line `nick;host:port`); returns how many it was written to.
@@ -581,13 +698,15 @@ enum LineEvent {
 struct LineReader {
     pending: Vec<u8>,
     chunk: Vec<u8>,
+    limit: LineLimit,
 }
 
 impl LineReader {
-    fn new() -> Self {
+    fn new(limit: LineLimit) -> Self {
         Self {
             pending: Vec::new(),
             chunk: vec![0; 8192],
+            limit,
         }
     }
 
@@ -600,16 +719,17 @@ impl LineReader {
             if let Some(end) = self.pending.iter().position(|&byte| byte == b'\n') {
                 let mut line: Vec<u8> = self.pending.drain(..=end).collect();
                 line.pop();
+                let mut terminator = 1;
                 if line.last() == Some(&b'\r') {
                     line.pop();
+                    terminator = 2;
                 }
-                if line.len() > JM_MAX_LINE {
+                if !self.limit.allows(line.len(), terminator) {
                     return LineEvent::TooLong;
                 }
                 return LineEvent::Line(line);
             }
-            // Room for the `\r` of a line of the maximum length.
-            if self.pending.len() > JM_MAX_LINE + 1 {
+            if self.pending.len() > self.limit.max_pending() {
                 return LineEvent::TooLong;
             }
             match ctx.read_event(stream, &mut self.chunk, deadline) {
@@ -751,12 +871,23 @@ fn reply_line(accept: &JmAccept, network: &str, accepted: bool) -> String {
     Value::Object(reply).to_string()
 }
 
+/// The limit of the default behaviours: [`JM_MAX_LINE`], terminator not
+/// counted.
+const DEFAULT_LIMIT: LineLimit = LineLimit {
+    max: JM_MAX_LINE,
+    terminator_counts: false,
+};
+
 fn serve(state: &State, snapshot: &Snapshot, mut stream: TcpStream, ctx: &Ctx) {
-    let mut reader = LineReader::new();
+    let limit = match &snapshot.behaviour {
+        JmBehaviour::Modelled(modelled) => modelled.config.line_limit,
+        _ => DEFAULT_LIMIT,
+    };
+    let mut reader = LineReader::new(limit);
     let first = match reader.next(&mut stream, ctx, None) {
         LineEvent::Line(line) => line,
         LineEvent::TooLong => {
-            state.reject(format!("line over {JM_MAX_LINE} bytes"));
+            state.reject(format!("line over {} bytes", limit.max));
             ctx.close_gracefully(stream);
             return;
         }
@@ -764,7 +895,13 @@ fn serve(state: &State, snapshot: &Snapshot, mut stream: TcpStream, ctx: &Ctx) {
     };
     let (raw, verdict) = read_handshake(&first, &snapshot.network);
     let mut pingable = false;
+    let mut peer = LinkPeer {
+        nick: String::new(),
+        supports_ping: false,
+        is_maker: false,
+    };
     if let Some(raw) = raw {
+        peer = LinkPeer::from_handshake(&raw);
         let handshake = ClientHandshake::from_raw(raw, verdict.clone().err());
         pingable = handshake.has_feature("ping");
         lock(&state.handshakes).push(handshake);
@@ -786,6 +923,10 @@ fn serve(state: &State, snapshot: &Snapshot, mut stream: TcpStream, ctx: &Ctx) {
                 strict: snapshot.strict,
             };
             session.run(stream, reader, network, pingable);
+            return;
+        }
+        JmBehaviour::Modelled(modelled) => {
+            serve_modelled(state, ctx, modelled, stream, reader, network, peer);
             return;
         }
         JmBehaviour::Reject { motd } => {
@@ -955,6 +1096,199 @@ impl Session<'_> {
         drop(session);
         drop(writer);
         self.ctx.close_gracefully(stream);
+    }
+}
+
+/// Removes one open modelled connection of a nick on drop.
+struct NickGuard<'a> {
+    state: &'a State,
+    nick: String,
+}
+
+impl Drop for NickGuard<'_> {
+    fn drop(&mut self) {
+        let mut nicks = lock(&self.state.nicks);
+        if let Some(count) = nicks.get_mut(&self.nick) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                nicks.remove(&self.nick);
+            }
+        }
+    }
+}
+
+/// A [`JmBehaviour::Modelled`] connection after a valid handshake.
+fn serve_modelled(
+    state: &State,
+    ctx: &Ctx,
+    modelled: &JmModelled,
+    mut stream: TcpStream,
+    mut reader: LineReader,
+    network: &str,
+    peer: LinkPeer,
+) {
+    let generation = ctx.drop_generation();
+    let silence = state.silence.load(Ordering::SeqCst);
+    let profile = modelled.config.profile;
+    let accept = JmAccept {
+        features: profile
+            .features()
+            .iter()
+            .map(|&name| name.to_owned())
+            .collect(),
+        nick: modelled.config.nick.clone(),
+        ..JmAccept::default()
+    };
+    let duplicate = {
+        let mut nicks = lock(&state.nicks);
+        let open = nicks.entry(peer.nick.clone()).or_default();
+        let duplicate = *open > 0 && profile.duplicate_nick() != DuplicateNick::Accept;
+        if !duplicate {
+            *open += 1;
+        }
+        duplicate
+    };
+    if duplicate {
+        if profile.duplicate_nick() == DuplicateNick::RejectWithMotd {
+            let motd = DirectoryProfile::duplicate_nick_motd(&peer.nick);
+            state.reject(motd.clone());
+            let accept = JmAccept {
+                motd: Some(motd),
+                ..accept
+            };
+            let reply = jm_message(JM_DN_HANDSHAKE, &reply_line(&accept, network, false));
+            if send(&mut stream, reply.as_bytes()).is_err() {
+                return;
+            }
+        } else {
+            state.reject(format!("nick already connected: {}", peer.nick));
+        }
+        ctx.close_gracefully(stream);
+        return;
+    }
+    let _nick = NickGuard {
+        state,
+        nick: peer.nick.clone(),
+    };
+    let reply = jm_message(JM_DN_HANDSHAKE, &reply_line(&accept, network, true));
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    let writer = Arc::new(Mutex::new(clone));
+    if send(&mut lock(&writer), reply.as_bytes()).is_err() {
+        return;
+    }
+    let session = state.register_session(&writer);
+    let replied = Instant::now();
+    let mut link = DirectoryLink::new(modelled.config.clone(), peer, state.started, replied);
+    let index = {
+        let mut links = lock(&state.links);
+        links.push(link.record().clone());
+        links.len() - 1
+    };
+    let dropped = || ctx.stopping() || ctx.drop_generation() != generation;
+    if let Some(len) = modelled.flood {
+        flood(state, &writer, len, &dropped);
+        drop(session);
+        return;
+    }
+    let silent_at = modelled.silent_after.map(|after| replied + after);
+    let mut close = false;
+    loop {
+        let now = Instant::now();
+        if silent_at.is_some_and(|at| now >= at) || state.silence.load(Ordering::SeqCst) != silence
+        {
+            hold_silently(&stream, &dropped);
+            drop(session);
+            return;
+        }
+        // Wakes at least every POLL to notice `silence_links`.
+        let deadline = [link.poll_timeout(), silent_at, Some(now + POLL)]
+            .into_iter()
+            .flatten()
+            .min();
+        match reader.next(&mut stream, ctx, deadline) {
+            LineEvent::Line(line) => {
+                if let Ok((msg_type, text)) = parse_message(&line) {
+                    if msg_type == JM_PONG {
+                        state.pongs.fetch_add(1, Ordering::SeqCst);
+                    }
+                    lock(&state.received).push((msg_type, text));
+                }
+                link.handle_line(Instant::now(), &line);
+            }
+            LineEvent::TooLong => link.handle_line_too_long(Instant::now()),
+            LineEvent::Closed => break,
+            LineEvent::Deadline => link.handle_timeout(Instant::now()),
+        }
+        while let Some(output) = link.poll_output() {
+            match output {
+                LinkOutput::Send(message) => {
+                    if send(&mut lock(&writer), message.as_bytes()).is_err() {
+                        close = true;
+                    }
+                }
+                LinkOutput::Close(reason) => {
+                    state.reject(reason.to_string());
+                    close = true;
+                }
+            }
+        }
+        lock(&state.links)[index] = link.record().clone();
+        if close {
+            break;
+        }
+    }
+    lock(&state.links)[index] = link.record().clone();
+    drop(session);
+    drop(writer);
+    if close {
+        ctx.close_gracefully(stream);
+    }
+}
+
+/// Neither reads nor writes, keeping the socket open until the client
+/// closes it (seen by peeking, when nothing unread is pending), or
+/// `dropped()`.
+fn hold_silently(stream: &TcpStream, dropped: &dyn Fn() -> bool) {
+    let mut byte = [0u8; 1];
+    while !dropped() {
+        if stream.set_read_timeout(Some(POLL)).is_err() {
+            return;
+        }
+        match stream.peek(&mut byte) {
+            Ok(0) => return,
+            // Unread bytes: the client may have closed after them; only
+            // `dropped` can tell now.
+            Ok(_) => thread::sleep(POLL),
+            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes whole public messages of `len` bytes as fast as the socket takes
+/// them, until a write fails or `dropped()`.
+fn flood(state: &State, writer: &Mutex<TcpStream>, len: usize, dropped: &dyn Fn() -> bool) {
+    let overhead = jm_message(JM_PUBMSG, "").len();
+    let line = jm_message(JM_PUBMSG, &"f".repeat(len.saturating_sub(overhead)));
+    let bytes = line.as_bytes();
+    while !dropped() {
+        let mut writer = lock(writer);
+        let mut offset = 0;
+        while offset < bytes.len() {
+            if dropped() {
+                return;
+            }
+            match io::Write::write(&mut *writer, &bytes[offset..]) {
+                Ok(0) => return,
+                Ok(n) => offset += n,
+                // The client does not read: wait (the write timeout).
+                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+        state.flood_lines.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -1560,5 +1894,210 @@ mod tests {
             assert!(closed(client));
         }
         assert!(refused(addr));
+    }
+
+    mod modelled {
+        use super::*;
+        use crate::directory_model::{CloseReason, HeartbeatTimings, RateLimited};
+
+        /// `profile` with the heartbeat 1000 times faster (sweep 60 ms,
+        /// idle 600 ms, pong wait 30 ms, hard eviction 1.5 s).
+        fn fast(profile: DirectoryProfile) -> JmModelled {
+            let timings = HeartbeatTimings::default().scaled_down(1000);
+            JmModelled::with_config(
+                DirectoryConfig::new(profile, JM_DIRECTORY_NICK).with_timings(timings),
+            )
+        }
+
+        fn start(modelled: JmModelled) -> JmDirectory {
+            JmDirectory::start(JmBehaviour::Modelled(modelled)).unwrap()
+        }
+
+        fn accepted(directory: &JmDirectory) -> TcpStream {
+            let mut client = handshaked(directory);
+            let (msg_type, reply) = read_reply(&mut client);
+            assert_eq!(
+                (msg_type, &reply["accepted"]),
+                (JM_DN_HANDSHAKE, &json!(true))
+            );
+            client
+        }
+
+        #[test]
+        fn ng_pings_an_idle_client_and_evicts_it_without_pong() {
+            let directory = start(fast(DirectoryProfile::JoinmarketNg));
+            let mut client = handshaked(&directory);
+            let (_, reply) = read_reply(&mut client);
+            assert_eq!(
+                reply["features"],
+                json!({"peerlist_features": true, "ping": true})
+            );
+            assert_eq!(read_message(&mut client), (798, String::new()));
+            assert!(closed(&mut client));
+            assert!(wait_until(WAIT, || directory.evictions().len() == 1));
+            let (nick, close) = directory.evictions().remove(0);
+            assert_eq!(
+                (nick.as_str(), close.reason),
+                (NICK, CloseReason::PongTimeout)
+            );
+            let record = &directory.link_records()[0];
+            // Pinged at the first sweep after 600 ms of silence, evicted
+            // 30 ms later.
+            let pinged = record.pings_sent[0] - record.opened;
+            assert!(pinged > Duration::from_millis(600), "{pinged:?}");
+            assert_eq!(close.at - record.pings_sent[0], Duration::from_millis(30));
+            assert_eq!(directory.pings_sent(), 1);
+            assert_eq!(directory.rejections(), ["evicted: pong timeout"]);
+        }
+
+        #[test]
+        fn a_client_that_answers_pongs_stays() {
+            let directory = start(fast(DirectoryProfile::JoinmarketRs));
+            let mut client = accepted(&directory);
+            for _ in 0..2 {
+                assert_eq!(read_message(&mut client), (798, String::new()));
+                client.write_all(jm_message(799, "").as_bytes()).unwrap();
+            }
+            assert!(wait_until(WAIT, || directory.pongs_received() == 2));
+            assert!(directory.evictions().is_empty());
+            assert_eq!(directory.pings_sent(), 2);
+            assert_eq!(directory.pongs(), 2);
+            // Still open: a PING is answered.
+            client.write_all(jm_message(798, "").as_bytes()).unwrap();
+            assert_eq!(read_message(&mut client), (799, String::new()));
+        }
+
+        #[test]
+        fn rs_disconnects_the_seventh_ping_and_the_reference_a_pong() {
+            let directory = start(JmModelled::new(DirectoryProfile::JoinmarketRs));
+            let mut client = accepted(&directory);
+            for _ in 0..7 {
+                client.write_all(jm_message(798, "").as_bytes()).unwrap();
+            }
+            for _ in 0..6 {
+                assert_eq!(read_message(&mut client), (799, String::new()));
+            }
+            assert!(closed(&mut client));
+            assert!(wait_until(WAIT, || directory.evictions().len() == 1));
+            let reason = directory.evictions()[0].1.reason;
+            assert_eq!(reason, CloseReason::RateLimit(RateLimited::Ping));
+
+            directory.set_behaviour(JmBehaviour::Modelled(JmModelled::new(
+                DirectoryProfile::Reference,
+            )));
+            let mut client = handshaked(&directory);
+            assert_eq!(read_reply(&mut client).1["features"], json!({}));
+            client
+                .write_all(format!("{}{}", jm_message(798, ""), jm_message(791, "")).as_bytes())
+                .unwrap();
+            assert!(held(&mut client, Duration::from_millis(30)));
+            client.write_all(jm_message(799, "").as_bytes()).unwrap();
+            assert!(closed(&mut client));
+            let records = directory.link_records();
+            assert_eq!(records[1].close.unwrap().reason, CloseReason::Asserted(799));
+            assert!(records[1].pings_sent.is_empty());
+        }
+
+        #[test]
+        fn duplicate_nicks_per_profile() {
+            let directory = start(JmModelled::new(DirectoryProfile::JoinmarketNg));
+            let mut first = accepted(&directory);
+            let mut second = handshaked(&directory);
+            let (msg_type, reply) = read_reply(&mut second);
+            assert_eq!(msg_type, JM_DN_HANDSHAKE);
+            assert_eq!(reply["accepted"], false);
+            let motd = format!("Rejected: Peer nick already registered: {NICK}");
+            assert_eq!(reply["motd"], motd.as_str());
+            assert!(closed(&mut second));
+            // The first link is untouched; once it is gone the nick is free.
+            first.write_all(jm_message(798, "").as_bytes()).unwrap();
+            assert_eq!(read_message(&mut first), (799, String::new()));
+            drop(first);
+            assert!(wait_until(WAIT, || directory.handshaked_connections() == 0));
+            let _third = accepted(&directory);
+
+            directory.set_behaviour(JmBehaviour::Modelled(JmModelled::new(
+                DirectoryProfile::JoinmarketRs,
+            )));
+            let mut rs = handshaked(&directory);
+            assert!(closed(&mut rs), "rs closes without a reply");
+            assert_eq!(directory.rejections()[0], motd);
+            assert_eq!(
+                directory.rejections()[1],
+                format!("nick already connected: {NICK}")
+            );
+        }
+
+        #[test]
+        fn silent_paths_neither_read_nor_write() {
+            let mut modelled = JmModelled::new(DirectoryProfile::JoinmarketNg);
+            modelled.silent_after = Some(Duration::from_millis(50));
+            let directory = start(modelled);
+            let mut client = accepted(&directory);
+            std::thread::sleep(Duration::from_millis(60));
+            client.write_all(jm_message(798, "").as_bytes()).unwrap();
+            assert!(held(&mut client, Duration::from_millis(100)));
+            assert!(directory.received().is_empty());
+            assert_eq!(directory.open_connections(), 1);
+            drop(client);
+            directory.drop_all();
+            assert_eq!(directory.open_connections(), 0);
+
+            // On command.
+            directory.set_behaviour(JmBehaviour::Modelled(JmModelled::new(
+                DirectoryProfile::JoinmarketNg,
+            )));
+            let mut client = accepted(&directory);
+            client.write_all(jm_message(798, "").as_bytes()).unwrap();
+            assert_eq!(read_message(&mut client), (799, String::new()));
+            directory.silence_links();
+            // Takes effect within POLL; the bytes of a PING sent later stay
+            // unread.
+            std::thread::sleep(POLL * 3);
+            client.write_all(jm_message(798, "").as_bytes()).unwrap();
+            assert!(held(&mut client, Duration::from_millis(100)));
+            assert_eq!(directory.received().len(), 1);
+            // Its close is not seen (the PING is unread): drop it.
+            drop(client);
+            directory.drop_all();
+            // A client close with nothing unread is seen.
+            let mut quiet = accepted(&directory);
+            directory.silence_links();
+            assert!(held(&mut quiet, POLL * 3));
+            drop(quiet);
+            assert!(wait_until(WAIT, || directory.open_connections() == 0));
+        }
+
+        #[test]
+        fn flood_sends_lines_of_the_given_size() {
+            let mut modelled = JmModelled::new(DirectoryProfile::Reference);
+            modelled.flood = Some(1000);
+            let directory = start(modelled);
+            let mut client = accepted(&directory);
+            for _ in 0..50 {
+                let line = read_line(&mut client).unwrap();
+                assert_eq!(line.len(), 1000);
+                assert_eq!(parse(&line).0, JM_PUBMSG);
+            }
+            assert!(directory.flood_lines() >= 50);
+            drop(client);
+            assert!(wait_until(WAIT, || directory.open_connections() == 0));
+        }
+
+        #[test]
+        fn rs_counts_the_terminator_in_its_line_limit() {
+            let directory = start(JmModelled::new(DirectoryProfile::JoinmarketRs));
+            let mut client = accepted(&directory);
+            // 40,000 bytes with `\r\n`: taken.
+            let line = jm_message(JM_PUBMSG, &"m".repeat(40_000 - 27));
+            assert_eq!(line.len(), 40_000);
+            client.write_all(line.as_bytes()).unwrap();
+            assert!(wait_until(WAIT, || directory.received().len() == 1));
+            let line = jm_message(JM_PUBMSG, &"m".repeat(40_001 - 27));
+            let _ = client.write_all(line.as_bytes());
+            assert!(closed(&mut client));
+            let records = directory.link_records();
+            assert_eq!(records[0].close.unwrap().reason, CloseReason::LineTooLong);
+        }
     }
 }

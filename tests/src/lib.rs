@@ -63,6 +63,7 @@
 #![forbid(unsafe_code)]
 
 mod common;
+pub mod directory_model;
 pub mod jm_server;
 pub mod line_server;
 pub mod sim;
@@ -78,8 +79,8 @@ pub use common::{Server, free_loopback_port};
 pub use jm_server::{
     ClientHandshake, JM_DEFAULT_MOTD, JM_DEFAULT_NETWORK, JM_DIRECTORY_NICK, JM_DN_HANDSHAKE,
     JM_GETPEERLIST, JM_HANDSHAKE, JM_MAX_LINE, JM_PEERLIST, JM_PING, JM_PONG, JM_PRIVMSG,
-    JM_PROTO_VER, JM_PUBMSG, JmAccept, JmBehaviour, JmDirectory, JmReplyStyle, SplitReply,
-    is_valid_jm_nick, jm_client_handshake, jm_message,
+    JM_PROTO_VER, JM_PUBMSG, JmAccept, JmBehaviour, JmDirectory, JmModelled, JmReplyStyle,
+    SplitReply, is_valid_jm_nick, jm_client_handshake, jm_message,
 };
 pub use line_server::{LineBehaviour, LineServer};
 pub use socks_server::{AuthMode, Reply, SocksConfig, SocksOutcome, SocksRequest, SocksServer};

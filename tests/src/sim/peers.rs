@@ -30,6 +30,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use dirpool::Runtime;
+
+use crate::directory_model::{
+    DirectoryConfig, DirectoryLink, LineLimit, LinkClose, LinkOutput, LinkPeer, MODEL_PING,
+    MODEL_PONG,
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -64,6 +69,7 @@ const JM_HANDSHAKE: u64 = 793;
 const JM_DN_HANDSHAKE: u32 = 795;
 const JM_PING: u32 = 797;
 const JM_PONG: u64 = 799;
+const JM_PUBMSG: u32 = 687;
 /// Bytes read from the client at a time.
 const READ_CHUNK: usize = 4096;
 
@@ -96,6 +102,35 @@ pub enum DirectoryFate {
     Garbage,
     /// Sends the first half of a valid accepting reply, then closes.
     CloseMidReply,
+    /// Behaves like a real directory implementation: after `reply_delay`,
+    /// an accepting reply with the profile's features, then a
+    /// [`DirectoryLink`] of `config` on the runtime's clock (its sweeps
+    /// phased from the reply: the first one `sweep` after it), which answers,
+    /// pings, evicts ([`PeerEvent::DirectoryPing`],
+    /// [`PeerEvent::DirectoryModelClose`], [`PeerEvent::Pong`]). Lines over
+    /// the profile's limit close the link.
+    Modelled {
+        /// The model's configuration.
+        config: DirectoryConfig,
+        /// Wait before the reply.
+        reply_delay: Duration,
+    },
+    /// Accepts at once (as [`DirectoryFate::Accept`]), reads and discards
+    /// the client's lines for `after`, then neither reads nor writes again:
+    /// the socket stays open until the tunnel is cut
+    /// ([`ProxyFate::CloseMidHandshake`]) or the task is dropped (a client
+    /// close is not seen either).
+    SilentAfter {
+        /// How long the path works after the reply.
+        after: Duration,
+    },
+    /// Accepts at once, then sends public messages of `line_len` bytes
+    /// each (`\r\n` included; at least 27) as fast as the stream takes them,
+    /// reading nothing, until the client closes.
+    Flood {
+        /// The length of each line.
+        line_len: usize,
+    },
 }
 
 /// How the proxy answers one CONNECT, decided by the world per request.
@@ -194,6 +229,24 @@ pub enum PeerEvent {
         /// The directory's host.
         host: String,
     },
+    /// A modelled directory ([`DirectoryFate::Modelled`]) sent a heartbeat
+    /// PING (798).
+    DirectoryPing {
+        /// The directory's host.
+        host: String,
+        /// The connection id.
+        conn: u64,
+    },
+    /// A modelled directory closed the link on its own (eviction or
+    /// reaction), recorded before [`PeerEvent::DirectoryClosed`].
+    DirectoryModelClose {
+        /// The directory's host.
+        host: String,
+        /// The connection id.
+        conn: u64,
+        /// Why, and when.
+        close: LinkClose,
+    },
 }
 
 /// Serves one accepted client connection as a SOCKS5 proxy (RFC 1928 +
@@ -239,6 +292,8 @@ type Flow = Result<(), End>;
 enum Line {
     /// A line, terminator removed.
     Text(Vec<u8>),
+    /// A line over the limit (only from [`Peer::next_line_within`]).
+    TooLong,
     /// The client closed cleanly between lines.
     Eof,
     /// The deadline passed first.
@@ -373,6 +428,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Peer<S> {
             return Ok(());
         };
         let (nick, network) = parse_handshake(&line).ok_or(End)?;
+        let link_peer = handshake_peer(&line);
         self.world.record(PeerEvent::DirectoryHandshake {
             host: host.to_owned(),
             nick,
@@ -407,6 +463,101 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Peer<S> {
                 let full = accepting_reply(&network);
                 self.write(&full[..full.len() / 2]).await
             }
+            DirectoryFate::Modelled {
+                config,
+                reply_delay,
+            } => {
+                self.sleep(reply_delay).await;
+                let features = config.profile.features();
+                let reply = reply_line_with(&network, true, "sim", features);
+                self.write(&envelope(JM_DN_HANDSHAKE, &reply)).await?;
+                self.opened(host, opened);
+                self.run_model(host, config, link_peer).await
+            }
+            DirectoryFate::SilentAfter { after } => {
+                self.write(&accepting_reply(&network)).await?;
+                self.opened(host, opened);
+                let until = self.rt.now() + after;
+                loop {
+                    match self.next_line(Some(until)).await? {
+                        Line::Text(_) | Line::TooLong => {}
+                        Line::Eof => return Ok(()),
+                        Line::Deadline => break,
+                    }
+                }
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+            DirectoryFate::Flood { line_len } => {
+                self.write(&accepting_reply(&network)).await?;
+                self.opened(host, opened);
+                let overhead = envelope(JM_PUBMSG, "").len();
+                let line = envelope(JM_PUBMSG, &"f".repeat(line_len.saturating_sub(overhead)));
+                loop {
+                    self.write(&line).await?;
+                    // Fair to the other tasks even if the stream never blocks.
+                    yield_now().await;
+                }
+            }
+        }
+    }
+
+    /// Marks the connection open and records it.
+    fn opened(&self, host: &str, opened: &mut bool) {
+        *opened = true;
+        self.world.record(PeerEvent::DirectoryOpen {
+            host: host.to_owned(),
+            conn: self.conn,
+        });
+    }
+
+    /// A modelled link on the runtime's clock, until the client closes or
+    /// the model closes.
+    async fn run_model(&mut self, host: &str, config: DirectoryConfig, peer: LinkPeer) -> Flow {
+        let now = self.rt.now();
+        let limit = config.line_limit;
+        let mut link = DirectoryLink::new(config, peer, now, now);
+        loop {
+            match self.next_line_within(link.poll_timeout(), limit).await? {
+                Line::Text(line) => {
+                    let pong = serde_json::from_slice::<Value>(&line)
+                        .ok()
+                        .and_then(|value| value.get("type")?.as_u64())
+                        == Some(u64::from(MODEL_PONG));
+                    if pong {
+                        self.world.record(PeerEvent::Pong {
+                            host: host.to_owned(),
+                        });
+                    }
+                    link.handle_line(self.rt.now(), &line);
+                }
+                Line::TooLong => link.handle_line_too_long(self.rt.now()),
+                Line::Eof => return Ok(()),
+                Line::Deadline => link.handle_timeout(self.rt.now()),
+            }
+            while let Some(output) = link.poll_output() {
+                match output {
+                    LinkOutput::Send(message) => {
+                        if message == crate::jm_message(MODEL_PING, "") {
+                            self.world.record(PeerEvent::DirectoryPing {
+                                host: host.to_owned(),
+                                conn: self.conn,
+                            });
+                        }
+                        self.write(message.as_bytes()).await?;
+                    }
+                    LinkOutput::Close(_) => {
+                        if let Some(close) = link.record().close {
+                            self.world.record(PeerEvent::DirectoryModelClose {
+                                host: host.to_owned(),
+                                conn: self.conn,
+                                close,
+                            });
+                        }
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
 
@@ -435,6 +586,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Peer<S> {
                     }
                 }
                 Line::Eof => return Ok(()),
+                Line::TooLong => return Err(End),
                 Line::Deadline => {
                     let now = self.rt.now();
                     if drop_at.is_some_and(|at| now >= at) {
@@ -453,22 +605,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Peer<S> {
     /// over [`MAX_DIRECTORY_LINE`], EOF mid-line and I/O errors end the
     /// connection.
     async fn next_line(&mut self, deadline: Option<Instant>) -> Result<Line, End> {
+        let limit = LineLimit {
+            max: MAX_DIRECTORY_LINE,
+            terminator_counts: false,
+        };
+        match self.next_line_within(deadline, limit).await? {
+            Line::TooLong => Err(End),
+            line => Ok(line),
+        }
+    }
+
+    /// [`next_line`](Self::next_line) with `limit`, a longer line given as
+    /// [`Line::TooLong`] (the connection is unusable after it).
+    async fn next_line_within(
+        &mut self,
+        deadline: Option<Instant>,
+        limit: LineLimit,
+    ) -> Result<Line, End> {
         let mut scanned = 0;
         loop {
             if let Some(offset) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
                 let mut line: Vec<u8> = self.buf.drain(..=scanned + offset).collect();
                 line.pop();
+                let mut terminator = 1;
                 if line.last() == Some(&b'\r') {
                     line.pop();
+                    terminator = 2;
                 }
-                if line.len() > MAX_DIRECTORY_LINE {
-                    return Err(End);
+                if !limit.allows(line.len(), terminator) {
+                    return Ok(Line::TooLong);
                 }
                 return Ok(Line::Text(line));
             }
             scanned = self.buf.len();
-            if self.buf.len() > MAX_DIRECTORY_LINE + 1 {
-                return Err(End);
+            if self.buf.len() > limit.max_pending() {
+                self.buf.clear();
+                return Ok(Line::TooLong);
             }
             let mut chunk = [0u8; READ_CHUNK];
             let rt = Arc::clone(&self.rt);
@@ -570,14 +742,49 @@ fn parse_handshake(line: &[u8]) -> Option<(String, String)> {
     Some((field("nick")?, field("network")?))
 }
 
+/// Yields once to the executor.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// What a modelled directory knows of the client from its handshake line
+/// (a 793 envelope; anything else reads as a nick-less client without
+/// features).
+fn handshake_peer(line: &[u8]) -> LinkPeer {
+    let inner = serde_json::from_slice::<Value>(line)
+        .ok()
+        .and_then(|outer| serde_json::from_str::<Value>(outer.get("line")?.as_str()?).ok())
+        .unwrap_or(Value::Null);
+    LinkPeer::from_handshake(&inner)
+}
+
 /// The directory's handshake line (a JSON object as text).
 fn reply_line(network: &str, accepted: bool, motd: &str) -> String {
+    reply_line_with(network, accepted, motd, &["ping"])
+}
+
+/// The directory's handshake line advertising `features`.
+fn reply_line_with(network: &str, accepted: bool, motd: &str, features: &[&str]) -> String {
+    let features: serde_json::Map<String, Value> = features
+        .iter()
+        .map(|&name| (name.to_owned(), Value::Bool(true)))
+        .collect();
     json!({
         "app-name": "joinmarket",
         "directory": true,
         "proto-ver-min": 5,
         "proto-ver-max": 5,
-        "features": { "ping": true },
+        "features": features,
         "accepted": accepted,
         "nick": DIRECTORY_NICK,
         "network": network,
@@ -603,6 +810,7 @@ mod tests {
     use tokio::time::{Instant as TokioInstant, timeout};
 
     use super::*;
+    use crate::directory_model::{CloseReason, DirectoryProfile};
 
     const HOST: &str = "simdir2xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion";
     const CLIENT_NICK: &str = "J5xhGSWE7VrxM7sO";
@@ -995,5 +1203,135 @@ mod tests {
                 .unwrap();
             server.await.unwrap();
         }
+    }
+
+    /// Dials, sends a valid handshake (with `ping`) by hand and reads the
+    /// reply line.
+    async fn handshaked(world: &Arc<World>) -> (DuplexStream, JoinHandle<()>, Value) {
+        let (mut client, server) = start(world);
+        assert_eq!(dial(&mut client, &[0]).await.unwrap(), reply(0));
+        let handshake = crate::jm_client_handshake(CLIENT_NICK, "regtest");
+        let message = crate::jm_message(793, &handshake.to_string());
+        client.write_all(message.as_bytes()).await.unwrap();
+        let line = read_line(&mut client).await.unwrap();
+        let outer: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(outer["type"], 795);
+        let inner = serde_json::from_str(outer["line"].as_str().unwrap()).unwrap();
+        (client, server, inner)
+    }
+
+    /// One line, terminator included; `None` at EOF.
+    async fn read_line(client: &mut DuplexStream) -> Option<Vec<u8>> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.last() != Some(&b'\n') {
+            if client.read(&mut byte).await.unwrap() == 0 {
+                return None;
+            }
+            line.push(byte[0]);
+        }
+        Some(line)
+    }
+
+    fn modelled(profile: DirectoryProfile) -> DirectoryFate {
+        DirectoryFate::Modelled {
+            config: DirectoryConfig::new(profile, DIRECTORY_NICK),
+            reply_delay: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_modelled_ng_directory_evicts_a_silent_client_on_the_virtual_clock() {
+        let world = fixed(FORWARD, modelled(DirectoryProfile::JoinmarketNg), true);
+        let (mut client, server, reply) = handshaked(&world).await;
+        let opened = TokioInstant::now();
+        assert_eq!(
+            reply["features"],
+            json!({"peerlist_features": true, "ping": true})
+        );
+        let ping = read_line(&mut client).await.unwrap();
+        assert_eq!(ping, crate::jm_message(798, "").as_bytes());
+        // Sweeps from the reply: idle 600 s is not > 600 s at the tenth.
+        assert_eq!(opened.elapsed(), Duration::from_secs(660));
+        assert_eq!(read_line(&mut client).await, None);
+        assert_eq!(opened.elapsed(), Duration::from_secs(690));
+        server.await.unwrap();
+        let events = events(&world);
+        let close = events
+            .iter()
+            .find_map(|event| match event {
+                PeerEvent::DirectoryModelClose { close, .. } => Some(*close),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(close.reason, CloseReason::PongTimeout);
+        let ping = PeerEvent::DirectoryPing {
+            host: HOST.into(),
+            conn: 7,
+        };
+        assert!(events.contains(&ping));
+        assert_eq!(events.last(), Some(&directory(false)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_modelled_link_that_pongs_lives_a_day_and_the_reference_never_pings() {
+        let world = fixed(FORWARD, modelled(DirectoryProfile::JoinmarketRs), true);
+        let (mut client, server, _) = handshaked(&world).await;
+        let opened = TokioInstant::now();
+        let mut pings = 0;
+        while opened.elapsed() < Duration::from_secs(86_400) {
+            let line = read_line(&mut client).await.unwrap();
+            assert_eq!(line, crate::jm_message(798, "").as_bytes());
+            pings += 1;
+            client.write_all(&envelope(799, "")).await.unwrap();
+        }
+        assert!(pings > 100, "{pings}");
+        drop(client);
+        server.await.unwrap();
+        let events = events(&world);
+        assert!(
+            !events
+                .iter()
+                .any(|event| matches!(event, PeerEvent::DirectoryModelClose { .. }))
+        );
+
+        let world = fixed(FORWARD, modelled(DirectoryProfile::Reference), true);
+        let (mut client, server, reply) = handshaked(&world).await;
+        assert_eq!(reply["features"], json!({}));
+        let started = TokioInstant::now();
+        assert!(
+            timeout(Duration::from_secs(86_400), read_line(&mut client))
+                .await
+                .is_err()
+        );
+        assert!(started.elapsed() >= Duration::from_secs(86_400));
+        client.write_all(&envelope(801, "")).await.unwrap();
+        assert_eq!(read_line(&mut client).await, None);
+        server.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_after_and_flood_fates() {
+        let after = Duration::from_secs(5);
+        let world = fixed(FORWARD, DirectoryFate::SilentAfter { after }, true);
+        let (mut client, server, reply) = handshaked(&world).await;
+        assert_eq!(reply["accepted"], true);
+        // Read and discarded while the path works, then nothing at all.
+        client.write_all(&envelope(798, "")).await.unwrap();
+        assert!(timeout(LONG, read_line(&mut client)).await.is_err());
+        assert!(!server.is_finished());
+        server.abort();
+
+        let world = fixed(FORWARD, DirectoryFate::Flood { line_len: 500 }, true);
+        let (mut client, server, _) = handshaked(&world).await;
+        let started = TokioInstant::now();
+        for _ in 0..100 {
+            let line = read_line(&mut client).await.unwrap();
+            assert_eq!(line.len(), 500);
+            assert!(line.starts_with(b"{\"line\":\"fff"), "{line:?}");
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        drop(client);
+        server.await.unwrap();
     }
 }
