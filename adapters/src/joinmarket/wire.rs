@@ -17,15 +17,29 @@ pub const GET_PEERLIST: u32 = 791;
 pub const PRIVMSG: u32 = 685;
 /// Public message.
 pub const PUBMSG: u32 = 687;
-/// Ping. (797 in both joinmarket-clientserver and joinmarket-ng; an
-/// earlier note of ours said 798, which neither uses.)
-pub const PING: u32 = 797;
-/// Pong.
+/// Ping: 798, as in joinmarket-ng (`jmcore/src/jmcore/protocol.py`,
+/// `MessageType.PING`) and joinmarket-rs
+/// (`crates/joinmarket-core/src/message.rs`). JMP-0004 moved it there from
+/// 797 because the reference joinmarket-clientserver
+/// (`src/jmdaemon/onionmc.py`) uses 797 for its local control type
+/// `connect-in`: it lists `"ping": 797` but never sends a PING, and ignores
+/// 798 as an unknown type.
+pub const PING: u32 = 798;
+/// Pong: 799 in all three. The reference never sends it and closes the
+/// link (`assert False`) if it receives one, so it is sent only to answer
+/// a PING.
 pub const PONG: u32 = 799;
-/// Disconnect.
+/// Disconnect: 801 in all three (the reference closes on receiving one).
 pub const DISCONNECT: u32 = 801;
 
-/// Reference directories drop a line over 40,000 bytes: never send more.
+/// The longest line we send, its `\r\n` terminator included.
+///
+/// joinmarket-rs's directory (`crates/joinmarket-dn/src/peer.rs`,
+/// `MAX_LINE_LEN = 40_000` in `read_line_bounded`) refuses a line whose
+/// bytes up to and including its `\n` exceed 40,000; the reference's
+/// Twisted `LineReceiver` (`MAX_LENGTH = 40000`) refuses one whose text
+/// without the delimiter exceeds 40,000. Counting the terminator satisfies
+/// both.
 pub const MAX_SEND_LINE: usize = 40_000;
 
 /// One message on the wire.
@@ -71,19 +85,20 @@ impl Envelope {
         Ok(Self { kind, line })
     }
 
-    /// The bytes to send, terminator included.
+    /// The bytes to send, `\r\n` terminator included.
     ///
     /// # Errors
-    /// [`JmError::SendTooLong`] past [`MAX_SEND_LINE`].
+    /// [`JmError::SendTooLong`] when the bytes, terminator included, would
+    /// exceed [`MAX_SEND_LINE`].
     pub fn encode(&self) -> Result<Vec<u8>, JmError> {
         let mut text = serde_json::json!({ "type": self.kind, "line": self.line }).to_string();
+        text.push_str("\r\n");
         if text.len() > MAX_SEND_LINE {
             return Err(JmError::SendTooLong {
                 len: text.len(),
                 limit: MAX_SEND_LINE,
             });
         }
-        text.push_str("\r\n");
         Ok(text.into_bytes())
     }
 }
@@ -112,12 +127,11 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 
     /// Bytes of memory the reader holds for unfinished lines.
-    #[cfg(feature = "fuzzing")]
     pub(crate) fn held_capacity(&self) -> usize {
         self.buf.capacity()
     }
 
-    /// The next line, or `None` at a clean end of stream.
+    /// The next line, or `None` at a clean end of stream. Cancel-safe.
     pub(crate) async fn next_line(&mut self) -> Result<Option<String>, JmError> {
         loop {
             if let Some(offset) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
@@ -137,20 +151,25 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             }
             self.scanned = self.buf.len();
             // "\r\n" may follow a line of exactly `limit` bytes.
-            if self.buf.len() > self.limit + 1 {
+            // (Saturating: a limit near `usize::MAX` must not overflow.)
+            let most = self.limit.saturating_add(2);
+            if self.buf.len() >= most {
                 return Err(JmError::LineTooLong { limit: self.limit });
             }
-            let room = (self.limit + 2 - self.buf.len()).min(READ_CHUNK);
+            let room = (most - self.buf.len()).min(READ_CHUNK);
             let start = self.buf.len();
             // Grow by doubling, but never past what the limit can need, so
             // the buffer's memory stays within the limit.
-            let wanted = (start + room).max((2 * self.buf.capacity()).min(self.limit + 2));
+            let wanted = (start + room).max(self.buf.capacity().saturating_mul(2).min(most));
             self.buf.reserve_exact(wanted - start);
-            self.buf.resize(start + room, 0);
-            let read = self.inner.read(&mut self.buf[start..]).await;
-            let n = *read.as_ref().unwrap_or(&0);
-            self.buf.truncate(start + n);
-            read.map_err(JmError::Io)?;
+            // `read_buf` fills the spare capacity only (at most up to the
+            // capacity reserved above) and is cancel-safe: a dropped
+            // `next_line` loses no bytes and leaves no padding behind.
+            let n = self
+                .inner
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(JmError::Io)?;
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
