@@ -949,6 +949,7 @@ mod tests {
 
     use super::*;
     use crate::runtime::TokioRuntime;
+    use futures::StreamExt;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     const REFERENCE_REPLY: &str = r#"{"app-name": "joinmarket", "directory": true, "location-string": "x.onion:5222", "proto-ver": 5, "features": {}, "accepted": true, "nick": "J5dirNickQRSOOOO", "network": "regtest"}"#;
@@ -1297,5 +1298,367 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// Signals that arrive on a channel the test reads, and a real attempt
+    /// id to stamp them with.
+    fn watched_signals() -> (
+        LinkSignals,
+        futures::channel::mpsc::UnboundedReceiver<crate::handshake::LinkSignal>,
+    ) {
+        use dirpool_core::{Entropy, IsolationToken, Output, PoolConfig, PoolState as Pool};
+        let config = PoolConfig::new(["127.0.0.1"]);
+        let entropy = Entropy {
+            isolation_token: IsolationToken::from_bytes([7; 16]),
+            jitter_seed: 1,
+        };
+        let mut pool = Pool::new(config, entropy).unwrap();
+        pool.connect_all_parallel(Instant::now());
+        let attempt = std::iter::from_fn(|| pool.poll_output())
+            .find_map(|o| match o {
+                Output::Dial(d) => Some(d.attempt),
+                _ => None,
+            })
+            .unwrap();
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        (LinkSignals::new(attempt, tx), rx)
+    }
+
+    /// A connection over a duplex of `buffer` bytes to a directory that
+    /// replied `reply`, with `signals`; the directory's end is returned.
+    async fn link(
+        reply: &str,
+        config: JmConfig,
+        buffer: usize,
+        signals: LinkSignals,
+    ) -> (Arc<DirectoryConnection>, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(buffer);
+        let server = tokio::spawn(directory(
+            theirs,
+            vec![envelope_line(795, reply)],
+            Duration::ZERO,
+            true,
+        ));
+        let context = context().with_signals(signals);
+        let connection = DirectoryConnection::open(&context, Box::pin(ours), config)
+            .await
+            .unwrap();
+        let (_, side) = server.await.unwrap();
+        (Arc::new(connection), side.unwrap())
+    }
+
+    fn spawn_link(connection: &Arc<DirectoryConnection>) -> tokio::task::JoinHandle<LinkLoss> {
+        let c = Arc::clone(connection);
+        tokio::spawn(async move { c.closed().await })
+    }
+
+    /// Reads one `\n`-terminated line from the directory's end.
+    async fn read_line(side: &mut DuplexStream) -> Envelope {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while side.read(&mut byte).await.unwrap() == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        assert_eq!(line.pop(), Some(b'\r'), "\\r\\n framing");
+        Envelope::parse(std::str::from_utf8(&line).unwrap()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_link_answers_ping_798_reports_life_and_probe_answers_and_ends_on_disconnect() {
+        let (signals, mut seen) = watched_signals();
+        let (connection, mut side) = link(RANGE_REPLY, config(), 1 << 16, signals).await;
+        let task = spawn_link(&connection);
+        side.write_all(&envelope_line(wire::PING, ""))
+            .await
+            .unwrap();
+        assert_eq!(read_line(&mut side).await, Envelope::new(wire::PONG, ""));
+        assert_eq!(seen.next().await.map(|s| s.take().1), Some(false), "alive");
+        // 797 is not a PING (the reference's local connect-in): the user's.
+        side.write_all(&envelope_line(797, "")).await.unwrap();
+        assert_eq!(connection.recv().await, Ok(Envelope::new(797, "")));
+
+        assert_eq!(connection.probe(), ProbeStatus::Sent);
+        assert_eq!(read_line(&mut side).await, Envelope::new(wire::PING, ""));
+        side.write_all(&envelope_line(wire::PONG, ""))
+            .await
+            .unwrap();
+        side.write_all(&envelope_line(wire::PUBMSG, "after"))
+            .await
+            .unwrap();
+        assert_eq!(
+            connection.recv().await,
+            Ok(Envelope::new(wire::PUBMSG, "after")),
+            "the PONG is not the user's"
+        );
+        let mut answered = false;
+        while let Ok(Some(signal)) = seen.try_next() {
+            answered |= signal.take().1;
+        }
+        assert!(answered, "the PONG was reported as the probe's answer");
+
+        side.write_all(&envelope_line(wire::DISCONNECT, ""))
+            .await
+            .unwrap();
+        assert_eq!(task.await.unwrap(), LinkLoss::DisconnectedByPeer);
+        assert_eq!(connection.probe(), ProbeStatus::Closed);
+        assert_eq!(connection.recv().await, Err(RecvError::Closed));
+        assert!(matches!(
+            connection.send(&Envelope::new(wire::PUBMSG, "late")).await,
+            Err(JmError::Closed)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_directory_without_ping_is_not_probed() {
+        let (connection, _side) =
+            link(REFERENCE_REPLY, config(), 1 << 16, LinkSignals::detached()).await;
+        assert_eq!(connection.probe(), ProbeStatus::Unsupported);
+        connection.close().await.unwrap();
+        assert_eq!(connection.probe(), ProbeStatus::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pongs_go_ahead_of_queued_user_lines() {
+        let (connection, mut side) =
+            link(RANGE_REPLY, config(), 1024, LinkSignals::detached()).await;
+        let task = spawn_link(&connection);
+        // Each line is longer than the pipe: the first is being written
+        // (blocked) when the PING comes; the others wait in the queue.
+        let payload = |i: usize| format!("{i}{}", "z".repeat(2000));
+        for i in 0..3 {
+            connection
+                .send(&Envelope::new(wire::PUBMSG, payload(i)))
+                .await
+                .unwrap();
+        }
+        tokio::task::yield_now().await;
+        side.write_all(&envelope_line(wire::PING, ""))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(read_line(&mut side).await);
+        }
+        let order: Vec<(u32, Option<char>)> = got
+            .iter()
+            .map(|e| (e.kind, e.line.chars().next()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (wire::PUBMSG, Some('0')),
+                (wire::PONG, None),
+                (wire::PUBMSG, Some('1')),
+                (wire::PUBMSG, Some('2'))
+            ]
+        );
+        assert_eq!(got[2], Envelope::new(wire::PUBMSG, payload(1)));
+        connection.close().await.unwrap();
+        assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_directory_that_stops_reading_ends_the_link_at_the_write_deadline() {
+        let (connection, _side) = link(RANGE_REPLY, config(), 1024, LinkSignals::detached()).await;
+        let started = tokio::time::Instant::now();
+        let task = spawn_link(&connection);
+        let sender = tokio::spawn({
+            let c = Arc::clone(&connection);
+            async move {
+                let line = Envelope::new(wire::PUBMSG, "w".repeat(10_000));
+                loop {
+                    if let Err(e) = c.send(&line).await {
+                        return e;
+                    }
+                }
+            }
+        });
+        assert_eq!(task.await.unwrap(), LinkLoss::WriteTimedOut);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
+            "{waited:?}"
+        );
+        assert!(matches!(sender.await.unwrap(), JmError::Closed));
+        let (_, _, outbound) = connection.held_bytes();
+        assert!(outbound <= config().outbound_bytes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_send_queues_all_or_nothing_and_a_dropped_recv_loses_nothing() {
+        use futures::FutureExt;
+        let mut config = config();
+        config.outbound_bytes = wire::MAX_SEND_LINE;
+        let (connection, mut side) =
+            link(RANGE_REPLY, config, 1 << 17, LinkSignals::detached()).await;
+        let big = |c: char| Envelope::new(wire::PUBMSG, c.to_string().repeat(30_000));
+        // No link task yet: the first line fills the queue, the second waits.
+        connection.send(&big('a')).await.unwrap();
+        assert!(connection.send(&big('b')).now_or_never().is_none());
+        assert!(connection.recv().now_or_never().is_none());
+        let task = spawn_link(&connection);
+        connection.send(&big('c')).await.unwrap();
+        assert_eq!(read_line(&mut side).await, big('a'));
+        assert_eq!(
+            read_line(&mut side).await,
+            big('c'),
+            "nothing of b was sent"
+        );
+        side.write_all(&envelope_line(wire::PUBMSG, "kept"))
+            .await
+            .unwrap();
+        assert_eq!(
+            connection.recv().await,
+            Ok(Envelope::new(wire::PUBMSG, "kept"))
+        );
+        connection.close().await.unwrap();
+        assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
+    }
+
+    /// A directory floods lines near `max_line` while the user never
+    /// receives: the link holds at most the inbound bound, one line buffer
+    /// and the outbound bound; PINGs are answered throughout; the user then
+    /// hears of the exact number dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_stays_within_the_memory_bound_and_is_reported_as_lag() {
+        let mut config = config();
+        config.max_line = 16 * 1024;
+        config.inbound_bytes = 64 * 1024;
+        let (inbound, outbound, max_line) =
+            (config.inbound_bytes, config.outbound_bytes, config.max_line);
+        let (connection, mut side) =
+            link(RANGE_REPLY, config, 1 << 16, LinkSignals::detached()).await;
+        let task = spawn_link(&connection);
+        let payload_len = max_line - 64;
+        const LINES: usize = 300;
+        let mut pings = 0;
+        let mut most = (0, 0, 0);
+        for i in 0..LINES {
+            let payload = format!("{i:05}{}", "f".repeat(payload_len - 5));
+            side.write_all(&envelope_line(wire::PUBMSG, &payload))
+                .await
+                .unwrap();
+            if i % 25 == 0 {
+                side.write_all(&envelope_line(wire::PING, ""))
+                    .await
+                    .unwrap();
+                pings += 1;
+            }
+            let held = connection.held_bytes();
+            most = (most.0.max(held.0), most.1.max(held.1), most.2.max(held.2));
+        }
+        // PINGs answered during the flood, in order; the last proves every
+        // line before it was read.
+        for _ in 0..pings {
+            assert_eq!(read_line(&mut side).await, Envelope::new(wire::PONG, ""));
+        }
+        let held = connection.held_bytes();
+        most = (most.0.max(held.0), most.1.max(held.1), most.2.max(held.2));
+        let slack = 64 * std::mem::size_of::<Envelope>();
+        assert!(most.0 <= inbound + slack, "inbound {most:?}");
+        assert!(most.1 <= max_line + 2, "line buffer {most:?}");
+        assert!(most.2 <= outbound, "outbound {most:?}");
+        assert!(most.0 > inbound / 2, "the queue did fill: {most:?}");
+
+        let kept = inbound / (payload_len + MESSAGE_OVERHEAD);
+        let dropped = u64::try_from(LINES - kept).unwrap();
+        assert_eq!(connection.recv().await, Err(RecvError::Lagged(dropped)));
+        for i in 0..kept {
+            let envelope = connection.recv().await.unwrap();
+            assert!(envelope.line.starts_with(&format!("{i:05}")), "in order");
+        }
+        assert!(
+            futures::FutureExt::now_or_never(connection.recv()).is_none(),
+            "nothing more, and the link is up"
+        );
+        assert!(!task.is_finished());
+        side.write_all(&envelope_line(wire::PUBMSG, "after"))
+            .await
+            .unwrap();
+        assert_eq!(
+            connection.recv().await,
+            Ok(Envelope::new(wire::PUBMSG, "after"))
+        );
+        drop(side);
+        assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
+    }
+
+    #[tokio::test]
+    async fn a_nick_still_registered_is_nick_in_use() {
+        for motd in [
+            "Rejected: Peer nick already registered: J5xhGSWE7VrxM7sO",
+            "Rejected: Verified nick already registered: J5xhGSWE7VrxM7sO",
+        ] {
+            let reply = json!({"accepted": false, "nick": "J5dirNickQRSOOOO", "network": "regtest", "proto-ver": 5, "motd": motd});
+            let error = open_err(vec![envelope_line(795, &reply.to_string())]).await;
+            assert!(
+                matches!(&error, JmError::NickInUse { motd: m } if m == motd),
+                "{error:?}"
+            );
+            assert_eq!(error.kind(), HandshakeErrorKind::NickInUse);
+            assert_eq!(
+                HandshakeError::from(error).kind(),
+                HandshakeErrorKind::NickInUse
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn extreme_config_values_are_typed_errors_never_panics() {
+        type Edit = fn(&mut JmConfig);
+        let cases: [(Edit, &str); 12] = [
+            (|c| c.max_line = usize::MAX, "max_line"),
+            (|c| c.max_line = 0, "max_line"),
+            (|c| c.handshake_timeout = Duration::MAX, "handshake_timeout"),
+            (
+                |c| c.handshake_timeout = Duration::ZERO,
+                "handshake_timeout",
+            ),
+            (|c| c.write_timeout = Duration::MAX, "write_timeout"),
+            (|c| c.write_timeout = Duration::ZERO, "write_timeout"),
+            (|c| c.inbound_bytes = usize::MAX, "inbound_bytes"),
+            (|c| c.inbound_bytes = c.max_line, "inbound_bytes"),
+            (|c| c.outbound_bytes = usize::MAX, "outbound_bytes"),
+            (
+                |c| c.outbound_bytes = wire::MAX_SEND_LINE - 1,
+                "outbound_bytes",
+            ),
+            (
+                |c| {
+                    c.max_line = MAX_MAX_LINE;
+                    c.inbound_bytes = MAX_MAX_LINE;
+                },
+                "inbound_bytes",
+            ),
+            (|c| c.outbound_bytes = 0, "outbound_bytes"),
+        ];
+        for (edit, field) in cases {
+            let mut c = config();
+            edit(&mut c);
+            let error = c.validate().unwrap_err();
+            let named = match &error {
+                JmConfigError::Size { field, .. } | JmConfigError::Timeout { field, .. } => *field,
+                JmConfigError::Feature(_) => "feature",
+            };
+            assert_eq!(named, field, "{error}");
+            assert!(JoinMarketHandshake::new(c.clone()).is_err());
+            // Per server, the dial fails with a typed error, at once.
+            let handshake = JoinMarketHandshake::per_server(move |_| c.clone());
+            let (ours, _theirs) = tokio::io::duplex(1024);
+            let server_addr = ServerAddr::parse("127.0.0.1").unwrap();
+            let error = handshake
+                .handshake(&context(), &server_addr, Box::pin(ours))
+                .await
+                .unwrap_err();
+            assert_eq!(error.kind(), HandshakeErrorKind::Protocol);
+        }
+        let mut c = config();
+        c.max_line = MAX_MAX_LINE;
+        c.inbound_bytes = MAX_QUEUE_BYTES;
+        c.outbound_bytes = MAX_QUEUE_BYTES;
+        c.handshake_timeout = MAX_TIMEOUT;
+        c.write_timeout = MAX_TIMEOUT;
+        assert_eq!(c.validate(), Ok(()), "the limits themselves are allowed");
     }
 }

@@ -180,3 +180,64 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message types of the current implementations:
+    /// joinmarket-ng `jmcore/src/jmcore/protocol.py` (`MessageType`) and
+    /// joinmarket-rs `crates/joinmarket-core/src/message.rs` agree on every
+    /// one; the reference joinmarket-clientserver `src/jmdaemon/onionmc.py`
+    /// lists `"ping": 797`, but 797 is its local `connect-in` and it never
+    /// sends a PING (JMP-0004 moved PING to 798).
+    #[test]
+    fn message_types_match_the_current_implementations() {
+        assert_eq!(
+            [
+                PRIVMSG,
+                PUBMSG,
+                PEERLIST,
+                GET_PEERLIST,
+                HANDSHAKE,
+                DIRECTORY_HANDSHAKE,
+                PING,
+                PONG,
+                DISCONNECT
+            ],
+            [685, 687, 789, 791, 793, 795, 798, 799, 801]
+        );
+    }
+
+    /// joinmarket-rs refuses a line whose bytes through its `\n` exceed
+    /// 40,000; Twisted's `LineReceiver` one whose text exceeds 40,000.
+    #[test]
+    fn the_send_limit_counts_the_terminator() {
+        let overhead = Envelope::new(PUBMSG, "").encode().unwrap().len();
+        let fits = Envelope::new(PUBMSG, "x".repeat(MAX_SEND_LINE - overhead));
+        let bytes = fits.encode().unwrap();
+        assert_eq!(bytes.len(), MAX_SEND_LINE);
+        assert!(bytes.ends_with(b"\r\n"));
+        let over = Envelope::new(PUBMSG, "x".repeat(MAX_SEND_LINE - overhead + 1));
+        assert!(matches!(
+            over.encode(),
+            Err(JmError::SendTooLong {
+                len: 40_001,
+                limit: MAX_SEND_LINE
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_line_reader_with_a_huge_limit_does_not_overflow() {
+        let data: &[u8] = b"{\"type\": 687, \"line\": \"a\"}\r\nrest";
+        let mut reader = LineReader::new(data, usize::MAX);
+        let line = reader.next_line().await.unwrap().unwrap();
+        assert_eq!(Envelope::parse(&line).unwrap(), Envelope::new(PUBMSG, "a"));
+        assert!(matches!(
+            reader.next_line().await,
+            Err(JmError::ClosedMidLine)
+        ));
+        assert!(reader.held_capacity() <= 2 * READ_CHUNK);
+    }
+}
