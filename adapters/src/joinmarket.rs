@@ -1391,7 +1391,7 @@ mod tests {
             "the PONG is not the user's"
         );
         let mut answered = false;
-        while let Ok(Some(signal)) = seen.try_next() {
+        while let Ok(signal) = seen.try_recv() {
             answered |= signal.take().1;
         }
         assert!(answered, "the PONG was reported as the probe's answer");

@@ -733,7 +733,10 @@ mod tests {
         assert_eq!(dial(&mut client, &[0, 2]).await.unwrap(), reply(0));
         (
             DirectoryConnection::open(
-                &dirpool::HandshakeContext::new(Arc::new(TokioRuntime::current()), std::time::Instant::now() + LONG),
+                &dirpool::HandshakeContext::new(
+                    Arc::new(TokioRuntime::current()),
+                    std::time::Instant::now() + LONG,
+                ),
                 Box::pin(client),
                 config(),
             )
@@ -842,8 +845,10 @@ mod tests {
         let world = fixed(FORWARD, DirectoryFate::Silent, true);
         let (mut client, server) = start(&world);
         assert_eq!(dial(&mut client, &[0, 2]).await.unwrap(), reply(0));
-        let context =
-            dirpool::HandshakeContext::new(Arc::new(TokioRuntime::current()), std::time::Instant::now() + LONG);
+        let context = dirpool::HandshakeContext::new(
+            Arc::new(TokioRuntime::current()),
+            std::time::Instant::now() + LONG,
+        );
         let open = DirectoryConnection::open(&context, Box::pin(client), config());
         assert!(timeout(LONG, open).await.is_err());
         server.await.unwrap();
