@@ -3,8 +3,10 @@
 //! [`JoinMarketHandshake`] sends the client handshake (type 793), reads the
 //! directory's reply (795; 793 is accepted too, as the original does),
 //! checks it and hands back a [`DirectoryConnection`]: typed envelopes in
-//! and out, `\r\n` framing, PING answered with PONG by itself, and every
-//! message after the reply kept for the user.
+//! and out, `\r\n` framing, PING (798) answered with PONG (799) by its
+//! link task, PINGs sent as keepalive probes, and the messages after the
+//! reply kept for the user in a queue bounded in bytes (overflow is
+//! reported as [`RecvError::Lagged`], never lost silently).
 //!
 //! ```
 //! use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
