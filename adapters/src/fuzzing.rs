@@ -31,7 +31,9 @@ use crate::dialer::Dialer;
 use crate::error::{DialError, every_text};
 use crate::handshake::{Client, Handshake, HandshakeContext, RawStream};
 use crate::joinmarket::wire::LineReader;
-use crate::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
+use crate::joinmarket::{
+    JmConfig, JoinMarketHandshake, MESSAGE_OVERHEAD, Network, Nick, RecvError,
+};
 use crate::runtime::{BoxedStream, Runtime, before};
 
 /// Polls after which a run that has not ended counts as a hang. Every
@@ -144,7 +146,8 @@ pub fn handshake_reply(data: &[u8]) {
     let nick = Nick::from_public_key(&[2; 33]).expect("a valid public key");
     let mut config = JmConfig::new(nick, Network::Mainnet);
     config.max_line = 1_024;
-    config.queue = 4;
+    // The smallest inbound queue: a full one drops and reports lag.
+    config.inbound_bytes = config.max_line + MESSAGE_OVERHEAD;
     let handshake = JoinMarketHandshake::new(config).expect("a valid configuration");
     let server =
         ServerAddr::parse("duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion")
@@ -170,9 +173,15 @@ pub fn handshake_reply(data: &[u8]) {
             drop(format!("{loss:?}"));
         };
         let receiving = async {
-            while let Some(envelope) = connection.recv().await {
-                drop(envelope);
-                received += 1;
+            loop {
+                match connection.recv().await {
+                    Ok(envelope) => {
+                        drop(envelope);
+                        received += 1;
+                    }
+                    Err(RecvError::Lagged(n)) => assert!(n > 0, "a lag of nothing"),
+                    Err(RecvError::Closed) => break,
+                }
             }
         };
         futures::join!(reading, receiving);

@@ -3,8 +3,10 @@
 //! [`JoinMarketHandshake`] sends the client handshake (type 793), reads the
 //! directory's reply (795; 793 is accepted too, as the original does),
 //! checks it and hands back a [`DirectoryConnection`]: typed envelopes in
-//! and out, `\r\n` framing, PING answered with PONG by itself, and every
-//! message after the reply kept for the user.
+//! and out, `\r\n` framing, PING (798) answered with PONG (799) by its
+//! link task, PINGs sent as keepalive probes, and the messages after the
+//! reply kept for the user in a queue bounded in bytes (overflow is
+//! reported as [`RecvError::Lagged`], never lost silently).
 //!
 //! ```
 //! use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
@@ -17,16 +19,17 @@
 mod identity;
 pub mod wire;
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::future::poll_fn;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use dirpool_core::{LinkLoss, ServerAddr};
-use futures::channel::mpsc;
 use futures::future::{Either, select};
 use futures::lock::Mutex;
-use futures::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 
@@ -35,15 +38,27 @@ pub use wire::Envelope;
 use wire::LineReader;
 
 use crate::error::{CloseError, HandshakeError, HandshakeErrorKind};
-use crate::handshake::{Client, Handshake, HandshakeContext, LossSignal};
-use crate::runtime::{BoxedStream, before};
+use crate::handshake::{Client, Handshake, HandshakeContext, LinkSignals, LossSignal, ProbeStatus};
+use crate::runtime::{BoxedStream, Runtime, before};
 
 /// The protocol version we speak.
 pub const PROTOCOL_VERSION: u32 = 5;
 /// The largest line we accept by default (what joinmarket-ng's client takes).
 pub const DEFAULT_MAX_LINE: usize = 2 * 1024 * 1024;
+/// The smallest `max_line` allowed (a handshake reply must fit).
+pub const MIN_MAX_LINE: usize = 1024;
+/// The largest `max_line` allowed.
+pub const MAX_MAX_LINE: usize = 64 * 1024 * 1024;
+/// The largest `inbound_bytes` or `outbound_bytes` allowed.
+pub const MAX_QUEUE_BYTES: usize = 1024 * 1024 * 1024;
+/// The longest `handshake_timeout` or `write_timeout` allowed (a year).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// What each message kept for the user counts against `inbound_bytes` on
+/// top of its line's bytes: its slot in the queue, which never holds more
+/// than four slots per message kept (plus 64 slots when nearly empty).
+pub const MESSAGE_OVERHEAD: usize = 4 * std::mem::size_of::<Envelope>();
 
-/// How we present ourselves to one directory.
+/// How we present ourselves to one directory, and the bounds of the link.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JmConfig {
@@ -58,21 +73,35 @@ pub struct JmConfig {
     pub features: Vec<String>,
     /// Protocol version we announce (5).
     pub protocol_version: u32,
-    /// Longest line we read; longer ones are rejected without buffering
-    /// more than this.
+    /// Longest line we read, in [[`MIN_MAX_LINE`], [`MAX_MAX_LINE`]]; a
+    /// longer one ends the link without more than this being buffered.
     pub max_line: usize,
     /// Bound on the handshake itself (the pool's connection timeout bounds
-    /// the whole dial as well; the earlier wins).
+    /// the whole dial as well; the earlier wins). Non-zero, at most
+    /// [`MAX_TIMEOUT`].
     pub handshake_timeout: Duration,
-    /// Messages kept for the user before the reader waits for them to be
-    /// taken (so memory stays bounded; nothing is dropped).
-    pub queue: usize,
+    /// Bound on writing one line once the link task starts it: a directory
+    /// that stops reading for this long ends the link with
+    /// [`LinkLoss::WriteTimedOut`]. Non-zero, at most [`MAX_TIMEOUT`].
+    pub write_timeout: Duration,
+    /// Bytes of messages kept for the user (each counts its line plus
+    /// [`MESSAGE_OVERHEAD`]). A message that does not fit is dropped and
+    /// counted, and [`DirectoryConnection::recv`] reports the loss as
+    /// [`RecvError::Lagged`]; the reader never waits for the user. At
+    /// least `max_line + MESSAGE_OVERHEAD`, at most [`MAX_QUEUE_BYTES`].
+    pub inbound_bytes: usize,
+    /// Bytes of encoded lines waiting to be written;
+    /// [`DirectoryConnection::send`] waits for room. At least
+    /// [`MAX_SEND_LINE`](wire::MAX_SEND_LINE) (one maximal line), at most
+    /// [`MAX_QUEUE_BYTES`].
+    pub outbound_bytes: usize,
 }
 
 impl JmConfig {
     /// A configuration with every default: not serving, features
     /// `peerlist_features` and `ping`, version 5, 2 MiB lines, 60 s
-    /// handshake timeout.
+    /// handshake timeout, 30 s write timeout, 4 MiB kept for the user and
+    /// 256 KiB waiting to be sent.
     pub fn new(nick: Nick, network: Network) -> Self {
         Self {
             nick,
@@ -82,14 +111,17 @@ impl JmConfig {
             protocol_version: PROTOCOL_VERSION,
             max_line: DEFAULT_MAX_LINE,
             handshake_timeout: Duration::from_secs(60),
-            queue: 1024,
+            write_timeout: Duration::from_secs(30),
+            inbound_bytes: 4 * 1024 * 1024,
+            outbound_bytes: 256 * 1024,
         }
     }
 
-    /// Checks the features and limits.
+    /// Checks the features and every limit.
     ///
     /// # Errors
-    /// [`JmConfigError`] naming what is wrong.
+    /// [`JmConfigError`] naming the first field that is wrong and its
+    /// allowed range.
     pub fn validate(&self) -> Result<(), JmConfigError> {
         for feature in &self.features {
             let known_shape = !feature.is_empty()
@@ -100,12 +132,44 @@ impl JmConfig {
                 return Err(JmConfigError::Feature(feature.clone()));
             }
         }
-        if self.max_line < 1024 {
-            return Err(JmConfigError::MaxLineTooSmall(self.max_line));
-        }
-        if self.queue == 0 || self.handshake_timeout.is_zero() {
-            return Err(JmConfigError::Zero);
-        }
+        let size = |field: &'static str, value: usize, min: usize, max: usize| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(JmConfigError::Size {
+                    field,
+                    value,
+                    min,
+                    max,
+                })
+            }
+        };
+        let timeout = |field: &'static str, value: Duration| {
+            if value.is_zero() || value > MAX_TIMEOUT {
+                Err(JmConfigError::Timeout {
+                    field,
+                    value,
+                    max: MAX_TIMEOUT,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        size("max_line", self.max_line, MIN_MAX_LINE, MAX_MAX_LINE)?;
+        timeout("handshake_timeout", self.handshake_timeout)?;
+        timeout("write_timeout", self.write_timeout)?;
+        size(
+            "inbound_bytes",
+            self.inbound_bytes,
+            self.max_line.saturating_add(MESSAGE_OVERHEAD),
+            MAX_QUEUE_BYTES,
+        )?;
+        size(
+            "outbound_bytes",
+            self.outbound_bytes,
+            wire::MAX_SEND_LINE,
+            MAX_QUEUE_BYTES,
+        )?;
         Ok(())
     }
 }
@@ -117,12 +181,42 @@ pub enum JmConfigError {
     /// Feature names are lower-case letters, digits and `_`.
     #[error("feature name {0:?} is not lower-case letters, digits and '_'")]
     Feature(String),
-    /// `max_line` below 1 KiB.
-    #[error("max_line {0} is too small to hold a handshake reply")]
-    MaxLineTooSmall(usize),
-    /// A zero queue or handshake timeout.
-    #[error("queue and handshake_timeout must be non-zero")]
-    Zero,
+    /// A size outside its range.
+    #[error("{field} is {value} bytes; it must be in {min}..={max}")]
+    Size {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: usize,
+        /// The least allowed.
+        min: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// A zero timeout, or one over [`MAX_TIMEOUT`].
+    #[error("{field} is {value:?}; it must be non-zero and at most {max:?}")]
+    Timeout {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: Duration,
+        /// The most allowed.
+        max: Duration,
+    },
+}
+
+/// Why [`DirectoryConnection::recv`] returned no message.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// This many messages arrived while the inbound queue was full
+    /// (`inbound_bytes`) and were dropped. The link is still up: call
+    /// `recv` again for the messages after them.
+    #[error("{0} messages from the directory were dropped: the inbound queue was full")]
+    Lagged(u64),
+    /// The link is gone and every message kept has been received.
+    #[error("the link to the directory is closed")]
+    Closed,
 }
 
 /// Everything that can go wrong speaking to a directory.
@@ -150,6 +244,15 @@ pub enum JmError {
     /// The reply is another message type.
     #[error("expected a handshake reply (795), got message type {0}")]
     WrongType(u32),
+    /// `accepted: false` because the directory still holds our nick (its
+    /// previous link not yet noticed dead): joinmarket-ng's "Peer nick
+    /// already registered" / "Verified nick already registered". Transient:
+    /// the pool retries after its backoff.
+    #[error("directory still holds our nick from an earlier link: {motd}")]
+    NickInUse {
+        /// The directory's message, cleaned for display.
+        motd: String,
+    },
     /// `accepted: false`.
     #[error("directory rejected our handshake{}", motd_suffix(.motd))]
     Rejected {
@@ -198,9 +301,12 @@ pub enum JmError {
     /// trickles bytes).
     #[error("handshake timed out after {0:?}")]
     TimedOut(Duration),
-    /// The connection is closed.
+    /// The connection is closed (or the link ended).
     #[error("connection closed")]
     Closed,
+    /// The [`JmConfig`] is invalid.
+    #[error("invalid configuration")]
+    Config(#[source] JmConfigError),
     /// Reading or writing failed.
     #[error("I/O error")]
     Io(#[source] io::Error),
@@ -217,6 +323,7 @@ impl JmError {
             Self::Rejected { .. }
             | Self::IncompatibleVersion { .. }
             | Self::WrongNetwork { .. } => HandshakeErrorKind::Rejected,
+            Self::NickInUse { .. } => HandshakeErrorKind::NickInUse,
             Self::Io(e) => HandshakeErrorKind::Io(e.kind()),
             Self::TimedOut(_) => HandshakeErrorKind::TimedOut,
             _ => HandshakeErrorKind::Protocol,
@@ -238,6 +345,15 @@ fn clean(text: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// Whether a rejection's motd is joinmarket-ng's "nick already
+/// registered" (`directory_server/peer_registry.py`, sent as
+/// `"Rejected: Peer nick already registered: <nick>"` or `"Rejected:
+/// Verified nick already registered: <nick>"`).
+fn nick_in_use(motd: &str) -> bool {
+    motd.to_ascii_lowercase()
+        .contains("nick already registered")
 }
 
 /// What the directory told us about itself.
@@ -286,7 +402,12 @@ impl DirectoryInfo {
         match map.get("accepted") {
             None => return Err(JmError::MissingField("accepted")),
             Some(Value::Bool(true)) => {}
-            Some(Value::Bool(false)) => return Err(JmError::Rejected { motd }),
+            Some(Value::Bool(false)) => {
+                return Err(match motd {
+                    Some(motd) if nick_in_use(&motd) => JmError::NickInUse { motd },
+                    motd => JmError::Rejected { motd },
+                });
+            }
             Some(_) => return Err(JmError::WrongFieldType("accepted")),
         }
         let network = string("network")?;
@@ -386,35 +507,49 @@ impl Handshake for JoinMarketHandshake {
         let config = (self.configure)(server);
         config
             .validate()
-            .map_err(|e| HandshakeError::new(HandshakeErrorKind::Protocol, e))?;
+            .map_err(|e| HandshakeError::new(HandshakeErrorKind::Protocol, JmError::Config(e)))?;
         let runtime = context.runtime();
         let timeout = config.handshake_timeout;
-        let own_deadline = runtime.now() + timeout;
-        let exchange = DirectoryConnection::open(stream, config);
-        if own_deadline >= context.deadline() {
+        let own_deadline = runtime.now().checked_add(timeout);
+        let exchange = DirectoryConnection::open(context, stream, config);
+        match own_deadline {
+            Some(own_deadline) if own_deadline < context.deadline() => {
+                match before(runtime.sleep_until(own_deadline), exchange).await {
+                    Some(result) => Ok(result?),
+                    None => Err(JmError::TimedOut(timeout).into()),
+                }
+            }
             // The dial's deadline comes first; whoever set it enforces it
             // (and reports its own timeout, not ours).
-            return Ok(exchange.await?);
-        }
-        match before(runtime.sleep_until(own_deadline), exchange).await {
-            Some(result) => Ok(result?),
-            None => Err(JmError::TimedOut(timeout).into()),
+            _ => Ok(exchange.await?),
         }
     }
 }
 
 /// A connection to a directory after a successful handshake.
 ///
-/// Its reader runs while [`Client::closed`] is awaited: the pool does that
-/// for registered connections; for one from `connect_to_directory`, spawn
-/// `closed()` yourself, or PINGs go unanswered and nothing is received.
+/// Its link task is [`Client::closed`]: while that future is polled it
+/// reads every line (answering PINGs, reporting signs of life and probe
+/// answers, keeping messages for [`recv`](Self::recv)) and writes what
+/// [`send`](Self::send) and [`probe`](Client::probe) queued. The pool polls
+/// it for registered connections; for one you opened yourself, spawn
+/// `closed()`, or nothing is read or written.
+///
+/// Memory per link is bounded: `inbound_bytes` of kept messages, one line
+/// being read (`max_line` + 2 bytes) and `outbound_bytes` waiting to be
+/// written.
 pub struct DirectoryConnection {
     info: DirectoryInfo,
     answers_ping: bool,
+    probe_supported: bool,
+    inbound_bytes: usize,
+    outbound_bytes: usize,
+    write_timeout: Duration,
+    runtime: Arc<dyn Runtime>,
+    signals: LinkSignals,
+    link: StdMutex<Link>,
     reader: Mutex<LineReader<ReadHalf<BoxedStream>>>,
     writer: Mutex<WriteHalf<BoxedStream>>,
-    incoming_tx: mpsc::Sender<Envelope>,
-    incoming_rx: Mutex<mpsc::Receiver<Envelope>>,
     loss: LossSignal,
 }
 
@@ -427,12 +562,82 @@ impl fmt::Debug for DirectoryConnection {
     }
 }
 
+/// The queues between the user and the link task.
+#[derive(Debug, Default)]
+struct Link {
+    inbound: VecDeque<Envelope>,
+    /// What `inbound` counts against `inbound_bytes`.
+    inbound_held: usize,
+    /// Messages dropped since the user last heard of it.
+    lagged: u64,
+    outbound: VecDeque<Vec<u8>>,
+    /// Bytes queued or being written.
+    outbound_held: usize,
+    /// PINGs received and not answered yet.
+    pongs_owed: u64,
+    /// A probe asked for and not written yet.
+    ping_owed: bool,
+    ended: bool,
+    /// What the line reader held after its last line.
+    reader_held: usize,
+    receivers: Wakers,
+    senders: Wakers,
+    writer: Option<Waker>,
+}
+
+/// Tasks waiting for a change.
+#[derive(Debug, Default)]
+struct Wakers(Vec<Waker>);
+
+impl Wakers {
+    fn register(&mut self, waker: &Waker) {
+        if !self.0.iter().any(|w| w.will_wake(waker)) {
+            self.0.push(waker.clone());
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for waker in self.0.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// What a kept message counts against `inbound_bytes`.
+fn cost(envelope: &Envelope) -> usize {
+    envelope.line.capacity().saturating_add(MESSAGE_OVERHEAD)
+}
+
+/// A line the writer took from the queues.
+enum Outgoing {
+    /// A PONG or PING (not counted against `outbound_bytes`).
+    Control(Vec<u8>),
+    /// A line from `send`.
+    User(Vec<u8>),
+}
+
+/// The encoded bytes of an empty message of `kind`.
+fn control_line(kind: u32) -> Vec<u8> {
+    format!("{{\"type\":{kind},\"line\":\"\"}}\r\n").into_bytes()
+}
+
 impl DirectoryConnection {
-    /// Runs the handshake on `stream` (not bounded in time: the caller is).
+    /// Runs the handshake on `stream` (not bounded in time: the caller is;
+    /// [`JoinMarketHandshake`] bounds it by `handshake_timeout`). The
+    /// connection uses `context`'s runtime for write deadlines and reports
+    /// through its signals.
+    ///
+    /// Not cancel-safe: dropping it drops the stream.
     ///
     /// # Errors
-    /// [`JmError`] saying what went wrong.
-    pub async fn open(stream: BoxedStream, config: JmConfig) -> Result<Self, JmError> {
+    /// [`JmError`] saying what went wrong ([`JmError::Config`] for an
+    /// invalid `config`).
+    pub async fn open(
+        context: &HandshakeContext,
+        stream: BoxedStream,
+        config: JmConfig,
+    ) -> Result<Self, JmError> {
+        config.validate().map_err(JmError::Config)?;
         let (read, mut write) = tokio::io::split(stream);
         let features: Map<String, Value> = config
             .features
@@ -462,14 +667,18 @@ impl DirectoryConnection {
             return Err(JmError::WrongType(reply.kind));
         }
         let info = DirectoryInfo::from_reply(&reply.line, &config)?;
-        let (incoming_tx, incoming_rx) = mpsc::channel(config.queue);
         Ok(Self {
-            info,
             answers_ping: config.features.iter().any(|f| f == "ping"),
+            probe_supported: info.features.iter().any(|f| f == "ping"),
+            info,
+            inbound_bytes: config.inbound_bytes,
+            outbound_bytes: config.outbound_bytes,
+            write_timeout: config.write_timeout,
+            runtime: Arc::clone(context.runtime()),
+            signals: context.signals().clone(),
+            link: StdMutex::new(Link::default()),
             reader: Mutex::new(reader),
             writer: Mutex::new(write),
-            incoming_tx,
-            incoming_rx: Mutex::new(incoming_rx),
             loss: LossSignal::new(),
         })
     }
@@ -479,78 +688,260 @@ impl DirectoryConnection {
         &self.info
     }
 
-    /// Sends a message.
+    fn link(&self) -> MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a message for the link task to write, waiting while the
+    /// outbound queue (`outbound_bytes`) has no room for it.
+    ///
+    /// Cancel-safe: the line is queued whole or not at all, so a dropped
+    /// `send` either sent the message or left no trace. It never waits for
+    /// ever: once the link ends (a write past `write_timeout` ends it) it
+    /// returns [`JmError::Closed`]. Lines still queued when the link ends
+    /// are not written.
     ///
     /// # Errors
-    /// [`JmError::SendTooLong`] over 40,000 bytes (never sent),
-    /// [`JmError::Closed`] after a close, or an I/O error.
+    /// [`JmError::SendTooLong`] when the encoded line with its `\r\n` is
+    /// over [`MAX_SEND_LINE`](wire::MAX_SEND_LINE) (never sent);
+    /// [`JmError::Closed`] once the link has ended.
     pub async fn send(&self, envelope: &Envelope) -> Result<(), JmError> {
         let bytes = envelope.encode()?;
-        if self.loss.is_fired() {
-            return Err(JmError::Closed);
-        }
-        let mut writer = self.writer.lock().await;
-        writer.write_all(&bytes).await.map_err(JmError::Io)?;
-        writer.flush().await.map_err(JmError::Io)
-    }
-
-    /// The next message from the directory (PINGs excluded when answered
-    /// automatically); `None` once the link is gone and every message kept
-    /// has been taken.
-    pub async fn recv(&self) -> Option<Envelope> {
-        self.incoming_rx.lock().await.next().await
-    }
-
-    /// Reads until the link ends: answers PINGs, queues the rest.
-    async fn read_loop(&self) -> LinkLoss {
-        let mut reader = self.reader.lock().await;
-        let mut queue = self.incoming_tx.clone();
-        let loss = loop {
-            let envelope = match reader.next_line().await {
-                Ok(Some(line)) => match Envelope::parse(&line) {
-                    Ok(envelope) => envelope,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "directory broke the protocol");
-                        break LinkLoss::Protocol;
-                    }
-                },
-                Ok(None) => break LinkLoss::ClosedByPeer,
-                Err(JmError::Io(e)) => break LinkLoss::Io(e.kind()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "directory broke the protocol");
-                    break LinkLoss::Protocol;
-                }
-            };
-            if envelope.kind == wire::PING && self.answers_ping {
-                tracing::trace!("PING answered");
-                if self.send(&Envelope::new(wire::PONG, "")).await.is_err() {
-                    break LinkLoss::ClosedByPeer;
-                }
-            } else if queue.send(envelope).await.is_err() {
-                // The connection is being dropped; stop reading.
-                break LinkLoss::ClosedByPeer;
+        let len = bytes.len();
+        let mut bytes = Some(bytes);
+        poll_fn(|cx| {
+            let mut link = self.link();
+            if link.ended {
+                return Poll::Ready(Err(JmError::Closed));
             }
-        };
-        // Whatever is queued stays readable; recv() ends after it.
-        self.incoming_tx.clone().close_channel();
-        self.loss.fire(loss);
-        loss
+            if link.outbound_held.saturating_add(len) > self.outbound_bytes {
+                link.senders.register(cx.waker());
+                return Poll::Pending;
+            }
+            if let Some(bytes) = bytes.take() {
+                link.outbound_held = link.outbound_held.saturating_add(len);
+                link.outbound.push_back(bytes);
+                if let Some(writer) = link.writer.take() {
+                    writer.wake();
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
     }
-}
 
-impl Client for DirectoryConnection {
-    async fn closed(&self) -> LinkLoss {
-        let read = std::pin::pin!(self.read_loop());
-        match select(self.loss.wait(), read).await {
+    /// The next message from the directory (PINGs answered by the link,
+    /// PONGs and DISCONNECT excluded).
+    ///
+    /// Cancel-safe: a message is taken only when it is returned. Works
+    /// while [`Client::closed`] runs on another task (it must run for
+    /// messages to arrive).
+    ///
+    /// # Errors
+    /// [`RecvError::Lagged`] first if messages were dropped because the
+    /// inbound queue was full (the next call goes on with the messages
+    /// kept); [`RecvError::Closed`] once the link is gone and every message
+    /// kept has been received.
+    pub async fn recv(&self) -> Result<Envelope, RecvError> {
+        poll_fn(|cx| {
+            let mut link = self.link();
+            if link.lagged > 0 {
+                let lagged = std::mem::take(&mut link.lagged);
+                return Poll::Ready(Err(RecvError::Lagged(lagged)));
+            }
+            if let Some(envelope) = link.inbound.pop_front() {
+                link.inbound_held = link.inbound_held.saturating_sub(cost(&envelope));
+                // Keep the slots within MESSAGE_OVERHEAD per message.
+                let (len, capacity) = (link.inbound.len(), link.inbound.capacity());
+                if capacity > 64 && len < capacity / 4 {
+                    link.inbound.shrink_to(len.saturating_mul(2).max(64));
+                }
+                return Poll::Ready(Ok(envelope));
+            }
+            if link.ended {
+                return Poll::Ready(Err(RecvError::Closed));
+            }
+            link.receivers.register(cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Ends the link (the first loss counts) and wakes every waiter.
+    fn end(&self, loss: LinkLoss) {
+        self.loss.fire(loss);
+        let mut link = self.link();
+        link.ended = true;
+        link.receivers.wake_all();
+        link.senders.wake_all();
+        if let Some(writer) = link.writer.take() {
+            writer.wake();
+        }
+    }
+
+    /// Reads and writes until the link ends.
+    async fn run(&self) -> LinkLoss {
+        let mut reader = self.reader.lock().await;
+        let reading = std::pin::pin!(self.read_loop(&mut reader));
+        let writing = std::pin::pin!(self.write_loop());
+        match select(reading, writing).await {
             Either::Left((loss, _)) | Either::Right((loss, _)) => loss,
         }
     }
 
+    /// Reads every line: answers PINGs, reports signs of life and probe
+    /// answers, keeps the rest for the user (or counts them as dropped).
+    async fn read_loop(&self, reader: &mut LineReader<ReadHalf<BoxedStream>>) -> LinkLoss {
+        loop {
+            let line = match reader.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => return LinkLoss::ClosedByPeer,
+                Err(JmError::Io(e)) => return LinkLoss::Io(e.kind()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "directory broke the protocol");
+                    return LinkLoss::Protocol;
+                }
+            };
+            self.signals.alive();
+            let envelope = match Envelope::parse(&line) {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    tracing::warn!(error = %e, "directory broke the protocol");
+                    return LinkLoss::Protocol;
+                }
+            };
+            drop(line);
+            let mut link = self.link();
+            link.reader_held = reader.held_capacity();
+            match envelope.kind {
+                wire::PING if self.answers_ping => {
+                    tracing::trace!("PING received");
+                    link.pongs_owed = link.pongs_owed.saturating_add(1);
+                    if let Some(writer) = link.writer.take() {
+                        writer.wake();
+                    }
+                }
+                wire::PONG => {
+                    drop(link);
+                    self.signals.probe_answered();
+                }
+                wire::DISCONNECT => return LinkLoss::DisconnectedByPeer,
+                _ => {
+                    let cost = cost(&envelope);
+                    let held = link.inbound_held.saturating_add(cost);
+                    if held > self.inbound_bytes {
+                        link.lagged = link.lagged.saturating_add(1);
+                        if link.lagged == 1 {
+                            tracing::debug!("inbound queue full: dropping messages");
+                        }
+                    } else {
+                        link.inbound_held = held;
+                        link.inbound.push_back(envelope);
+                    }
+                    link.receivers.wake_all();
+                }
+            }
+        }
+    }
+
+    /// Writes queued lines, PONGs and PINGs first, each within
+    /// `write_timeout`.
+    async fn write_loop(&self) -> LinkLoss {
+        loop {
+            let next = poll_fn(|cx| {
+                let mut link = self.link();
+                if link.pongs_owed > 0 {
+                    link.pongs_owed -= 1;
+                    return Poll::Ready(Outgoing::Control(control_line(wire::PONG)));
+                }
+                if std::mem::take(&mut link.ping_owed) {
+                    return Poll::Ready(Outgoing::Control(control_line(wire::PING)));
+                }
+                if let Some(line) = link.outbound.pop_front() {
+                    return Poll::Ready(Outgoing::User(line));
+                }
+                link.writer = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            let bytes = match &next {
+                Outgoing::Control(bytes) | Outgoing::User(bytes) => bytes,
+            };
+            let write = async {
+                let mut writer = self.writer.lock().await;
+                writer.write_all(bytes).await?;
+                writer.flush().await
+            };
+            let written = match self.runtime.now().checked_add(self.write_timeout) {
+                Some(deadline) => before(self.runtime.sleep_until(deadline), write).await,
+                None => Some(write.await),
+            };
+            match written {
+                None => {
+                    tracing::warn!(timeout = ?self.write_timeout, "directory stopped reading");
+                    return LinkLoss::WriteTimedOut;
+                }
+                Some(Err(e)) => return LinkLoss::Io(e.kind()),
+                Some(Ok(())) => {}
+            }
+            if let Outgoing::User(bytes) = next {
+                let mut link = self.link();
+                link.outbound_held = link.outbound_held.saturating_sub(bytes.len());
+                link.senders.wake_all();
+            }
+        }
+    }
+
+    /// Bytes held for this link: kept messages (lines and queue slots),
+    /// the line reader's buffer, and lines waiting to be written.
+    #[cfg(test)]
+    fn held_bytes(&self) -> (usize, usize, usize) {
+        let link = self.link();
+        let lines: usize = link.inbound.iter().map(|e| e.line.capacity()).sum();
+        let slots = link.inbound.capacity() * std::mem::size_of::<Envelope>();
+        (lines + slots, link.reader_held, link.outbound_held)
+    }
+}
+
+impl Client for DirectoryConnection {
+    /// The link task: reads and writes until the link ends, then says why.
+    /// Polling it from several tasks is allowed (one runs the link, the
+    /// others wait for its end). Cancel-safe: dropping it pauses the link
+    /// (nothing queued is lost; a line being written may be cut short, so
+    /// do not resume after dropping it mid-write).
+    async fn closed(&self) -> LinkLoss {
+        let run = std::pin::pin!(self.run());
+        match select(self.loss.wait(), run).await {
+            Either::Left((loss, _)) | Either::Right((loss, _)) => self.end(loss),
+        }
+        self.loss.wait().await
+    }
+
+    /// Ends the link ([`LinkLoss::ClosedByPeer`]; queued lines are not
+    /// written, kept messages stay readable) and shuts the stream down.
     async fn close(&self) -> Result<(), CloseError> {
-        self.loss.fire(LinkLoss::ClosedByPeer);
-        self.incoming_tx.clone().close_channel();
+        self.end(LinkLoss::ClosedByPeer);
         self.writer.lock().await.shutdown().await?;
         Ok(())
+    }
+
+    /// Queues one PING (798) if the directory advertised `ping` in its
+    /// handshake reply (joinmarket-ng and joinmarket-rs do, and answer with
+    /// PONG 799, reported through the signals; the reference does not);
+    /// PINGs asked for before the link task writes one are sent once.
+    fn probe(&self) -> ProbeStatus {
+        let mut link = self.link();
+        if link.ended {
+            ProbeStatus::Closed
+        } else if !self.probe_supported {
+            ProbeStatus::Unsupported
+        } else {
+            link.ping_owed = true;
+            if let Some(writer) = link.writer.take() {
+                writer.wake();
+            }
+            ProbeStatus::Sent
+        }
     }
 }
 
@@ -560,6 +951,7 @@ mod tests {
 
     use super::*;
     use crate::runtime::TokioRuntime;
+    use futures::StreamExt;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     const REFERENCE_REPLY: &str = r#"{"app-name": "joinmarket", "directory": true, "location-string": "x.onion:5222", "proto-ver": 5, "features": {}, "accepted": true, "nick": "J5dirNickQRSOOOO", "network": "regtest"}"#;
@@ -567,6 +959,11 @@ mod tests {
 
     fn config() -> JmConfig {
         JmConfig::new(Nick::parse("J5xhGSWE7VrxM7sO").unwrap(), Network::Regtest)
+    }
+
+    fn context() -> HandshakeContext {
+        let runtime: Arc<dyn crate::Runtime> = Arc::new(TokioRuntime::current());
+        HandshakeContext::new(runtime, Instant::now() + Duration::from_secs(3600))
     }
 
     fn envelope_line(kind: u32, line: &str) -> Vec<u8> {
@@ -612,7 +1009,7 @@ mod tests {
     ) {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         let server = tokio::spawn(directory(theirs, chunks, Duration::ZERO, keep_open));
-        let result = DirectoryConnection::open(Box::pin(ours), config).await;
+        let result = DirectoryConnection::open(&context(), Box::pin(ours), config).await;
         let (sent, side) = server.await.unwrap();
         (result, sent, side)
     }
@@ -790,7 +1187,7 @@ mod tests {
             let _ = theirs.write_all(&[b'x'; 60_000]).await;
             theirs
         });
-        let error = DirectoryConnection::open(Box::pin(ours), config)
+        let error = DirectoryConnection::open(&context(), Box::pin(ours), config)
             .await
             .unwrap_err();
         assert!(
@@ -816,15 +1213,15 @@ mod tests {
         assert_eq!(connection.closed().await, LinkLoss::ClosedByPeer);
         assert_eq!(
             connection.recv().await,
-            Some(Envelope::new(789, "J5peerNickOOOOOO;x.onion:5222"))
+            Ok(Envelope::new(789, "J5peerNickOOOOOO;x.onion:5222"))
         );
         assert_eq!(
             connection.recv().await,
-            Some(Envelope::new(687, "!orderbook"))
+            Ok(Envelope::new(687, "!orderbook"))
         );
         assert_eq!(
             connection.recv().await,
-            None,
+            Err(RecvError::Closed),
             "ends after the kept messages"
         );
     }
@@ -897,7 +1294,373 @@ mod tests {
         c.max_line = 10;
         assert!(matches!(
             c.validate(),
-            Err(JmConfigError::MaxLineTooSmall(10))
+            Err(JmConfigError::Size {
+                field: "max_line",
+                value: 10,
+                ..
+            })
         ));
+    }
+
+    /// Signals that arrive on a channel the test reads, and a real attempt
+    /// id to stamp them with.
+    fn watched_signals() -> (
+        LinkSignals,
+        futures::channel::mpsc::UnboundedReceiver<crate::handshake::LinkSignal>,
+    ) {
+        use dirpool_core::{Entropy, IsolationToken, Output, PoolConfig, PoolState as Pool};
+        let config = PoolConfig::new(["127.0.0.1"]);
+        let entropy = Entropy {
+            isolation_token: IsolationToken::from_bytes([7; 16]),
+            jitter_seed: 1,
+        };
+        let mut pool = Pool::new(config, entropy).unwrap();
+        pool.connect_all_parallel(Instant::now());
+        let attempt = std::iter::from_fn(|| pool.poll_output())
+            .find_map(|o| match o {
+                Output::Dial(d) => Some(d.attempt),
+                _ => None,
+            })
+            .unwrap();
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        (LinkSignals::new(attempt, tx), rx)
+    }
+
+    /// A connection over a duplex of `buffer` bytes to a directory that
+    /// replied `reply`, with `signals`; the directory's end is returned.
+    async fn link(
+        reply: &str,
+        config: JmConfig,
+        buffer: usize,
+        signals: LinkSignals,
+    ) -> (Arc<DirectoryConnection>, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(buffer);
+        let server = tokio::spawn(directory(
+            theirs,
+            vec![envelope_line(795, reply)],
+            Duration::ZERO,
+            true,
+        ));
+        let context = context().with_signals(signals);
+        let connection = DirectoryConnection::open(&context, Box::pin(ours), config)
+            .await
+            .unwrap();
+        let (_, side) = server.await.unwrap();
+        (Arc::new(connection), side.unwrap())
+    }
+
+    fn spawn_link(connection: &Arc<DirectoryConnection>) -> tokio::task::JoinHandle<LinkLoss> {
+        let c = Arc::clone(connection);
+        tokio::spawn(async move { c.closed().await })
+    }
+
+    /// Reads one `\n`-terminated line from the directory's end.
+    async fn read_line(side: &mut DuplexStream) -> Envelope {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while side.read(&mut byte).await.unwrap() == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        assert_eq!(line.pop(), Some(b'\r'), "\\r\\n framing");
+        Envelope::parse(std::str::from_utf8(&line).unwrap()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_link_answers_ping_798_reports_life_and_probe_answers_and_ends_on_disconnect() {
+        let (signals, mut seen) = watched_signals();
+        let (connection, mut side) = link(RANGE_REPLY, config(), 1 << 16, signals).await;
+        let task = spawn_link(&connection);
+        side.write_all(&envelope_line(wire::PING, ""))
+            .await
+            .unwrap();
+        assert_eq!(read_line(&mut side).await, Envelope::new(wire::PONG, ""));
+        assert_eq!(seen.next().await.map(|s| s.take().1), Some(false), "alive");
+        // 797 is not a PING (the reference's local connect-in): the user's.
+        side.write_all(&envelope_line(797, "")).await.unwrap();
+        assert_eq!(connection.recv().await, Ok(Envelope::new(797, "")));
+
+        assert_eq!(connection.probe(), ProbeStatus::Sent);
+        assert_eq!(read_line(&mut side).await, Envelope::new(wire::PING, ""));
+        side.write_all(&envelope_line(wire::PONG, ""))
+            .await
+            .unwrap();
+        side.write_all(&envelope_line(wire::PUBMSG, "after"))
+            .await
+            .unwrap();
+        assert_eq!(
+            connection.recv().await,
+            Ok(Envelope::new(wire::PUBMSG, "after")),
+            "the PONG is not the user's"
+        );
+        let mut answered = false;
+        while let Ok(signal) = seen.try_recv() {
+            answered |= signal.take().1;
+        }
+        assert!(answered, "the PONG was reported as the probe's answer");
+
+        side.write_all(&envelope_line(wire::DISCONNECT, ""))
+            .await
+            .unwrap();
+        assert_eq!(task.await.unwrap(), LinkLoss::DisconnectedByPeer);
+        assert_eq!(connection.probe(), ProbeStatus::Closed);
+        assert_eq!(connection.recv().await, Err(RecvError::Closed));
+        assert!(matches!(
+            connection.send(&Envelope::new(wire::PUBMSG, "late")).await,
+            Err(JmError::Closed)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_directory_without_ping_is_not_probed() {
+        let (connection, _side) =
+            link(REFERENCE_REPLY, config(), 1 << 16, LinkSignals::detached()).await;
+        assert_eq!(connection.probe(), ProbeStatus::Unsupported);
+        connection.close().await.unwrap();
+        assert_eq!(connection.probe(), ProbeStatus::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pongs_go_ahead_of_queued_user_lines() {
+        let (connection, mut side) =
+            link(RANGE_REPLY, config(), 1024, LinkSignals::detached()).await;
+        let task = spawn_link(&connection);
+        // Each line is longer than the pipe: the first is being written
+        // (blocked) when the PING comes; the others wait in the queue.
+        let payload = |i: usize| format!("{i}{}", "z".repeat(2000));
+        for i in 0..3 {
+            connection
+                .send(&Envelope::new(wire::PUBMSG, payload(i)))
+                .await
+                .unwrap();
+        }
+        tokio::task::yield_now().await;
+        side.write_all(&envelope_line(wire::PING, ""))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(read_line(&mut side).await);
+        }
+        let order: Vec<(u32, Option<char>)> = got
+            .iter()
+            .map(|e| (e.kind, e.line.chars().next()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (wire::PUBMSG, Some('0')),
+                (wire::PONG, None),
+                (wire::PUBMSG, Some('1')),
+                (wire::PUBMSG, Some('2'))
+            ]
+        );
+        assert_eq!(got[2], Envelope::new(wire::PUBMSG, payload(1)));
+        connection.close().await.unwrap();
+        assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_directory_that_stops_reading_ends_the_link_at_the_write_deadline() {
+        let (connection, _side) = link(RANGE_REPLY, config(), 1024, LinkSignals::detached()).await;
+        let started = tokio::time::Instant::now();
+        let task = spawn_link(&connection);
+        let sender = tokio::spawn({
+            let c = Arc::clone(&connection);
+            async move {
+                let line = Envelope::new(wire::PUBMSG, "w".repeat(10_000));
+                loop {
+                    if let Err(e) = c.send(&line).await {
+                        return e;
+                    }
+                }
+            }
+        });
+        assert_eq!(task.await.unwrap(), LinkLoss::WriteTimedOut);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
+            "{waited:?}"
+        );
+        assert!(matches!(sender.await.unwrap(), JmError::Closed));
+        let (_, _, outbound) = connection.held_bytes();
+        assert!(outbound <= config().outbound_bytes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_send_queues_all_or_nothing_and_a_dropped_recv_loses_nothing() {
+        use futures::FutureExt;
+        let mut config = config();
+        config.outbound_bytes = wire::MAX_SEND_LINE;
+        let (connection, mut side) =
+            link(RANGE_REPLY, config, 1 << 17, LinkSignals::detached()).await;
+        let big = |c: char| Envelope::new(wire::PUBMSG, c.to_string().repeat(30_000));
+        // No link task yet: the first line fills the queue, the second waits.
+        connection.send(&big('a')).await.unwrap();
+        assert!(connection.send(&big('b')).now_or_never().is_none());
+        assert!(connection.recv().now_or_never().is_none());
+        let task = spawn_link(&connection);
+        connection.send(&big('c')).await.unwrap();
+        assert_eq!(read_line(&mut side).await, big('a'));
+        assert_eq!(
+            read_line(&mut side).await,
+            big('c'),
+            "nothing of b was sent"
+        );
+        side.write_all(&envelope_line(wire::PUBMSG, "kept"))
+            .await
+            .unwrap();
+        assert_eq!(
+            connection.recv().await,
+            Ok(Envelope::new(wire::PUBMSG, "kept"))
+        );
+        connection.close().await.unwrap();
+        assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
+    }
+
+    /// A directory floods lines near `max_line` while the user never
+    /// receives: the link holds at most the inbound bound, one line buffer
+    /// and the outbound bound; PINGs are answered throughout; the user then
+    /// hears of the exact number dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_stays_within_the_memory_bound_and_is_reported_as_lag() {
+        let mut config = config();
+        config.max_line = 16 * 1024;
+        config.inbound_bytes = 64 * 1024;
+        let (inbound, outbound, max_line) =
+            (config.inbound_bytes, config.outbound_bytes, config.max_line);
+        let (connection, mut side) =
+            link(RANGE_REPLY, config, 1 << 16, LinkSignals::detached()).await;
+        let task = spawn_link(&connection);
+        let payload_len = max_line - 64;
+        const LINES: usize = 300;
+        let mut pings = 0;
+        let mut most = (0, 0, 0);
+        for i in 0..LINES {
+            let payload = format!("{i:05}{}", "f".repeat(payload_len - 5));
+            side.write_all(&envelope_line(wire::PUBMSG, &payload))
+                .await
+                .unwrap();
+            if i % 25 == 0 {
+                side.write_all(&envelope_line(wire::PING, ""))
+                    .await
+                    .unwrap();
+                pings += 1;
+            }
+            let held = connection.held_bytes();
+            most = (most.0.max(held.0), most.1.max(held.1), most.2.max(held.2));
+        }
+        // PINGs answered during the flood, in order; the last proves every
+        // line before it was read.
+        for _ in 0..pings {
+            assert_eq!(read_line(&mut side).await, Envelope::new(wire::PONG, ""));
+        }
+        let held = connection.held_bytes();
+        most = (most.0.max(held.0), most.1.max(held.1), most.2.max(held.2));
+        let slack = 64 * std::mem::size_of::<Envelope>();
+        assert!(most.0 <= inbound + slack, "inbound {most:?}");
+        assert!(most.1 <= max_line + 2, "line buffer {most:?}");
+        assert!(most.2 <= outbound, "outbound {most:?}");
+        assert!(most.0 > inbound / 2, "the queue did fill: {most:?}");
+
+        let kept = inbound / (payload_len + MESSAGE_OVERHEAD);
+        let dropped = u64::try_from(LINES - kept).unwrap();
+        assert_eq!(connection.recv().await, Err(RecvError::Lagged(dropped)));
+        for i in 0..kept {
+            let envelope = connection.recv().await.unwrap();
+            assert!(envelope.line.starts_with(&format!("{i:05}")), "in order");
+        }
+        assert!(
+            futures::FutureExt::now_or_never(connection.recv()).is_none(),
+            "nothing more, and the link is up"
+        );
+        assert!(!task.is_finished());
+        side.write_all(&envelope_line(wire::PUBMSG, "after"))
+            .await
+            .unwrap();
+        assert_eq!(
+            connection.recv().await,
+            Ok(Envelope::new(wire::PUBMSG, "after"))
+        );
+        drop(side);
+        assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
+    }
+
+    #[tokio::test]
+    async fn a_nick_still_registered_is_nick_in_use() {
+        for motd in [
+            "Rejected: Peer nick already registered: J5xhGSWE7VrxM7sO",
+            "Rejected: Verified nick already registered: J5xhGSWE7VrxM7sO",
+        ] {
+            let reply = json!({"accepted": false, "nick": "J5dirNickQRSOOOO", "network": "regtest", "proto-ver": 5, "motd": motd});
+            let error = open_err(vec![envelope_line(795, &reply.to_string())]).await;
+            assert!(
+                matches!(&error, JmError::NickInUse { motd: m } if m == motd),
+                "{error:?}"
+            );
+            assert_eq!(error.kind(), HandshakeErrorKind::NickInUse);
+            assert_eq!(
+                HandshakeError::from(error).kind(),
+                HandshakeErrorKind::NickInUse
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn extreme_config_values_are_typed_errors_never_panics() {
+        type Edit = fn(&mut JmConfig);
+        let cases: [(Edit, &str); 12] = [
+            (|c| c.max_line = usize::MAX, "max_line"),
+            (|c| c.max_line = 0, "max_line"),
+            (|c| c.handshake_timeout = Duration::MAX, "handshake_timeout"),
+            (
+                |c| c.handshake_timeout = Duration::ZERO,
+                "handshake_timeout",
+            ),
+            (|c| c.write_timeout = Duration::MAX, "write_timeout"),
+            (|c| c.write_timeout = Duration::ZERO, "write_timeout"),
+            (|c| c.inbound_bytes = usize::MAX, "inbound_bytes"),
+            (|c| c.inbound_bytes = c.max_line, "inbound_bytes"),
+            (|c| c.outbound_bytes = usize::MAX, "outbound_bytes"),
+            (
+                |c| c.outbound_bytes = wire::MAX_SEND_LINE - 1,
+                "outbound_bytes",
+            ),
+            (
+                |c| {
+                    c.max_line = MAX_MAX_LINE;
+                    c.inbound_bytes = MAX_MAX_LINE;
+                },
+                "inbound_bytes",
+            ),
+            (|c| c.outbound_bytes = 0, "outbound_bytes"),
+        ];
+        for (edit, field) in cases {
+            let mut c = config();
+            edit(&mut c);
+            let error = c.validate().unwrap_err();
+            let named = match &error {
+                JmConfigError::Size { field, .. } | JmConfigError::Timeout { field, .. } => *field,
+                JmConfigError::Feature(_) => "feature",
+            };
+            assert_eq!(named, field, "{error}");
+            assert!(JoinMarketHandshake::new(c.clone()).is_err());
+            // Per server, the dial fails with a typed error, at once.
+            let handshake = JoinMarketHandshake::per_server(move |_| c.clone());
+            let (ours, _theirs) = tokio::io::duplex(1024);
+            let server_addr = ServerAddr::parse("127.0.0.1").unwrap();
+            let error = handshake
+                .handshake(&context(), &server_addr, Box::pin(ours))
+                .await
+                .unwrap_err();
+            assert_eq!(error.kind(), HandshakeErrorKind::Protocol);
+        }
+        let mut c = config();
+        c.max_line = MAX_MAX_LINE;
+        c.inbound_bytes = MAX_QUEUE_BYTES;
+        c.outbound_bytes = MAX_QUEUE_BYTES;
+        c.handshake_timeout = MAX_TIMEOUT;
+        c.write_timeout = MAX_TIMEOUT;
+        assert_eq!(c.validate(), Ok(()), "the limits themselves are allowed");
     }
 }

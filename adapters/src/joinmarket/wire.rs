@@ -17,15 +17,29 @@ pub const GET_PEERLIST: u32 = 791;
 pub const PRIVMSG: u32 = 685;
 /// Public message.
 pub const PUBMSG: u32 = 687;
-/// Ping. (797 in both joinmarket-clientserver and joinmarket-ng; an
-/// earlier note of ours said 798, which neither uses.)
-pub const PING: u32 = 797;
-/// Pong.
+/// Ping: 798, as in joinmarket-ng (`jmcore/src/jmcore/protocol.py`,
+/// `MessageType.PING`) and joinmarket-rs
+/// (`crates/joinmarket-core/src/message.rs`). JMP-0004 moved it there from
+/// 797 because the reference joinmarket-clientserver
+/// (`src/jmdaemon/onionmc.py`) uses 797 for its local control type
+/// `connect-in`: it lists `"ping": 797` but never sends a PING, and ignores
+/// 798 as an unknown type.
+pub const PING: u32 = 798;
+/// Pong: 799 in all three. The reference never sends it and closes the
+/// link (`assert False`) if it receives one, so it is sent only to answer
+/// a PING.
 pub const PONG: u32 = 799;
-/// Disconnect.
+/// Disconnect: 801 in all three (the reference closes on receiving one).
 pub const DISCONNECT: u32 = 801;
 
-/// Reference directories drop a line over 40,000 bytes: never send more.
+/// The longest line we send, its `\r\n` terminator included.
+///
+/// joinmarket-rs's directory (`crates/joinmarket-dn/src/peer.rs`,
+/// `MAX_LINE_LEN = 40_000` in `read_line_bounded`) refuses a line whose
+/// bytes up to and including its `\n` exceed 40,000; the reference's
+/// Twisted `LineReceiver` (`MAX_LENGTH = 40000`) refuses one whose text
+/// without the delimiter exceeds 40,000. Counting the terminator satisfies
+/// both.
 pub const MAX_SEND_LINE: usize = 40_000;
 
 /// One message on the wire.
@@ -71,19 +85,20 @@ impl Envelope {
         Ok(Self { kind, line })
     }
 
-    /// The bytes to send, terminator included.
+    /// The bytes to send, `\r\n` terminator included.
     ///
     /// # Errors
-    /// [`JmError::SendTooLong`] past [`MAX_SEND_LINE`].
+    /// [`JmError::SendTooLong`] when the bytes, terminator included, would
+    /// exceed [`MAX_SEND_LINE`].
     pub fn encode(&self) -> Result<Vec<u8>, JmError> {
         let mut text = serde_json::json!({ "type": self.kind, "line": self.line }).to_string();
+        text.push_str("\r\n");
         if text.len() > MAX_SEND_LINE {
             return Err(JmError::SendTooLong {
                 len: text.len(),
                 limit: MAX_SEND_LINE,
             });
         }
-        text.push_str("\r\n");
         Ok(text.into_bytes())
     }
 }
@@ -112,12 +127,11 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 
     /// Bytes of memory the reader holds for unfinished lines.
-    #[cfg(feature = "fuzzing")]
     pub(crate) fn held_capacity(&self) -> usize {
         self.buf.capacity()
     }
 
-    /// The next line, or `None` at a clean end of stream.
+    /// The next line, or `None` at a clean end of stream. Cancel-safe.
     pub(crate) async fn next_line(&mut self) -> Result<Option<String>, JmError> {
         loop {
             if let Some(offset) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
@@ -137,20 +151,25 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             }
             self.scanned = self.buf.len();
             // "\r\n" may follow a line of exactly `limit` bytes.
-            if self.buf.len() > self.limit + 1 {
+            // (Saturating: a limit near `usize::MAX` must not overflow.)
+            let most = self.limit.saturating_add(2);
+            if self.buf.len() >= most {
                 return Err(JmError::LineTooLong { limit: self.limit });
             }
-            let room = (self.limit + 2 - self.buf.len()).min(READ_CHUNK);
+            let room = (most - self.buf.len()).min(READ_CHUNK);
             let start = self.buf.len();
             // Grow by doubling, but never past what the limit can need, so
             // the buffer's memory stays within the limit.
-            let wanted = (start + room).max((2 * self.buf.capacity()).min(self.limit + 2));
+            let wanted = (start + room).max(self.buf.capacity().saturating_mul(2).min(most));
             self.buf.reserve_exact(wanted - start);
-            self.buf.resize(start + room, 0);
-            let read = self.inner.read(&mut self.buf[start..]).await;
-            let n = *read.as_ref().unwrap_or(&0);
-            self.buf.truncate(start + n);
-            read.map_err(JmError::Io)?;
+            // `read_buf` fills the spare capacity only (at most up to the
+            // capacity reserved above) and is cancel-safe: a dropped
+            // `next_line` loses no bytes and leaves no padding behind.
+            let n = self
+                .inner
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(JmError::Io)?;
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -159,5 +178,66 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message types of the current implementations:
+    /// joinmarket-ng `jmcore/src/jmcore/protocol.py` (`MessageType`) and
+    /// joinmarket-rs `crates/joinmarket-core/src/message.rs` agree on every
+    /// one; the reference joinmarket-clientserver `src/jmdaemon/onionmc.py`
+    /// lists `"ping": 797`, but 797 is its local `connect-in` and it never
+    /// sends a PING (JMP-0004 moved PING to 798).
+    #[test]
+    fn message_types_match_the_current_implementations() {
+        assert_eq!(
+            [
+                PRIVMSG,
+                PUBMSG,
+                PEERLIST,
+                GET_PEERLIST,
+                HANDSHAKE,
+                DIRECTORY_HANDSHAKE,
+                PING,
+                PONG,
+                DISCONNECT
+            ],
+            [685, 687, 789, 791, 793, 795, 798, 799, 801]
+        );
+    }
+
+    /// joinmarket-rs refuses a line whose bytes through its `\n` exceed
+    /// 40,000; Twisted's `LineReceiver` one whose text exceeds 40,000.
+    #[test]
+    fn the_send_limit_counts_the_terminator() {
+        let overhead = Envelope::new(PUBMSG, "").encode().unwrap().len();
+        let fits = Envelope::new(PUBMSG, "x".repeat(MAX_SEND_LINE - overhead));
+        let bytes = fits.encode().unwrap();
+        assert_eq!(bytes.len(), MAX_SEND_LINE);
+        assert!(bytes.ends_with(b"\r\n"));
+        let over = Envelope::new(PUBMSG, "x".repeat(MAX_SEND_LINE - overhead + 1));
+        assert!(matches!(
+            over.encode(),
+            Err(JmError::SendTooLong {
+                len: 40_001,
+                limit: MAX_SEND_LINE
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_line_reader_with_a_huge_limit_does_not_overflow() {
+        let data: &[u8] = b"{\"type\": 687, \"line\": \"a\"}\r\nrest";
+        let mut reader = LineReader::new(data, usize::MAX);
+        let line = reader.next_line().await.unwrap().unwrap();
+        assert_eq!(Envelope::parse(&line).unwrap(), Envelope::new(PUBMSG, "a"));
+        assert!(matches!(
+            reader.next_line().await,
+            Err(JmError::ClosedMidLine)
+        ));
+        assert!(reader.held_capacity() <= 2 * READ_CHUNK);
     }
 }

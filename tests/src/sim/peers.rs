@@ -940,7 +940,15 @@ mod tests {
         let (mut client, server) = start(world);
         assert_eq!(dial(&mut client, &[0, 2]).await.unwrap(), reply(0));
         (
-            DirectoryConnection::open(Box::pin(client), config()).await,
+            DirectoryConnection::open(
+                &dirpool::HandshakeContext::new(
+                    Arc::new(TokioRuntime::current()),
+                    std::time::Instant::now() + LONG,
+                ),
+                Box::pin(client),
+                config(),
+            )
+            .await,
             server,
         )
     }
@@ -1045,7 +1053,11 @@ mod tests {
         let world = fixed(FORWARD, DirectoryFate::Silent, true);
         let (mut client, server) = start(&world);
         assert_eq!(dial(&mut client, &[0, 2]).await.unwrap(), reply(0));
-        let open = DirectoryConnection::open(Box::pin(client), config());
+        let context = dirpool::HandshakeContext::new(
+            Arc::new(TokioRuntime::current()),
+            std::time::Instant::now() + LONG,
+        );
+        let open = DirectoryConnection::open(&context, Box::pin(client), config());
         assert!(timeout(LONG, open).await.is_err());
         server.await.unwrap();
         assert_eq!(events(&world), [connected(HOST, true), handshake()]);
