@@ -271,9 +271,15 @@ pub(crate) async fn probe_isolation(
     let mut answer = [0u8; 2];
     // Nothing but the answer is read here, so "answered" is "done".
     let never = AtomicBool::new(false);
-    proxy_must_answer(rt, proxy, proxy_timeout, &never, stream.read_exact(&mut answer))
-        .await?
-        .map_err(protocol)?;
+    proxy_must_answer(
+        rt,
+        proxy,
+        proxy_timeout,
+        &never,
+        stream.read_exact(&mut answer),
+    )
+    .await?
+    .map_err(protocol)?;
     let result = match answer {
         [SOCKS5, METHOD_USER_PASS] => Ok(()),
         [SOCKS5, METHOD_NONE_ACCEPTABLE] => Err(DialError::IsolationUnsupported { proxy }),
@@ -925,7 +931,16 @@ mod tests {
         let rt = TokioRuntime::current();
         let proxy_addr = dead_addr().await;
         let creds = credentials();
-        let err = match dial(&rt, proxy_addr, PROXY_TIMEOUT, false, &addr(ONION), Some(&creds)).await {
+        let err = match dial(
+            &rt,
+            proxy_addr,
+            PROXY_TIMEOUT,
+            false,
+            &addr(ONION),
+            Some(&creds),
+        )
+        .await
+        {
             Ok(_) => panic!("dial succeeded"),
             Err(e) => e,
         };
@@ -936,7 +951,9 @@ mod tests {
         assert_eq!(err.failure(), DialFailure::ProxyUnreachable);
         assert_no_secret(&err);
 
-        let err = probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT).await.unwrap_err();
+        let err = probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT)
+            .await
+            .unwrap_err();
         assert_eq!(err.failure(), DialFailure::ProxyUnreachable);
     }
 
@@ -982,7 +999,9 @@ mod tests {
     async fn probe_accepts_a_proxy_offering_username_password() {
         let rt = TokioRuntime::current();
         let (proxy_addr, seen) = proxy(Script::picking(METHOD_USER_PASS)).await;
-        probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT).await.unwrap();
+        probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT)
+            .await
+            .unwrap();
         let seen = seen.await.unwrap();
         assert_eq!(seen.methods, [METHOD_USER_PASS]);
         assert_eq!(seen.username, None);
@@ -1016,7 +1035,9 @@ mod tests {
         ];
         for (script, failure) in cases {
             let (proxy_addr, seen) = proxy(script.clone()).await;
-            let err = probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT).await.unwrap_err();
+            let err = probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT)
+                .await
+                .unwrap_err();
             assert_eq!(err.failure(), failure, "{script:?}: {err:?}");
             assert_eq!(seen.await.unwrap().methods, [METHOD_USER_PASS]);
         }

@@ -61,8 +61,10 @@ pub const JM_GETPEERLIST: u32 = 791;
 pub const JM_HANDSHAKE: u32 = 793;
 /// Message type of a directory's handshake reply.
 pub const JM_DN_HANDSHAKE: u32 = 795;
-/// Message type of a ping (its `line` is empty).
-pub const JM_PING: u32 = 797;
+/// Message type of a ping (its `line` is empty): 798 in joinmarket-ng
+/// (`jmcore/src/jmcore/protocol.py`, moved from 797 by JMP-0004) and
+/// joinmarket-rs (`crates/joinmarket-core/src/message.rs`).
+pub const JM_PING: u32 = 798;
 /// Message type of a pong, the answer to a ping (its `line` is empty).
 pub const JM_PONG: u32 = 799;
 /// The protocol version a client must announce (`proto-ver`).

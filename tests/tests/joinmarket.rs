@@ -128,7 +128,6 @@ fn messages_are_kept_pings_answered_and_sends_arrive() {
             ];
             a.ping_after = Some(Duration::from_millis(100));
             a.pings = 3;
-            a.ping_type = wire::PING;
         }))
         .unwrap();
         let addr = onion(3);

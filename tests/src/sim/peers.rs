@@ -67,7 +67,7 @@ const REP_ATYP_NOT_SUPPORTED: u8 = 0x08;
 /// JoinMarket message types.
 const JM_HANDSHAKE: u64 = 793;
 const JM_DN_HANDSHAKE: u32 = 795;
-const JM_PING: u32 = 797;
+const JM_PING: u32 = 798;
 const JM_PONG: u64 = 799;
 const JM_PUBMSG: u32 = 687;
 /// Bytes read from the client at a time.
