@@ -562,6 +562,25 @@ impl fmt::Debug for DirectoryConnection {
     }
 }
 
+/// A snapshot of one link's buffers, from [`DirectoryConnection::stats`].
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Messages kept for the user.
+    pub inbound_messages: usize,
+    /// Heap bytes those messages occupy (lines and queue slots).
+    pub inbound_bytes: usize,
+    /// What they count against `JmConfig::inbound_bytes` (line lengths plus
+    /// the per-message overhead).
+    pub inbound_charged: usize,
+    /// Bytes of the line being read.
+    pub reader_bytes: usize,
+    /// Bytes queued or being written.
+    pub outbound_bytes: usize,
+    /// Messages dropped since the user last heard of it.
+    pub lagged: u64,
+}
+
 /// The queues between the user and the link task.
 #[derive(Debug, Default)]
 struct Link {
@@ -894,12 +913,26 @@ impl DirectoryConnection {
 
     /// Bytes held for this link: kept messages (lines and queue slots),
     /// the line reader's buffer, and lines waiting to be written.
-    #[cfg(test)]
     fn held_bytes(&self) -> (usize, usize, usize) {
         let link = self.link();
         let lines: usize = link.inbound.iter().map(|e| e.line.capacity()).sum();
         let slots = link.inbound.capacity() * std::mem::size_of::<Envelope>();
         (lines + slots, link.reader_held, link.outbound_held)
+    }
+
+    /// What the link holds and has dropped right now: for metrics, and for
+    /// checking that memory stays within the configured bounds.
+    pub fn stats(&self) -> LinkStats {
+        let (inbound_bytes, reader_bytes, outbound_bytes) = self.held_bytes();
+        let link = self.link();
+        LinkStats {
+            inbound_messages: link.inbound.len(),
+            inbound_bytes,
+            inbound_charged: link.inbound_held,
+            reader_bytes,
+            outbound_bytes,
+            lagged: link.lagged,
+        }
     }
 }
 
