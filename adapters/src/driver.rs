@@ -713,6 +713,13 @@ async fn run_hooks<C: Client, K: PoolHooks<C>>(
     shared: Arc<Shared<C>>,
 ) {
     while let Some(call) = calls.next().await {
+        #[cfg(dirpool_planted_bugs)]
+        let timeout =
+            if dirpool_core::planted::active(dirpool_core::planted::Bug::HooksWithoutDeadline) {
+                dirpool_core::backoff::MAX_POLICY_DURATION * 100
+            } else {
+                timeout
+            };
         let deadline = runtime.sleep_until(runtime.now() + timeout);
         let (node_id, hook, result) = match call {
             HookCall::Connected(node_id, client) => {

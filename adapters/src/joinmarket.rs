@@ -622,6 +622,15 @@ impl Wakers {
     }
 }
 
+/// The message type answered with a PONG.
+fn ping_type() -> u32 {
+    #[cfg(dirpool_planted_bugs)]
+    if dirpool_core::planted::active(dirpool_core::planted::Bug::OldPingNumber) {
+        return 797;
+    }
+    wire::PING
+}
+
 /// What a kept message counts against `inbound_bytes`.
 fn cost(envelope: &Envelope) -> usize {
     envelope.line.capacity().saturating_add(MESSAGE_OVERHEAD)
@@ -830,37 +839,59 @@ impl DirectoryConnection {
                 }
             };
             drop(line);
-            let mut link = self.link();
-            link.reader_held = reader.held_capacity();
-            match envelope.kind {
-                wire::PING if self.answers_ping => {
-                    tracing::trace!("PING received");
-                    link.pongs_owed = link.pongs_owed.saturating_add(1);
-                    if let Some(writer) = link.writer.take() {
-                        writer.wake();
-                    }
-                }
-                wire::PONG => {
-                    drop(link);
-                    self.signals.probe_answered();
-                }
-                wire::DISCONNECT => return LinkLoss::DisconnectedByPeer,
-                _ => {
-                    let cost = cost(&envelope);
-                    let held = link.inbound_held.saturating_add(cost);
-                    if held > self.inbound_bytes {
-                        link.lagged = link.lagged.saturating_add(1);
-                        if link.lagged == 1 {
-                            tracing::debug!("inbound queue full: dropping messages");
-                        }
-                    } else {
-                        link.inbound_held = held;
-                        link.inbound.push_back(envelope);
-                    }
-                    link.receivers.wake_all();
-                }
+            if self.deliver(envelope, reader) {
+                return LinkLoss::DisconnectedByPeer;
+            }
+            #[cfg(dirpool_planted_bugs)]
+            if dirpool_core::planted::active(dirpool_core::planted::Bug::ReaderParksWhenFull)
+                && self.link().lagged > 0
+            {
+                futures::future::pending::<()>().await;
             }
         }
+    }
+
+    /// Acts on one message from the directory; true for a DISCONNECT.
+    fn deliver(&self, envelope: Envelope, reader: &LineReader<ReadHalf<BoxedStream>>) -> bool {
+        let mut link = self.link();
+        link.reader_held = reader.held_capacity();
+        match envelope.kind {
+            kind if kind == ping_type() && self.answers_ping => {
+                tracing::trace!("PING received");
+                link.pongs_owed = link.pongs_owed.saturating_add(1);
+                if let Some(writer) = link.writer.take() {
+                    writer.wake();
+                }
+            }
+            wire::PONG => {
+                drop(link);
+                self.signals.probe_answered();
+            }
+            wire::DISCONNECT => return true,
+            _ => {
+                let cost = cost(&envelope);
+                let held = link.inbound_held.saturating_add(cost);
+                #[cfg(dirpool_planted_bugs)]
+                let held = if dirpool_core::planted::active(
+                    dirpool_core::planted::Bug::UnboundedInbound,
+                ) {
+                    0
+                } else {
+                    held
+                };
+                if held > self.inbound_bytes {
+                    link.lagged = link.lagged.saturating_add(1);
+                    if link.lagged == 1 {
+                        tracing::debug!("inbound queue full: dropping messages");
+                    }
+                } else {
+                    link.inbound_held = held;
+                    link.inbound.push_back(envelope);
+                }
+                link.receivers.wake_all();
+            }
+        }
+        false
     }
 
     /// Writes queued lines, PONGs and PINGs first, each within

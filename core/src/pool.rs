@@ -384,6 +384,9 @@ impl PoolState {
                 Phase::Idle => {
                     self.dial(now, server_id(index));
                 }
+                #[cfg(dirpool_planted_bugs)]
+                Phase::Closing { .. }
+                    if crate::planted::active(crate::planted::Bug::NoRedialAfterClose) => {}
                 Phase::Closing { attempt, .. } => {
                     server.phase = Phase::Closing {
                         attempt,
@@ -976,6 +979,10 @@ impl PoolState {
         if now < *armed {
             return; // a stale entry
         }
+        #[cfg(dirpool_planted_bugs)]
+        if crate::planted::active(crate::planted::Bug::NoKeepalive) {
+            return;
+        }
         match *watch {
             Watch::Passive => {}
             Watch::Quiet => {
@@ -1051,6 +1058,9 @@ impl PoolState {
                 Phase::Dialing(attempt) => {
                     waiting.insert(attempt);
                 }
+                #[cfg(dirpool_planted_bugs)]
+                Phase::Closing { .. }
+                    if crate::planted::active(crate::planted::Bug::NoRedialAfterClose) => {}
                 Phase::Closing { attempt, .. } => {
                     // Asked for after a close_all that is still closing this
                     // link: dial when the close ends; wait for that dial.
