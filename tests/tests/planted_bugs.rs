@@ -3,6 +3,7 @@
 //! alone) is caught within 1,000 seeds.
 #![cfg(dirpool_planted_bugs)]
 
+use dirpool_core::fuzzing::{Choices, check_pool};
 use dirpool_core::planted::{Bug, plant};
 use dirpool_tests::sim::world;
 
@@ -27,6 +28,34 @@ fn every_planted_bug_is_caught_within_1000_seeds() {
                 "{bug:?}: caught by seed {}: {}",
                 failure.seed, failure.message
             );
+        }
+    }
+}
+
+#[test]
+fn the_core_model_checker_catches_the_core_bugs_within_1000_seeds() {
+    // The core's own model checker (core/tests/random_ops.rs) on the bugs
+    // planted in PoolState, old behaviours of issue 14 included.
+    for bug in [
+        Bug::RegisterLateSuccess,
+        Bug::DialInFlightAgain,
+        Bug::ForgetToAbortDials,
+        Bug::MiscountLostLink,
+        Bug::NoKeepalive,
+        Bug::NoRedialAfterClose,
+    ] {
+        plant(Some(bug));
+        let caught = (0..1_000u64).find_map(|seed| {
+            check_pool(&mut Choices::from_seed(seed), false)
+                .err()
+                .map(|failure| (seed, failure))
+        });
+        plant(None);
+        let (seed, failure) = caught.unwrap_or_else(|| panic!("{bug:?} survived 1,000 seeds"));
+        let first_line = failure.message.lines().next().unwrap_or_default().to_owned();
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("{bug:?}: caught by core seed {seed}: {first_line}");
         }
     }
 }

@@ -1552,6 +1552,13 @@ impl Sim<'_> {
                 }
                 ensure!(!self.m.closes.contains_key(&a), "close of {a} not handled");
             }
+            Input::CloseAll => {
+                ensure!(
+                    self.m.dials.values().all(|d| d.aborted),
+                    "close_all left dials in flight: {:?}",
+                    self.m.active_dials()
+                );
+            }
             Input::Advance(_) => {
                 let now = self.now;
                 for (a, d) in &self.m.dials {
