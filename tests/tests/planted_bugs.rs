@@ -52,7 +52,12 @@ fn the_core_model_checker_catches_the_core_bugs_within_1000_seeds() {
         });
         plant(None);
         let (seed, failure) = caught.unwrap_or_else(|| panic!("{bug:?} survived 1,000 seeds"));
-        let first_line = failure.message.lines().next().unwrap_or_default().to_owned();
+        let first_line = failure
+            .message
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         #[allow(clippy::print_stderr)]
         {
             eprintln!("{bug:?}: caught by core seed {seed}: {first_line}");

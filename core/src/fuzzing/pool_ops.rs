@@ -2140,6 +2140,19 @@ impl Sim<'_> {
                 events.insert((t + lat, seq), WorldEvent::Succeed(a));
             }
         }
+        // Probes already out are answered too: the world is healthy from T.
+        let probing: Vec<(AttemptId, Instant)> = self
+            .m
+            .watch
+            .iter()
+            .filter_map(|(a, w)| w.probe.map(|(_, deadline)| (*a, deadline)))
+            .collect();
+        for (a, deadline) in probing {
+            seq += 1;
+            let lat = self.choices.millis(0, as_millis(latency));
+            let lat = lat.min(deadline.saturating_duration_since(t) / 2);
+            events.insert((t + lat, seq), WorldEvent::Answer(a));
+        }
         let closes: Vec<AttemptId> = self.m.closes.keys().copied().collect();
         let mut hanging_close = false;
         for a in closes {
