@@ -15,6 +15,12 @@
 //! * cycle **connect_lose**: every dial succeeds at once and the link is
 //!   lost as soon as the world hears of it: dial → connected → lost →
 //!   backoff timer → redial.
+//! * cycle **keepalive**: every dial succeeds and every link stays up; the
+//!   machine probes each link once per quiet interval (default keepalive:
+//!   30 s idle) and the world answers every probe at once, and reports a
+//!   sign of life (`link_active`) after each answer, as a directory's next
+//!   line would: probe timer → probe → answer → sign of life → re-armed
+//!   timer.
 //!
 //! Each size is warmed up for 200 virtual seconds first (every server at
 //! its maximum backoff, every stale 120 s dial deadline in the timer heap at
@@ -58,15 +64,17 @@ const WARM_UP: Duration = Duration::from_secs(200);
 enum Cycle {
     DialFail,
     ConnectLose,
+    Keepalive,
 }
 
 impl Cycle {
-    const ALL: [Cycle; 2] = [Cycle::DialFail, Cycle::ConnectLose];
+    const ALL: [Cycle; 3] = [Cycle::DialFail, Cycle::ConnectLose, Cycle::Keepalive];
 
     fn name(self) -> &'static str {
         match self {
             Cycle::DialFail => "dial_fail",
             Cycle::ConnectLose => "connect_lose",
+            Cycle::Keepalive => "keepalive",
         }
     }
 
@@ -81,6 +89,8 @@ enum Due {
     Failed(AttemptId),
     Succeeded(AttemptId),
     Lost(AttemptId),
+    Answered(AttemptId),
+    Active(AttemptId),
 }
 
 /// The machine and the scripted world around it.
@@ -156,10 +166,16 @@ impl World {
             match &output {
                 Output::Dial(dial) => self.due.push_back(match self.cycle {
                     Cycle::DialFail => Due::Failed(dial.attempt),
-                    Cycle::ConnectLose => Due::Succeeded(dial.attempt),
+                    Cycle::ConnectLose | Cycle::Keepalive => Due::Succeeded(dial.attempt),
                 }),
-                Output::Notify(Notification::Connected { attempt, .. }) => {
+                Output::Notify(Notification::Connected { attempt, .. })
+                    if self.cycle == Cycle::ConnectLose =>
+                {
                     self.due.push_back(Due::Lost(*attempt));
+                }
+                Output::Probe(probe) => self.due.push_back(Due::Answered(probe.attempt)),
+                Output::Notify(Notification::ProbeAnswered { attempt, .. }) => {
+                    self.due.push_back(Due::Active(*attempt));
                 }
                 _ => {}
             }
@@ -177,6 +193,8 @@ impl World {
                     self.pool
                         .connection_lost(now, attempt, LinkLoss::ClosedByPeer)
                 }
+                Due::Answered(attempt) => self.pool.probe_answered(now, attempt),
+                Due::Active(attempt) => self.pool.link_active(now, attempt),
             };
             result.expect("the world only reports attempts the machine issued");
         } else {
