@@ -150,9 +150,12 @@ enum Event<C> {
     Panicked(&'static str, String),
 }
 
+/// A hook to run. The queue holds no client: a connected hook whose link is
+/// gone by its turn is skipped (with its disconnected hook), so a slow or
+/// hung hook never keeps a closed link's socket open.
 enum HookCall<C> {
-    Connected(String, Arc<C>),
-    Disconnected(String, DisconnectReason),
+    Connected(AttemptId, String, std::sync::Weak<C>),
+    Disconnected(AttemptId, String, DisconnectReason),
 }
 
 /// A client the driver holds: awaiting registration, registered, or stray.
@@ -566,9 +569,11 @@ impl<H: Handshake> Driver<H> {
                         || None,
                     );
                 }
-                let _ = self
-                    .hooks_tx
-                    .unbounded_send(HookCall::Disconnected(node_id.clone(), reason));
+                let _ = self.hooks_tx.unbounded_send(HookCall::Disconnected(
+                    attempt,
+                    node_id.clone(),
+                    reason,
+                ));
                 self.broadcast(PoolEvent::Disconnected { node_id, reason });
             }
             Notification::DialFailed {
@@ -664,14 +669,16 @@ impl<H: Handshake> Driver<H> {
             }
         };
         let node_id = held.node_id.clone();
-        let hook_client = Arc::clone(&held.client);
+        let hook_client = Arc::downgrade(&held.client);
         let span = tracing::info_span!("directory", server = %node_id, %attempt);
         self.spawn_guarded("link", watch.instrument(span), move || {
             Some(Event::Lost(attempt, LinkLoss::Panicked))
         });
-        let _ = self
-            .hooks_tx
-            .unbounded_send(HookCall::Connected(node_id.clone(), hook_client));
+        let _ = self.hooks_tx.unbounded_send(HookCall::Connected(
+            attempt,
+            node_id.clone(),
+            hook_client,
+        ));
         self.broadcast(PoolEvent::Connected { node_id });
     }
 
@@ -712,6 +719,8 @@ async fn run_hooks<C: Client, K: PoolHooks<C>>(
     timeout: Duration,
     shared: Arc<Shared<C>>,
 ) {
+    // Links whose connected hook was skipped: their disconnected hook is too.
+    let mut skipped = std::collections::HashSet::new();
     while let Some(call) = calls.next().await {
         #[cfg(dirpool_planted_bugs)]
         let timeout =
@@ -722,12 +731,20 @@ async fn run_hooks<C: Client, K: PoolHooks<C>>(
             };
         let deadline = runtime.sleep_until(runtime.now() + timeout);
         let (node_id, hook, result) = match call {
-            HookCall::Connected(node_id, client) => {
+            HookCall::Connected(attempt, node_id, client) => {
+                let Some(client) = client.upgrade() else {
+                    tracing::debug!(server = %node_id, "link gone before its connected hook ran: both hooks skipped");
+                    skipped.insert(attempt);
+                    continue;
+                };
                 let run = AssertUnwindSafe(hooks.on_connected(&node_id, &client)).catch_unwind();
                 let result = before(deadline, run).await;
                 (node_id, "connected", result)
             }
-            HookCall::Disconnected(node_id, reason) => {
+            HookCall::Disconnected(attempt, node_id, reason) => {
+                if skipped.remove(&attempt) {
+                    continue;
+                }
                 let run = AssertUnwindSafe(hooks.on_disconnected(&node_id, reason)).catch_unwind();
                 let result = before(deadline, run).await;
                 (node_id, "disconnected", result)

@@ -4,6 +4,14 @@
 //! Hooks run one after another on their own task, in the order the events
 //! happened (so a server's connected and disconnected hooks alternate), and
 //! never inside the driver: a slow hook delays later hooks, never a dial.
+//!
+//! Each hook runs under [`Config::hook_timeout`](crate::Config::hook_timeout):
+//! one that overruns is dropped, with everything it holds, and reported as
+//! [`PoolEvent::HookTimedOut`](crate::PoolEvent::HookTimedOut); a panicking
+//! one is reported as [`PoolEvent::Panicked`](crate::PoolEvent::Panicked).
+//! Waiting hooks hold no client: if a link is gone by the time its
+//! connected hook's turn comes, that hook and its disconnected hook are
+//! skipped, so hooks never keep a closed link's socket open.
 
 use std::future::Future;
 use std::sync::Arc;

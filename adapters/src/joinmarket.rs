@@ -830,7 +830,6 @@ impl DirectoryConnection {
                     return LinkLoss::Protocol;
                 }
             };
-            self.signals.alive();
             let envelope = match Envelope::parse(&line) {
                 Ok(envelope) => envelope,
                 Err(e) => {
@@ -839,6 +838,12 @@ impl DirectoryConnection {
                 }
             };
             drop(line);
+            // A PONG is reported as the probe's answer (which is a sign of
+            // life too); reporting it as plain life first would settle the
+            // probe without its round trip.
+            if envelope.kind != wire::PONG {
+                self.signals.alive();
+            }
             if self.deliver(envelope, reader) {
                 return LinkLoss::DisconnectedByPeer;
             }
