@@ -1,21 +1,28 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 //! Probes JoinMarket directory servers through a Tor SOCKS5 proxy: dials
 //! each one (all at once), runs the JoinMarket handshake, reports what the
-//! directory says about itself, and closes.
+//! directory says about itself, and closes; with `--watch SECS` it holds
+//! the links instead, printing each event (connected, probe answered, lost,
+//! reconnected), and sums them up per directory at the end.
 //!
 //! ```text
 //! cargo run -p dirpool --example probe -- [OPTIONS] DIRECTORY...
 //! ```
 
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use dirpool::joinmarket::{DirectoryConnection, JmConfig, JoinMarketHandshake, Network, Nick};
-use dirpool::{Client, Config, ConfigError, DEFAULT_PROXY, DialError, DirectoryPool};
+use dirpool::{Client, Config, ConfigError, DEFAULT_PROXY, DialError, DirectoryPool, PoolEvent};
 use dirpool_core::backoff::MAX_POLICY_DURATION;
-use dirpool_core::{IsolationScope, ServerAddr};
+use dirpool_core::{
+    DisconnectReason, IsolationScope, KeepalivePolicy, LinkLoss, MIN_PROBE_INTERVAL, Rejection,
+    ServerAddr,
+};
+use futures::{FutureExt, StreamExt};
 
 const USAGE: &str = "\
 Usage: cargo run -p dirpool --example probe -- [OPTIONS] DIRECTORY...
@@ -36,9 +43,30 @@ Options:
                       [default: a random one]
   --timeout SECONDS   per-directory connection timeout, Tor circuit and handshake
                       included [default: 120]
+  --watch SECONDS     after connecting, hold the links this long instead of closing
+                      them: print one line per event (connected, probe answered
+                      with its round trip, lost with its reason, reconnected, dial
+                      failed, ...), redial lost links on the pool's backoff, then
+                      print a summary per directory (time connected, probes
+                      answered, RTT min/median/max, losses by reason)
+  --keepalive-idle SECONDS
+                      probe a link quiet this long (PING 798, if the directory
+                      advertises `ping`); at least 10 [default: 30]
+  --probe-timeout SECONDS
+                      declare a link lost when a probe goes unanswered this long
+                      [default: 30]
   -h, --help          show this help
 
-Exit status: 0 if at least one directory was reached, 1 if none, 2 on a usage error.";
+Watch output: one line per event, `[SECONDS.MMMs] DIRECTORY  EVENT`, seconds since
+the start, e.g.
+  [   0.412s] abc...xyz.onion:5222  connected  nick J5..., features ping
+  [  30.877s] abc...xyz.onion:5222  probe answered  rtt 812.4 ms
+  [  61.290s] abc...xyz.onion:5222  lost: keepalive timed out (silent path)
+  [  63.101s] abc...xyz.onion:5222  reconnected  nick J5..., features ping
+
+Exit status: 0 if at least one directory was reached (with --watch: and no link
+was lost that its directory did not close on purpose, i.e. anything but a
+DISCONNECT 801), 1 otherwise, 2 on a usage error.";
 
 struct Options {
     socks: SocketAddr,
@@ -46,6 +74,8 @@ struct Options {
     network: Network,
     nick: Option<Nick>,
     timeout: Duration,
+    watch: Option<Duration>,
+    keepalive: KeepalivePolicy,
     directories: Vec<String>,
 }
 
@@ -57,6 +87,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         network: Network::Mainnet,
         nick: None,
         timeout: Duration::from_secs(120),
+        watch: None,
+        keepalive: KeepalivePolicy::default(),
         directories: Vec::new(),
     };
     while let Some(arg) = args.next() {
@@ -72,7 +104,16 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             Some((name, value)) => (name, Some(value.to_owned())),
             None => (arg.as_str(), None),
         };
-        let takes_value = matches!(name, "--socks" | "--network" | "--nick" | "--timeout");
+        let takes_value = matches!(
+            name,
+            "--socks"
+                | "--network"
+                | "--nick"
+                | "--timeout"
+                | "--watch"
+                | "--keepalive-idle"
+                | "--probe-timeout"
+        );
         let value = match (takes_value, inline) {
             (true, Some(value)) => value,
             (true, None) => args.next().ok_or(format!("{name} needs a value"))?,
@@ -90,7 +131,20 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                 let nick = Nick::parse(&value).map_err(|e| format!("--nick {value:?}: {e}"))?;
                 options.nick = Some(nick);
             }
-            "--timeout" => options.timeout = parse_timeout(&value)?,
+            "--timeout" => options.timeout = parse_seconds(name, &value)?,
+            "--watch" => options.watch = Some(parse_seconds(name, &value)?),
+            "--keepalive-idle" => {
+                let idle = parse_seconds(name, &value)?;
+                if idle < MIN_PROBE_INTERVAL {
+                    return Err(format!(
+                        "--keepalive-idle {value:?}: at least {} seconds (directories \
+                         disconnect a peer that pings more often)",
+                        MIN_PROBE_INTERVAL.as_secs()
+                    ));
+                }
+                options.keepalive.idle = idle;
+            }
+            "--probe-timeout" => options.keepalive.probe_timeout = parse_seconds(name, &value)?,
             _ => return Err(format!("unknown option {name} (see --help)")),
         }
     }
@@ -106,9 +160,8 @@ fn parse_socks(value: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| bad("no address found".to_owned()))
 }
 
-fn parse_timeout(value: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("--timeout {value:?}: expected a positive number of seconds, at most a year");
+fn parse_seconds(name: &str, value: &str) -> Result<Duration, String> {
+    let bad = || format!("{name} {value:?}: expected a positive number of seconds, at most a year");
     let seconds: f64 = value.parse().map_err(|_| bad())?;
     match Duration::try_from_secs_f64(seconds) {
         Ok(timeout) if !timeout.is_zero() && timeout <= MAX_POLICY_DURATION => Ok(timeout),
@@ -173,13 +226,19 @@ fn report(probe: &Probe) -> bool {
     true
 }
 
-async fn probe_all(options: &Options, handshake: JoinMarketHandshake) -> ExitCode {
+fn pool_config(options: &Options) -> Config {
     let mut config = Config::new(options.directories.iter().cloned());
     config.proxy = options.socks;
     config.pool.connection_timeout = options.timeout;
+    config.pool.keepalive = options.keepalive;
     if options.isolate {
         config.pool.isolation = IsolationScope::PerCategory;
     }
+    config
+}
+
+async fn probe_all(options: &Options, handshake: JoinMarketHandshake) -> ExitCode {
+    let config = pool_config(options);
     let probes = match DirectoryPool::builder(config, handshake).spawn_smol() {
         Ok(pool) => {
             let dials = options.directories.iter().map(|addr| {
@@ -238,6 +297,245 @@ async fn probe_all(options: &Options, handshake: JoinMarketHandshake) -> ExitCod
     }
 }
 
+/// What `--watch` saw of one directory.
+#[derive(Default)]
+struct Watched {
+    /// Connections made (the first one and every reconnection).
+    connections: usize,
+    /// Since when the current connection is up.
+    since: Option<Instant>,
+    /// Time connected, the current connection excluded.
+    connected: Duration,
+    /// The round trip of every probe answered.
+    rtts: Vec<Duration>,
+    /// Links lost, by reason.
+    losses: BTreeMap<String, usize>,
+    /// Links lost that the directory did not end on purpose.
+    undeliberate: usize,
+}
+
+impl Watched {
+    fn connected_until(&self, end: Instant) -> Duration {
+        self.connected + self.since.map_or(Duration::ZERO, |since| end - since)
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// One line about the event (`None` for those the watch does not show).
+fn watch_line(
+    event: &PoolEvent,
+    now: Instant,
+    pool: &DirectoryPool<JoinMarketHandshake>,
+    watched: &mut BTreeMap<String, Watched>,
+) -> Option<(Option<String>, String)> {
+    fn entry<'a>(watched: &'a mut BTreeMap<String, Watched>, node_id: &str) -> &'a mut Watched {
+        watched.entry(node_id.to_owned()).or_default()
+    }
+    Some(match event {
+        PoolEvent::Connected { node_id } => {
+            let w = entry(watched, node_id);
+            w.connections += 1;
+            w.since = Some(now);
+            let what = if w.connections == 1 {
+                "connected"
+            } else {
+                "reconnected"
+            };
+            let about = pool.client(node_id).map_or(String::new(), |client| {
+                let info = client.info();
+                let features = if info.features.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    info.features.join(", ")
+                };
+                format!("  nick {}, features {features}", info.nick)
+            });
+            (Some(node_id.clone()), format!("{what}{about}"))
+        }
+        PoolEvent::ProbeAnswered { node_id, rtt } => {
+            entry(watched, node_id).rtts.push(*rtt);
+            (
+                Some(node_id.clone()),
+                format!("probe answered  rtt {}", ms(*rtt)),
+            )
+        }
+        PoolEvent::Disconnected { node_id, reason } => {
+            let w = entry(watched, node_id);
+            if let Some(since) = w.since.take() {
+                w.connected += now - since;
+            }
+            if let DisconnectReason::Lost(loss) = reason {
+                *w.losses.entry(loss.to_string()).or_default() += 1;
+                if !LinkLoss::is_deliberate(*loss) {
+                    w.undeliberate += 1;
+                }
+            }
+            (Some(node_id.clone()), reason.to_string())
+        }
+        PoolEvent::DialFailed {
+            node_id,
+            error,
+            retry_at,
+        } => {
+            let retry = retry_at.map_or(String::new(), |at| {
+                format!(
+                    " (retry in {:.1} s)",
+                    at.saturating_duration_since(now).as_secs_f64()
+                )
+            });
+            (
+                Some(node_id.clone()),
+                format!("dial failed: {}{retry}", chain(&**error)),
+            )
+        }
+        PoolEvent::GaveUp { node_id, failures } => (
+            Some(node_id.clone()),
+            format!("gave up after {failures} failed dials"),
+        ),
+        PoolEvent::HookTimedOut { node_id, hook } => {
+            (Some(node_id.clone()), format!("{hook} hook timed out"))
+        }
+        PoolEvent::Panicked { task, message } => (None, format!("{task} task panicked: {message}")),
+        PoolEvent::AllDown => (None, "every directory is down".to_owned()),
+        PoolEvent::Recovered => (None, "a directory is back".to_owned()),
+        PoolEvent::ProxyUnreachable => (None, "SOCKS proxy unreachable".to_owned()),
+        PoolEvent::ProxyRecovered => (None, "SOCKS proxy answers again".to_owned()),
+        PoolEvent::Lagged { missed } => (None, format!("{missed} events missed (lagged)")),
+        PoolEvent::AddressRejected { index, error } => {
+            (None, format!("address #{index} rejected: {error}"))
+        }
+        _ => return None,
+    })
+}
+
+/// `--watch`: connects, holds the links for `watch` with maintenance on,
+/// prints every event as it comes and a summary per directory at the end.
+async fn watch_all(options: &Options, handshake: JoinMarketHandshake, watch: Duration) -> ExitCode {
+    let pool = match DirectoryPool::builder(pool_config(options), handshake).spawn_smol() {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let start = Instant::now();
+    let stamp = |at: Instant| format!("[{:>8.3}s]", (at - start).as_secs_f64());
+    for rejected in pool.rejected_entries() {
+        let why = match &rejected.reason {
+            Rejection::Malformed(error) => format!("malformed: {error}"),
+            Rejection::Duplicate(_) => "listed twice".to_owned(),
+            _ => "rejected".to_owned(),
+        };
+        println!("{} {}  not dialed: {why}", stamp(start), rejected.entry);
+    }
+    let mut watched: BTreeMap<String, Watched> = pool
+        .servers()
+        .iter()
+        .map(|addr| (addr.node_id().to_owned(), Watched::default()))
+        .collect();
+    let mut events = pool.events().fuse();
+    let mut connect = std::pin::pin!(pool.connect_all_parallel().fuse());
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let timer = deadline.map_or_else(smol::Timer::never, smol::Timer::at);
+        futures::select! {
+            result = connect => {
+                let now = Instant::now();
+                match result {
+                    Ok(reached) => println!(
+                        "{} connected to {reached} of {}; watching for {watch:?}",
+                        stamp(now),
+                        watched.len()
+                    ),
+                    Err(e) => {
+                        eprintln!("error: {}", chain(&e));
+                        return ExitCode::FAILURE;
+                    }
+                }
+                if let Err(e) = pool.start_maintenance() {
+                    eprintln!("error: {}", chain(&e));
+                    return ExitCode::FAILURE;
+                }
+                deadline = Some(now + watch);
+            }
+            event = events.next() => {
+                let Some(event) = event else { break };
+                let now = Instant::now();
+                if let Some((node_id, line)) = watch_line(&event, now, &pool, &mut watched) {
+                    let who = node_id.map_or(String::new(), |n| format!(" {n} "));
+                    println!("{}{who} {line}", stamp(now));
+                }
+            }
+            _ = FutureExt::fuse(timer) => break,
+        }
+    }
+    let end = Instant::now();
+    let _ = pool.stop_maintenance();
+    if let Err(e) = pool.close_all().await {
+        println!("close: failed: {}", chain(&e));
+    }
+
+    println!("\nwatched for {:.1} s\n", (end - start).as_secs_f64());
+    let mut reached = 0usize;
+    let mut undeliberate = 0usize;
+    for (node_id, w) in &watched {
+        if w.connections > 0 {
+            reached += 1;
+        }
+        undeliberate += w.undeliberate;
+        println!("{node_id}");
+        println!(
+            "  connected:  {:.1} s of {:.1} s ({} connection{})",
+            w.connected_until(end).as_secs_f64(),
+            (end - start).as_secs_f64(),
+            w.connections,
+            if w.connections == 1 { "" } else { "s" }
+        );
+        let mut rtts = w.rtts.clone();
+        rtts.sort_unstable();
+        match (
+            rtts.first(),
+            rtts.get((rtts.len().saturating_sub(1)) / 2),
+            rtts.last(),
+        ) {
+            (Some(min), Some(median), Some(max)) => println!(
+                "  probes:     {} answered, rtt min {} / median {} / max {}",
+                rtts.len(),
+                ms(*min),
+                ms(*median),
+                ms(*max)
+            ),
+            _ => println!("  probes:     0 answered"),
+        }
+        if w.losses.is_empty() {
+            println!("  losses:     none");
+        } else {
+            let total: usize = w.losses.values().sum();
+            let by_reason: Vec<_> = w
+                .losses
+                .iter()
+                .map(|(reason, n)| format!("{n} × {reason}"))
+                .collect();
+            println!("  losses:     {total}: {}", by_reason.join(", "));
+        }
+        println!();
+    }
+    println!(
+        "reached {reached} of {} directories; {undeliberate} link{} lost without the directory closing {}",
+        watched.len(),
+        if undeliberate == 1 { "" } else { "s" },
+        if undeliberate == 1 { "it" } else { "them" },
+    );
+    if reached > 0 && undeliberate == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let options = match parse_args(std::env::args().skip(1)) {
         Ok(Some(options)) => options,
@@ -284,5 +582,14 @@ fn main() -> ExitCode {
         options.network,
         options.timeout,
     );
-    smol::block_on(probe_all(&options, handshake))
+    if let Some(watch) = options.watch {
+        println!(
+            "watching for {:?} after connecting (keepalive idle {:?}, probe timeout {:?})\n",
+            watch, options.keepalive.idle, options.keepalive.probe_timeout
+        );
+    }
+    match options.watch {
+        Some(watch) => smol::block_on(watch_all(&options, handshake, watch)),
+        None => smol::block_on(probe_all(&options, handshake)),
+    }
 }

@@ -3,8 +3,8 @@
 //! [`TorNetwork::shared`] starts, once per test process, the network of
 //! `tests/tor/private-network` (3 directory authorities, 5 relays, two
 //! client tors with a SocksPort and a ControlPort each, one onion-service
-//! tor for two services, and a tor of its own for each of the two services
-//! that are stopped and restarted) in front of four JoinMarket-speaking
+//! tor for four services, and a tor of its own for each of the two services
+//! that are stopped and restarted) in front of six JoinMarket-speaking
 //! directories ([`JmDirectory`]) published as the onion services of
 //! [`SERVICES`]. Every tor process exits when the test process does
 //! (`__OwningControllerProcess`); the data directory,
@@ -27,20 +27,56 @@ use std::time::{Duration, Instant};
 
 use dirpool_core::ServerAddr;
 
-use crate::{JmBehaviour, JmDirectory};
+use crate::directory_model::{DirectoryConfig, DirectoryProfile, HeartbeatTimings};
+use crate::{JM_DIRECTORY_NICK, JmBehaviour, JmDirectory, JmModelled};
 
 /// The onion port every service exposes (JoinMarket's default).
 pub const ONION_PORT: u16 = 5222;
 
 /// The onion services of the shared network: `alpha` and `beta` on the
 /// shared onion-service tor, `gamma` and `delta` each on a tor of its own
-/// (see [`TorNetwork::kill_service`]).
-pub const SERVICES: [(&str, ServiceTor); 4] = [
+/// (see [`TorNetwork::kill_service`]), and on the shared tor `epsilon` and
+/// `zeta`, whose directories model joinmarket-ng (see [`behaviour`]):
+/// `epsilon` with a fast heartbeat, `zeta` with the real one.
+pub const SERVICES: [(&str, ServiceTor); 6] = [
     ("alpha", ServiceTor::Shared),
     ("beta", ServiceTor::Shared),
     ("gamma", ServiceTor::Own),
     ("delta", ServiceTor::Own),
+    ("epsilon", ServiceTor::Shared),
+    ("zeta", ServiceTor::Shared),
 ];
+
+/// The heartbeat of the `epsilon` directory: joinmarket-ng's timings / 100
+/// (sweep 0.6 s, PING after 6 s idle, hard eviction after 15 s), but 2 s
+/// for the PONG rather than 0.3 s, for the onion circuit's round trip on a
+/// loaded machine.
+#[must_use]
+pub fn fast_heartbeat() -> HeartbeatTimings {
+    HeartbeatTimings {
+        pong_wait: Duration::from_secs(2),
+        ..HeartbeatTimings::default().scaled_down(100)
+    }
+}
+
+/// How the directory behind the service `name` behaves: `epsilon` models
+/// joinmarket-ng with [`fast_heartbeat`], `zeta` joinmarket-ng with the real
+/// timings (it never PINGs within a test), the others accept and record
+/// ([`JmBehaviour::default`]).
+#[must_use]
+pub fn behaviour(name: &str) -> JmBehaviour {
+    let ng = |timings| {
+        JmBehaviour::Modelled(JmModelled::with_config(
+            DirectoryConfig::new(DirectoryProfile::JoinmarketNg, JM_DIRECTORY_NICK)
+                .with_timings(timings),
+        ))
+    };
+    match name {
+        "epsilon" => ng(fast_heartbeat()),
+        "zeta" => ng(HeartbeatTimings::default()),
+        _ => JmBehaviour::default(),
+    }
+}
 
 /// Which tor publishes an onion service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +179,7 @@ impl TorNetwork {
             .arg("--owner")
             .arg(std::process::id().to_string());
         for (name, tor) in SERVICES {
-            let directory = JmDirectory::start(JmBehaviour::default())
+            let directory = JmDirectory::start(behaviour(name))
                 .map_err(|e| format!("cannot start the {name} directory: {e}"))?;
             command
                 .arg(match tor {
@@ -261,6 +297,18 @@ impl TorNetwork {
                 String::from_utf8_lossy(&output.stderr)
             )))
         }
+    }
+
+    /// The process id of `client`'s tor (`GETINFO process/pid`).
+    ///
+    /// # Errors
+    /// If the control port cannot be reached or answers no pid.
+    pub fn client_pid(&self, client: TorClient) -> io::Result<u32> {
+        self.control(client)?
+            .getinfo("process/pid")?
+            .first()
+            .and_then(|pid| pid.parse().ok())
+            .ok_or_else(|| io::Error::other("no process/pid"))
     }
 
     /// Kills `client`'s tor and waits until it has exited.

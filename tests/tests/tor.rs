@@ -17,8 +17,8 @@ use common::{eventually, next_matching, on_both_runtimes_within, sleep, wait_for
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{
-    Backoff, DialFailure, Entropy, IsolationCategory, IsolationScope, IsolationToken, RetryPolicy,
-    ServerAddr, ServerState, SocksReply,
+    Backoff, DialFailure, DisconnectReason, Entropy, IsolationCategory, IsolationScope,
+    IsolationToken, KeepalivePolicy, LinkLoss, RetryPolicy, ServerAddr, ServerState, SocksReply,
 };
 use dirpool_tests::tor::{Control, TorClient, TorNetwork, socks5_connect};
 
@@ -30,6 +30,13 @@ const NICK: &str = "J5xhGSWE7VrxM7sO";
 
 /// Serialises the tests that use the first client tor.
 fn first_client() -> MutexGuard<'static, ()> {
+    static CLIENT: Mutex<()> = Mutex::new(());
+    CLIENT.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Serialises the tests that use the second client tor (one of them kills
+/// and restarts it).
+fn second_client() -> MutexGuard<'static, ()> {
     static CLIENT: Mutex<()> = Mutex::new(());
     CLIENT.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -53,6 +60,36 @@ fn jm_pool(
     entropy: Entropy,
     rt: &Arc<dyn Runtime>,
 ) -> DirectoryPool<JoinMarketHandshake> {
+    let config = jm_config(servers, proxy, isolation);
+    let handshake =
+        JoinMarketHandshake::new(JmConfig::new(Nick::parse(NICK).unwrap(), Network::Regtest))
+            .unwrap();
+    DirectoryPool::builder(config, handshake)
+        .entropy(entropy)
+        .spawn(Arc::clone(rt))
+        .unwrap()
+}
+
+/// A pool as [`jm_pool`] (isolation on), with `keepalive` and a random
+/// nick: a modelled joinmarket-ng directory refuses a nick it still holds
+/// from an earlier run's link.
+fn keepalive_pool(
+    servers: &[&ServerAddr],
+    proxy: std::net::SocketAddr,
+    keepalive: KeepalivePolicy,
+    rt: &Arc<dyn Runtime>,
+) -> DirectoryPool<JoinMarketHandshake> {
+    let mut config = jm_config(servers, proxy, true);
+    config.pool.keepalive = keepalive;
+    let handshake =
+        JoinMarketHandshake::new(JmConfig::new(Nick::random().unwrap(), Network::Regtest)).unwrap();
+    DirectoryPool::builder(config, handshake)
+        .entropy(fresh_entropy().0)
+        .spawn(Arc::clone(rt))
+        .unwrap()
+}
+
+fn jm_config(servers: &[&ServerAddr], proxy: std::net::SocketAddr, isolation: bool) -> Config {
     let mut config = Config::new(servers.iter().map(|a| a.node_id().to_owned()));
     config.proxy = proxy;
     config.pool.isolation = if isolation {
@@ -63,13 +100,7 @@ fn jm_pool(
     config.pool.connection_timeout = ONION;
     config.pool.maintenance.backoff =
         Backoff::new(Duration::from_millis(250), Duration::from_secs(2), 2.0);
-    let handshake =
-        JoinMarketHandshake::new(JmConfig::new(Nick::parse(NICK).unwrap(), Network::Regtest))
-            .unwrap();
-    DirectoryPool::builder(config, handshake)
-        .entropy(entropy)
-        .spawn(Arc::clone(rt))
-        .unwrap()
+    config
 }
 
 /// Connects every server in one pass and asserts all connected, saying
@@ -370,6 +401,7 @@ fn a_stopped_and_restarted_onion_service_is_reconnected() {
 #[test]
 fn a_restarted_tor_client_is_proxy_unreachable_then_recovers() {
     let net = TorNetwork::shared();
+    let _turn = second_client();
     timed("tor client restarted", || {
         on_both_runtimes_within(LIMIT, |rt| async move {
             let (alpha, beta) = (net.onion("alpha"), net.onion("beta"));
@@ -487,4 +519,142 @@ fn the_unpublished_onion_is_0xf0_through_the_socks_port() {
     )
     .unwrap();
     assert_eq!(reply.err(), Some(0xF0));
+}
+
+/// The events already delivered to `events`, without waiting.
+fn drain(events: &mut (impl futures::Stream<Item = PoolEvent> + Unpin)) -> Vec<PoolEvent> {
+    use futures::{FutureExt, StreamExt};
+    let mut seen = Vec::new();
+    while let Some(Some(event)) = events.next().now_or_never() {
+        seen.push(event);
+    }
+    seen
+}
+
+#[test]
+#[allow(clippy::print_stdout)]
+fn a_modelled_directory_heartbeats_through_tor_and_keeps_the_link() {
+    let net = TorNetwork::shared();
+    let _turn = second_client();
+    timed("modelled heartbeat", || {
+        on_both_runtimes_within(LIMIT, |rt| async move {
+            let onion = net.onion("epsilon");
+            let directory = net.directory("epsilon");
+            let (pings, pongs) = (directory.pings_sent(), directory.pongs_received());
+            let links = directory.link_records().len();
+            let pool = keepalive_pool(
+                &[&onion],
+                net.socks(TorClient::Second),
+                KeepalivePolicy::default(),
+                &rt,
+            );
+            let mut events = pool.events();
+            connect_all(&pool).await;
+            let started = Instant::now();
+            // PINGed after 6 s idle, each PONG due within 2 s: three cycles.
+            let cycles = eventually(&rt, Duration::from_secs(90), || {
+                directory.pongs_received() >= pongs + 3
+            })
+            .await;
+            let elapsed = started.elapsed();
+            let seen = drain(&mut events);
+            let records = directory.link_records();
+            assert!(cycles, "{records:#?}\nevents: {seen:#?}");
+            assert_eq!(directory.evictions(), Vec::new(), "{records:#?}");
+            assert!(
+                !seen.iter().any(|e| matches!(
+                    e,
+                    PoolEvent::Disconnected { .. } | PoolEvent::DialFailed { .. }
+                )),
+                "{seen:#?}"
+            );
+            assert_eq!(pool.connected_count(), 1);
+            assert_eq!(records.len(), links + 1, "one link, never redialed");
+            println!(
+                "tor heartbeat: {} PINGs / {} PONGs in {elapsed:.1?}",
+                directory.pings_sent() - pings,
+                directory.pongs_received() - pongs
+            );
+            pool.close_all().await.unwrap();
+        });
+    });
+}
+
+/// A tor process stopped with SIGSTOP, resumed (SIGCONT) on drop.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Self {
+        signal(pid, "STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "kill -{signal} {pid}: {status:?}"
+    );
+}
+
+#[test]
+#[allow(clippy::print_stdout)]
+fn a_path_cut_by_stopping_the_client_tor_is_lost_to_the_keepalive() {
+    let net = TorNetwork::shared();
+    // Nobody else uses the first client while it is stopped.
+    let _turn = first_client();
+    timed("client tor stopped", || {
+        on_both_runtimes_within(LIMIT, |rt| async move {
+            let onion = net.onion("zeta");
+            let keepalive = KeepalivePolicy::new(Duration::from_secs(10), Duration::from_secs(2));
+            let pool = keepalive_pool(&[&onion], net.socks(TorClient::First), keepalive, &rt);
+            let mut events = pool.events();
+            connect_all(&pool).await;
+
+            let pid = blocking(move || net.client_pid(TorClient::First))
+                .await
+                .unwrap();
+            let stopped = Stopped::stop(pid);
+            let cut = Instant::now();
+            let mut seen = Vec::new();
+            let lost = next_matching(&rt, &mut events, keepalive.loss_bound() * 3, |e| {
+                seen.push(e.clone());
+                match e {
+                    PoolEvent::Disconnected { reason, .. } => Some(*reason),
+                    _ => None,
+                }
+            })
+            .await;
+            let detected = cut.elapsed();
+            drop(stopped);
+            println!(
+                "tor client SIGSTOP: lost after {detected:.1?} (idle + probe_timeout = {:?})",
+                keepalive.loss_bound()
+            );
+            assert_eq!(
+                lost,
+                Some(DisconnectReason::Lost(LinkLoss::KeepaliveTimeout)),
+                "{seen:#?}"
+            );
+            assert!(
+                detected <= keepalive.loss_bound() + Duration::from_secs(10),
+                "{detected:?}"
+            );
+            pool.close_all().await.unwrap();
+            // The resumed tor answers its control port before the next test.
+            blocking(move || net.client_pid(TorClient::First))
+                .await
+                .unwrap();
+        });
+    });
 }
