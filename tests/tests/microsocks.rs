@@ -392,24 +392,17 @@ fn the_probe_watches_a_healthy_directory_and_succeeds() {
         stdout.contains("reached 1 of 1 directories; 0 links lost"),
         "{stdout}"
     );
-    // The probe was sent and answered on the wire...
+    // The probe was sent and answered on the wire, and the pool reported
+    // the answer with its round trip.
     let records = dir.link_records();
     assert_eq!(records.len(), 1, "{records:#?}");
     assert!(records[0].pongs_sent >= 1, "{records:#?}");
     assert!(dir.evictions().is_empty());
-    // ...but the pool does not report it yet: the PONG's line is first
-    // signalled as a sign of life, which settles the probe without
-    // PoolEvent::ProbeAnswered (library bug, reported). Once fixed, the
-    // line and the RTT summary are there:
-    if stdout.contains("probe answered") {
-        assert!(
-            stdout.contains(&format!("{node}  probe answered  rtt ")),
-            "{stdout}"
-        );
-        assert!(stdout.contains("answered, rtt min "), "{stdout}");
-    } else {
-        assert!(stdout.contains("  probes:     0 answered"), "{stdout}");
-    }
+    assert!(
+        stdout.contains(&format!("{node}  probe answered  rtt ")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("answered, rtt min "), "{stdout}");
 }
 
 #[test]
