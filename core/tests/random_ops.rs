@@ -1,7 +1,7 @@
 //! The seeded core simulation: the model checker of
 //! `dirpool_core::fuzzing` (a driver playing random commands, results,
 //! losses, close results, time steps and wrong inputs against `PoolState`,
-//! every invariant of `DESIGN.md` checked after every step), run from
+//! every invariant of `ARCHITECTURE.md` checked after every step), run from
 //! seeds.
 //!
 //! A seed names a byte string, and the `pool_ops` fuzz target runs the same

@@ -38,7 +38,7 @@ pub struct RunFailure {
 
 /// Plays one run of the pool's model checker, drawing every decision from
 /// `choices` (see [`Step`] for the alphabet), and checks the invariants of
-/// `DESIGN.md` after every step. Afterwards `choices.consumed()` is the
+/// `ARCHITECTURE.md` after every step. Afterwards `choices.consumed()` is the
 /// fuzz input that replays the run.
 ///
 /// # Errors

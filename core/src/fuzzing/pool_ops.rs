@@ -9,7 +9,7 @@
 //! `poll_timeout`, and in some runs a clock that moves before
 //! `handle_timeout` is called), and deliberately wrong inputs. After every
 //! step the outputs are checked against a model of what the driver holds
-//! and the invariants of `DESIGN.md` are checked against the pool's
+//! and the invariants of `ARCHITECTURE.md` are checked against the pool's
 //! queries. Some runs end with a liveness phase (every server reachable
 //! from `T`); every run ends with `close_all` and quiescence.
 //!
