@@ -43,7 +43,33 @@ pub struct Config {
     pub hook_timeout: Duration,
 }
 
+/// The longest `proxy_timeout` or `hook_timeout` accepted: a year, as
+/// every duration of the core.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Config {
+    /// Checks every setting: the core's, then the adapters' own.
+    ///
+    /// # Errors
+    /// [`ConfigError`](crate::ConfigError) naming the first field out of
+    /// range.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        self.pool.validate()?;
+        for (field, value) in [
+            ("proxy_timeout", self.proxy_timeout),
+            ("hook_timeout", self.hook_timeout),
+        ] {
+            if value.is_zero() || value > MAX_TIMEOUT {
+                return Err(crate::ConfigError::Timeout {
+                    field,
+                    value,
+                    max: MAX_TIMEOUT,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A configuration with these servers and every default.
     pub fn new<I, S>(servers: I) -> Self
     where
@@ -56,6 +82,54 @@ impl Config {
             direct_clearnet: false,
             proxy_timeout: Duration::from_secs(10),
             hook_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_timeout_is_checked_and_no_value_panics() {
+        let base = Config::new(["127.0.0.1:5222"]);
+        assert!(base.validate().is_ok());
+        for value in [
+            Duration::ZERO,
+            Duration::MAX,
+            MAX_TIMEOUT + Duration::from_secs(1),
+        ] {
+            let mut c = base.clone();
+            c.hook_timeout = value;
+            assert!(
+                matches!(
+                    c.validate(),
+                    Err(crate::ConfigError::Timeout {
+                        field: "hook_timeout",
+                        ..
+                    })
+                ),
+                "{value:?}"
+            );
+            let mut c = base.clone();
+            c.proxy_timeout = value;
+            assert!(
+                matches!(
+                    c.validate(),
+                    Err(crate::ConfigError::Timeout {
+                        field: "proxy_timeout",
+                        ..
+                    })
+                ),
+                "{value:?}"
+            );
+            let mut c = base.clone();
+            c.pool.connection_timeout = value;
+            c.pool.keepalive.probe_timeout = value;
+            assert!(
+                matches!(c.validate(), Err(crate::ConfigError::Pool(_))),
+                "{value:?}"
+            );
         }
     }
 }

@@ -206,6 +206,17 @@ pub enum ConfigError {
     /// A setting of the core (servers, timeouts, policies).
     #[error(transparent)]
     Pool(#[from] dirpool_core::ConfigError),
+    /// A timeout of the adapters (`proxy_timeout`, `hook_timeout`) that is
+    /// zero or longer than a year.
+    #[error("{field} is {value:?}: it must be more than zero and at most {max:?}")]
+    Timeout {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The longest allowed.
+        max: Duration,
+    },
     /// SOCKS credentials that a proxy cannot take.
     #[error("invalid SOCKS credentials: {0}")]
     Credentials(#[from] CredentialsError),

@@ -42,7 +42,7 @@ mod pool;
 pub mod runtime;
 mod socks;
 
-pub use config::{Config, DEFAULT_PROXY};
+pub use config::{Config, DEFAULT_PROXY, MAX_TIMEOUT};
 pub use error::{
     BoxError, CloseError, ConfigError, CredentialsError, DialError, HandshakeError,
     HandshakeErrorKind, PoolError,

@@ -110,6 +110,7 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
             None => os_entropy()?,
         };
         let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+        self.config.validate()?;
         let state = PoolState::new(self.config.pool.clone(), entropy)?;
         let isolation = state.isolation().clone();
         for credentials in state
