@@ -51,7 +51,7 @@ Options:
                       answered, RTT min/median/max, losses by reason)
   --keepalive-idle SECONDS
                       probe a link quiet this long (PING 798, if the directory
-                      advertises `ping`); at least 10 [default: 30]
+                      advertises `ping`); at least 15 [default: 30]
   --probe-timeout SECONDS
                       declare a link lost when a probe goes unanswered this long
                       [default: 30]

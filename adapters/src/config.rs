@@ -35,7 +35,9 @@ pub struct Config {
     /// answers at once; only the CONNECT reply waits for the circuit). A
     /// proxy that accepts TCP and stays silent past this is a pool-wide
     /// fault ([`PoolEvent::ProxyUnreachable`](crate::PoolEvent::ProxyUnreachable)),
-    /// not each directory's. Default 10 s.
+    /// not each directory's. Default 10 s; the pool uses at most half the
+    /// connection timeout, so a hung proxy is found before any dial times
+    /// out and is never blamed on a directory.
     pub proxy_timeout: Duration,
     /// How long a connected or disconnected hook may run before it is
     /// dropped and reported ([`PoolEvent::HookTimedOut`](crate::PoolEvent::HookTimedOut)).

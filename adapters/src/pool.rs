@@ -126,7 +126,8 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
         let dialer = Arc::new(Dialer::new(
             Arc::clone(&runtime),
             self.config.proxy,
-            self.config.proxy_timeout,
+            // Before the dial's own deadline, so the proxy takes the blame.
+            self.config.proxy_timeout.min(connection_timeout / 2),
             self.config.direct_clearnet,
             self.handshake,
         ));

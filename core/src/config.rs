@@ -191,9 +191,13 @@ pub struct KeepalivePolicy {
     pub probe_timeout: Duration,
 }
 
-/// The shortest allowed [`KeepalivePolicy::idle`]: joinmarket-rs
-/// disconnects a peer sending more than 6 PINGs a minute.
-pub const MIN_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// The shortest allowed [`KeepalivePolicy::idle`]. joinmarket-rs
+/// disconnects a peer whose PING finds 6 others in the minute before it
+/// (`crates/joinmarket-dn/src/peer.rs`, `MAX_PING_PER_MINUTE`); probes every
+/// 10 s put exactly 6 there (the window includes its start), so the floor
+/// sits at 15 s (at most 4 others), which also leaves room for the jitter
+/// of Tor's latency.
+pub const MIN_PROBE_INTERVAL: Duration = Duration::from_secs(15);
 
 impl Default for KeepalivePolicy {
     fn default() -> Self {

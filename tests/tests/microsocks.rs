@@ -240,7 +240,7 @@ fn a_path_cut_by_stopping_microsocks_is_lost_to_the_keepalive() {
         // so only the pool's keepalive can notice.
         let dir = modelled(DirectoryProfile::JoinmarketNg, 1);
         let proxy = Microsocks::start_open();
-        let keepalive = KeepalivePolicy::new(Duration::from_secs(10), Duration::from_secs(2));
+        let keepalive = KeepalivePolicy::new(Duration::from_secs(15), Duration::from_secs(2));
         let pool = jm_pool(&[dir.addr().to_string()], proxy.addr, keepalive, &rt);
         let mut events = pool.events();
         assert_eq!(pool.connect_all_parallel().await.unwrap(), 1);
@@ -289,7 +289,7 @@ impl WatchRun {
         let mut child = Command::new(env!("CARGO_BIN_EXE_probe"))
             .args(["--socks", &proxy.to_string(), "--network", "regtest"])
             .args(["--timeout", "10", "--watch", watch])
-            .args(["--keepalive-idle", "10", "--probe-timeout", "2"])
+            .args(["--keepalive-idle", "15", "--probe-timeout", "2"])
             .arg(directory.to_string())
             .stdout(Stdio::piped())
             .spawn()
@@ -371,8 +371,8 @@ fn the_probe_watches_a_healthy_directory_and_succeeds() {
     .unwrap();
     let proxy = Microsocks::start_open();
     let node = dir.addr().to_string();
-    // Probed at 10 s of quiet, answered.
-    let mut run = WatchRun::start(proxy.addr, dir.addr(), "14");
+    // Probed at 15 s of quiet, answered.
+    let mut run = WatchRun::start(proxy.addr, dir.addr(), "19");
     let connected = format!("{node}  connected  nick {JM_DIRECTORY_NICK}, features ");
     assert!(
         run.wait_for(&connected, Duration::from_secs(20)),
@@ -381,7 +381,7 @@ fn the_probe_watches_a_healthy_directory_and_succeeds() {
     );
     let (code, stdout) = run.finish(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{stdout}");
-    assert!(stdout.contains("watching for 14s"), "{stdout}");
+    assert!(stdout.contains("watching for 19s"), "{stdout}");
     assert!(!stdout.contains("  lost: "), "{stdout}");
     assert!(
         stdout.contains("  connected:  ") && stdout.contains("(1 connection)"),
@@ -413,14 +413,14 @@ fn the_probe_watch_reports_a_silent_path_and_fails() {
     .unwrap();
     let proxy = Microsocks::start_open();
     let node = dir.addr().to_string();
-    let mut run = WatchRun::start(proxy.addr, dir.addr(), "25");
+    let mut run = WatchRun::start(proxy.addr, dir.addr(), "30");
     let connected = format!("{node}  connected  nick {JM_DIRECTORY_NICK}");
     assert!(
         run.wait_for(&connected, Duration::from_secs(20)),
         "{:#?}",
         run.seen
     );
-    // The path goes silent: probed after 10 s of quiet, lost 2 s later.
+    // The path goes silent: probed after 15 s of quiet, lost 2 s later.
     dir.silence_links();
     let lost = format!("{node}  lost: keepalive timed out (silent path)");
     assert!(

@@ -616,7 +616,7 @@ fn a_path_cut_by_stopping_the_client_tor_is_lost_to_the_keepalive() {
     timed("client tor stopped", || {
         on_both_runtimes_within(LIMIT, |rt| async move {
             let onion = net.onion("zeta");
-            let keepalive = KeepalivePolicy::new(Duration::from_secs(10), Duration::from_secs(2));
+            let keepalive = KeepalivePolicy::new(Duration::from_secs(15), Duration::from_secs(2));
             let pool = keepalive_pool(&[&onion], net.socks(TorClient::First), keepalive, &rt);
             let mut events = pool.events();
             connect_all(&pool).await;

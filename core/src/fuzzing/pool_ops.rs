@@ -446,7 +446,7 @@ fn random_setup(choices: &mut Choices) -> Setup {
     config.maintenance.max_retries = u32::try_from(choices.below(4)).unwrap_or(0);
     config.maintenance.stable_after = choices.millis(0, 120_000);
     config.keepalive = KeepalivePolicy::new(
-        choices.millis(10_000, 120_000),
+        choices.millis(15_000, 120_000),
         choices.millis(1_000, 60_000),
     );
     let mut token = [0u8; 16];
