@@ -70,3 +70,61 @@ fn a_seed_replays_byte_for_byte() {
         assert_eq!(first, second, "seed {seed} did not replay exactly");
     }
 }
+
+// ---- the long-lived-link world (tests/src/sim/liveness.rs) ----
+
+use dirpool_tests::sim::liveness;
+
+/// Liveness seeds that once found a bug: they stay in the suite forever.
+const LIVENESS_REGRESSION_SEEDS: &[u64] = &[];
+
+fn liveness_or_panic(seed: u64) -> liveness::Report {
+    match std::panic::catch_unwind(|| liveness::run(seed)) {
+        Ok(Ok(report)) => report,
+        Ok(Err(failure)) => panic!("{failure}"),
+        Err(_) => panic!(
+            "liveness seed {seed} panicked; replay: DIRPOOL_LIVENESS_SEED={seed} cargo test -p dirpool-tests --test simulation liveness"
+        ),
+    }
+}
+
+/// `DIRPOOL_LIVENESS_SEEDS=N` runs N seeds (default 40);
+/// `DIRPOOL_LIVENESS_SEED=N` replays exactly one.
+#[test]
+fn liveness_worlds_keep_every_invariant() {
+    if let Some(seed) = env("DIRPOOL_LIVENESS_SEED") {
+        let report = liveness_or_panic(seed);
+        #[allow(clippy::print_stderr)]
+        if std::env::var_os("DIRPOOL_LIVENESS_TRACE").is_some() {
+            eprintln!("{}", report.trace.0.join("\n"));
+        }
+        return;
+    }
+    let count = env("DIRPOOL_LIVENESS_SEEDS").unwrap_or(40);
+    let started = Instant::now();
+    for seed in 0..count {
+        liveness_or_panic(seed);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("liveness: {count} seeds in {secs:.1} s");
+    }
+}
+
+#[test]
+fn liveness_regression_seeds_stay_fixed() {
+    for &seed in LIVENESS_REGRESSION_SEEDS {
+        liveness_or_panic(seed);
+    }
+}
+
+#[test]
+fn a_liveness_seed_replays_byte_for_byte() {
+    for seed in [5, 21] {
+        let first = liveness_or_panic(seed);
+        let second = liveness_or_panic(seed);
+        assert!(first.trace.0.len() > 20, "seed {seed} did too little");
+        assert_eq!(first, second, "seed {seed} did not replay exactly");
+    }
+}
