@@ -150,13 +150,47 @@ fn probing_at_the_minimum_interval_stays_within_the_rs_ping_limit() {
 /// (`ProxyUnreachable` never comes): every dial ends as the server's own
 /// `TimedOut`, counts in its `consecutive_failures`, and maintenance gives
 /// up on it (`GaveUp`) — what `Config::proxy_timeout` promises not to do.
-/// Found by liveness seeds 141, 164, 400, 565, 611 before the scenario
-/// kept the connection timeout above 10 s.
+/// The same with several servers and any connection timeout below
+/// `servers × proxy_timeout`: during the hang the pool lets one dial at a
+/// time wait on the proxy, each for `proxy_timeout`, while every server's
+/// connection timeout runs from the command; the server at the back times
+/// out as its own failure. Found by liveness seeds 141, 164, 321, 400,
+/// 565, 611 before the scenario kept the connection timeout above
+/// `servers × 10 s`.
 #[test]
-#[ignore = "pool bug: connection_timeout <= proxy_timeout blames a hung proxy on the servers"]
+#[ignore = "pool bug: a dial whose connection timeout runs out while it waits on a hung proxy is blamed on its server"]
 fn a_hung_proxy_is_a_pool_fault_whatever_the_connection_timeout() {
-    let scenario = liveness::short_connection_timeout_scenario();
-    if let Err(failure) = liveness::run_scenario(0, &scenario) {
-        panic!("{failure}");
+    for (servers, timeout) in [(1, 10), (3, 25)] {
+        let timeout = std::time::Duration::from_secs(timeout);
+        let scenario = liveness::short_connection_timeout_scenario(servers, timeout);
+        if let Err(failure) = liveness::run_scenario(0, &scenario) {
+            panic!("{servers} servers, connection timeout {timeout:?}: {failure}");
+        }
     }
+}
+
+/// Pool bug (not fixed here: library code): `PoolEvent::ProbeAnswered` is
+/// never emitted for a JoinMarket link. `DirectoryConnection`'s read loop
+/// calls `LinkSignals::alive()` for every line, the PONG included, before
+/// `probe_answered()`; the driver feeds the `Alive` to
+/// `PoolState::link_active`, whose `heard(.., answer = false)` settles the
+/// probe (`Watch::Probing` → `Quiet`), so the `ProbeAnswered` signal that
+/// follows finds no probe out and notifies nothing. Probes are sent and
+/// answered (the link stays up); only the event (and its rtt) is lost.
+#[test]
+#[ignore = "pool bug: ProbeAnswered is never emitted (the PONG's alive() settles the probe first)"]
+fn answered_probes_are_reported() {
+    let scenario = liveness::base_scenario(
+        vec![liveness::Plan::Healthy(
+            dirpool_tests::directory_model::DirectoryProfile::JoinmarketNg,
+        )],
+        std::time::Duration::from_secs(600),
+    );
+    let report = liveness::run_scenario(0, &scenario).unwrap_or_else(|f| panic!("{f}"));
+    assert!(report.probes_sent > 0, "no probe sent: {report:?}");
+    assert_eq!(
+        report.probes_answered, report.probes_sent,
+        "{} probes sent and answered, {} ProbeAnswered events",
+        report.probes_sent, report.probes_answered
+    );
 }

@@ -43,8 +43,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use dirpool::joinmarket::{
-    DirectoryConnection, Envelope, JmConfig, JoinMarketHandshake, MESSAGE_OVERHEAD, Network,
-    Nick, RecvError,
+    DirectoryConnection, Envelope, JmConfig, JoinMarketHandshake, MESSAGE_OVERHEAD, Network, Nick,
+    RecvError,
 };
 use dirpool::{Config, DirectoryPool, PoolEvent, PoolHooks, Runtime};
 use dirpool_core::{
@@ -109,8 +109,11 @@ impl Plan {
             Self::Healthy(profile)
             | Self::Silent { profile, .. }
             | Self::Disconnect { profile, .. } => DirectoryConfig::new(*profile, DIRECTORY_NICK),
-            Self::Flood { .. } => DirectoryConfig::new(DirectoryProfile::JoinmarketNg, DIRECTORY_NICK)
-                .with_timings(crate::directory_model::HeartbeatTimings::default().scaled_down(10)),
+            Self::Flood { .. } => {
+                DirectoryConfig::new(DirectoryProfile::JoinmarketNg, DIRECTORY_NICK).with_timings(
+                    crate::directory_model::HeartbeatTimings::default().scaled_down(10),
+                )
+            }
         }
     }
 
@@ -195,6 +198,8 @@ pub struct Report {
     /// For each silent path declared lost: from the directory's last byte
     /// to the `Disconnected` event.
     pub silent_losses: Vec<Duration>,
+    /// Probes the pool had its clients send (PING 798).
+    pub probes_sent: usize,
     /// `ProbeAnswered` events.
     pub probes_answered: usize,
     /// PINGs the modelled directories sent.
@@ -242,7 +247,10 @@ impl std::fmt::Display for Failure {
 pub fn scenario(seed: u64) -> Scenario {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x11fe);
     let profiles = DirectoryProfile::ALL;
-    let pingable = [DirectoryProfile::JoinmarketNg, DirectoryProfile::JoinmarketRs];
+    let pingable = [
+        DirectoryProfile::JoinmarketNg,
+        DirectoryProfile::JoinmarketRs,
+    ];
     let duration = Duration::from_secs(rng.u64(2 * 3600..=8 * 3600));
     let max_line = [4 * 1024, 16 * 1024, 64 * 1024][rng.usize(..3)];
     let inbound_bytes = max_line + MESSAGE_OVERHEAD + rng.usize(0..=4) * max_line;
@@ -262,7 +270,8 @@ pub fn scenario(seed: u64) -> Scenario {
             _ => {
                 let line_len = rng.usize(100..=max_line);
                 let tick = Duration::from_millis(100);
-                let until = Duration::from_secs(rng.u64(20..=90));
+                // Past 66 s the (scaled) directory PINGs during the flood.
+                let until = Duration::from_secs(rng.u64(20..=120));
                 let ticks = until.as_millis() / tick.as_millis();
                 let target = (inbound_bytes * rng.usize(2..=6)) as u128;
                 let per_tick = target.div_ceil(ticks * line_len as u128).max(1);
@@ -286,12 +295,12 @@ pub fn scenario(seed: u64) -> Scenario {
         _ => KeepalivePolicy::new(Duration::from_secs(900), Duration::from_secs(60)),
     };
     let proxy_hang = (rng.u8(..3) == 0).then(|| {
-        let start = Duration::from_millis(rng.u64(0..duration.as_millis() as u64));
+        let start = Duration::from_millis(rng.u64(0..millis(duration)));
         (start, Duration::from_secs(rng.u64(5..=300)))
     });
-    let commands = (0..rng.usize(0..=12))
+    let mut commands: Vec<(Duration, Command)> = (0..rng.usize(0..=12))
         .map(|_| {
-            let at = Duration::from_millis(rng.u64(0..duration.as_millis() as u64));
+            let at = Duration::from_millis(rng.u64(0..millis(duration)));
             let retry = Duration::from_secs(rng.u64(1..=60));
             let command = match rng.u8(..100) {
                 0..=14 => Command::ConnectAll,
@@ -307,6 +316,16 @@ pub fn scenario(seed: u64) -> Scenario {
             (at, command)
         })
         .collect();
+    // Someone asks for connections while the proxy hangs.
+    if let Some((start, length)) = proxy_hang {
+        let at = start + Duration::from_millis(rng.u64(0..millis(length)));
+        let command = if rng.bool() {
+            Command::CloseThenConnect
+        } else {
+            Command::CloseThenRetry(Duration::from_secs(rng.u64(1..=60)))
+        };
+        commands.push((at, command));
+    }
     Scenario {
         plans,
         duration,
@@ -319,9 +338,11 @@ pub fn scenario(seed: u64) -> Scenario {
         inbound_bytes,
         outbound_bytes,
         backoff_max: Duration::from_secs(rng.u64(2..=30)),
-        // Above the proxy timeout (10 s): at or below it a hung proxy is
-        // blamed on the servers (see `short_connection_timeout_scenario`).
-        connection_timeout: Duration::from_secs(rng.u64(11..=30)),
+        // Above the proxy timeout (10 s) once per server: while the proxy
+        // hangs the pool lets one dial at a time wait on it, and a dial
+        // whose connection timeout runs out in that queue is blamed on its
+        // server (see `short_connection_timeout_scenario`).
+        connection_timeout: Duration::from_secs(rng.u64(count as u64 * 10 + 5..=60)),
     }
 }
 
@@ -332,20 +353,43 @@ pub fn scenario(seed: u64) -> Scenario {
 /// pool-wide fault (`ProxyUnreachable`, servers keep their retry budget);
 /// here the connection timeout fires first and each dial is counted
 /// against the server, until maintenance gives up on it.
-pub fn short_connection_timeout_scenario() -> Scenario {
+///
+/// With `servers` directories the same happens with any connection
+/// timeout below `servers × proxy_timeout`: while the proxy is reported
+/// unreachable the pool lets one dial at a time wait on it (each for
+/// `proxy_timeout`), but every server's connection timeout runs from the
+/// command, so a server further back in that queue times out as its own
+/// failure (`servers = 3`, `connection_timeout` 25 s: the third one of
+/// the second `connect_all_parallel`, made while the proxy is known down).
+pub fn short_connection_timeout_scenario(servers: usize, connection_timeout: Duration) -> Scenario {
+    let plans = vec![Plan::Healthy(DirectoryProfile::JoinmarketNg); servers];
     Scenario {
-        plans: vec![Plan::Healthy(DirectoryProfile::JoinmarketNg)],
-        duration: Duration::from_secs(900),
+        proxy_hang: Some((Duration::from_secs(60), Duration::from_secs(300))),
+        commands: vec![
+            (Duration::from_secs(61), Command::CloseThenConnect),
+            (Duration::from_secs(120), Command::ConnectAll),
+        ],
+        connection_timeout,
+        ..base_scenario(plans, Duration::from_secs(900))
+    }
+}
+
+/// One healthy directory (`profile`) idle for `duration`, every default,
+/// nothing else happening.
+pub fn base_scenario(plans: Vec<Plan>, duration: Duration) -> Scenario {
+    Scenario {
+        plans,
+        duration,
         keepalive: KeepalivePolicy::default(),
         hook_timeout: Duration::from_secs(10),
         hook_hang_percent: 0,
-        proxy_hang: Some((Duration::from_secs(60), Duration::from_secs(300))),
-        commands: vec![(Duration::from_secs(61), Command::CloseThenConnect)],
+        proxy_hang: None,
+        commands: Vec::new(),
         max_line: 64 * 1024,
         inbound_bytes: 1024 * 1024,
         outbound_bytes: 256 * 1024,
         backoff_max: Duration::from_secs(10),
-        connection_timeout: Duration::from_secs(10),
+        connection_timeout: Duration::from_secs(30),
     }
 }
 
@@ -370,6 +414,10 @@ pub fn min_probe_interval_scenario() -> Scenario {
         backoff_max: Duration::from_secs(10),
         connection_timeout: Duration::from_secs(10),
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Runs the world of `seed` ([`scenario`]) and checks it.
@@ -579,12 +627,14 @@ impl SimWorld for World {
 /// connection (stats, recv).
 struct LiveHandshake {
     inner: JoinMarketHandshake,
+    probes: Arc<AtomicUsize>,
 }
 
-/// A registered client: the real connection.
+/// A registered client: the real connection, counting the probes sent.
 #[derive(Debug)]
 pub struct LiveClient {
     inner: DirectoryConnection,
+    probes: Arc<AtomicUsize>,
 }
 
 impl dirpool::Handshake for LiveHandshake {
@@ -597,7 +647,10 @@ impl dirpool::Handshake for LiveHandshake {
         stream: dirpool::BoxedStream,
     ) -> Result<LiveClient, dirpool::HandshakeError> {
         let inner = self.inner.handshake(context, server, stream).await?;
-        Ok(LiveClient { inner })
+        Ok(LiveClient {
+            inner,
+            probes: Arc::clone(&self.probes),
+        })
     }
 }
 
@@ -611,7 +664,11 @@ impl dirpool::Client for LiveClient {
     }
 
     fn probe(&self) -> dirpool::ProbeStatus {
-        self.inner.probe()
+        let status = self.inner.probe();
+        if status == dirpool::ProbeStatus::Sent {
+            self.probes.fetch_add(1, Ordering::SeqCst);
+        }
+        status
     }
 }
 
@@ -741,20 +798,15 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
     config.pool.isolation = IsolationScope::PerCategory;
     config.pool.connection_timeout = scenario.connection_timeout;
     config.pool.keepalive = scenario.keepalive;
-    config.pool.maintenance.backoff = Backoff::new(
-        Duration::from_millis(500),
-        scenario.backoff_max,
-        2.0,
-    )
-    .with_jitter(0.2);
+    config.pool.maintenance.backoff =
+        Backoff::new(Duration::from_millis(500), scenario.backoff_max, 2.0).with_jitter(0.2);
     config.pool.maintenance.max_retries = 3;
     config.hook_timeout = scenario.hook_timeout;
     let proxy_timeout = config.proxy_timeout;
     // A redial: the backoff (jitter up to 20 %), the dial (proxy latency,
     // handshake reply delay), within the connection timeout.
-    let redial_bound = scenario.backoff_max.mul_f64(1.2)
-        + scenario.connection_timeout
-        + SCHEDULING_SLACK;
+    let redial_bound =
+        scenario.backoff_max.mul_f64(1.2) + scenario.connection_timeout + SCHEDULING_SLACK;
     let held_bound = scenario.inbound_bytes
         + 64 * std::mem::size_of::<Envelope>()
         + scenario.max_line
@@ -828,12 +880,14 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
     jm.max_line = scenario.max_line;
     jm.inbound_bytes = scenario.inbound_bytes;
     jm.outbound_bytes = scenario.outbound_bytes;
+    let probes = Arc::new(AtomicUsize::new(0));
     let handshake = LiveHandshake {
         inner: JoinMarketHandshake::new(jm).map_err(|e| Failure {
             seed,
             message: format!("bad JmConfig: {e}"),
             trace: Trace::default(),
         })?,
+        probes: Arc::clone(&probes),
     };
     let entropy = Entropy {
         isolation_token: IsolationToken::from_bytes([9; 16]),
@@ -1029,6 +1083,7 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
         return Err(failure(seed, &state, message.clone()));
     }
     let mut s = lock(&state);
+    s.report.probes_sent = probes.load(Ordering::SeqCst);
     s.report.trace = Trace(std::mem::take(&mut s.trace));
     let report = s.report.clone();
     drop(s);
@@ -1114,7 +1169,9 @@ fn user(
         Command::ConnectWithRetry(timeout) | Command::CloseThenRetry(timeout) => {
             lock(state).asked(format!("user: connect_all_with_retry({timeout:?})"));
             tasks.spawn(async move {
-                let n = pool2.connect_all_with_retry(RetryPolicy::new(timeout)).await;
+                let n = pool2
+                    .connect_all_with_retry(RetryPolicy::new(timeout))
+                    .await;
                 lock(&state2).log(format!("user: connect_all_with_retry -> {n:?}"));
             });
         }
@@ -1271,10 +1328,7 @@ fn on_event(s: &mut State, event: &PoolEvent) {
 }
 
 /// The invariants checked after every step.
-fn check(
-    state: &Arc<Mutex<State>>,
-    pool: &DirectoryPool<LiveHandshake>,
-) -> Result<(), String> {
+fn check(state: &Arc<Mutex<State>>, pool: &DirectoryPool<LiveHandshake>) -> Result<(), String> {
     let clients = pool.clients();
     // The floods that ended: the user reads once, and must hear of the loss.
     let ended = std::mem::take(&mut lock(state).flood_ended);

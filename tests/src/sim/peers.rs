@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use dirpool::Runtime;
 
 use crate::directory_model::{
-    DirectoryConfig, DirectoryLink, LineLimit, LinkClose, LinkOutput, LinkPeer,
-    MODEL_DISCONNECT, MODEL_PING, MODEL_PONG,
+    DirectoryConfig, DirectoryLink, LineLimit, LinkClose, LinkOutput, LinkPeer, MODEL_DISCONNECT,
+    MODEL_PING, MODEL_PONG,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
