@@ -5,6 +5,15 @@
 //!
 //! `DIRPOOL_SIM_SEEDS=N` runs N seeds (default 2,000);
 //! `DIRPOOL_SIM_SEED=N` replays exactly one.
+//!
+//! The long-lived-link world (`dirpool_tests::sim::liveness`: hours of
+//! virtual time after the handshake, modelled directories, silent paths,
+//! floods, DISCONNECT, a hung proxy, hung hooks):
+//! `DIRPOOL_LIVENESS_SEEDS=N` runs N seeds (default 300);
+//! `DIRPOOL_LIVENESS_SEED=N` replays one (`DIRPOOL_LIVENESS_TRACE=1` prints
+//! its trace at the end, `DIRPOOL_LIVENESS_ECHO=1` as it is written).
+//! Tests marked `#[ignore]` pin pool bugs found by it (run them with
+//! `-- --ignored`).
 
 use std::time::Instant;
 
@@ -88,7 +97,7 @@ fn liveness_or_panic(seed: u64) -> liveness::Report {
     }
 }
 
-/// `DIRPOOL_LIVENESS_SEEDS=N` runs N seeds (default 40);
+/// `DIRPOOL_LIVENESS_SEEDS=N` runs N seeds (default 300, a few seconds);
 /// `DIRPOOL_LIVENESS_SEED=N` replays exactly one.
 #[test]
 fn liveness_worlds_keep_every_invariant() {
@@ -100,7 +109,7 @@ fn liveness_worlds_keep_every_invariant() {
         }
         return;
     }
-    let count = env("DIRPOOL_LIVENESS_SEEDS").unwrap_or(40);
+    let count = env("DIRPOOL_LIVENESS_SEEDS").unwrap_or(300);
     let started = Instant::now();
     for seed in 0..count {
         liveness_or_panic(seed);

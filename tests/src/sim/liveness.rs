@@ -198,6 +198,8 @@ pub struct Report {
     /// For each silent path declared lost: from the directory's last byte
     /// to the `Disconnected` event.
     pub silent_losses: Vec<Duration>,
+    /// The same, from the instant the path went silent.
+    pub silence_to_loss: Vec<Duration>,
     /// Probes the pool had its clients send (PING 798).
     pub probes_sent: usize,
     /// `ProbeAnswered` events.
@@ -449,6 +451,8 @@ struct State {
     loss_bound: Duration,
     /// node_id → the instant its silent directory last sent a byte.
     silent_due: BTreeMap<String, Instant>,
+    /// node_id → the instant its path went silent.
+    silent_since: BTreeMap<String, Instant>,
     /// node_ids whose directory said DISCONNECT.
     disconnect_due: BTreeMap<String, Instant>,
     /// node_id → by when a lost link must be back (maintenance on).
@@ -593,6 +597,8 @@ impl SimWorld for World {
                     short(host)
                 ));
                 if s.registered.get(&node) == Some(&true) {
+                    let now = s.now;
+                    s.silent_since.insert(node.clone(), now);
                     s.silent_due.insert(node, *last_sent);
                 }
             }
@@ -828,6 +834,7 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
         registered: BTreeMap::new(),
         loss_bound: scenario.keepalive.loss_bound(),
         silent_due: BTreeMap::new(),
+        silent_since: BTreeMap::new(),
         disconnect_due: BTreeMap::new(),
         redial_due: BTreeMap::new(),
         redial_bound,
@@ -906,6 +913,7 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
         })?;
     sim.run_until_idle();
     let pool_tasks = sim.pending_tasks();
+    lock(&state).log(format!("pool: {pool_tasks} tasks of its own"));
 
     // Tor: hung connections are held silently, the others served.
     let listener = Arc::new(sim.bind(PROXY.parse::<SocketAddr>().expect("proxy address")));
@@ -1272,6 +1280,7 @@ fn on_event(s: &mut State, event: &PoolEvent) {
                 s.violation(format!("{node_id} disconnected while not connected"));
             }
             let silent = s.silent_due.remove(node_id);
+            let since = s.silent_since.remove(node_id);
             let said = s.disconnect_due.remove(node_id);
             let DisconnectReason::Lost(loss) = reason else {
                 return;
@@ -1280,6 +1289,10 @@ fn on_event(s: &mut State, event: &PoolEvent) {
                 (LinkLoss::KeepaliveTimeout, Some(last_sent), _) => {
                     let took = s.now.saturating_duration_since(last_sent);
                     s.report.silent_losses.push(took);
+                    if let Some(since) = since {
+                        let after = s.now.saturating_duration_since(since);
+                        s.report.silence_to_loss.push(after);
+                    }
                     if took > s.loss_bound + SCHEDULING_SLACK {
                         s.violation(format!(
                             "inv 11: silent path to {node_id} declared lost {took:?} after its last byte (bound {:?} + {SCHEDULING_SLACK:?})",
