@@ -1051,7 +1051,11 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
 
     // Part two: close_all; nothing connects, and once the hooks have run
     // out no socket or task of the pool is left.
-    lock(&state).log("final: close_all");
+    let open = sim.open_client_streams();
+    lock(&state).log(format!(
+        "final: close_all ({open} sockets open, {} tasks of the pool)",
+        sim.pending_tasks().saturating_sub(tasks.live())
+    ));
     user(&tasks, &pool, &state, Command::CloseAll);
     let mut waited = 0;
     loop {

@@ -1484,4 +1484,71 @@ mod tests {
         drop(client);
         server.await.unwrap();
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn modelled_twists_silence_disconnect_and_flood() {
+        let config = DirectoryConfig::new(DirectoryProfile::JoinmarketNg, DIRECTORY_NICK);
+        // Silent after 5 s: PINGs answered before, nothing after.
+        let twist = Twist::SilentAfter(Duration::from_secs(5));
+        let fate = DirectoryFate::ModelledWith {
+            config: config.clone(),
+            twist,
+        };
+        let world = fixed(FORWARD, fate, true);
+        let (mut client, server, _) = handshaked(&world).await;
+        client.write_all(&envelope(798, "")).await.unwrap();
+        assert_eq!(
+            read_line(&mut client).await.unwrap(),
+            crate::jm_message(799, "").as_bytes()
+        );
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        client.write_all(&envelope(798, "")).await.unwrap();
+        assert!(timeout(LONG, read_line(&mut client)).await.is_err());
+        assert!(
+            events(&world)
+                .iter()
+                .any(|e| matches!(e, PeerEvent::PathSilent { .. }))
+        );
+        server.abort();
+
+        // DISCONNECT after 5 s, then reading until the client closes.
+        let twist = Twist::DisconnectAfter(Duration::from_secs(5));
+        let fate = DirectoryFate::ModelledWith {
+            config: config.clone(),
+            twist,
+        };
+        let world = fixed(FORWARD, fate, true);
+        let (mut client, server, _) = handshaked(&world).await;
+        let started = TokioInstant::now();
+        assert_eq!(read_line(&mut client).await.unwrap(), envelope(801, ""));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        drop(client);
+        server.await.unwrap();
+        assert_eq!(events(&world).last(), Some(&directory(false)));
+
+        // A flood of 3 lines every second for 2 s.
+        let twist = Twist::Flood {
+            line_len: 100,
+            lines_per_tick: 3,
+            tick: Duration::from_secs(1),
+            until: Duration::from_secs(2),
+        };
+        let world = fixed(FORWARD, DirectoryFate::ModelledWith { config, twist }, true);
+        let (mut client, server, _) = handshaked(&world).await;
+        for _ in 0..6 {
+            assert_eq!(read_line(&mut client).await.unwrap().len(), 100);
+        }
+        assert!(
+            timeout(Duration::from_secs(30), read_line(&mut client))
+                .await
+                .is_err()
+        );
+        drop(client);
+        server.await.unwrap();
+        assert!(
+            events(&world)
+                .iter()
+                .any(|e| matches!(e, PeerEvent::FloodEnded { bytes, .. } if *bytes == 600))
+        );
+    }
 }
