@@ -2,6 +2,7 @@
 //! executor and an in-memory network ([`runtime::SimRuntime`]), on which
 //! the unchanged driver runs.
 
+pub mod liveness;
 pub mod peers;
 pub mod runtime;
 pub mod world;

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use dirpool::Runtime;
 
 use crate::directory_model::{
-    DirectoryConfig, DirectoryLink, LineLimit, LinkClose, LinkOutput, LinkPeer, MODEL_PING,
-    MODEL_PONG,
+    DirectoryConfig, DirectoryLink, LineLimit, LinkClose, LinkOutput, LinkPeer, MODEL_DISCONNECT,
+    MODEL_PING, MODEL_PONG,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -130,6 +130,42 @@ pub enum DirectoryFate {
     Flood {
         /// The length of each line.
         line_len: usize,
+    },
+    /// A [`DirectoryFate::Modelled`] directory (replying at once) whose
+    /// link takes a [`Twist`] after the reply.
+    ModelledWith {
+        /// The model's configuration.
+        config: DirectoryConfig,
+        /// What happens to the link.
+        twist: Twist,
+    },
+}
+
+/// What happens to a modelled link besides the model's own behaviour
+/// ([`DirectoryFate::ModelledWith`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Twist {
+    /// `after` the reply the path goes silent both ways (nothing read,
+    /// nothing written, the socket held open):
+    /// [`PeerEvent::PathSilent`].
+    SilentAfter(Duration),
+    /// `after` the reply the directory sends DISCONNECT (801)
+    /// ([`PeerEvent::DirectoryDisconnect`]), then only reads until the
+    /// client closes.
+    DisconnectAfter(Duration),
+    /// Every `tick` from the reply until `until`, `lines_per_tick` public
+    /// messages of `line_len` bytes (`\r\n` included, at least 27), while
+    /// the model runs as usual (answers, PINGs, evictions);
+    /// [`PeerEvent::FloodEnded`] when it stops.
+    Flood {
+        /// Bytes per line.
+        line_len: usize,
+        /// Lines per tick.
+        lines_per_tick: usize,
+        /// Between ticks (non-zero).
+        tick: Duration,
+        /// How long the flood lasts.
+        until: Duration,
     },
 }
 
@@ -247,6 +283,31 @@ pub enum PeerEvent {
         /// Why, and when.
         close: LinkClose,
     },
+    /// A [`Twist::SilentAfter`] path went silent.
+    PathSilent {
+        /// The directory's host.
+        host: String,
+        /// The connection id.
+        conn: u64,
+        /// When the directory last wrote a byte to the client.
+        last_sent: Instant,
+    },
+    /// A [`Twist::DisconnectAfter`] directory sent DISCONNECT (801).
+    DirectoryDisconnect {
+        /// The directory's host.
+        host: String,
+        /// The connection id.
+        conn: u64,
+    },
+    /// A [`Twist::Flood`] stopped flooding.
+    FloodEnded {
+        /// The directory's host.
+        host: String,
+        /// The connection id.
+        conn: u64,
+        /// Bytes of flood lines written.
+        bytes: u64,
+    },
 }
 
 /// Serves one accepted client connection as a SOCKS5 proxy (RFC 1928 +
@@ -265,12 +326,14 @@ pub async fn serve_proxy_connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
     rt: Arc<dyn Runtime>,
     conn: u64,
 ) {
+    let last_sent = rt.now();
     let mut peer = Peer {
         stream,
         buf: Vec::new(),
         world,
         rt,
         conn,
+        last_sent,
     };
     // Every way of ending (clean or not) closes the connection the same way.
     let _ = peer.socks().await;
@@ -309,6 +372,8 @@ struct Peer<S> {
     world: Arc<dyn SimWorld>,
     rt: Arc<dyn Runtime>,
     conn: u64,
+    /// When a byte was last written to the client.
+    last_sent: Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Peer<S> {
@@ -472,7 +537,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Peer<S> {
                 let reply = reply_line_with(&network, true, "sim", features);
                 self.write(&envelope(JM_DN_HANDSHAKE, &reply)).await?;
                 self.opened(host, opened);
-                self.run_model(host, config, link_peer).await
+                self.run_model(host, config, link_peer, None).await
+            }
+            DirectoryFate::ModelledWith { config, twist } => {
+                let features = config.profile.features();
+                let reply = reply_line_with(&network, true, "sim", features);
+                self.write(&envelope(JM_DN_HANDSHAKE, &reply)).await?;
+                self.opened(host, opened);
+                self.run_model(host, config, link_peer, Some(twist)).await
             }
             DirectoryFate::SilentAfter { after } => {
                 self.write(&accepting_reply(&network)).await?;
@@ -513,12 +585,77 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Peer<S> {
 
     /// A modelled link on the runtime's clock, until the client closes or
     /// the model closes.
-    async fn run_model(&mut self, host: &str, config: DirectoryConfig, peer: LinkPeer) -> Flow {
+    async fn run_model(
+        &mut self,
+        host: &str,
+        config: DirectoryConfig,
+        peer: LinkPeer,
+        twist: Option<Twist>,
+    ) -> Flow {
         let now = self.rt.now();
         let limit = config.line_limit;
         let mut link = DirectoryLink::new(config, peer, now, now);
+        // The twist's next instant: the silence or DISCONNECT, or the next
+        // flood tick (`None` once the flood is over).
+        let mut twist_at = match twist {
+            Some(Twist::SilentAfter(after) | Twist::DisconnectAfter(after)) => Some(now + after),
+            Some(Twist::Flood { .. }) => Some(now),
+            None => None,
+        };
+        let flood_end = match twist {
+            Some(Twist::Flood { until, .. }) => now + until,
+            _ => now,
+        };
+        let mut flooded = 0u64;
         loop {
-            match self.next_line_within(link.poll_timeout(), limit).await? {
+            let deadline = [link.poll_timeout(), twist_at].into_iter().flatten().min();
+            let line = self.next_line_within(deadline, limit).await?;
+            let now = self.rt.now();
+            if twist_at.is_some_and(|at| now >= at) {
+                match twist {
+                    Some(Twist::SilentAfter(_)) => {
+                        self.world.record(PeerEvent::PathSilent {
+                            host: host.to_owned(),
+                            conn: self.conn,
+                            last_sent: self.last_sent,
+                        });
+                        std::future::pending::<()>().await;
+                    }
+                    Some(Twist::DisconnectAfter(_)) => {
+                        self.world.record(PeerEvent::DirectoryDisconnect {
+                            host: host.to_owned(),
+                            conn: self.conn,
+                        });
+                        self.write(&envelope(MODEL_DISCONNECT, "")).await?;
+                        return self.drain().await;
+                    }
+                    Some(Twist::Flood {
+                        line_len,
+                        lines_per_tick,
+                        tick,
+                        ..
+                    }) => {
+                        let overhead = envelope(JM_PUBMSG, "").len();
+                        let body = "f".repeat(line_len.saturating_sub(overhead));
+                        let message = envelope(JM_PUBMSG, &body);
+                        for _ in 0..lines_per_tick {
+                            self.write(&message).await?;
+                            flooded += message.len() as u64;
+                        }
+                        let next = now + tick.max(Duration::from_millis(1));
+                        twist_at = (next < flood_end).then_some(next);
+                        if twist_at.is_none() {
+                            self.world.record(PeerEvent::FloodEnded {
+                                host: host.to_owned(),
+                                conn: self.conn,
+                                bytes: flooded,
+                            });
+                        }
+                    }
+                    None => twist_at = None,
+                }
+            }
+            match line {
                 Line::Text(line) => {
                     let pong = serde_json::from_slice::<Value>(&line)
                         .ok()
@@ -533,7 +670,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Peer<S> {
                 }
                 Line::TooLong => link.handle_line_too_long(self.rt.now()),
                 Line::Eof => return Ok(()),
-                Line::Deadline => link.handle_timeout(self.rt.now()),
+                Line::Deadline => link.handle_timeout(now),
             }
             while let Some(output) = link.poll_output() {
                 match output {
@@ -678,6 +815,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Peer<S> {
     async fn write(&mut self, bytes: &[u8]) -> Flow {
         self.stream.write_all(bytes).await?;
         self.stream.flush().await?;
+        self.last_sent = self.rt.now();
         Ok(())
     }
 
@@ -1345,5 +1483,72 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::ZERO);
         drop(client);
         server.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn modelled_twists_silence_disconnect_and_flood() {
+        let config = DirectoryConfig::new(DirectoryProfile::JoinmarketNg, DIRECTORY_NICK);
+        // Silent after 5 s: PINGs answered before, nothing after.
+        let twist = Twist::SilentAfter(Duration::from_secs(5));
+        let fate = DirectoryFate::ModelledWith {
+            config: config.clone(),
+            twist,
+        };
+        let world = fixed(FORWARD, fate, true);
+        let (mut client, server, _) = handshaked(&world).await;
+        client.write_all(&envelope(798, "")).await.unwrap();
+        assert_eq!(
+            read_line(&mut client).await.unwrap(),
+            crate::jm_message(799, "").as_bytes()
+        );
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        client.write_all(&envelope(798, "")).await.unwrap();
+        assert!(timeout(LONG, read_line(&mut client)).await.is_err());
+        assert!(
+            events(&world)
+                .iter()
+                .any(|e| matches!(e, PeerEvent::PathSilent { .. }))
+        );
+        server.abort();
+
+        // DISCONNECT after 5 s, then reading until the client closes.
+        let twist = Twist::DisconnectAfter(Duration::from_secs(5));
+        let fate = DirectoryFate::ModelledWith {
+            config: config.clone(),
+            twist,
+        };
+        let world = fixed(FORWARD, fate, true);
+        let (mut client, server, _) = handshaked(&world).await;
+        let started = TokioInstant::now();
+        assert_eq!(read_line(&mut client).await.unwrap(), envelope(801, ""));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        drop(client);
+        server.await.unwrap();
+        assert_eq!(events(&world).last(), Some(&directory(false)));
+
+        // A flood of 3 lines every second for 2 s.
+        let twist = Twist::Flood {
+            line_len: 100,
+            lines_per_tick: 3,
+            tick: Duration::from_secs(1),
+            until: Duration::from_secs(2),
+        };
+        let world = fixed(FORWARD, DirectoryFate::ModelledWith { config, twist }, true);
+        let (mut client, server, _) = handshaked(&world).await;
+        for _ in 0..6 {
+            assert_eq!(read_line(&mut client).await.unwrap().len(), 100);
+        }
+        assert!(
+            timeout(Duration::from_secs(30), read_line(&mut client))
+                .await
+                .is_err()
+        );
+        drop(client);
+        server.await.unwrap();
+        assert!(
+            events(&world)
+                .iter()
+                .any(|e| matches!(e, PeerEvent::FloodEnded { bytes, .. } if *bytes == 600))
+        );
     }
 }

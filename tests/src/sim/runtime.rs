@@ -32,7 +32,7 @@ use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -134,6 +134,8 @@ struct Inner {
     net: Mutex<Net>,
     /// Set while a `run*`/`block_on`/`advance*` call drives the executor.
     driving: AtomicBool,
+    /// Client ends of connections made by `connect_tcp` not dropped yet.
+    open_client_ends: Arc<AtomicUsize>,
 }
 
 /// A deterministic, single-threaded [`Runtime`] with a virtual clock and an
@@ -196,6 +198,7 @@ impl SimRuntime {
             ready: Arc::new(Mutex::new(ReadyQueue::default())),
             net: Mutex::new(Net::default()),
             driving: AtomicBool::new(false),
+            open_client_ends: Arc::new(AtomicUsize::new(0)),
         }))
     }
 
@@ -309,6 +312,13 @@ impl SimRuntime {
     /// Spawned tasks not finished yet.
     pub fn pending_tasks(&self) -> usize {
         lock(&self.0.tasks).map.len()
+    }
+
+    /// Client ends of in-memory connections (what
+    /// [`connect_tcp`](Runtime::connect_tcp) returned) not dropped yet: the
+    /// sockets the code under test still holds.
+    pub fn open_client_streams(&self) -> usize {
+        self.0.open_client_ends.load(Ordering::SeqCst)
     }
 
     /// A fresh id from the task counter (for `block_on`'s own future).
@@ -616,7 +626,52 @@ impl SimRuntime {
         for waker in acceptors {
             waker.wake();
         }
-        Ok(Box::pin(client))
+        self.0.open_client_ends.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::pin(CountedStream {
+            inner: client,
+            open: Arc::clone(&self.0.open_client_ends),
+        }))
+    }
+}
+
+/// A client end, counted in [`SimRuntime::open_client_streams`] until it
+/// is dropped.
+struct CountedStream {
+    inner: DuplexStream,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl tokio::io::AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

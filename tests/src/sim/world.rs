@@ -814,4 +814,8 @@ impl dirpool::Client for SimClient {
             CloseFate::Hang => futures::future::pending().await,
         }
     }
+
+    fn probe(&self) -> dirpool::ProbeStatus {
+        self.inner.probe()
+    }
 }
