@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dirpool_core::{ServerAddr, SocksCredentials};
@@ -21,8 +21,14 @@ pub(crate) struct Dialer<H> {
     pub(crate) handshake: H,
     /// The proxy was seen to take username/password since it last went down.
     isolation_verified: AtomicBool,
-    /// One probe at a time; the others wait for its verdict.
-    probe_lock: futures::lock::Mutex<()>,
+    /// One probe at a time; the others wait for its verdict. Holds the
+    /// last probe's failure, if it failed.
+    probe_lock: futures::lock::Mutex<Option<DialError>>,
+    /// Probes finished so far: a dial that waited while one ran takes its
+    /// verdict instead of probing again, so N dials queued behind a hung
+    /// proxy cost one `proxy_timeout`, not N (the last of them would
+    /// otherwise run out of connection timeout and blame its directory).
+    probes_done: AtomicU64,
 }
 
 impl<H: Handshake> Dialer<H> {
@@ -40,7 +46,8 @@ impl<H: Handshake> Dialer<H> {
             direct_clearnet,
             handshake,
             isolation_verified: AtomicBool::new(false),
-            probe_lock: futures::lock::Mutex::new(()),
+            probe_lock: futures::lock::Mutex::new(None),
+            probes_done: AtomicU64::new(0),
         }
     }
 
@@ -94,18 +101,63 @@ impl<H: Handshake> Dialer<H> {
         if self.isolation_verified.load(Ordering::Acquire) {
             return Ok(());
         }
-        let _probe = self.probe_lock.lock().await;
+        let before = self.probes_done.load(Ordering::Acquire);
+        let mut last_failure = self.probe_lock.lock().await;
         if self.isolation_verified.load(Ordering::Acquire) {
             return Ok(());
         }
-        socks::probe_isolation(&*self.runtime, self.proxy, self.proxy_timeout).await?;
-        tracing::debug!(proxy = %self.proxy, "proxy supports username/password isolation");
-        self.isolation_verified.store(true, Ordering::Release);
-        Ok(())
+        if self.probes_done.load(Ordering::Acquire) != before {
+            if let Some(failure) = last_failure.as_ref() {
+                // A probe ended while this dial waited for it: its verdict.
+                return Err(replay(self.proxy, failure));
+            }
+        }
+        let result = socks::probe_isolation(&*self.runtime, self.proxy, self.proxy_timeout).await;
+        self.probes_done.fetch_add(1, Ordering::AcqRel);
+        match result {
+            Ok(()) => {
+                tracing::debug!(proxy = %self.proxy, "proxy supports username/password isolation");
+                *last_failure = None;
+                self.isolation_verified.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(error) => {
+                *last_failure = Some(replay(self.proxy, &error));
+                Err(error)
+            }
+        }
     }
 
     /// The proxy went away: the next one may be another program, so check again.
     pub(crate) fn forget_isolation_check(&self) {
         self.isolation_verified.store(false, Ordering::Release);
+    }
+}
+
+/// The same verdict for another dial: a copy of a proxy probe's failure
+/// (its sources kept as text, which is all they are to the user). The
+/// probe only fails at the proxy; anything else is shown as the proxy's
+/// protocol error, with its text.
+fn replay(proxy: std::net::SocketAddr, error: &DialError) -> DialError {
+    match error {
+        DialError::ProxyUnreachable { proxy, source } => DialError::ProxyUnreachable {
+            proxy: *proxy,
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        DialError::ProxyTimedOut { proxy, waited } => DialError::ProxyTimedOut {
+            proxy: *proxy,
+            waited: *waited,
+        },
+        DialError::IsolationUnsupported { proxy } => {
+            DialError::IsolationUnsupported { proxy: *proxy }
+        }
+        DialError::ProxyProtocol { proxy, source } => DialError::ProxyProtocol {
+            proxy: *proxy,
+            source: source.to_string().into(),
+        },
+        other => DialError::ProxyProtocol {
+            proxy,
+            source: other.to_string().into(),
+        },
     }
 }

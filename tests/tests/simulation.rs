@@ -12,8 +12,8 @@
 //! `DIRPOOL_LIVENESS_SEEDS=N` runs N seeds (default 300);
 //! `DIRPOOL_LIVENESS_SEED=N` replays one (`DIRPOOL_LIVENESS_TRACE=1` prints
 //! its trace at the end, `DIRPOOL_LIVENESS_ECHO=1` as it is written).
-//! Tests marked `#[ignore]` pin pool bugs found by it (run them with
-//! `-- --ignored`).
+//! The three pool bugs it found (below) are fixed; their scenarios stay
+//! as regression tests.
 
 use std::time::Instant;
 
@@ -87,7 +87,7 @@ use dirpool_tests::sim::liveness;
 /// Liveness seeds that once found a bug: they stay in the suite forever.
 /// 134: a proxy hang lasting past the run's duration stalled the run loop
 /// (checker fix: step to scheduled events past the end). The pool bugs it
-/// found are pinned by the `#[ignore]`d tests below.
+/// found have regression tests of their own below.
 const LIVENESS_REGRESSION_SEEDS: &[u64] = &[134];
 
 fn liveness_or_panic(seed: u64) -> liveness::Report {
@@ -141,14 +141,11 @@ fn a_liveness_seed_replays_byte_for_byte() {
     }
 }
 
-/// Pool bug (not fixed here: library code): `KeepalivePolicy` allows
-/// `idle = MIN_PROBE_INTERVAL` (10 s) "so no directory's PING rate limit is
-/// reached", but probes exactly 10 s apart put a seventh PING exactly 60 s
-/// after the first, and joinmarket-rs (one-minute sliding window keeping
-/// stamps at the cutoff, 6 PINGs) closes the link. Over Tor the round trip
-/// spaces the probes further apart; on a zero-latency path it does not.
+/// Regression (found by liveness seed 38): with the keepalive floor at
+/// 10 s, probes exactly 10 s apart put a seventh PING exactly 60 s after
+/// the first, and joinmarket-rs (one-minute sliding window keeping stamps
+/// at the cutoff, 6 PINGs) closed the link. The floor is 15 s now.
 #[test]
-#[ignore = "pool bug: probes at MIN_PROBE_INTERVAL trip joinmarket-rs's PING limit on a zero-latency path"]
 fn probing_at_the_minimum_interval_stays_within_the_rs_ping_limit() {
     let scenario = liveness::min_probe_interval_scenario();
     if let Err(failure) = liveness::run_scenario(0, &scenario) {
@@ -156,21 +153,14 @@ fn probing_at_the_minimum_interval_stays_within_the_rs_ping_limit() {
     }
 }
 
-/// Pool bug (not fixed here: library code): with `connection_timeout` at
-/// or below `proxy_timeout` (e.g. 10 s and the default 10 s), a proxy that
-/// accepts TCP and never answers the SOCKS greeting is not reported
-/// (`ProxyUnreachable` never comes): every dial ends as the server's own
-/// `TimedOut`, counts in its `consecutive_failures`, and maintenance gives
-/// up on it (`GaveUp`) — what `Config::proxy_timeout` promises not to do.
-/// The same with several servers and any connection timeout below
-/// `servers × proxy_timeout`: during the hang the pool lets one dial at a
-/// time wait on the proxy, each for `proxy_timeout`, while every server's
-/// connection timeout runs from the command; the server at the back times
-/// out as its own failure. Found by liveness seeds 141, 164, 321, 400,
-/// 565, 611 before the scenario kept the connection timeout above
-/// `servers × 10 s`.
+/// Regression (found by liveness seeds 141, 164, 321, 400, 565, 611): a
+/// proxy that accepts TCP and never answers SOCKS was blamed on the
+/// servers when `connection_timeout` ≤ `proxy_timeout` (the dial's own
+/// deadline fired first), or below `servers × proxy_timeout` with
+/// isolation on (dials queued behind the isolation probe, each probing the
+/// hung proxy again). Now the pool's proxy timeout is at most half the
+/// connection timeout, and dials that waited for a probe take its verdict.
 #[test]
-#[ignore = "pool bug: a dial whose connection timeout runs out while it waits on a hung proxy is blamed on its server"]
 fn a_hung_proxy_is_a_pool_fault_whatever_the_connection_timeout() {
     for (servers, timeout) in [(1, 10), (3, 25)] {
         let timeout = std::time::Duration::from_secs(timeout);
@@ -181,16 +171,11 @@ fn a_hung_proxy_is_a_pool_fault_whatever_the_connection_timeout() {
     }
 }
 
-/// Pool bug (not fixed here: library code): `PoolEvent::ProbeAnswered` is
-/// never emitted for a JoinMarket link. `DirectoryConnection`'s read loop
-/// calls `LinkSignals::alive()` for every line, the PONG included, before
-/// `probe_answered()`; the driver feeds the `Alive` to
-/// `PoolState::link_active`, whose `heard(.., answer = false)` settles the
-/// probe (`Watch::Probing` → `Quiet`), so the `ProbeAnswered` signal that
-/// follows finds no probe out and notifies nothing. Probes are sent and
-/// answered (the link stays up); only the event (and its rtt) is lost.
+/// Regression: `PoolEvent::ProbeAnswered` was never emitted for a
+/// JoinMarket link: the PONG's line was first signalled as plain life,
+/// which settled the probe without its round trip. A PONG is now reported
+/// as the probe's answer only.
 #[test]
-#[ignore = "pool bug: ProbeAnswered is never emitted (the PONG's alive() settles the probe first)"]
 fn answered_probes_are_reported() {
     let scenario = liveness::base_scenario(
         vec![liveness::Plan::Healthy(

@@ -49,7 +49,7 @@ use dirpool::joinmarket::{
 use dirpool::{Config, DirectoryPool, PoolEvent, PoolHooks, Runtime};
 use dirpool_core::{
     Backoff, DisconnectReason, Entropy, IsolationScope, IsolationToken, KeepalivePolicy, LinkLoss,
-    RetryPolicy, ServerAddr,
+    MIN_PROBE_INTERVAL, RetryPolicy, ServerAddr,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -288,10 +288,10 @@ pub fn scenario(seed: u64) -> Scenario {
         .collect();
     let keepalive = match rng.u8(..10) {
         0..=5 => KeepalivePolicy::default(),
-        // Not the documented minimum of 10 s: on a path without latency
-        // (as here) probes exactly 10 s apart trip joinmarket-rs's PING
-        // limit (see `min_probe_interval_scenario`).
-        6 => KeepalivePolicy::new(Duration::from_secs(11), Duration::from_secs(10)),
+        // The floor: on a path without latency (as here) probes exactly
+        // that far apart must stay within joinmarket-rs's PING limit (see
+        // `min_probe_interval_scenario`).
+        6 => KeepalivePolicy::new(MIN_PROBE_INTERVAL, Duration::from_secs(10)),
         7 => KeepalivePolicy::new(Duration::from_secs(15), Duration::from_secs(20)),
         8 => KeepalivePolicy::new(Duration::from_secs(120), Duration::from_secs(30)),
         _ => KeepalivePolicy::new(Duration::from_secs(900), Duration::from_secs(60)),
@@ -340,29 +340,18 @@ pub fn scenario(seed: u64) -> Scenario {
         inbound_bytes,
         outbound_bytes,
         backoff_max: Duration::from_secs(rng.u64(2..=30)),
-        // Above the proxy timeout (10 s) once per server: while the proxy
-        // hangs the pool lets one dial at a time wait on it, and a dial
-        // whose connection timeout runs out in that queue is blamed on its
-        // server (see `short_connection_timeout_scenario`).
-        connection_timeout: Duration::from_secs(rng.u64(count as u64 * 10 + 5..=60)),
+        // Short ones too: a hung proxy must be the pool's fault whatever
+        // the connection timeout (see `short_connection_timeout_scenario`).
+        connection_timeout: Duration::from_secs(rng.u64(5..=60)),
     }
 }
 
-/// One healthy directory, a pool whose connection timeout (10 s) is not
-/// above its proxy timeout (10 s, the default), and a proxy that hangs
-/// for five minutes while the user asks for a connection. The pool
-/// promises that a proxy which accepts TCP and answers nothing is a
-/// pool-wide fault (`ProxyUnreachable`, servers keep their retry budget);
-/// here the connection timeout fires first and each dial is counted
-/// against the server, until maintenance gives up on it.
-///
-/// With `servers` directories the same happens with any connection
-/// timeout below `servers × proxy_timeout`: while the proxy is reported
-/// unreachable the pool lets one dial at a time wait on it (each for
-/// `proxy_timeout`), but every server's connection timeout runs from the
-/// command, so a server further back in that queue times out as its own
-/// failure (`servers = 3`, `connection_timeout` 25 s: the third one of
-/// the second `connect_all_parallel`, made while the proxy is known down).
+/// One healthy directory (or `servers` of them), a short connection
+/// timeout, and a proxy that hangs for five minutes while the user asks
+/// for connections: the hang must be the pool's fault (`ProxyUnreachable`),
+/// never a server's, whatever the connection timeout. (It was a server's
+/// when the connection timeout was at or below `proxy_timeout`, or below
+/// `servers × proxy_timeout` with dials queued behind the isolation probe.)
 pub fn short_connection_timeout_scenario(servers: usize, connection_timeout: Duration) -> Scenario {
     let plans = vec![Plan::Healthy(DirectoryProfile::JoinmarketNg); servers];
     Scenario {
