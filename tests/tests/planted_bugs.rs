@@ -5,7 +5,7 @@
 
 use dirpool_core::fuzzing::{Choices, check_pool};
 use dirpool_core::planted::{Bug, plant};
-use dirpool_tests::sim::world;
+use dirpool_tests::sim::{liveness, world};
 
 #[test]
 fn every_planted_bug_is_caught_within_1000_seeds() {
@@ -61,6 +61,36 @@ fn the_core_model_checker_catches_the_core_bugs_within_1000_seeds() {
         #[allow(clippy::print_stderr)]
         {
             eprintln!("{bug:?}: caught by core seed {seed}: {first_line}");
+        }
+    }
+}
+
+#[test]
+fn the_liveness_simulation_catches_the_old_link_within_1000_seeds() {
+    // Issue 14's defects, each planted back as it was: the long-lived-link
+    // world (tests/src/sim/liveness.rs) must catch every one.
+    for bug in [
+        Bug::OldPingNumber,
+        Bug::NoKeepalive,
+        Bug::ReaderParksWhenFull,
+        Bug::UnboundedInbound,
+        Bug::HooksWithoutDeadline,
+        Bug::NoProxyTimeout,
+        Bug::NoRedialAfterClose,
+    ] {
+        plant(Some(bug));
+        let caught = (0..1_000).find_map(|seed| liveness::run(seed).err());
+        plant(None);
+        let failure = caught.unwrap_or_else(|| panic!("{bug:?} survived 1,000 liveness seeds"));
+        let first_line = failure
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("{bug:?}: {first_line}");
         }
     }
 }
