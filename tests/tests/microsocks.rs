@@ -380,6 +380,10 @@ fn the_probe_watches_a_healthy_directory_and_succeeds() {
         run.seen
     );
     let (code, stdout) = run.finish(Duration::from_secs(60));
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{stdout}");
+    }
     assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.contains("watching for 19s"), "{stdout}");
     assert!(!stdout.contains("  lost: "), "{stdout}");
@@ -439,6 +443,10 @@ fn the_probe_watch_reports_a_silent_path_and_fails() {
         run.seen
     );
     let (code, stdout) = run.finish(Duration::from_secs(60));
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{stdout}");
+    }
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout.contains("  losses:     1: 1 × keepalive timed out (silent path)"),
