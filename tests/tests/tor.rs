@@ -13,12 +13,14 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{eventually, next_matching, on_both_runtimes_within, sleep, wait_for};
+use common::{
+    eventually, expect_keepalive_loss, next_matching, on_both_runtimes_within, sleep, wait_for,
+};
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{
-    Backoff, DialFailure, DisconnectReason, Entropy, IsolationCategory, IsolationScope,
-    IsolationToken, KeepalivePolicy, LinkLoss, RetryPolicy, ServerAddr, ServerState, SocksReply,
+    Backoff, DialFailure, Entropy, IsolationCategory, IsolationScope, IsolationToken,
+    KeepalivePolicy, RetryPolicy, ServerAddr, ServerState, SocksReply,
 };
 use dirpool_tests::tor::{Control, TorClient, TorNetwork, socks5_connect};
 
@@ -626,30 +628,8 @@ fn a_path_cut_by_stopping_the_client_tor_is_lost_to_the_keepalive() {
                 .unwrap();
             let stopped = Stopped::stop(pid);
             let cut = Instant::now();
-            let mut seen = Vec::new();
-            let lost = next_matching(&rt, &mut events, keepalive.loss_bound() * 3, |e| {
-                seen.push(e.clone());
-                match e {
-                    PoolEvent::Disconnected { reason, .. } => Some(*reason),
-                    _ => None,
-                }
-            })
-            .await;
-            let detected = cut.elapsed();
+            expect_keepalive_loss(&rt, &mut events, keepalive, cut, "tor client SIGSTOP").await;
             drop(stopped);
-            println!(
-                "tor client SIGSTOP: lost after {detected:.1?} (idle + probe_timeout = {:?})",
-                keepalive.loss_bound()
-            );
-            assert_eq!(
-                lost,
-                Some(DisconnectReason::Lost(LinkLoss::KeepaliveTimeout)),
-                "{seen:#?}"
-            );
-            assert!(
-                detected <= keepalive.loss_bound() + Duration::from_secs(10),
-                "{detected:?}"
-            );
             pool.close_all().await.unwrap();
             // The resumed tor answers its control port before the next test.
             blocking(move || net.client_pid(TorClient::First))

@@ -54,11 +54,12 @@ use dirpool_core::{
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
+use super::Kind;
 use super::peers::{
     DIRECTORY_NICK, DirectoryFate, PeerEvent, ProxyFate, SimWorld, Twist, serve_proxy_connection,
 };
 use super::runtime::SimRuntime;
-use super::world::Trace;
+pub use super::{Failure, Trace};
 use crate::directory_model::{DirectoryConfig, DirectoryProfile};
 
 const PROXY: &str = "127.0.0.1:9050";
@@ -219,30 +220,6 @@ pub struct Report {
     pub hooks_hung: usize,
     /// `HookTimedOut` events.
     pub hook_timeouts: usize,
-}
-
-/// A broken invariant, with the trace that led to it.
-#[derive(Debug)]
-pub struct Failure {
-    /// The seed that replays it.
-    pub seed: u64,
-    /// What broke.
-    pub message: String,
-    /// How we got there.
-    pub trace: Trace,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "liveness seed {} failed: {}\nreplay: DIRPOOL_LIVENESS_SEED={} cargo test -p dirpool-tests --test simulation liveness\nlast events:\n{}",
-            self.seed,
-            self.message,
-            self.seed,
-            self.trace.tail(40)
-        )
-    }
 }
 
 /// The scenario of `seed`.
@@ -879,6 +856,7 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
     let probes = Arc::new(AtomicUsize::new(0));
     let handshake = LiveHandshake {
         inner: JoinMarketHandshake::new(jm).map_err(|e| Failure {
+            kind: Kind::Liveness,
             seed,
             message: format!("bad JmConfig: {e}"),
             trace: Trace::default(),
@@ -896,6 +874,7 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
         })
         .spawn(Arc::clone(&rt))
         .map_err(|e| Failure {
+            kind: Kind::Liveness,
             seed,
             message: format!("pool did not start: {e}"),
             trace: Trace::default(),
@@ -1417,6 +1396,7 @@ fn check(state: &Arc<Mutex<State>>, pool: &DirectoryPool<LiveHandshake>) -> Resu
 fn failure(seed: u64, state: &Arc<Mutex<State>>, message: String) -> Failure {
     let trace = Trace(lock(state).trace.clone());
     Failure {
+        kind: Kind::Liveness,
         seed,
         message,
         trace,

@@ -19,41 +19,8 @@ use futures::StreamExt;
 use super::peers::{DirectoryFate, PeerEvent, ProxyFate, SimWorld, serve_proxy_connection};
 use super::runtime::SimRuntime;
 
-/// What one run did, line by line (virtual time, then the event).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Trace(pub Vec<String>);
-
-impl Trace {
-    /// The last `n` lines.
-    pub fn tail(&self, n: usize) -> String {
-        let start = self.0.len().saturating_sub(n);
-        self.0[start..].join("\n")
-    }
-}
-
-/// A broken invariant, with the trace that led to it.
-#[derive(Debug)]
-pub struct Failure {
-    /// The seed that replays it.
-    pub seed: u64,
-    /// What broke.
-    pub message: String,
-    /// How we got there.
-    pub trace: Trace,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "simulation seed {} failed: {}\nreplay: DIRPOOL_SIM_SEED={} cargo test -p dirpool-tests --test simulation\nlast events:\n{}",
-            self.seed,
-            self.message,
-            self.seed,
-            self.trace.tail(40)
-        )
-    }
-}
+use super::Kind;
+pub use super::{Failure, Trace};
 
 const PROXY: &str = "127.0.0.1:9050";
 const MAX_STEPS: usize = 300;
@@ -364,6 +331,7 @@ pub fn run(seed: u64) -> Result<Trace, Failure> {
         .entropy(entropy)
         .spawn(Arc::clone(&rt))
         .map_err(|e| Failure {
+            kind: Kind::Simulation,
             seed,
             message: format!("pool did not start: {e}"),
             trace: Trace::default(),
@@ -750,6 +718,7 @@ fn check<H: dirpool::Handshake>(
 fn failure(seed: u64, state: &Arc<Mutex<State>>, message: String) -> Failure {
     let trace = Trace(state.lock().expect("world state").trace.clone());
     Failure {
+        kind: Kind::Simulation,
         seed,
         message,
         trace,

@@ -11,7 +11,9 @@ use dirpool::{
     BoxedStream, Client, CloseError, Config, DirectoryPool, Handshake, HandshakeContext,
     HandshakeError, HandshakeErrorKind, LossSignal, PoolEvent, Runtime,
 };
-use dirpool_core::{Backoff, Entropy, IsolationToken, LinkLoss, ServerAddr};
+use dirpool_core::{
+    Backoff, DisconnectReason, Entropy, IsolationToken, KeepalivePolicy, LinkLoss, ServerAddr,
+};
 use futures::future::{Either, select};
 use futures::lock::Mutex;
 use futures::{FutureExt, StreamExt};
@@ -269,4 +271,46 @@ pub fn line_pool(config: Config, rt: &Arc<dyn Runtime>) -> DirectoryPool<LineHan
 /// `name.example:5222` as a server entry and its node_id.
 pub fn dns(name: &str) -> String {
     format!("{name}.example:5222")
+}
+
+/// After a path was cut silently at `cut`: waits for the next
+/// `Disconnected`, checks it is a keepalive loss within `keepalive`'s bound
+/// (plus 10 s for a loaded machine), prints the time as `what`, and
+/// returns it.
+#[allow(
+    dead_code,
+    clippy::print_stdout,
+    reason = "not every test binary cuts a path; the figure is for --nocapture"
+)]
+pub async fn expect_keepalive_loss(
+    rt: &Arc<dyn Runtime>,
+    events: &mut (impl futures::Stream<Item = PoolEvent> + Unpin),
+    keepalive: KeepalivePolicy,
+    cut: Instant,
+    what: &str,
+) -> Duration {
+    let mut seen = Vec::new();
+    let lost = next_matching(rt, events, keepalive.loss_bound() * 3, |e| {
+        seen.push(e.clone());
+        match e {
+            PoolEvent::Disconnected { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    })
+    .await;
+    let detected = cut.elapsed();
+    println!(
+        "{what}: lost after {detected:.1?} (idle + probe_timeout = {:?})",
+        keepalive.loss_bound()
+    );
+    assert_eq!(
+        lost,
+        Some(DisconnectReason::Lost(LinkLoss::KeepaliveTimeout)),
+        "{seen:#?}"
+    );
+    assert!(
+        detected <= keepalive.loss_bound() + Duration::from_secs(10),
+        "{detected:?}"
+    );
+    detected
 }
