@@ -409,6 +409,8 @@ struct State {
     nicks: Mutex<HashMap<String, usize>>,
     /// Incremented by [`JmDirectory::silence_links`].
     silence: AtomicU64,
+    /// Modelled connections that went silent so far.
+    silenced: AtomicU64,
     /// Whole lines sent by flooding connections.
     flood_lines: AtomicU64,
 }
@@ -429,6 +431,7 @@ impl State {
             links: Mutex::new(Vec::new()),
             nicks: Mutex::new(HashMap::new()),
             silence: AtomicU64::new(0),
+            silenced: AtomicU64::new(0),
             flood_lines: AtomicU64::new(0),
         }
     }
@@ -643,6 +646,14 @@ impl JmDirectory {
     /// [`JmModelled::silent_after`]); later connections are not affected.
     pub fn silence_links(&self) {
         self.state.silence.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Modelled connections that have gone silent so far (by
+    /// [`JmModelled::silent_after`] or [`silence_links`](Self::silence_links)),
+    /// for a test to wait on instead of a time window.
+    #[must_use]
+    pub fn silenced_links(&self) -> u64 {
+        self.state.silenced.load(Ordering::SeqCst)
     }
 
     /// Whole lines sent so far by flooding connections
@@ -1200,6 +1211,7 @@ fn serve_modelled(
         let now = Instant::now();
         if silent_at.is_some_and(|at| now >= at) || state.silence.load(Ordering::SeqCst) != silence
         {
+            state.silenced.fetch_add(1, Ordering::SeqCst);
             hold_silently(&stream, &dropped);
             drop(session);
             return;
@@ -2033,10 +2045,9 @@ mod tests {
         #[test]
         fn silent_paths_neither_read_nor_write() {
             let mut modelled = JmModelled::new(DirectoryProfile::JoinmarketNg);
-            modelled.silent_after = Some(Duration::from_millis(50));
+            modelled.silent_after = Some(Duration::ZERO);
             let directory = start(modelled);
             let mut client = accepted(&directory);
-            std::thread::sleep(Duration::from_millis(60));
             client.write_all(jm_message(798, "").as_bytes()).unwrap();
             assert!(held(&mut client, Duration::from_millis(100)));
             assert!(directory.received().is_empty());
@@ -2052,10 +2063,10 @@ mod tests {
             let mut client = accepted(&directory);
             client.write_all(jm_message(798, "").as_bytes()).unwrap();
             assert_eq!(read_message(&mut client), (799, String::new()));
+            let silenced = directory.silenced_links();
             directory.silence_links();
-            // Takes effect within POLL; the bytes of a PING sent later stay
-            // unread.
-            std::thread::sleep(POLL * 3);
+            // Once the link has gone silent, a PING's bytes stay unread.
+            assert!(wait_until(WAIT, || directory.silenced_links() == silenced + 1));
             client.write_all(jm_message(798, "").as_bytes()).unwrap();
             assert!(held(&mut client, Duration::from_millis(100)));
             assert_eq!(directory.received().len(), 1);

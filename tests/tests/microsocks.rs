@@ -309,23 +309,20 @@ impl WatchRun {
     /// its whole output.
     #[allow(clippy::print_stdout)]
     fn finish(mut self, timeout: Duration) -> (Option<i32>, String) {
+        // The probe's stdout ends when it exits: the reader thread's channel
+        // closes then.
         let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the probe did not exit:\n{}", self.seen.join("\n"))
+                }
             }
-            assert!(
-                Instant::now() < deadline,
-                "the probe did not exit:\n{}",
-                self.seen.join("\n")
-            );
-            // Its end is not an event we can wait on without blocking.
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        // The reader thread ends with the pipe.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
         }
+        let status = self.child.wait().unwrap();
         let stdout = self.seen.join("\n");
         println!("{stdout}");
         (status.code(), stdout)
