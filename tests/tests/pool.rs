@@ -516,3 +516,83 @@ fn the_raw_stream_handshake_hands_out_the_tunnel() {
         assert_eq!(pool.connected_count(), 0);
     });
 }
+
+/// A handshake that panics: a bug in user code inside a task the pool
+/// spawned.
+struct PanickingHandshake;
+
+impl dirpool::Handshake for PanickingHandshake {
+    type Client = LineClient;
+
+    async fn handshake(
+        &self,
+        _context: &dirpool::HandshakeContext,
+        _server: &dirpool_core::ServerAddr,
+        _stream: dirpool::BoxedStream,
+    ) -> Result<LineClient, dirpool::HandshakeError> {
+        panic!("handshake bug")
+    }
+}
+
+#[test]
+fn a_panic_in_a_pool_task_is_reported_and_stops_the_pool_cleanly() {
+    on_both_runtimes(|rt| async move {
+        let (_dir, tor) = healthy_behind_proxy();
+        let pool =
+            DirectoryPool::builder(config(&[dns("healthy")], tor.addr()), PanickingHandshake)
+                .entropy(entropy())
+                .spawn(Arc::clone(&rt))
+                .unwrap();
+        let mut events = pool.events();
+        // The dial's owed result still arrives: the command ends.
+        assert_eq!(pool.connect_all_parallel().await.unwrap(), 0);
+        let (task, message) = next_matching(&rt, &mut events, SHORT, |e| match e {
+            PoolEvent::Panicked { task, message } => Some((*task, message.clone())),
+            _ => None,
+        })
+        .await
+        .expect("the panic is reported");
+        assert_eq!((task, message.as_str()), ("dial", "handshake bug"));
+        // The pool stops instead of hanging: every later command says why.
+        let error = pool.connect_all_parallel().await.unwrap_err();
+        assert!(
+            matches!(&error, dirpool::PoolError::Panicked { task: "dial", message } if message == "handshake bug"),
+            "{error:?}"
+        );
+        assert!(matches!(
+            pool.start_maintenance(),
+            Err(dirpool::PoolError::Panicked { .. })
+        ));
+    });
+}
+
+/// A hook that panics: reported, and the pool goes on.
+struct PanickingHook;
+
+impl PoolHooks<LineClient> for PanickingHook {
+    async fn on_connected(&self, _node_id: &str, _client: &Arc<LineClient>) {
+        panic!("hook bug")
+    }
+}
+
+#[test]
+fn a_panicking_hook_is_reported_and_the_pool_goes_on() {
+    on_both_runtimes(|rt| async move {
+        let (_dir, tor) = healthy_behind_proxy();
+        let pool = DirectoryPool::builder(config(&[dns("healthy")], tor.addr()), LineHandshake)
+            .entropy(entropy())
+            .hooks(PanickingHook)
+            .spawn(Arc::clone(&rt))
+            .unwrap();
+        let mut events = pool.events();
+        assert_eq!(pool.connect_all_parallel().await.unwrap(), 1);
+        let task = next_matching(&rt, &mut events, SHORT, |e| match e {
+            PoolEvent::Panicked { task, .. } => Some(*task),
+            _ => None,
+        })
+        .await;
+        assert_eq!(task, Some("hook"));
+        assert_eq!(pool.connected_count(), 1);
+        assert_eq!(pool.close_all().await.unwrap().connected, 0);
+    });
+}
