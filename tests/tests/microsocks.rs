@@ -15,8 +15,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    TOKEN_HEX, config, eventually, expect_keepalive_loss, line_pool, next_matching,
-    on_both_runtimes, on_both_runtimes_within,
+    TOKEN_HEX, assert_links_held, config, drain, eventually, expect_keepalive_loss, line_pool,
+    next_matching, on_both_runtimes, on_both_runtimes_within,
 };
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
 use dirpool::{DialError, DirectoryPool, PoolEvent, Runtime};
@@ -26,7 +26,6 @@ use dirpool_tests::{
     JM_DIRECTORY_NICK, JmBehaviour, JmDirectory, JmModelled, LineBehaviour, LineServer,
     free_loopback_port,
 };
-use futures::{FutureExt, StreamExt};
 
 /// A microsocks process, killed on drop (resumed first if stopped).
 struct Microsocks {
@@ -172,15 +171,6 @@ fn modelled(profile: DirectoryProfile, scale: u32) -> JmDirectory {
     JmDirectory::start(JmBehaviour::Modelled(JmModelled::with_config(config))).unwrap()
 }
 
-/// The events already delivered to `events`, without waiting.
-fn drain(events: &mut (impl futures::Stream<Item = PoolEvent> + Unpin)) -> Vec<PoolEvent> {
-    let mut seen = Vec::new();
-    while let Some(Some(event)) = events.next().now_or_never() {
-        seen.push(event);
-    }
-    seen
-}
-
 #[test]
 #[allow(clippy::print_stdout)]
 fn modelled_directories_heartbeat_through_microsocks_and_keep_the_links() {
@@ -209,13 +199,7 @@ fn modelled_directories_heartbeat_through_microsocks_and_keep_the_links() {
         );
         assert_eq!(ng.evictions(), Vec::new());
         assert_eq!(rs.evictions(), Vec::new());
-        assert!(
-            !seen.iter().any(|e| matches!(
-                e,
-                PoolEvent::Disconnected { .. } | PoolEvent::DialFailed { .. }
-            )),
-            "{seen:#?}"
-        );
+        assert_links_held(&seen);
         assert_eq!(pool.connected_count(), 2);
         assert_eq!(ng.link_records().len(), 1, "one link, never redialed");
         assert_eq!(rs.link_records().len(), 1, "one link, never redialed");

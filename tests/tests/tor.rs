@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::{
-    eventually, expect_keepalive_loss, next_matching, on_both_runtimes_within, sleep, wait_for,
+    assert_links_held, drain, eventually, expect_keepalive_loss, next_matching,
+    on_both_runtimes_within, sleep, wait_for,
 };
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
@@ -523,16 +524,6 @@ fn the_unpublished_onion_is_0xf0_through_the_socks_port() {
     assert_eq!(reply.err(), Some(0xF0));
 }
 
-/// The events already delivered to `events`, without waiting.
-fn drain(events: &mut (impl futures::Stream<Item = PoolEvent> + Unpin)) -> Vec<PoolEvent> {
-    use futures::{FutureExt, StreamExt};
-    let mut seen = Vec::new();
-    while let Some(Some(event)) = events.next().now_or_never() {
-        seen.push(event);
-    }
-    seen
-}
-
 #[test]
 #[allow(clippy::print_stdout)]
 fn a_modelled_directory_heartbeats_through_tor_and_keeps_the_link() {
@@ -563,13 +554,7 @@ fn a_modelled_directory_heartbeats_through_tor_and_keeps_the_link() {
             let records = directory.link_records();
             assert!(cycles, "{records:#?}\nevents: {seen:#?}");
             assert_eq!(directory.evictions(), Vec::new(), "{records:#?}");
-            assert!(
-                !seen.iter().any(|e| matches!(
-                    e,
-                    PoolEvent::Disconnected { .. } | PoolEvent::DialFailed { .. }
-                )),
-                "{seen:#?}"
-            );
+            assert_links_held(&seen);
             assert_eq!(pool.connected_count(), 1);
             assert_eq!(records.len(), links + 1, "one link, never redialed");
             println!(

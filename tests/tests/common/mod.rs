@@ -314,3 +314,25 @@ pub async fn expect_keepalive_loss(
     );
     detected
 }
+
+/// The events already delivered to `events`, without waiting.
+#[allow(dead_code, reason = "used by the binaries with heartbeat tests")]
+pub fn drain(events: &mut (impl futures::Stream<Item = PoolEvent> + Unpin)) -> Vec<PoolEvent> {
+    let mut seen = Vec::new();
+    while let Some(Some(event)) = events.next().now_or_never() {
+        seen.push(event);
+    }
+    seen
+}
+
+/// Checks that `seen` has no lost link and no failed dial: the links held.
+#[allow(dead_code, reason = "used by the binaries with heartbeat tests")]
+pub fn assert_links_held(seen: &[PoolEvent]) {
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e,
+            PoolEvent::Disconnected { .. } | PoolEvent::DialFailed { .. }
+        )),
+        "{seen:#?}"
+    );
+}
