@@ -90,6 +90,22 @@ enum Phase {
     },
 }
 
+impl Phase {
+    /// A connected server's keepalive state: its last sign of life, its
+    /// watch, and the keepalive entry that counts.
+    fn keepalive(&mut self) -> Option<(&mut Instant, &mut Watch, &mut Instant)> {
+        match self {
+            Phase::Connected {
+                last_active,
+                watch,
+                armed,
+                ..
+            } => Some((last_active, watch, armed)),
+            _ => None,
+        }
+    }
+}
+
 /// How a connected link is being watched for a silent path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Watch {
@@ -926,12 +942,7 @@ impl PoolState {
             LinkState::Open => {
                 let id = link.server;
                 let idle = self.keepalive.idle;
-                let Phase::Connected {
-                    last_active,
-                    watch,
-                    armed,
-                    ..
-                } = &mut self.servers[id.index()].phase
+                let Some((last_active, watch, armed)) = self.servers[id.index()].phase.keepalive()
                 else {
                     return Ok(());
                 };
@@ -967,13 +978,7 @@ impl PoolState {
     /// re-arm at the link's next due instant.
     fn keepalive_due(&mut self, now: Instant, attempt: AttemptId, id: ServerId) {
         let keepalive = self.keepalive;
-        let Phase::Connected {
-            last_active,
-            watch,
-            armed,
-            ..
-        } = &mut self.servers[id.index()].phase
-        else {
+        let Some((last_active, watch, armed)) = self.servers[id.index()].phase.keepalive() else {
             return;
         };
         if now < *armed {

@@ -361,26 +361,19 @@ pub fn base_scenario(plans: Vec<Plan>, duration: Duration) -> Scenario {
     }
 }
 
-/// A healthy joinmarket-rs directory probed at the documented minimum
-/// interval ([`dirpool_core::MIN_PROBE_INTERVAL`], 10 s) for ten minutes,
-/// nothing else happening. The pool promises this stays within every
-/// directory's PING limit; on a path without latency it does not (the
-/// seventh PING arrives exactly 60 s after the first, and rs's one-minute
-/// window still holds the first).
+/// A healthy joinmarket-rs directory probed at the floor
+/// ([`dirpool_core::MIN_PROBE_INTERVAL`]) for ten minutes on a path
+/// without latency, nothing else happening: the probes must stay within
+/// rs's PING limit (with a 10 s floor the seventh PING arrived exactly 60 s
+/// after the first, while rs's one-minute window still held the first).
 pub fn min_probe_interval_scenario() -> Scenario {
     Scenario {
-        plans: vec![Plan::Healthy(DirectoryProfile::JoinmarketRs)],
-        duration: Duration::from_secs(600),
-        keepalive: KeepalivePolicy::new(dirpool_core::MIN_PROBE_INTERVAL, Duration::from_secs(30)),
-        hook_timeout: Duration::from_secs(10),
-        hook_hang_percent: 0,
-        proxy_hang: None,
-        commands: Vec::new(),
-        max_line: 64 * 1024,
-        inbound_bytes: 1024 * 1024,
-        outbound_bytes: 256 * 1024,
-        backoff_max: Duration::from_secs(10),
+        keepalive: KeepalivePolicy::new(MIN_PROBE_INTERVAL, Duration::from_secs(30)),
         connection_timeout: Duration::from_secs(10),
+        ..base_scenario(
+            vec![Plan::Healthy(DirectoryProfile::JoinmarketRs)],
+            Duration::from_secs(600),
+        )
     }
 }
 

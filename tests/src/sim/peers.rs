@@ -1501,7 +1501,8 @@ mod tests {
             read_line(&mut client).await.unwrap(),
             crate::jm_message(799, "").as_bytes()
         );
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        // Past the silence, on the paused clock.
+        tokio::time::advance(Duration::from_secs(6)).await;
         client.write_all(&envelope(798, "")).await.unwrap();
         assert!(timeout(LONG, read_line(&mut client)).await.is_err());
         assert!(
