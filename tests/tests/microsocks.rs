@@ -181,7 +181,8 @@ fn modelled_directories_heartbeat_through_microsocks_and_keep_the_links() {
         let servers = [ng.addr().to_string(), rs.addr().to_string()];
         let pool = jm_pool(&servers, proxy.addr, KeepalivePolicy::default(), &rt);
         let mut events = pool.events();
-        assert_eq!(pool.connect_all_parallel().await.unwrap(), 2);
+        let connected = pool.connect_all_parallel().await.unwrap();
+        assert_eq!(connected, 2, "events: {:#?}", drain(&mut events));
         let started = Instant::now();
         // Three heartbeat cycles each: PINGed after 6 s idle, PONG answered
         // within the 0.3 s pong wait. Generous bound for a loaded machine.
