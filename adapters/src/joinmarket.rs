@@ -17,6 +17,7 @@
 //! ```
 
 mod identity;
+mod messaging;
 pub mod wire;
 
 use std::collections::VecDeque;
@@ -34,6 +35,11 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 
 pub use identity::{Location, Network, Nick, NickError, UnknownNetwork};
+pub use messaging::{
+    DirectoryOutcome, ITEM_OVERHEAD, Incoming, MAX_TABLE_ENTRIES, MIN_INBOUND_BYTES, Message,
+    MessageError, Messaging, MessagingConfig, MessagingConfigError, MessagingStats, Route,
+    RouteFallback, RouteSource, SendFailure, SendToError,
+};
 pub use wire::Envelope;
 use wire::LineReader;
 
