@@ -1025,3 +1025,603 @@ pub fn peerlist_payload(entries: &[PeerlistEntry]) -> String {
 pub fn get_peerlist() -> Envelope {
     Envelope::new(wire::GET_PEERLIST, "")
 }
+
+#[cfg(test)]
+mod tests {
+    use dirpool_core::ServerAddr;
+
+    use super::*;
+
+    const MAKER: &str = "J5xhGSWE7VrxM7sO";
+    const TAKER: &str = "J52bCDEFGHJKLMNO";
+    const ONION: &str = "duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion:5222";
+    /// Lower-case hex of a compressed key, as both Python senders write it.
+    const PUBKEY: &str = "028254c329a92850f6d539dd376f4816ee2764517da5e0235514af433164480d7a";
+    /// Base64 of a 70-byte DER signature (`30 44 02 20 … 02 20 …`).
+    const SIG: &str = "MEQCIEVDSeQi8FKXGR6tE+IdPbUg5avvUgVeSWS4L7IT9ZOhAiAEOnGHdMVyvYolrb6xv81cAlauEc7Pn5w/kl0OUr6viQ==";
+    /// A fidelity bond proof's shape: base64 of 128 bytes.
+    const PROOF: &str = "wc2iY2KCi2kmZRIFK5fLNynjsFLkreR8Ch4zg97+c8fBzaJjYoKLaSZlEgUrl8s3KeOwUuSt5HwKHjOD3v5zx8HNomNigotpJmUSBSuXyzcp47BS5K3kfAoeM4Pe/nPHwc2iY2KCi2kmZRIFK5fLNynjsFLkreR8Ch4zg97+c8c=";
+
+    fn nick(text: &str) -> Nick {
+        Nick::parse(text).unwrap()
+    }
+
+    fn names(commands: &[Command]) -> Vec<&str> {
+        commands.iter().map(Command::name).collect()
+    }
+
+    fn other_onion() -> String {
+        ServerAddr::from_onion_key(&[7; 32], 5222)
+            .node_id()
+            .to_owned()
+    }
+
+    #[test]
+    fn an_orderbook_request_as_every_implementation_sends_it() {
+        // joinmarket-ng's directory_client.py and heartbeat.py, the
+        // reference's request_orderbook through get_pubmsg.
+        let line = format!("{MAKER}!PUBLIC!orderbook");
+        let message = PublicMessage::parse(&line).unwrap();
+        assert_eq!(message.from().as_str(), MAKER);
+        assert_eq!(message.body(), "!orderbook");
+        let commands = message.commands().unwrap();
+        assert_eq!(names(&commands), ["orderbook"]);
+        assert!(commands[0].args().is_empty());
+        assert_eq!(message.to_line(), line);
+        let envelope = message.to_envelope();
+        assert_eq!(envelope, Envelope::new(wire::PUBMSG, line));
+        assert_eq!(
+            PublicMessage::new(nick(MAKER), "!orderbook").unwrap(),
+            message
+        );
+    }
+
+    #[test]
+    fn public_offers_and_cancels() {
+        // joinmarket-ng's _format_offer_announcement, one offer per message.
+        let line = format!("{MAKER}!PUBLIC!sw0reloffer 0 27300 9000000 0 0.00002");
+        let commands = PublicMessage::parse(&line).unwrap().commands().unwrap();
+        assert_eq!(names(&commands), ["sw0reloffer"]);
+        assert_eq!(
+            commands[0].args(),
+            ["0", "27300", "9000000", "0", "0.00002"]
+        );
+        // The reference's cancel_orders joins its commands with nothing.
+        let line = format!("{MAKER}!PUBLIC!cancel 0!cancel 1");
+        let commands = PublicMessage::parse(&line).unwrap().commands().unwrap();
+        assert_eq!(names(&commands), ["cancel", "cancel"]);
+        assert_eq!(commands[1].args(), ["1"]);
+    }
+
+    #[test]
+    fn a_private_offer_reply_with_several_commands_a_bond_and_a_signature() {
+        // The reference's announce_orders to one taker: offers joined with
+        // nothing, then !tbond, then the signature prepare_privmsg appends.
+        let body = format!(
+            "!sw0reloffer 0 27300 9000000 0 0.00002!sw0absoffer 1 27300 9000000 0 250!tbond {PROOF}"
+        );
+        let line = format!("{MAKER}!{TAKER}{body} {PUBKEY} {SIG}");
+        let message = PrivateMessage::parse(&line).unwrap();
+        assert_eq!(message.from().as_str(), MAKER);
+        assert_eq!(message.to().as_str(), TAKER);
+        assert_eq!(message.body(), body);
+        let commands = message.commands().unwrap();
+        assert_eq!(names(&commands), ["sw0reloffer", "sw0absoffer", "tbond"]);
+        assert_eq!(commands[1].args(), ["1", "27300", "9000000", "0", "250"]);
+        assert_eq!(commands[2].args(), [PROOF]);
+        let signature = message.signature().unwrap();
+        assert_eq!(signature.to_string(), format!("{PUBKEY} {SIG}"));
+        assert_eq!(signature.signature_base64(), SIG);
+        assert_eq!(signature.public_key()[..2], [0x02, 0x82]);
+        assert_eq!(message.to_line(), line);
+        assert_eq!(message.to_envelope(), Envelope::new(wire::PRIVMSG, line));
+        let built = PrivateMessage::signed(nick(MAKER), nick(TAKER), body, signature.clone());
+        assert_eq!(built.unwrap(), message);
+    }
+
+    #[test]
+    fn a_signed_fill_keeps_its_hex_arguments() {
+        // joinmarket-ng's send_private_message: "<command> <data> <pubkey>
+        // <sig>". The fill's 64-hex encryption key is not a signing key.
+        let enc = "5fb2ab76ed9bda034b192c48c7069359252fccda168d925acc0ae7d316c0b53e";
+        let line = format!("{TAKER}!{MAKER}!fill 0 1000000 {enc} P{enc} {PUBKEY} {SIG}");
+        let message = PrivateMessage::parse(&line).unwrap();
+        let commands = message.commands().unwrap();
+        assert_eq!(
+            commands[0].args(),
+            ["0", "1000000", enc, &format!("P{enc}")]
+        );
+        assert!(message.signature().is_some());
+        // Without the signature the same fields stay arguments.
+        let unsigned = format!("{TAKER}!{MAKER}!fill 0 1000000 {enc} {PUBKEY}");
+        let message = PrivateMessage::parse(&unsigned).unwrap();
+        assert_eq!(message.signature(), None);
+        assert_eq!(message.commands().unwrap()[0].args().len(), 4);
+        assert_eq!(message.to_line(), unsigned);
+    }
+
+    #[test]
+    fn the_signature_names_its_signer() {
+        let signature = PrivmsgSignature::parse(PUBKEY, SIG).unwrap();
+        let key = signature.public_key();
+        assert_eq!(signature.nick(), Nick::from_public_key(key).unwrap());
+        assert_eq!(PrivmsgSignature::new(*key, SIG).unwrap(), signature);
+    }
+
+    #[test]
+    fn a_body_ending_like_a_signature_needs_one() {
+        let body = format!("!error {PUBKEY} {SIG}");
+        assert_eq!(
+            PrivateMessage::new(nick(MAKER), nick(TAKER), body.clone()),
+            Err(LineError::AmbiguousSignature)
+        );
+        let signature = PrivmsgSignature::parse(PUBKEY, SIG).unwrap();
+        let signed = PrivateMessage::signed(nick(MAKER), nick(TAKER), body.clone(), signature);
+        let signed = signed.unwrap();
+        let again = PrivateMessage::parse(&signed.to_line()).unwrap();
+        assert_eq!(again, signed);
+        assert_eq!(again.body(), body);
+    }
+
+    #[test]
+    fn signature_shapes() {
+        // 8 and 72 bytes are the DER bounds; 7 and 73 are not signatures.
+        assert!(PrivmsgSignature::parse(PUBKEY, "AAAAAAAAAAA=").is_ok());
+        let max = "A".repeat(96);
+        assert!(PrivmsgSignature::parse(PUBKEY, &max).is_ok());
+        for bad in [
+            "AAAAAAAAAA==",                     // 7 bytes
+            &format!("{}AA==", "A".repeat(96)), // 73 bytes
+            "AAAAAAAAAAB=",                     // unused bits set
+            "AAAAAAAAAAA",                      // unpadded
+            "AAAAAAAAAA=A",                     // padding inside
+            "AAAAAAAA====",                     // three pads
+            "AAAAAAAAAA-_",                     // URL-safe alphabet
+            "",
+        ] {
+            assert_eq!(
+                PrivmsgSignature::parse(PUBKEY, bad),
+                Err(LineError::InvalidSignature),
+                "{bad:?}"
+            );
+        }
+        let upper = PUBKEY.to_ascii_uppercase();
+        for bad in [&PUBKEY[2..], &upper, &format!("04{}", &PUBKEY[2..])] {
+            assert_eq!(
+                PrivmsgSignature::parse(bad, SIG),
+                Err(LineError::InvalidPublicKey),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            PrivmsgSignature::new([4; 33], SIG),
+            Err(LineError::InvalidPublicKey)
+        );
+    }
+
+    #[test]
+    fn message_line_errors() {
+        // Each body error, in a public and in a private message.
+        let cases = [
+            ("!", LineError::EmptyCommandName { index: 0 }),
+            ("!!x", LineError::EmptyCommandName { index: 0 }),
+            ("!a-b", LineError::InvalidCommandName { index: 0 }),
+            ("!a\tb", LineError::ControlCharacter { pos: 2 }),
+            ("!a  b", LineError::EmptyArgument { index: 0 }),
+            ("!a b ", LineError::EmptyArgument { index: 0 }),
+            ("!a b !c", LineError::EmptyArgument { index: 0 }),
+        ];
+        for (body, error) in cases {
+            for to in ["PUBLIC", TAKER] {
+                let line = format!("{MAKER}!{to}{body}");
+                // A control character is reported at its place in the line.
+                let expected = match &error {
+                    LineError::ControlCharacter { pos } => LineError::ControlCharacter {
+                        pos: line.len() - body.len() + pos,
+                    },
+                    other => other.clone(),
+                };
+                let parsed = if to == "PUBLIC" {
+                    PublicMessage::parse(&line).map(|_| ())
+                } else {
+                    PrivateMessage::parse(&line).map(|_| ())
+                };
+                assert_eq!(parsed, Err(expected), "{line:?}");
+            }
+        }
+        assert_eq!(
+            PublicMessage::parse(MAKER),
+            Err(LineError::MissingField("recipient"))
+        );
+        assert_eq!(
+            PrivateMessage::parse(&format!("{MAKER}!{TAKER}")),
+            Err(LineError::MissingField("body"))
+        );
+        assert_eq!(
+            PublicMessage::parse(&format!("{MAKER}!{TAKER}!orderbook")),
+            Err(LineError::NotPublic)
+        );
+        assert_eq!(
+            PublicMessage::parse(&format!("{MAKER}!PUBLICx!orderbook")),
+            Err(LineError::NotPublic)
+        );
+        assert_eq!(
+            PrivateMessage::parse(&format!("{MAKER}!PUBLIC!orderbook")),
+            Err(LineError::NotPrivate)
+        );
+        assert_eq!(
+            PublicMessage::parse("J5short!PUBLIC!orderbook"),
+            Err(LineError::InvalidNick {
+                field: "from",
+                source: NickError::WrongLength(7)
+            })
+        );
+        assert_eq!(
+            PrivateMessage::parse(&format!("{MAKER}!K5xhGSWE7VrxM7sO!orderbook")),
+            Err(LineError::InvalidNick {
+                field: "to",
+                source: NickError::WrongPrefix
+            })
+        );
+        let long = format!("{MAKER}!PUBLIC!a {}", "x".repeat(MAX_MESSAGE_LINE));
+        assert_eq!(
+            PublicMessage::parse(&long),
+            Err(LineError::TooLong {
+                what: "message line",
+                len: long.len(),
+                limit: MAX_MESSAGE_LINE
+            })
+        );
+    }
+
+    #[test]
+    fn command_errors_and_limits() {
+        assert_eq!(parse_commands("orderbook"), Err(LineError::NoCommand));
+        assert_eq!(parse_commands(""), Err(LineError::NoCommand));
+        assert_eq!(
+            parse_commands("!a!b c!"),
+            Err(LineError::EmptyCommandName { index: 2 })
+        );
+        let name = "a".repeat(MAX_COMMAND_NAME);
+        assert!(parse_commands(&format!("!{name}")).is_ok());
+        assert_eq!(
+            parse_commands(&format!("!{name}a")),
+            Err(LineError::InvalidCommandName { index: 0 })
+        );
+        assert_eq!(
+            parse_commands("!a!é"),
+            Err(LineError::InvalidCommandName { index: 1 })
+        );
+        assert_eq!(
+            parse_commands("!a b\u{7f}"),
+            Err(LineError::ControlCharacter { pos: 4 })
+        );
+        let most = "!a".repeat(MAX_COMMANDS);
+        assert_eq!(parse_commands(&most).unwrap().len(), MAX_COMMANDS);
+        assert_eq!(
+            parse_commands(&format!("{most}!a")),
+            Err(LineError::TooManyCommands {
+                limit: MAX_COMMANDS
+            })
+        );
+        let most = format!("!a{}", " x".repeat(MAX_ARGS));
+        assert_eq!(parse_commands(&most).unwrap()[0].args().len(), MAX_ARGS);
+        assert_eq!(
+            parse_commands(&format!("!b!c{}", " x".repeat(MAX_ARGS + 1))),
+            Err(LineError::TooManyArguments {
+                index: 1,
+                limit: MAX_ARGS
+            })
+        );
+        // Arguments may hold anything but spaces, '!' and controls.
+        let commands = parse_commands("!error bad \"input\" ünïcode\\").unwrap();
+        assert_eq!(commands[0].args(), ["bad", "\"input\"", "ünïcode\\"]);
+    }
+
+    #[test]
+    fn commands_build_what_they_parse() {
+        let commands = vec![
+            Command::new("sw0reloffer", ["0", "27300", "9000000", "0", "0.00002"]).unwrap(),
+            Command::new("tbond", [PROOF]).unwrap(),
+            Command::new("orderbook", Vec::<String>::new()).unwrap(),
+        ];
+        let body = commands_body(&commands);
+        assert_eq!(
+            body,
+            format!("!sw0reloffer 0 27300 9000000 0 0.00002!tbond {PROOF}!orderbook")
+        );
+        assert_eq!(parse_commands(&body).unwrap(), commands);
+        assert_eq!(commands[1].to_string(), format!("!tbond {PROOF}"));
+
+        assert_eq!(
+            Command::new("", ["x"]),
+            Err(LineError::EmptyCommandName { index: 0 })
+        );
+        assert_eq!(
+            Command::new("a b", ["x"]),
+            Err(LineError::InvalidCommandName { index: 0 })
+        );
+        assert_eq!(
+            Command::new("a", ["x", ""]),
+            Err(LineError::EmptyArgument { index: 0 })
+        );
+        assert_eq!(Command::new("a", ["x y"]), Err(LineError::InvalidArgument));
+        assert_eq!(Command::new("a", ["x!y"]), Err(LineError::InvalidArgument));
+        assert_eq!(
+            Command::new("a", ["x\ry"]),
+            Err(LineError::ControlCharacter { pos: 1 })
+        );
+        assert_eq!(
+            Command::new("a", vec!["x"; MAX_ARGS + 1]),
+            Err(LineError::TooManyArguments {
+                index: 0,
+                limit: MAX_ARGS
+            })
+        );
+    }
+
+    #[test]
+    fn builders_refuse_what_does_not_fit_a_line() {
+        let overhead = Envelope::new(wire::PUBMSG, format!("{MAKER}!PUBLIC!a "))
+            .encode()
+            .unwrap()
+            .len();
+        let fits = format!("!a {}", "x".repeat(wire::MAX_SEND_LINE - overhead));
+        let message = PublicMessage::new(nick(MAKER), fits).unwrap();
+        assert_eq!(
+            message.to_envelope().encode().unwrap().len(),
+            wire::MAX_SEND_LINE
+        );
+        // '"' takes two bytes in JSON: one more is over.
+        let over = format!("!a \"{}", "x".repeat(wire::MAX_SEND_LINE - overhead - 1));
+        assert_eq!(
+            PublicMessage::new(nick(MAKER), over),
+            Err(LineError::TooLongToSend {
+                len: wire::MAX_SEND_LINE + 1,
+                limit: wire::MAX_SEND_LINE
+            })
+        );
+        let long = format!("!a {}", "x".repeat(wire::MAX_SEND_LINE));
+        assert!(matches!(
+            PrivateMessage::new(nick(MAKER), nick(TAKER), long.clone()),
+            Err(LineError::TooLongToSend { .. })
+        ));
+        let signature = PrivmsgSignature::parse(PUBKEY, SIG).unwrap();
+        assert!(matches!(
+            PrivateMessage::signed(nick(MAKER), nick(TAKER), long, signature),
+            Err(LineError::TooLongToSend { .. })
+        ));
+        // A parsed message over the send limit is still read.
+        let line = format!("{MAKER}!PUBLIC!a {}", "x".repeat(wire::MAX_SEND_LINE));
+        assert!(PublicMessage::parse(&line).is_ok());
+        assert_eq!(
+            PublicMessage::new(nick(MAKER), "x"),
+            Err(LineError::NoCommand)
+        );
+    }
+
+    #[test]
+    fn peerlists_as_current_directories_send_them() {
+        let onion = other_onion();
+        // joinmarket-rs answering a peer with peerlist_features: itself
+        // first, features joined with '+' in its order.
+        let payload =
+            format!("{TAKER};{onion};F:peerlist_features+ping,{MAKER};{ONION};F:neutrino_compat");
+        let entries = parse_peerlist(&payload).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].nick.as_str(), TAKER);
+        assert_eq!(entries[0].location.to_string(), onion);
+        assert!(!entries[0].disconnected);
+        assert_eq!(entries[0].features, ["peerlist_features", "ping"]);
+        assert_eq!(entries[1].features, ["neutrino_compat"]);
+        assert_eq!(peerlist_payload(&entries), payload);
+
+        // The reference's (and joinmarket-rs's) disconnect notice.
+        let payload = format!("{MAKER};{ONION};D,{TAKER};{onion}");
+        let entries = parse_peerlist(&payload).unwrap();
+        assert!(entries[0].disconnected);
+        assert!(entries[0].features.is_empty());
+        assert!(!entries[1].disconnected);
+        assert_eq!(peerlist_payload(&entries), payload);
+
+        // joinmarket-ng's create_peerlist_entry with both fields.
+        let entry = format!("{MAKER};{ONION};D;F:ping");
+        let parsed = PeerlistEntry::parse(&entry).unwrap();
+        assert!(parsed.disconnected);
+        assert_eq!(parsed.features, ["ping"]);
+        assert_eq!(parsed.to_entry(), entry);
+
+        // A taker's location, and joinmarket-ng's empty answer.
+        let entry = PeerlistEntry::parse(&format!("{TAKER};NOT-SERVING-ONION")).unwrap();
+        assert_eq!(entry.location, Location::NotServing);
+        assert_eq!(parse_peerlist(""), Ok(Vec::new()));
+        assert_eq!(peerlist_payload(&[]), "");
+    }
+
+    #[test]
+    fn peerlist_entries_build_what_they_parse() {
+        let entry = PeerlistEntry::new(
+            nick(MAKER),
+            Location::parse(ONION).unwrap(),
+            true,
+            vec!["ping".to_owned(), "nick_auth".to_owned()],
+        )
+        .unwrap();
+        assert_eq!(
+            entry.to_entry(),
+            format!("{MAKER};{ONION};D;F:ping+nick_auth")
+        );
+        assert_eq!(PeerlistEntry::parse(&entry.to_entry()), Ok(entry.clone()));
+        let entries = vec![entry.clone(), entry];
+        assert_eq!(parse_peerlist(&peerlist_payload(&entries)), Ok(entries));
+        let location = Location::parse(ONION).unwrap();
+        for (features, error) in [
+            (vec![""], LineError::InvalidFeature),
+            (vec!["a+b"], LineError::InvalidFeature),
+            (vec!["Ping"], LineError::InvalidFeature),
+            (vec!["ping", "ping"], LineError::DuplicateFeature),
+        ] {
+            let features = features.into_iter().map(str::to_owned).collect();
+            assert_eq!(
+                PeerlistEntry::new(nick(MAKER), location.clone(), false, features),
+                Err(error)
+            );
+        }
+    }
+
+    #[test]
+    fn peerlist_errors() {
+        let ok = format!("{MAKER};{ONION}");
+        let entry_error = |index, error| LineError::Entry {
+            index,
+            source: Box::new(error),
+        };
+        assert_eq!(parse_peerlist(","), Err(LineError::EmptyEntry { index: 0 }));
+        assert_eq!(
+            parse_peerlist(&format!("{ok},,{ok}")),
+            Err(LineError::EmptyEntry { index: 1 })
+        );
+        assert_eq!(
+            parse_peerlist(&format!("{ok},")),
+            Err(LineError::EmptyEntry { index: 1 })
+        );
+        assert_eq!(
+            parse_peerlist(&format!("{ok},{MAKER}")),
+            Err(entry_error(1, LineError::MissingLocation))
+        );
+        // joinmarket-ng skips this "metadata"; we refuse it.
+        assert_eq!(
+            parse_peerlist("peerlist_features"),
+            Err(entry_error(0, LineError::MissingLocation))
+        );
+        assert!(matches!(
+            PeerlistEntry::parse(&format!("{MAKER};nowhere:x")),
+            Err(LineError::InvalidLocation(_))
+        ));
+        assert!(matches!(
+            PeerlistEntry::parse(&format!("{MAKER};")),
+            Err(LineError::InvalidLocation(AddrError::Empty))
+        ));
+        assert_eq!(
+            PeerlistEntry::parse(&format!("J5;{ONION}")),
+            Err(LineError::InvalidNick {
+                field: "peerlist",
+                source: NickError::WrongLength(2)
+            })
+        );
+        for (suffix, index) in [
+            (";X", 2),
+            (";D;D", 3),
+            (";F:ping;D", 3),
+            (";F:ping;F:ping", 3),
+            (";d", 2),
+            (";", 2),
+        ] {
+            assert_eq!(
+                PeerlistEntry::parse(&format!("{ok}{suffix}")),
+                Err(LineError::UnexpectedField { index }),
+                "{suffix:?}"
+            );
+        }
+        for suffix in [
+            ";F:", ";F:ping+", ";F:+ping", ";F:a++b", ";F:Ping", ";F:a-b",
+        ] {
+            assert_eq!(
+                PeerlistEntry::parse(&format!("{ok}{suffix}")),
+                Err(LineError::InvalidFeature),
+                "{suffix:?}"
+            );
+        }
+        let long_name = "a".repeat(MAX_FEATURE_LEN);
+        assert!(PeerlistEntry::parse(&format!("{ok};F:{long_name}")).is_ok());
+        assert_eq!(
+            PeerlistEntry::parse(&format!("{ok};F:{long_name}a")),
+            Err(LineError::InvalidFeature)
+        );
+        assert_eq!(
+            PeerlistEntry::parse(&format!("{ok};F:ping+a+ping")),
+            Err(LineError::DuplicateFeature)
+        );
+        let many: Vec<String> = (0..=MAX_FEATURES).map(|i| format!("f{i}")).collect();
+        assert_eq!(
+            PeerlistEntry::parse(&format!("{ok};F:{}", many[..MAX_FEATURES].join("+")))
+                .unwrap()
+                .features
+                .len(),
+            MAX_FEATURES
+        );
+        assert_eq!(
+            PeerlistEntry::parse(&format!("{ok};F:{}", many.join("+"))),
+            Err(LineError::TooManyFeatures {
+                limit: MAX_FEATURES
+            })
+        );
+        assert_eq!(
+            parse_peerlist(&format!("{ok}\n")),
+            Err(LineError::ControlCharacter { pos: ok.len() })
+        );
+        let long = "x".repeat(MAX_PEERLIST_ENTRY + 1);
+        assert_eq!(
+            PeerlistEntry::parse(&long),
+            Err(LineError::TooLong {
+                what: "peerlist entry",
+                len: long.len(),
+                limit: MAX_PEERLIST_ENTRY
+            })
+        );
+        let long = "x".repeat(MAX_PEERLIST_PAYLOAD + 1);
+        assert!(matches!(
+            parse_peerlist(&long),
+            Err(LineError::TooLong {
+                what: "peerlist",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_peerlist_holds_at_most_its_entry_cap() {
+        let entry = format!("{MAKER};{ONION}");
+        let most = vec![entry.as_str(); MAX_PEERLIST_ENTRIES].join(",");
+        assert!(most.len() <= MAX_PEERLIST_PAYLOAD);
+        assert_eq!(parse_peerlist(&most).unwrap().len(), MAX_PEERLIST_ENTRIES);
+        let over = format!("{most},{entry}");
+        assert!(over.len() <= MAX_PEERLIST_PAYLOAD);
+        assert_eq!(
+            parse_peerlist(&over),
+            Err(LineError::TooManyEntries {
+                limit: MAX_PEERLIST_ENTRIES
+            })
+        );
+    }
+
+    #[test]
+    fn the_longest_checked_entry_fits_the_entry_cap() {
+        let features: Vec<String> = (0..MAX_FEATURES)
+            .map(|i| format!("{i:0width$}", width = MAX_FEATURE_LEN))
+            .collect();
+        let location = Location::parse(&format!("{}.example:65535", "a".repeat(63))).unwrap();
+        let entry = PeerlistEntry::new(nick(MAKER), location, true, features).unwrap();
+        let text = entry.to_entry();
+        assert!(text.len() <= MAX_PEERLIST_ENTRY, "{}", text.len());
+        assert_eq!(PeerlistEntry::parse(&text), Ok(entry));
+    }
+
+    #[test]
+    fn getpeerlist_is_an_empty_791() {
+        let request = get_peerlist();
+        assert_eq!(request, Envelope::new(wire::GET_PEERLIST, ""));
+        assert_eq!(
+            request.encode().unwrap(),
+            b"{\"line\":\"\",\"type\":791}\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let error = parse_peerlist(&format!("{MAKER};{ONION},{MAKER}")).unwrap_err();
+        let source = std::error::Error::source(&error).unwrap();
+        assert_eq!(error.to_string(), "peerlist entry 1");
+        assert_eq!(source.to_string(), "a peerlist entry is nick;location");
+    }
+}
