@@ -37,6 +37,11 @@
 //! trailing space would make in the reference's split, is refused), no
 //! control characters anywhere. [`commands_body`] builds exactly that text
 //! back, without a space before the next `!`, as the reference does.
+//! Real senders never put a space before the next `!`; what strictness
+//! costs is free text: an `!error` whose text holds `!` or a doubled space
+//! (joinmarket-ng sends its error texts as they are,
+//! `maker/src/maker/maker_session.py`) is refused as a whole, where the
+//! reference would have split it into a bogus command anyway.
 //!
 //! # Private-message signatures
 //!
