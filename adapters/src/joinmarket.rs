@@ -17,6 +17,7 @@
 //! ```
 
 mod identity;
+pub mod lines;
 mod messaging;
 pub mod wire;
 
@@ -35,6 +36,10 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 
 pub use identity::{Location, Network, Nick, NickError, UnknownNetwork};
+pub use lines::{
+    Command, LineError, PeerlistEntry, PrivateMessage, PrivmsgSignature, PublicMessage,
+    commands_body, get_peerlist, parse_commands, parse_peerlist, peerlist_payload,
+};
 pub use messaging::{
     DirectoryOutcome, ITEM_OVERHEAD, Incoming, MAX_TABLE_ENTRIES, MIN_INBOUND_BYTES, Message,
     MessageError, Messaging, MessagingConfig, MessagingConfigError, MessagingStats, Route,
