@@ -452,6 +452,10 @@ pub struct LinkRecord {
     pub peerlists_sent: usize,
     /// Messages ng's token bucket dropped.
     pub dropped: usize,
+    /// What the directory passed on from this client, as it sends it on:
+    /// public messages to every other peer, private messages to their
+    /// target (when that peer is connected). See [`DirectoryLink::handle_line`].
+    pub relayed: Vec<(u32, String)>,
     /// Lines received (every framed line, valid or not).
     pub lines: usize,
     /// The close, once decided.
@@ -527,6 +531,7 @@ impl DirectoryLink {
                 pongs_sent: 0,
                 peerlists_sent: 0,
                 dropped: 0,
+                relayed: Vec::new(),
                 lines: 0,
                 close: None,
             },
@@ -665,13 +670,13 @@ impl DirectoryLink {
             return;
         };
         match self.config.profile {
-            DirectoryProfile::JoinmarketNg => self.ng_message(now, msg_type),
+            DirectoryProfile::JoinmarketNg => self.ng_message(now, msg_type, &text),
             DirectoryProfile::JoinmarketRs => self.rs_message(now, msg_type, &text),
-            DirectoryProfile::Reference => self.reference_message(now, msg_type),
+            DirectoryProfile::Reference => self.reference_message(now, msg_type, &text),
         }
     }
 
-    fn ng_message(&mut self, now: Instant, msg_type: u32) {
+    fn ng_message(&mut self, now: Instant, msg_type: u32, text: &str) {
         if let Some(bucket) = self.config.bucket {
             let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
             self.refilled = now;
@@ -696,7 +701,21 @@ impl DirectoryLink {
             MODEL_PING => self.pong(),
             MODEL_PONG => self.got_pong(now),
             MODEL_GETPEERLIST => self.peerlist(),
-            // Everything else (801 included) is routed or only logged.
+            // `message_router.py`: `parse_jm_message` wants three `!`-parts;
+            // a public one must be to `PUBLIC`, and either kind from the
+            // link's own nick, or it is dropped (logged, link kept). What
+            // passes is sent on byte for byte.
+            MODEL_PUBMSG | MODEL_PRIVMSG => {
+                let mut parts = text.splitn(3, '!');
+                let (Some(from), Some(to), Some(_)) = (parts.next(), parts.next(), parts.next())
+                else {
+                    return;
+                };
+                if from == self.peer.nick && (msg_type == MODEL_PRIVMSG || to == "PUBLIC") {
+                    self.record.relayed.push((msg_type, text.to_owned()));
+                }
+            }
+            // Everything else (801 included) is only logged.
             _ => {}
         }
     }
@@ -726,10 +745,26 @@ impl DirectoryLink {
                     };
                     self.window(now, which, max, limits.window);
                 }
+                // `peer.rs`: only a body `JmMessage::parse` reads (a known
+                // command first, `message.rs`) is broadcast, rebuilt as
+                // `<nick>!PUBLIC<body>`.
+                if !self.is_closed() && rs_known_command(body) {
+                    let line = format!("{}!PUBLIC{body}", self.peer.nick);
+                    self.record.relayed.push((MODEL_PUBMSG, line));
+                }
             }
             MODEL_PRIVMSG => {
-                let from = text.split_once('!').map(|(from, _)| from);
-                if from.is_some_and(|from| from != self.peer.nick) {
+                // `parse_privmsg_line`: two `!`; then `dispatch_privmsg`
+                // forwards the line as it came.
+                let Some((from, rest)) = text.split_once('!') else {
+                    return;
+                };
+                if !rest.contains('!') {
+                    return;
+                }
+                if from == self.peer.nick {
+                    self.record.relayed.push((MODEL_PRIVMSG, text.to_owned()));
+                } else {
                     self.close(now, CloseReason::SpoofedNick);
                 }
             }
@@ -760,8 +795,29 @@ impl DirectoryLink {
         }
     }
 
-    fn reference_message(&mut self, now: Instant, msg_type: u32) {
+    fn reference_message(&mut self, now: Instant, msg_type: u32, text: &str) {
         match msg_type {
+            // `receive_msg`: split on every `!`, the first two parts are the
+            // nicks (no check against the link's nick), the message is `!`
+            // and the rest. To `PUBLIC`: relayed to every other peer as
+            // `<from>!PUBLIC<message>` (`get_pubmsg`); otherwise forwarded
+            // to `<to>` (`forward_privmsg_to_peer`), rebuilt as
+            // `<from>!<to>!<cmd> <args>` (`get_privmsg`): the same text,
+            // but a message without arguments gains a trailing space.
+            MODEL_PUBMSG | MODEL_PRIVMSG => {
+                let mut parts = text.splitn(3, '!');
+                let (Some(from), Some(to)) = (parts.next(), parts.next()) else {
+                    return;
+                };
+                let rest = parts.next().unwrap_or_default();
+                let relayed = if to == "PUBLIC" {
+                    (MODEL_PUBMSG, format!("{from}!PUBLIC!{rest}"))
+                } else {
+                    let (cmd, args) = rest.split_once(' ').unwrap_or((rest, ""));
+                    (MODEL_PRIVMSG, format!("{from}!{to}!{cmd} {args}"))
+                };
+                self.record.relayed.push(relayed);
+            }
             // `assert False` (799, 801) and `assert not
             // self.self_as_peer.directory` (795): the connection is lost.
             MODEL_PONG | MODEL_DISCONNECT | MODEL_DN_HANDSHAKE => {
@@ -823,6 +879,36 @@ impl DirectoryLink {
     }
 }
 
+/// joinmarket-rs's `JmMessage::parse` (`message.rs`): `!` then a command
+/// of `MessageCommand::from_str`, lower-cased, up to the first space.
+fn rs_known_command(body: &str) -> bool {
+    const KNOWN: [&str; 18] = [
+        "absoffer",
+        "reloffer",
+        "swabsoffer",
+        "swreloffer",
+        "sw0absoffer",
+        "sw0reloffer",
+        "orderbook",
+        "cancel",
+        "hp2",
+        "tbond",
+        "fill",
+        "ioauth",
+        "auth",
+        "pubkey",
+        "tx",
+        "sig",
+        "push",
+        "error",
+    ];
+    let Some(content) = body.strip_prefix('!') else {
+        return false;
+    };
+    let command = content.split(' ').next().unwrap_or_default().to_lowercase();
+    KNOWN.contains(&command.as_str())
+}
+
 /// `{"type": int, "line": str}`, or `None`.
 fn parse_envelope(line: &[u8]) -> Option<(u32, String)> {
     let value: Value = serde_json::from_slice(line).ok()?;
@@ -864,6 +950,60 @@ mod tests {
 
     fn line(msg_type: u32, text: &str) -> Vec<u8> {
         jm_message(msg_type, text).trim_end().as_bytes().to_vec()
+    }
+
+    /// What each implementation passes on of one client line: (relayed
+    /// lines, closed).
+    fn relayed(profile: DirectoryProfile, msg_type: u32, text: &str) -> (Vec<(u32, String)>, bool) {
+        let t0 = Instant::now();
+        let mut link = link(profile, peer(true, false), t0);
+        link.handle_line(t0, &line(msg_type, text));
+        (link.record().relayed.clone(), link.is_closed())
+    }
+
+    #[test]
+    fn public_and_private_messages_are_relayed_by_each_implementations_rules() {
+        use DirectoryProfile::{JoinmarketNg as Ng, JoinmarketRs as Rs, Reference as Ref};
+        let orderbook = format!("{NICK}!PUBLIC!orderbook");
+        for profile in [Ng, Rs, Ref] {
+            assert_eq!(
+                relayed(profile, MODEL_PUBMSG, &orderbook),
+                (vec![(MODEL_PUBMSG, orderbook.clone())], false),
+                "{profile:?}"
+            );
+        }
+        // A bare command (no nicks) is relayed as a public message by none.
+        for profile in [Ng, Rs, Ref] {
+            let (lines, _) = relayed(profile, MODEL_PUBMSG, "!orderbook");
+            assert!(
+                lines.iter().all(|(kind, _)| *kind != MODEL_PUBMSG),
+                "{profile:?}"
+            );
+        }
+        // rs relays only known commands.
+        let hello = format!("{NICK}!PUBLIC!hello");
+        assert_eq!(relayed(Ng, MODEL_PUBMSG, &hello).0.len(), 1);
+        assert_eq!(relayed(Rs, MODEL_PUBMSG, &hello), (vec![], false));
+        assert_eq!(relayed(Ref, MODEL_PUBMSG, &hello).0.len(), 1);
+        // Another nick as sender: ng drops it, rs closes, the reference relays.
+        let spoof = "J5otherNickXXXXX!PUBLIC!orderbook";
+        assert_eq!(relayed(Ng, MODEL_PUBMSG, spoof), (vec![], false));
+        assert_eq!(relayed(Rs, MODEL_PUBMSG, spoof), (vec![], true));
+        assert_eq!(relayed(Ref, MODEL_PUBMSG, spoof).0.len(), 1);
+        // Private: forwarded as it came; the reference adds a space after a
+        // command without arguments.
+        let fill = format!("{NICK}!J5otherNickXXXXX!fill 0 100000 abc");
+        for profile in [Ng, Rs, Ref] {
+            assert_eq!(
+                relayed(profile, MODEL_PRIVMSG, &fill).0,
+                vec![(MODEL_PRIVMSG, fill.clone())]
+            );
+        }
+        let bare = format!("{NICK}!J5otherNickXXXXX!orderbook");
+        assert_eq!(
+            relayed(Ref, MODEL_PRIVMSG, &bare).0,
+            vec![(MODEL_PRIVMSG, format!("{bare} "))]
+        );
     }
 
     /// Runs the link by its own timeouts until `end`, answering each PING

@@ -518,3 +518,38 @@ fn without_a_route_the_fallback_goes_through_the_first_connected_directory() {
         world.pool.close_all().await.unwrap();
     });
 }
+
+/// What the README's messaging example sends (`broadcast("!orderbook")`)
+/// is what every current implementation relays: ng, rs and the reference,
+/// modelled (`directory_model`), each record the line they pass on.
+#[test]
+fn the_readme_broadcast_is_relayed_by_every_implementation() {
+    on_both_runtimes(|rt| async move {
+        let profiles = [
+            DirectoryProfile::JoinmarketNg,
+            DirectoryProfile::JoinmarketRs,
+            DirectoryProfile::Reference,
+        ];
+        let behaviours = profiles
+            .iter()
+            .map(|p| JmBehaviour::Modelled(JmModelled::new(*p)))
+            .collect();
+        let world = World::start(&rt, behaviours);
+        let messaging = world.messaging(&rt, |_| {}).await;
+        let outcomes = messaging.broadcast("!orderbook").await.unwrap();
+        assert_eq!(outcomes.len(), 3);
+        assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
+        let expected = (JM_PUBMSG, format!("{NICK}!PUBLIC!orderbook"));
+        let relayed_by_all = eventually(&rt, SHORT, || {
+            world.dirs.iter().all(|dir| {
+                dir.link_records()
+                    .iter()
+                    .any(|record| record.relayed.contains(&expected))
+            })
+        })
+        .await;
+        let records: Vec<_> = world.dirs.iter().map(JmDirectory::link_records).collect();
+        assert!(relayed_by_all, "{profiles:?}: {records:#?}");
+        world.pool.close_all().await.unwrap();
+    });
+}
