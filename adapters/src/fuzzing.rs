@@ -397,6 +397,129 @@ impl AsyncWrite for ScriptStream {
     }
 }
 
+/// The `jm_lines` target: the input is a message line, a body or a
+/// PEERLIST payload as a directory relays it. The first byte picks the
+/// parser (public message, private message, PEERLIST payload, PEERLIST
+/// entry and body); the rest is the text (invalid UTF-8 replaced).
+///
+/// Properties: parsing ends with a typed error or a value; a parsed
+/// message prints back to exactly its line, and a parsed body or
+/// command list to exactly its body; every parsed value is rebuilt by the
+/// builders to an equal value (or refused only as too long to send, when
+/// its envelope is), and what the builders make parses back to it.
+///
+/// # Panics
+/// When a property is broken.
+pub fn jm_lines(data: &[u8]) {
+    use crate::joinmarket::lines::{
+        Command, LineError, PeerlistEntry, PrivateMessage, PrivmsgSignature, PublicMessage,
+        commands_body, parse_commands, parse_peerlist, peerlist_payload,
+    };
+    use crate::joinmarket::wire::MAX_SEND_LINE;
+    use crate::joinmarket::{Envelope, JmError};
+
+    /// A builder refused `line` only because its envelope is too long.
+    fn refused_as_too_long(error: &LineError, envelope: &Envelope) {
+        let LineError::TooLongToSend { len, limit } = *error else {
+            panic!("the builder refuses a parsed value: {error}");
+        };
+        assert_eq!(limit, MAX_SEND_LINE);
+        assert!(
+            matches!(envelope.encode(), Err(JmError::SendTooLong { len: l, .. }) if l == len),
+            "refused as {len} bytes long"
+        );
+    }
+
+    fn commands_round_trip(body: &str, commands: &[Command]) {
+        assert_eq!(commands_body(commands), body);
+        for command in commands {
+            let rebuilt = Command::new(command.name(), command.args().iter().cloned());
+            assert_eq!(rebuilt.as_ref(), Ok(command));
+        }
+    }
+
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match selector % 4 {
+        0 => match PublicMessage::parse(&text) {
+            Ok(message) => {
+                assert_eq!(message.to_line(), text);
+                let commands = message.commands().expect("a parsed body parses");
+                commands_round_trip(message.body(), &commands);
+                match PublicMessage::new(message.from().clone(), message.body()) {
+                    Ok(built) => {
+                        assert_eq!(built, message);
+                        assert!(built.to_envelope().encode().is_ok());
+                    }
+                    Err(error) => refused_as_too_long(&error, &message.to_envelope()),
+                }
+            }
+            Err(error) => drop(every_text(&error)),
+        },
+        1 => match PrivateMessage::parse(&text) {
+            Ok(message) => {
+                assert_eq!(message.to_line(), text);
+                assert_eq!(
+                    PrivateMessage::parse(&message.to_line()).as_ref(),
+                    Ok(&message)
+                );
+                let commands = message.commands().expect("a parsed body parses");
+                commands_round_trip(message.body(), &commands);
+                let (from, to) = (message.from().clone(), message.to().clone());
+                let built = match message.signature() {
+                    Some(signature) => {
+                        let shown = signature.to_string();
+                        let (key, sig) = shown.split_once(' ').expect("two fields");
+                        assert_eq!(PrivmsgSignature::parse(key, sig).as_ref(), Ok(signature));
+                        drop(signature.nick());
+                        PrivateMessage::signed(from, to, message.body(), signature.clone())
+                    }
+                    None => PrivateMessage::new(from, to, message.body()),
+                };
+                match built {
+                    Ok(built) => {
+                        assert_eq!(built, message);
+                        assert!(built.to_envelope().encode().is_ok());
+                    }
+                    Err(error) => refused_as_too_long(&error, &message.to_envelope()),
+                }
+            }
+            Err(error) => drop(every_text(&error)),
+        },
+        2 => match parse_peerlist(&text) {
+            Ok(entries) => {
+                // Locations are printed canonically, so compare values.
+                let payload = peerlist_payload(&entries);
+                assert_eq!(parse_peerlist(&payload).as_ref(), Ok(&entries));
+                for entry in &entries {
+                    let rebuilt = PeerlistEntry::new(
+                        entry.nick.clone(),
+                        entry.location.clone(),
+                        entry.disconnected,
+                        entry.features.clone(),
+                    );
+                    assert_eq!(rebuilt.as_ref(), Ok(entry));
+                }
+            }
+            Err(error) => drop(every_text(&error)),
+        },
+        _ => {
+            match PeerlistEntry::parse(&text) {
+                Ok(entry) => {
+                    assert_eq!(PeerlistEntry::parse(&entry.to_entry()).as_ref(), Ok(&entry));
+                }
+                Err(error) => drop(every_text(&error)),
+            }
+            match parse_commands(&text) {
+                Ok(commands) => commands_round_trip(&text, &commands),
+                Err(error) => drop(every_text(&error)),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@
 //! ```
 
 mod identity;
+pub mod lines;
 pub mod wire;
 
 use std::collections::VecDeque;
@@ -34,6 +35,10 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 
 pub use identity::{Location, Network, Nick, NickError, UnknownNetwork};
+pub use lines::{
+    Command, LineError, PeerlistEntry, PrivateMessage, PrivmsgSignature, PublicMessage,
+    commands_body, get_peerlist, parse_commands, parse_peerlist, peerlist_payload,
+};
 pub use wire::Envelope;
 use wire::LineReader;
 

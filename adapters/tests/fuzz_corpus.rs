@@ -14,3 +14,8 @@ fn socks_reply_corpus_and_regressions() {
 fn handshake_reply_corpus_and_regressions() {
     assert!(replay_checked_in("handshake_reply", handshake_reply) > 0);
 }
+
+#[test]
+fn jm_lines_corpus_and_regressions() {
+    assert!(replay_checked_in("jm_lines", dirpool::fuzzing::jm_lines) > 0);
+}
