@@ -18,6 +18,7 @@
 
 mod identity;
 pub mod lines;
+mod messaging;
 pub mod wire;
 
 use std::collections::VecDeque;
@@ -38,6 +39,11 @@ pub use identity::{Location, Network, Nick, NickError, UnknownNetwork};
 pub use lines::{
     Command, LineError, PeerlistEntry, PrivateMessage, PrivmsgSignature, PublicMessage,
     commands_body, get_peerlist, parse_commands, parse_peerlist, peerlist_payload,
+};
+pub use messaging::{
+    DirectoryOutcome, ITEM_OVERHEAD, Incoming, MAX_TABLE_ENTRIES, MIN_INBOUND_BYTES, Message,
+    MessageError, Messaging, MessagingConfig, MessagingConfigError, MessagingStats, Route,
+    RouteFallback, RouteSource, SendFailure, SendToError,
 };
 pub use wire::Envelope;
 use wire::LineReader;

@@ -361,6 +361,13 @@ impl<H: Handshake> DirectoryPool<H> {
         &self.inner.rejected
     }
 
+    /// The runtime the pool runs on, for companion tasks that must live as
+    /// long as the pool's links (e.g. [`Messaging`](crate::joinmarket::Messaging)'s
+    /// reader).
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.inner.dialer.runtime
+    }
+
     /// The SOCKS credentials for dialing peers directly, when isolation is on.
     pub fn peer_credentials(&self) -> Option<SocksCredentials> {
         self.inner.isolation.peer_credentials()
