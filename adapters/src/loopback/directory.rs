@@ -500,7 +500,10 @@ impl Directory {
         let mut lines = LineReader::new(reader, settings.max_line);
         let first = next_envelope(&mut lines)?;
         if first.kind != wire::HANDSHAKE {
-            return Err(Ended::Refused(format!("first message of type {}", first.kind)));
+            return Err(Ended::Refused(format!(
+                "first message of type {}",
+                first.kind
+            )));
         }
         let hello = Hello::check(&first.line, settings.network).map_err(Ended::Refused)?;
         let peer = Peer {
@@ -529,7 +532,9 @@ impl Directory {
             peer,
         };
         let writer = Arc::clone(&registered.peer);
-        hub.spawn("loopback-directory-writer", move || writer.outbox.write_all())?;
+        hub.spawn("loopback-directory-writer", move || {
+            writer.outbox.write_all()
+        })?;
 
         loop {
             lines.get_mut().extend(settings.idle_timeout);
@@ -557,7 +562,10 @@ impl Directory {
             return Err(format!("Peer nick already registered: {}", peer.nick));
         }
         if registry.peers.len() >= self.settings.max_peers {
-            return Err(format!("Maximum peers reached: {}", self.settings.max_peers));
+            return Err(format!(
+                "Maximum peers reached: {}",
+                self.settings.max_peers
+            ));
         }
         registry.arrivals += 1;
         peer.arrival = registry.arrivals;
@@ -685,14 +693,20 @@ mod tests {
         }
 
         fn join(directory: &LoopbackDirectory, nick: &Nick) -> Self {
-            let (client, reply) =
-                Self::join_as(directory, nick, "NOT-SERVING-ONION", &["peerlist_features", "ping"]);
+            let (client, reply) = Self::join_as(
+                directory,
+                nick,
+                "NOT-SERVING-ONION",
+                &["peerlist_features", "ping"],
+            );
             assert_eq!(reply["accepted"], true, "{reply}");
             client
         }
 
         fn send(&mut self, envelope: &Envelope) {
-            (&self.stream).write_all(&envelope.encode().unwrap()).unwrap();
+            (&self.stream)
+                .write_all(&envelope.encode().unwrap())
+                .unwrap();
         }
 
         fn send_raw(&mut self, bytes: &[u8]) {
@@ -724,7 +738,9 @@ mod tests {
     }
 
     fn public(from: &Nick, body: &str) -> Envelope {
-        PublicMessage::new(from.clone(), body).unwrap().to_envelope()
+        PublicMessage::new(from.clone(), body)
+            .unwrap()
+            .to_envelope()
     }
 
     fn private(from: &Nick, to: &Nick, body: &str) -> Envelope {
@@ -810,7 +826,11 @@ mod tests {
         alice.send(&public(&b, "!orderbook"));
         let offer = public(&a, "!sw0reloffer 0 100000 5000000 0 0.00002");
         alice.send(&offer);
-        assert_eq!(bob.recv(), Some(offer.clone()), "the spoofed one was dropped");
+        assert_eq!(
+            bob.recv(),
+            Some(offer.clone()),
+            "the spoofed one was dropped"
+        );
         assert_eq!(carol.recv(), Some(offer));
         alice.expect_nothing_queued();
         bob.expect_nothing_queued();
@@ -822,8 +842,12 @@ mod tests {
         let directory = regtest();
         let (a, b, c) = (nick(1), nick(2), nick(3));
         let onion = fake_onion("maker");
-        let (mut maker, _) =
-            Client::join_as(&directory, &a, &onion.to_string(), &["peerlist_features", "ping"]);
+        let (mut maker, _) = Client::join_as(
+            &directory,
+            &a,
+            &onion.to_string(),
+            &["peerlist_features", "ping"],
+        );
         let mut bob = Client::join(&directory, &b);
         let mut carol = Client::join(&directory, &c);
 
@@ -838,7 +862,10 @@ mod tests {
         let location = bob.recv().unwrap();
         assert_eq!(location.kind, wire::PEERLIST);
         let entry = &parse_peerlist(&location.line).unwrap()[0];
-        assert_eq!((&entry.nick, &entry.location), (&a, &Location::Serving(onion)));
+        assert_eq!(
+            (&entry.nick, &entry.location),
+            (&a, &Location::Serving(onion))
+        );
         assert!(!entry.disconnected);
         assert_eq!(entry.features, ["peerlist_features", "ping"]);
         assert_eq!(bob.recv(), Some(marker.clone()));
@@ -850,8 +877,11 @@ mod tests {
     fn peer_lists_come_in_chunks_of_20_with_features_for_those_who_ask() {
         let directory = regtest();
         let mut asker = Client::join(&directory, &nick(100));
-        let (mut plain, _) = Client::join_as(&directory, &nick(101), "NOT-SERVING-ONION", &["ping"]);
-        let _others: Vec<Client> = (0..23).map(|n| Client::join(&directory, &nick(n))).collect();
+        let (mut plain, _) =
+            Client::join_as(&directory, &nick(101), "NOT-SERVING-ONION", &["ping"]);
+        let _others: Vec<Client> = (0..23)
+            .map(|n| Client::join(&directory, &nick(n)))
+            .collect();
         let everyone = directory.peers();
         assert_eq!(everyone.len(), 25);
 

@@ -152,7 +152,10 @@ impl LoopbackProxy {
     ///
     /// # Errors
     /// As [`route`](Self::route).
-    pub fn route_directory(&self, directory: &LoopbackDirectory) -> Result<ServerAddr, LoopbackError> {
+    pub fn route_directory(
+        &self,
+        directory: &LoopbackDirectory,
+    ) -> Result<ServerAddr, LoopbackError> {
         let onion = directory.onion();
         self.route(onion.host(), directory.addr())?;
         Ok(onion)
@@ -404,7 +407,10 @@ mod tests {
             (connect_request(&[ATYP_IPV4, 192, 0, 2, 7], 5222), 0x02),
             (connect_request(&ipv6, 5222), 0x02),
             (bind, 0x07),
-            (connect_request(&[ATYP_IPV4, 127, 0, 0, 1], closed_port), 0x05),
+            (
+                connect_request(&[ATYP_IPV4, 127, 0, 0, 1], closed_port),
+                0x05,
+            ),
         ];
         for (request, expected) in cases {
             let (_, _, code) = ask(&proxy, &greeting, &request);
