@@ -28,7 +28,7 @@ mod directory;
 mod proxy;
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -76,6 +76,29 @@ pub fn fake_onion(label: &str) -> ServerAddr {
 /// `within` from now (at most a year: never overflows).
 fn deadline(within: Duration) -> Instant {
     Instant::now() + within.min(crate::joinmarket::MAX_TIMEOUT)
+}
+
+/// Writes all of `bytes` within `within` from now, however the peer reads
+/// (each write may block for what is left, no longer).
+fn write_all_within(mut socket: &TcpStream, mut bytes: &[u8], within: Duration) -> io::Result<()> {
+    let deadline = deadline(within);
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        socket.set_write_timeout(Some(left))?;
+        match socket.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -172,6 +195,9 @@ struct Listener {
     addr: SocketAddr,
 }
 
+/// The pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// How long the drop of a server waits to reach its own listener (to wake
 /// its accept thread).
 const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -192,7 +218,11 @@ impl Listener {
                 if accept_hub.stopping() {
                     break;
                 }
-                let Ok(stream) = stream else { continue };
+                let Ok(stream) = stream else {
+                    // E.g. out of file descriptors: do not spin.
+                    thread::sleep(ACCEPT_BACKOFF);
+                    continue;
+                };
                 if active.fetch_add(1, Ordering::AcqRel) >= max_connections {
                     active.fetch_sub(1, Ordering::AcqRel);
                     tracing::debug!(%addr, "loopback server full: connection closed");

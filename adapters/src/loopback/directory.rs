@@ -1,49 +1,8 @@
-//! [`LoopbackDirectory`]: an in-process JoinMarket directory on 127.0.0.1
-//! that behaves like joinmarket-ng's directory server.
-//!
-//! What it does, from joinmarket-ng's code (`directory_server/src/directory_server/`):
-//! - `server.py` `_perform_handshake`: the first line must be a handshake
-//!   (793) within 30 s; a handshake that fails the checks of
-//!   `handshake_handler.py` `process_handshake` (app name `joinmarket`, not
-//!   a directory, `proto-ver` 5, the directory's network, a location that is
-//!   `NOT-SERVING-ONION` or a v3 onion with its port) closes the connection
-//!   without a reply; a nick another live link holds, or a full registry,
-//!   gets `accepted: false` with `motd` `"Rejected: Peer nick already
-//!   registered: <nick>"` or `"Rejected: Maximum peers reached: <n>"`
-//!   (`peer_registry.py` `register`), then the close; otherwise the reply
-//!   of `jmcore/protocol.py` `create_handshake_response` (795, versions 5..5,
-//!   features `peerlist_features` and `ping`).
-//! - `message_router.py`: a PUBMSG whose from-nick is the link's own goes
-//!   to every other handshaked peer, others are dropped; a PRIVMSG goes to
-//!   the peer holding its to-nick (dropped if none, or if the from-nick is
-//!   not the link's), followed by a PEERLIST entry with the sender's
-//!   location when the sender serves an onion (`_send_peer_location`);
-//!   GETPEERLIST (791) is answered with every handshaked peer, the asker
-//!   included, 20 entries per PEERLIST (789) line, with `F:` features when
-//!   the asker advertised `peerlist_features`, and one empty PEERLIST when
-//!   there is none; PING (798) is answered with PONG (799); other types are
-//!   ignored. A peer that leaves is announced to the others as a
-//!   disconnected entry (`nick;location;D`).
-//! - `jmcore` settings: a line over 65,536 bytes (`max_line_length`) or one
-//!   that is not a JSON envelope ends the link; a peer silent for 1,500 s
-//!   is evicted (`heartbeat_hard_evict`); a write that fails or takes
-//!   over 30 s (`_DIRECTORY_SEND_TIMEOUT_SEC`) drops the peer
-//!   (`_handle_send_failed`).
-//!
-//! Differences, all bounds of a test peer: a nick must have the JoinMarket
-//! shape ([`Nick`]; joinmarket-ng takes any 1–64 characters); peers are
-//! capped at [`DirectorySettings::max_peers`] (64 by default, not 10,000);
-//! a peer whose outbound queue would pass
-//! [`DirectorySettings::outbound_bytes`] is dropped at once (joinmarket-ng
-//! waits up to 30 s for its socket); a relayed line is re-encoded with
-//! [`Envelope::encode`], so one longer than
-//! [`MAX_SEND_LINE`](wire::MAX_SEND_LINE) is dropped; no PINGs of its own
-//! (the idle eviction stands in for the heartbeat), no rate limit, no
-//! nick authentication.
+//! [`LoopbackDirectory`]: an in-process JoinMarket directory on 127.0.0.1.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -53,7 +12,7 @@ use dirpool_core::ServerAddr;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{DeadlineReader, Hub, LoopbackError, fake_onion, lock};
+use super::{DeadlineReader, Hub, LoopbackError, fake_onion, lock, write_all_within};
 use crate::joinmarket::lines::{PeerlistEntry, PrivateMessage, PublicMessage, peerlist_payload};
 use crate::joinmarket::wire::{self, Envelope, LineReader};
 use crate::joinmarket::{Location, Network, Nick, PROTOCOL_VERSION};
@@ -110,10 +69,50 @@ impl DirectorySettings {
     }
 }
 
-/// An in-process JoinMarket directory on 127.0.0.1 (see the [module
-/// documentation](self) for what it does and how it differs from
-/// joinmarket-ng). Each connection has a reader and a writer thread;
-/// dropping the directory closes every connection and joins them.
+/// An in-process JoinMarket directory on 127.0.0.1 that behaves like
+/// joinmarket-ng's directory server. Each connection has a reader and a
+/// writer thread; dropping the directory closes every connection and
+/// joins them.
+///
+/// What it does, from joinmarket-ng's code (`directory_server/src/directory_server/`):
+/// - `server.py` `_perform_handshake`: the first line must be a handshake
+///   (793) within 30 s; a handshake that fails the checks of
+///   `handshake_handler.py` `process_handshake` (app name `joinmarket`, not
+///   a directory, `proto-ver` 5, the directory's network, a location that is
+///   `NOT-SERVING-ONION` or a v3 onion with its port) closes the connection
+///   without a reply; a nick another live link holds, or a full registry,
+///   gets `accepted: false` with `motd` `"Rejected: Peer nick already
+///   registered: <nick>"` or `"Rejected: Maximum peers reached: <n>"`
+///   (`peer_registry.py` `register`), then the close; otherwise the reply
+///   of `jmcore/protocol.py` `create_handshake_response` (795, versions 5..5,
+///   features `peerlist_features` and `ping`).
+/// - `message_router.py`: a PUBMSG whose from-nick is the link's own goes
+///   to every other handshaked peer, others are dropped; a PRIVMSG goes to
+///   the peer holding its to-nick (dropped if none, or if the from-nick is
+///   not the link's), followed by a PEERLIST entry with the sender's
+///   location when the sender serves an onion (`_send_peer_location`);
+///   GETPEERLIST (791) is answered with every handshaked peer, the asker
+///   included, 20 entries per PEERLIST (789) line, with `F:` features when
+///   the asker advertised `peerlist_features`, and one empty PEERLIST when
+///   there is none; PING (798) is answered with PONG (799); other types are
+///   ignored. A peer that leaves is announced to the others as a
+///   disconnected entry (`nick;location;D`).
+/// - `jmcore` settings: a line over 65,536 bytes (`max_line_length`) or one
+///   that is not a JSON envelope ends the link; a peer silent for 1,500 s
+///   is evicted (`heartbeat_hard_evict`); a write that fails or takes
+///   over 30 s (`_DIRECTORY_SEND_TIMEOUT_SEC`) drops the peer
+///   (`_handle_send_failed`).
+///
+/// Where it differs: a nick must have the JoinMarket
+/// shape ([`Nick`]; joinmarket-ng takes any 1–64 characters); peers are
+/// capped at [`DirectorySettings::max_peers`] (64 by default, not 10,000);
+/// a peer whose outbound queue would pass
+/// [`DirectorySettings::outbound_bytes`] is dropped at once (joinmarket-ng
+/// waits up to 30 s for its socket); a relayed line is re-encoded with
+/// [`Envelope::encode`], so one longer than
+/// [`MAX_SEND_LINE`](wire::MAX_SEND_LINE) is dropped; no PINGs of its own
+/// (the idle eviction stands in for the heartbeat), no rate limit, no
+/// nick authentication.
 ///
 /// ```
 /// use dirpool::joinmarket::Network;
@@ -324,9 +323,9 @@ impl Outbox {
         lock(&self.state).closed
     }
 
-    /// The writer thread: writes queued lines in order until closed.
-    fn write_all(&self) {
-        let mut socket = &self.socket;
+    /// The writer thread: writes queued lines in order, each within
+    /// `write_timeout`, until closed.
+    fn write_all(&self, write_timeout: Duration) {
         loop {
             let line = {
                 let mut state = lock(&self.state);
@@ -343,7 +342,7 @@ impl Outbox {
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
             };
-            let written = socket.write_all(&line);
+            let written = write_all_within(&self.socket, &line, write_timeout);
             lock(&self.state).held -= line.len();
             if written.is_err() {
                 self.close();
@@ -495,7 +494,6 @@ impl Directory {
         let settings = &self.settings;
         let _held = hub.hold(&stream)?;
         stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(settings.write_timeout))?;
         let reader = DeadlineReader::new(stream.try_clone()?, settings.handshake_timeout);
         let mut lines = LineReader::new(reader, settings.max_line);
         let first = next_envelope(&mut lines)?;
@@ -523,7 +521,7 @@ impl Directory {
             Err(why) => {
                 let motd = format!("Rejected: {why}");
                 let rejection = reply(&self.nick, settings.network, false, &motd);
-                (&stream).write_all(&rejection.encode()?)?;
+                write_all_within(&stream, &rejection.encode()?, settings.write_timeout)?;
                 return Err(Ended::Refused(why));
             }
         };
@@ -532,8 +530,9 @@ impl Directory {
             peer,
         };
         let writer = Arc::clone(&registered.peer);
+        let write_timeout = settings.write_timeout;
         hub.spawn("loopback-directory-writer", move || {
-            writer.outbox.write_all()
+            writer.outbox.write_all(write_timeout);
         })?;
 
         loop {
@@ -629,6 +628,7 @@ impl Directory {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::net::TcpStream;
 
     use super::*;

@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dirpool_core::{ServerAddr, SocksReply};
 
-use super::{DeadlineReader, Hub, LoopbackDirectory, LoopbackError, lock};
+use super::{DeadlineReader, Hub, LoopbackDirectory, LoopbackError, lock, write_all_within};
 
 const SOCKS5: u8 = 0x05;
 const METHOD_NO_AUTH: u8 = 0x00;
@@ -175,9 +175,8 @@ fn serve(
     client: TcpStream,
 ) -> io::Result<()> {
     let _held = hub.hold(&client)?;
-    client.set_write_timeout(Some(settings.write_timeout))?;
     let mut reader = DeadlineReader::new(client.try_clone()?, settings.negotiation_timeout);
-    let mut writer = &client;
+    let reply = |bytes: &[u8]| write_all_within(&client, bytes, settings.write_timeout);
 
     let [version, count] = read_array(&mut reader)?;
     if version != SOCKS5 {
@@ -192,7 +191,7 @@ fn serve(
     } else {
         METHOD_NONE_ACCEPTABLE
     };
-    writer.write_all(&[SOCKS5, method])?;
+    reply(&[SOCKS5, method])?;
     if method == METHOD_NONE_ACCEPTABLE {
         return Ok(());
     }
@@ -203,7 +202,7 @@ fn serve(
         let [pass_len] = read_array(&mut reader)?;
         skip(&mut reader, usize::from(pass_len))?;
         let ok = version == USER_PASS_VERSION;
-        writer.write_all(&[USER_PASS_VERSION, if ok { 0x00 } else { 0x01 }])?;
+        reply(&[USER_PASS_VERSION, if ok { 0x00 } else { 0x01 }])?;
         if !ok {
             return Ok(());
         }
@@ -222,56 +221,54 @@ fn serve(
             reader.read_exact(&mut name)?;
             Target::Name(String::from_utf8_lossy(&name).to_ascii_lowercase())
         }
-        _ => return refuse(writer, SocksReply::AddressTypeNotSupported),
+        _ => return refuse(reply, SocksReply::AddressTypeNotSupported),
     };
     let port = u16::from_be_bytes(read_array(&mut reader)?);
     if command != CMD_CONNECT {
-        return refuse(writer, SocksReply::CommandNotSupported);
+        return refuse(reply, SocksReply::CommandNotSupported);
     }
     let to = match target {
         Target::Ip(IpAddr::V4(ip)) if ip.is_loopback() => SocketAddr::new(ip.into(), port),
-        Target::Ip(_) => return refuse(writer, SocksReply::NotAllowed),
+        Target::Ip(_) => return refuse(reply, SocksReply::NotAllowed),
         Target::Name(name) => match lock(routes).get(&name) {
             Some(to) => *to,
             None if name.ends_with(".onion") => {
-                return refuse(writer, SocksReply::OnionDescriptorNotFound);
+                return refuse(reply, SocksReply::OnionDescriptorNotFound);
             }
-            None => return refuse(writer, SocksReply::HostUnreachable),
+            None => return refuse(reply, SocksReply::HostUnreachable),
         },
     };
     let upstream = match TcpStream::connect_timeout(&to, settings.connect_timeout) {
         Ok(upstream) => upstream,
         Err(e) => {
             tracing::debug!(%to, error = %e, "loopback proxy: target unreachable");
-            return refuse(writer, SocksReply::ConnectionRefused);
+            return refuse(reply, SocksReply::ConnectionRefused);
         }
     };
     let _held_upstream = hub.hold(&upstream)?;
-    upstream.set_write_timeout(Some(settings.write_timeout))?;
     let bound = upstream.local_addr()?;
-    let mut reply = vec![SOCKS5, 0x00, 0x00, ATYP_IPV4];
+    let mut success = vec![SOCKS5, 0x00, 0x00, ATYP_IPV4];
     match bound.ip() {
-        IpAddr::V4(ip) => reply.extend_from_slice(&ip.octets()),
-        IpAddr::V6(_) => reply.extend_from_slice(&[0; 4]),
+        IpAddr::V4(ip) => success.extend_from_slice(&ip.octets()),
+        IpAddr::V6(_) => success.extend_from_slice(&[0; 4]),
     }
-    reply.extend_from_slice(&bound.port().to_be_bytes());
-    writer.write_all(&reply)?;
+    success.extend_from_slice(&bound.port().to_be_bytes());
+    reply(&success)?;
 
     // Client → target on this thread, target → client on another.
-    let idle = settings.idle_timeout;
+    let (idle, write) = (settings.idle_timeout, settings.write_timeout);
     let (down_from, down_to) = (upstream.try_clone()?, client.try_clone()?);
     hub.spawn("loopback-socks-relay", move || {
-        relay(DeadlineReader::new(down_from, idle), &down_to, idle);
+        relay(DeadlineReader::new(down_from, idle), &down_to, idle, write);
     })?;
-    reader.extend(idle);
-    relay(reader, &upstream, idle);
+    relay(reader, &upstream, idle, write);
     Ok(())
 }
 
-/// Copies until end of stream (then half-closes `to`) or an error or a
-/// silence of `idle` (then closes both sides, which ends the other
-/// direction too).
-fn relay(mut from: DeadlineReader, mut to: &TcpStream, idle: Duration) {
+/// Copies until end of stream (then half-closes `to`) or an error, a
+/// silence of `idle` or a write slower than `write` (then closes both
+/// sides, which ends the other direction too).
+fn relay(mut from: DeadlineReader, to: &TcpStream, idle: Duration, write: Duration) {
     let mut chunk = vec![0; RELAY_CHUNK];
     loop {
         from.extend(idle);
@@ -281,7 +278,7 @@ fn relay(mut from: DeadlineReader, mut to: &TcpStream, idle: Duration) {
                 return;
             }
             Ok(n) => {
-                if to.write_all(&chunk[..n]).is_err() {
+                if write_all_within(to, &chunk[..n], write).is_err() {
                     break;
                 }
             }
@@ -293,8 +290,8 @@ fn relay(mut from: DeadlineReader, mut to: &TcpStream, idle: Duration) {
 }
 
 /// Sends a failure reply (with an all-zero bound address) and ends.
-fn refuse(mut writer: &TcpStream, reply: SocksReply) -> io::Result<()> {
-    writer.write_all(&[SOCKS5, reply.code(), 0x00, ATYP_IPV4, 0, 0, 0, 0, 0, 0])
+fn refuse(send: impl Fn(&[u8]) -> io::Result<()>, reply: SocksReply) -> io::Result<()> {
+    send(&[SOCKS5, reply.code(), 0x00, ATYP_IPV4, 0, 0, 0, 0, 0, 0])
 }
 
 fn read_array<const N: usize>(reader: &mut impl Read) -> io::Result<[u8; N]> {
@@ -310,6 +307,7 @@ fn skip(reader: &mut impl Read, len: usize) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::net::TcpListener;
 
     use super::*;
