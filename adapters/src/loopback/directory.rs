@@ -816,6 +816,19 @@ mod tests {
     }
 
     #[test]
+    fn a_full_directory_rejects_the_next_peer() {
+        let mut settings = DirectorySettings::new(Network::Regtest);
+        settings.max_peers = 1;
+        let directory = LoopbackDirectory::with_settings(settings).unwrap();
+        let _only = Client::join(&directory, &nick(1));
+        let (mut next, reply) = Client::join_as(&directory, &nick(2), "NOT-SERVING-ONION", &[]);
+        assert_eq!(reply["accepted"], false);
+        assert_eq!(reply["motd"], "Rejected: Maximum peers reached: 1");
+        assert_eq!(next.recv(), None);
+        assert_eq!(directory.peers(), [nick(1)]);
+    }
+
+    #[test]
     fn a_public_message_reaches_every_other_peer_and_a_spoofed_one_nobody() {
         let directory = regtest();
         let (a, b, c) = (nick(1), nick(2), nick(3));
