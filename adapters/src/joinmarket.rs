@@ -18,7 +18,7 @@
 
 mod identity;
 pub mod lines;
-mod messaging;
+pub mod messaging;
 pub mod wire;
 
 use std::collections::VecDeque;

@@ -12,15 +12,15 @@ use std::time::Duration;
 use common::{entropy, eventually, on_both_runtimes, wait_for};
 use dirpool::joinmarket::{
     DirectoryOutcome, Envelope, Incoming, JmConfig, JoinMarketHandshake, Message, Messaging,
-    MessagingConfig, Network, Nick, PublicMessage, RecvError, Route, RouteSource, SendFailure,
-    SendToError,
+    MessagingConfig, Network, Nick, PublicMessage, RecvError, Route, RouteFallback, RouteSource,
+    SendFailure, SendToError,
 };
 use dirpool::{Config, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{Backoff, ServerAddr};
 use dirpool_tests::directory_model::DirectoryProfile;
 use dirpool_tests::{
-    JM_PEERLIST, JM_PRIVMSG, JM_PUBMSG, JmBehaviour, JmDirectory, JmModelled, Reply, SocksConfig,
-    SocksServer,
+    JM_GETPEERLIST, JM_PEERLIST, JM_PRIVMSG, JM_PUBMSG, JmBehaviour, JmDirectory, JmModelled,
+    Reply, SocksConfig, SocksServer,
 };
 use futures::FutureExt;
 use futures::future::{Either, select};
@@ -54,7 +54,7 @@ impl World {
             .into_iter()
             .map(|b| JmDirectory::start(b).unwrap())
             .collect();
-        let addrs: Vec<ServerAddr> = (1..=dirs.len()).map(|n| onion(n as u8)).collect();
+        let addrs: Vec<ServerAddr> = (1..=u8::try_from(dirs.len()).unwrap()).map(onion).collect();
         let mut socks = SocksConfig::new();
         for (addr, dir) in addrs.iter().zip(&dirs) {
             socks = socks.with_reply(addr.host(), Reply::Forward(dir.addr()));
@@ -466,6 +466,55 @@ fn routes_follow_the_disconnected_flag_and_unknown_nicks_are_typed_errors() {
         assert_eq!(tried[0].0, a);
         assert!(matches!(tried[0].1, SendFailure::NotConnected), "{error}");
         assert!(error.to_string().contains(a.node_id()), "{error}");
+        world.pool.close_all().await.unwrap();
+    });
+}
+
+#[test]
+fn request_peerlists_asks_every_directory_and_learns_from_the_answers() {
+    on_both_runtimes(|rt| async move {
+        let other = nick("J53bCDEFGHJKLMNO");
+        let entry = format!("{other};{}", onion(9).node_id());
+        let mut ng = JmModelled::new(DirectoryProfile::JoinmarketNg);
+        ng.config.peerlist = entry.clone();
+        // An ng directory answers GETPEERLIST; the default one records it
+        // and says nothing (as the reference).
+        let world = World::start(&rt, vec![JmBehaviour::default(), JmBehaviour::Modelled(ng)]);
+        let messaging = world.messaging(&rt, |_| {}).await;
+        let outcomes = messaging.request_peerlists().await;
+        let asked: Vec<_> = outcomes.iter().map(|o| Arc::clone(&o.directory)).collect();
+        assert_eq!(asked, [world.directory(0), world.directory(1)]);
+        assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
+        assert_eq!(
+            next_peerlist(&rt, &messaging).await,
+            (world.directory(1), entry)
+        );
+        assert_eq!(directories(&messaging.routes(&other)), [world.directory(1)]);
+        let asked = (JM_GETPEERLIST, String::new());
+        assert!(eventually(&rt, SHORT, || world.dirs[0].received().contains(&asked)).await);
+        world.pool.close_all().await.unwrap();
+    });
+}
+
+#[test]
+fn without_a_route_the_fallback_goes_through_the_first_connected_directory() {
+    on_both_runtimes(|rt| async move {
+        let world = World::start(&rt, vec![JmBehaviour::default(); 2]);
+        let messaging = world
+            .messaging(&rt, |c| c.fallback = RouteFallback::AnyDirectory)
+            .await;
+        let stranger = nick("J53bCDEFGHJKLMNO");
+        assert!(messaging.routes(&stranger).is_empty());
+        let via = messaging.send_to(&stranger, "!hello").await.unwrap();
+        assert_eq!(via, world.directory(0), "the pool's server order");
+        let line = (JM_PRIVMSG, format!("{NICK}!{stranger}!hello"));
+        assert!(eventually(&rt, SHORT, || world.dirs[0].received().contains(&line)).await);
+        assert!(
+            !world.dirs[1]
+                .received()
+                .iter()
+                .any(|(kind, _)| *kind == JM_PRIVMSG)
+        );
         world.pool.close_all().await.unwrap();
     });
 }

@@ -69,8 +69,9 @@
 //!   line is a new message;
 //! * in entries, by [`MessagingConfig::dedup_entries`] (8,192 by default:
 //!   more than 270 distinct public messages a second, sustained over the
-//!   window; about 100 bytes plus 8 per directory each, so about 1.5 MiB
-//!   with ten directories). When full, the oldest entry is forgotten early
+//!   window; each about 200 bytes with the hash table's spare room, plus
+//!   8 per directory that relayed it: about 2 MiB with ten directories).
+//!   When full, the oldest entry is forgotten early
 //!   (counted in [`MessagingStats::dedup_evicted_early`]): a late relay of
 //!   it is then delivered again. Forgetting early can only duplicate a
 //!   message, never lose one.
@@ -106,8 +107,9 @@
 //! (every connected directory) is [`RouteFallback::AnyDirectory`].
 //!
 //! The table holds at most [`MessagingConfig::route_nicks`] nicks (4,096 by
-//! default), each with at most one route per configured directory; when
-//! full, the nick whose routes were learned least recently is forgotten
+//! default), each with at most one route per configured directory (about
+//! 250 bytes a nick plus 32 a route: about 2.3 MiB with ten directories
+//! for every nick); when full, the nick whose routes were learned least recently is forgotten
 //! (counted in [`MessagingStats::route_evictions`]).
 //!
 //! A route says where a nick was seen, not that the directory will deliver:
@@ -940,7 +942,7 @@ struct Dedup {
 struct Seen {
     delivered: u32,
     /// (directory index, copies it delivered).
-    copies: Vec<(usize, u32)>,
+    copies: Vec<(u32, u32)>,
 }
 
 impl Dedup {
@@ -958,6 +960,8 @@ impl Dedup {
     /// Whether this copy of `line` from directory `index` is a message to
     /// deliver (true) or a relay of one delivered already.
     fn is_new(&mut self, line: &str, index: usize, now: Instant) -> bool {
+        // A pool has far fewer than 2^32 servers.
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
         while let Some(&(first, key)) = self.order.front() {
             if now.saturating_duration_since(first) < self.window {
                 break;
