@@ -38,6 +38,8 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod hooks;
 pub mod joinmarket;
+#[cfg(feature = "loopback")]
+pub mod loopback;
 mod pool;
 pub mod runtime;
 mod socks;

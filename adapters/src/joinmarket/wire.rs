@@ -126,6 +126,12 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
     }
 
+    /// The stream it reads (e.g. to move a deadline).
+    #[cfg(feature = "loopback")]
+    pub(crate) fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Bytes of memory the reader holds for unfinished lines.
     pub(crate) fn held_capacity(&self) -> usize {
         self.buf.capacity()
