@@ -488,8 +488,7 @@ impl<H: Handshake> Driver<H> {
         let dialer = Arc::clone(&self.dialer);
         let events = self.events_tx.clone();
         let signals = LinkSignals::new(request.attempt, self.signals_tx.clone());
-        let span =
-            tracing::info_span!(parent: self.server_span(request.server), "dial", attempt = %request.attempt);
+        let span = tracing::info_span!(parent: self.server_span(request.server), "dial", attempt = %request.attempt);
         crate::metrics::dial_started();
         let (attempt, addr) = (request.attempt, Arc::clone(&request.addr));
         let task = async move {
@@ -797,7 +796,11 @@ async fn run_hooks<C: Client, K: PoolHooks<C>>(
         let (node_id, hook, span, result) = match call {
             HookCall::Connected(attempt, node_id, client, span) => {
                 let Some(client) = client.upgrade() else {
-                    span.in_scope(|| tracing::debug!("link gone before its connected hook ran: both hooks skipped"));
+                    span.in_scope(|| {
+                        tracing::debug!(
+                            "link gone before its connected hook ran: both hooks skipped"
+                        )
+                    });
                     skipped.insert(attempt);
                     continue;
                 };

@@ -120,7 +120,9 @@ impl PoolEvent {
             }
             Self::AllDown => tracing::warn!("all directory servers are down"),
             Self::Recovered => tracing::info!("a directory server is back"),
-            Self::ProxyUnreachable => tracing::warn!("SOCKS proxy unreachable; servers wait for it"),
+            Self::ProxyUnreachable => {
+                tracing::warn!("SOCKS proxy unreachable; servers wait for it")
+            }
             Self::ProxyRecovered => tracing::info!("SOCKS proxy reachable again"),
             // Per subscriber; the pool counts them (metric
             // `dirpool_events_dropped_total`) instead of logging each.
@@ -151,6 +153,10 @@ impl EventStream {
     ///
     /// Cancel-safe: if the future is dropped before it completes, no event
     /// is lost; the next call returns it.
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "the async `next` of StreamExt, without the import; not an Iterator"
+    )]
     pub fn next(&mut self) -> impl Future<Output = Option<PoolEvent>> + Unpin + Send + '_ {
         std::future::poll_fn(|cx| Pin::new(&mut self.rx).poll_next(cx))
     }

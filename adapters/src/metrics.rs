@@ -67,8 +67,14 @@ mod recording {
             (LINKS_LOST, "Links lost without the pool asking, by reason"),
             (PROBES_SENT, "Keepalive probes sent"),
             (PROBES_ANSWERED, "Keepalive probes answered"),
-            (PROBES_TIMED_OUT, "Keepalive probes unanswered by their deadline"),
-            (EVENTS_DROPPED, "Events an events() stream missed while full"),
+            (
+                PROBES_TIMED_OUT,
+                "Keepalive probes unanswered by their deadline",
+            ),
+            (
+                EVENTS_DROPPED,
+                "Events an events() stream missed while full",
+            ),
         ] {
             describe_counter!(name, Unit::Count, what);
         }

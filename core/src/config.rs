@@ -342,7 +342,12 @@ impl fmt::Display for NoValidServers<'_> {
                 Rejection::Duplicate(server) => write!(f, "duplicate of server {server}")?,
             }
         }
-        if let Some(more) = self.0.len().checked_sub(SHOWN_REJECTIONS).filter(|&n| n > 0) {
+        if let Some(more) = self
+            .0
+            .len()
+            .checked_sub(SHOWN_REJECTIONS)
+            .filter(|&n| n > 0)
+        {
             write!(f, "; and {more} more")?;
         }
         Ok(())

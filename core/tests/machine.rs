@@ -560,13 +560,21 @@ fn a_pool_with_nothing_valid_is_a_config_error() {
         let dirpool_core::Rejection::Malformed(reason) = &r.reason else {
             unreachable!()
         };
-        assert!(message.contains(&format!("#{} {:?}: {reason}", r.index, r.entry)), "{message}");
+        assert!(
+            message.contains(&format!("#{} {:?}: {reason}", r.index, r.entry)),
+            "{message}"
+        );
     }
     // Bounded: a thousand bad entries show a few and count the rest.
     let many: Vec<String> = (0..1000).map(|i| format!("bad {i}")).collect();
-    let error = PoolState::new(PoolConfig::new(many), entropy).err().unwrap();
+    let error = PoolState::new(PoolConfig::new(many), entropy)
+        .err()
+        .unwrap();
     let message = error.to_string();
-    assert!(message.ends_with("; and 992 more") && message.len() < 2000, "{message}");
+    assert!(
+        message.ends_with("; and 992 more") && message.len() < 2000,
+        "{message}"
+    );
     assert_eq!(
         PoolState::new(PoolConfig::new(Vec::<String>::new()), entropy).err(),
         Some(ConfigError::NoServers)
@@ -1256,7 +1264,9 @@ fn health_reports_ages_errors_and_counts_against_the_given_now() {
 
     // A's link is lost at t=41: its error is the loss; its probe figures go.
     rig.now = rig.at(41.0);
-    rig.pool.connection_lost(rig.now, a, LinkLoss::ClosedByPeer).unwrap();
+    rig.pool
+        .connection_lost(rig.now, a, LinkLoss::ClosedByPeer)
+        .unwrap();
     rig.drain();
     let health = rig.pool.health(rig.at(42.5));
     let ha = &health.servers[0];
@@ -1272,7 +1282,11 @@ fn health_reports_ages_errors_and_counts_against_the_given_now() {
     assert_eq!(ha.next_retry_in, Some(secs(3.5)));
     assert_eq!(health.counts.backing_off, 1);
     let status = rig.pool.status(rig.id(A)).unwrap();
-    assert_eq!(status.last_probe_rtt, Some(secs(0.25)), "kept until the next link");
+    assert_eq!(
+        status.last_probe_rtt,
+        Some(secs(0.25)),
+        "kept until the next link"
+    );
 
     // Reconnected: the old link's round trip is not this link's.
     let out = rig.advance_to(46.0);
