@@ -14,7 +14,7 @@ pub const DEFAULT_PROXY: SocketAddr =
 ///
 /// ```
 /// use dirpool::Config;
-/// use dirpool_core::IsolationScope;
+/// use dirpool::IsolationScope;
 ///
 /// let mut config = Config::new(["duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion"]);
 /// config.pool.isolation = IsolationScope::PerCategory;

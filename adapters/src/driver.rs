@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use dirpool_core::{
     AttemptId, CloseFailure, CloseRequest, DialRequest, DisconnectReason, LinkLoss, Notification,
-    OperationId, OperationReport, Output, PoolState, RetryPolicy, ServerAddr, ServerStatus,
+    OperationId, OperationReport, Output, PoolHealth, PoolState, RetryPolicy, ServerAddr, ServerId,
+    ServerStatus,
 };
 use futures::channel::{mpsc, oneshot};
 use futures::future::{AbortHandle, Abortable, BoxFuture};
 use futures::{FutureExt, StreamExt};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::dialer::Dialer;
 use crate::error::{CloseError, DialError};
@@ -39,6 +40,7 @@ pub(crate) enum Command<C> {
     StartMaintenance,
     StopMaintenance,
     Statuses(oneshot::Sender<Vec<ServerStatus>>),
+    Health(oneshot::Sender<PoolHealth>),
 }
 
 pub(crate) enum OpCommand {
@@ -73,21 +75,23 @@ impl<C> Default for Shared<C> {
 }
 
 impl<C> Shared<C> {
-    /// Tells every `events()` stream.
-    pub(crate) fn broadcast(&self, event: &PoolEvent) {
+    /// The one way an event leaves the pool: logged once, in `span` (its
+    /// server's, or the pool's), then told to every `events()` stream.
+    /// `now` is the runtime's.
+    pub(crate) fn publish(&self, span: &Span, now: Instant, event: PoolEvent) {
+        span.in_scope(|| event.log(now));
         if let Ok(mut subscribers) = self.subscribers.lock() {
-            subscribers.retain_mut(|subscriber| subscriber.deliver(event));
+            subscribers.retain_mut(|subscriber| subscriber.deliver(&event));
         }
     }
 
-    /// Records the panic that stops the pool (the first one wins) and tells
-    /// the subscribers.
-    pub(crate) fn panicked(&self, task: &'static str, message: String) {
-        tracing::error!(task, %message, "a task of the pool panicked");
+    /// Records the panic that stops the pool (the first one wins) and
+    /// publishes it.
+    pub(crate) fn panicked(&self, span: &Span, now: Instant, task: &'static str, message: String) {
         if let Ok(mut panic) = self.panic.lock() {
             panic.get_or_insert_with(|| (task, message.clone()));
         }
-        self.broadcast(&PoolEvent::Panicked { task, message });
+        self.publish(span, now, PoolEvent::Panicked { task, message });
     }
 }
 
@@ -122,6 +126,7 @@ impl Subscriber {
                 Err(e) if e.is_disconnected() => return false,
                 Err(_) => {
                     self.missed += 1;
+                    crate::metrics::event_dropped();
                     return true;
                 }
             }
@@ -131,6 +136,7 @@ impl Subscriber {
             Err(e) if e.is_disconnected() => false,
             Err(_) => {
                 self.missed += 1;
+                crate::metrics::event_dropped();
                 true
             }
         }
@@ -154,8 +160,8 @@ enum Event<C> {
 /// gone by its turn is skipped (with its disconnected hook), so a slow or
 /// hung hook never keeps a closed link's socket open.
 enum HookCall<C> {
-    Connected(AttemptId, String, std::sync::Weak<C>),
-    Disconnected(AttemptId, String, DisconnectReason),
+    Connected(AttemptId, String, std::sync::Weak<C>, Span),
+    Disconnected(AttemptId, String, DisconnectReason, Span),
 }
 
 /// A client the driver holds: awaiting registration, registered, or stray.
@@ -191,6 +197,11 @@ pub(crate) struct Driver<H: Handshake> {
     /// The rich error of the dial result being fed to the machine.
     last_error: Option<(AttemptId, Arc<DialError>)>,
     timer: Option<(Instant, BoxFuture<'static, ()>)>,
+    /// The pool's span, and one per server (by `ServerId`) under it: every
+    /// log line about a server, from the driver or its tasks, is in its span.
+    span: Span,
+    server_spans: Vec<Span>,
+    gauges: crate::metrics::Gauges,
 }
 
 impl<H: Handshake> Driver<H> {
@@ -207,6 +218,13 @@ impl<H: Handshake> Driver<H> {
         let (events_tx, events_rx) = mpsc::unbounded();
         let (signals_tx, signals_rx) = mpsc::unbounded();
         let (hooks_tx, hook_calls) = mpsc::unbounded();
+        let span = tracing::info_span!("dirpool", proxy = %dialer.proxy);
+        let server_spans = state
+            .servers()
+            .map(|(_, addr)| tracing::info_span!(parent: &span, "directory", server = %addr))
+            .collect();
+        crate::metrics::describe();
+        let gauges = crate::metrics::Gauges::new(state.servers().len());
         runtime.spawn(
             run_hooks(
                 hooks,
@@ -215,6 +233,7 @@ impl<H: Handshake> Driver<H> {
                 hook_timeout,
                 Arc::clone(&shared),
             )
+            .instrument(span.clone())
             .boxed(),
         );
         let driver = Self {
@@ -234,18 +253,24 @@ impl<H: Handshake> Driver<H> {
             waiters: HashMap::new(),
             last_error: None,
             timer: None,
+            span: span.clone(),
+            server_spans,
+            gauges,
         };
         let shared = Arc::clone(&driver.shared);
         let run = AssertUnwindSafe(driver.run()).catch_unwind();
+        let clock = Arc::clone(&runtime);
+        let pool_span = span.clone();
         runtime.spawn(
             async move {
                 // The driver's state is gone with its panic; dropping it
                 // dropped every client, so every socket is closed.
                 if let Err(payload) = run.await {
-                    shared.panicked("driver", panic_message(&*payload));
+                    let message = panic_message(&*payload);
+                    shared.panicked(&pool_span, clock.now(), "driver", message);
                 }
             }
-            .instrument(tracing::info_span!("dirpool"))
+            .instrument(span)
             .boxed(),
         );
         commands_tx
@@ -293,7 +318,7 @@ impl<H: Handshake> Driver<H> {
             let now = self.runtime.now();
             match wake {
                 Wake::Event(Event::Panicked(task, message)) => {
-                    self.shared.panicked(task, message);
+                    self.shared.panicked(&self.span, now, task, message);
                     if self.commands_open {
                         // Stop as if every handle were dropped: close every
                         // link, then end; waiting callers get the panic.
@@ -373,7 +398,12 @@ impl<H: Handshake> Driver<H> {
             Command::Statuses(reply) => {
                 let _ = reply.send(self.state.statuses().collect());
             }
+            Command::Health(reply) => {
+                let _ = reply.send(self.state.health(now));
+            }
         }
+        // A command may move servers that no output names.
+        self.gauges.touch_all();
     }
 
     fn on_event(&mut self, now: Instant, event: Event<H::Client>) {
@@ -419,18 +449,37 @@ impl<H: Handshake> Driver<H> {
     fn drain(&mut self) {
         while let Some(output) = self.state.poll_output() {
             match output {
-                Output::Dial(request) => self.start_dial(request),
+                Output::Dial(request) => {
+                    self.gauges.touch(request.server);
+                    self.start_dial(request);
+                }
                 Output::Abort(attempt) => {
                     if let Some(handle) = self.dials.get(&attempt) {
                         handle.abort();
                     }
                 }
-                Output::Close(request) => self.start_close(request),
-                Output::Probe(request) => self.probe(request.attempt),
-                Output::Notify(notification) => self.on_notification(notification),
+                Output::Close(request) => {
+                    self.gauges.touch(request.server);
+                    self.start_close(request);
+                }
+                Output::Probe(request) => self.probe(request.attempt, request.server),
+                Output::Notify(notification) => {
+                    match notification_server(&notification) {
+                        Some(server) => self.gauges.touch(server),
+                        // Pool-wide: may move servers no output names.
+                        None => self.gauges.touch_all(),
+                    }
+                    self.on_notification(notification);
+                }
                 other => tracing::warn!(?other, "unknown output ignored"),
             }
         }
+        self.gauges.update(&self.state);
+    }
+
+    /// The span of `server`'s log lines (the pool's if it is unknown).
+    fn server_span(&self, server: ServerId) -> &Span {
+        self.server_spans.get(server.index()).unwrap_or(&self.span)
     }
 
     fn start_dial(&mut self, request: DialRequest) {
@@ -439,8 +488,8 @@ impl<H: Handshake> Driver<H> {
         let dialer = Arc::clone(&self.dialer);
         let events = self.events_tx.clone();
         let signals = LinkSignals::new(request.attempt, self.signals_tx.clone());
-        let span =
-            tracing::info_span!("directory", server = %request.addr, attempt = %request.attempt);
+        let span = tracing::info_span!(parent: self.server_span(request.server), "dial", attempt = %request.attempt);
+        crate::metrics::dial_started();
         let (attempt, addr) = (request.attempt, Arc::clone(&request.addr));
         let task = async move {
             tracing::debug!("dialing");
@@ -470,14 +519,19 @@ impl<H: Handshake> Driver<H> {
     }
 
     /// Asks `attempt`'s client for a keepalive probe.
-    fn probe(&mut self, attempt: AttemptId) {
+    fn probe(&mut self, attempt: AttemptId, server: ServerId) {
         let Some(held) = self.held.get(&attempt) else {
             return;
         };
+        let span = self.server_span(server).clone();
+        let _entered = span.enter();
         match held.client.probe() {
-            ProbeStatus::Sent => tracing::trace!(server = %held.node_id, "probe sent"),
+            ProbeStatus::Sent => {
+                crate::metrics::probe_sent();
+                tracing::trace!("probe sent");
+            }
             ProbeStatus::Unsupported => {
-                tracing::debug!(server = %held.node_id, "link has no probe: watched for its end only");
+                tracing::debug!("link has no probe: watched for its end only");
                 let now = self.runtime.now();
                 let _ = self.state.probe_unsupported(now, attempt);
             }
@@ -502,7 +556,7 @@ impl<H: Handshake> Driver<H> {
         }
         let events = self.events_tx.clone();
         let attempt = request.attempt;
-        let span = tracing::info_span!("directory", server = %held.node_id, %attempt);
+        let span = tracing::info_span!(parent: self.server_span(request.server), "close", %attempt);
         let client = held.client;
         let deadline = self.runtime.sleep_until(request.deadline);
         let task = async move {
@@ -515,9 +569,7 @@ impl<H: Handshake> Driver<H> {
                 )))
             });
             drop(client);
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, "close failed");
-            }
+            // Logged once, as the `Disconnected` event it becomes.
             let _ = events.unbounded_send(Event::Closed(attempt, result));
         };
         self.spawn_guarded("close", task.instrument(span), move || {
@@ -535,20 +587,25 @@ impl<H: Handshake> Driver<H> {
     }
 
     fn on_notification(&mut self, notification: Notification) {
+        let now = self.runtime.now();
         let node = |state: &PoolState, server| {
             state
                 .server_addr(server)
                 .map_or_else(String::new, |a| a.node_id().to_owned())
         };
         match notification {
-            Notification::Connected { attempt, .. } => self.register(attempt),
+            Notification::Connected {
+                server, attempt, ..
+            } => self.register(server, attempt),
             Notification::Disconnected {
                 server,
                 attempt,
                 reason,
             } => {
                 let node_id = node(&self.state, server);
-                tracing::info!(server = %node_id, %reason, "disconnected");
+                if let DisconnectReason::Lost(loss) = reason {
+                    crate::metrics::link_lost(loss);
+                }
                 if let Some(held) = self.held.remove(&attempt) {
                     // A lost link: the pool never asked to close it, so stop
                     // its task (for a keepalive loss it is still reading)
@@ -558,9 +615,7 @@ impl<H: Handshake> Driver<H> {
                     }
                     self.unregister(&held.node_id);
                     let client = held.client;
-                    let deadline = self
-                        .runtime
-                        .sleep_until(self.runtime.now() + self.state.close_timeout());
+                    let deadline = self.runtime.sleep_until(now + self.state.close_timeout());
                     self.spawn_guarded(
                         "close",
                         async move {
@@ -569,12 +624,14 @@ impl<H: Handshake> Driver<H> {
                         || None,
                     );
                 }
+                let span = self.server_span(server).clone();
                 let _ = self.hooks_tx.unbounded_send(HookCall::Disconnected(
                     attempt,
                     node_id.clone(),
                     reason,
+                    span,
                 ));
-                self.broadcast(PoolEvent::Disconnected { node_id, reason });
+                self.publish(Some(server), PoolEvent::Disconnected { node_id, reason });
             }
             Notification::DialFailed {
                 server,
@@ -582,6 +639,7 @@ impl<H: Handshake> Driver<H> {
                 failure,
                 retry_at,
             } => {
+                crate::metrics::dial_failed(failure);
                 let error = match self.last_error.take() {
                     Some((a, error)) if a == attempt => error,
                     // The machine's own timeout: no driver error behind it.
@@ -593,54 +651,41 @@ impl<H: Handshake> Driver<H> {
                     }),
                 };
                 let node_id = node(&self.state, server);
-                let retry = match retry_at {
-                    Some(at) => format!(
-                        "in {:.1?}",
-                        at.saturating_duration_since(self.runtime.now())
-                    ),
-                    None => "none".to_owned(),
-                };
-                tracing::info!(server = %node_id, error = %error, %retry, "dial failed");
-                self.broadcast(PoolEvent::DialFailed {
-                    node_id,
-                    error,
-                    retry_at,
-                });
+                self.publish(
+                    Some(server),
+                    PoolEvent::DialFailed {
+                        node_id,
+                        error,
+                        retry_at,
+                    },
+                );
             }
             Notification::ProbeAnswered { server, rtt, .. } => {
+                crate::metrics::probe_answered(rtt);
                 let node_id = node(&self.state, server);
-                tracing::debug!(server = %node_id, ?rtt, "probe answered");
-                self.broadcast(PoolEvent::ProbeAnswered { node_id, rtt });
+                self.publish(Some(server), PoolEvent::ProbeAnswered { node_id, rtt });
             }
             Notification::GaveUp { server, failures } => {
                 let node_id = node(&self.state, server);
-                tracing::warn!(server = %node_id, failures, "maintenance gave up on server");
-                self.broadcast(PoolEvent::GaveUp { node_id, failures });
+                self.publish(Some(server), PoolEvent::GaveUp { node_id, failures });
             }
-            Notification::AllDown => {
-                tracing::warn!("all directory servers are down");
-                self.broadcast(PoolEvent::AllDown);
-            }
-            Notification::Recovered => {
-                tracing::info!("a directory server is back");
-                self.broadcast(PoolEvent::Recovered);
-            }
+            Notification::AllDown => self.publish(None, PoolEvent::AllDown),
+            Notification::Recovered => self.publish(None, PoolEvent::Recovered),
             Notification::ProxyUnreachable => {
-                tracing::warn!(proxy = %self.dialer.proxy, "SOCKS proxy unreachable");
                 self.dialer.forget_isolation_check();
-                self.broadcast(PoolEvent::ProxyUnreachable);
+                self.publish(None, PoolEvent::ProxyUnreachable);
             }
-            Notification::ProxyRecovered => {
-                tracing::info!(proxy = %self.dialer.proxy, "SOCKS proxy reachable again");
-                self.broadcast(PoolEvent::ProxyRecovered);
-            }
+            Notification::ProxyRecovered => self.publish(None, PoolEvent::ProxyRecovered),
             Notification::AddressRejected { index, error } => {
-                // Subscribers get it from `events()`, which replays the
-                // configuration's rejections: none can exist yet.
-                tracing::warn!(index, error = %error, "directory address rejected");
+                // Logged here, once; subscribers get it from `events()`,
+                // which replays the configuration's rejections (none can
+                // have subscribed yet).
+                self.span
+                    .in_scope(|| PoolEvent::AddressRejected { index, error }.log(now));
             }
             Notification::DuplicateAddress { index, server } => {
-                tracing::warn!(index, duplicate_of = %node(&self.state, server), "duplicate directory address ignored");
+                self.server_span(server)
+                    .in_scope(|| tracing::warn!(index, "duplicate directory address ignored"));
             }
             Notification::OperationFinished(report) => self.finish(report),
             other => tracing::debug!(?other, "notification"),
@@ -649,12 +694,13 @@ impl<H: Handshake> Driver<H> {
 
     /// The machine registered `attempt`'s client: publish it, watch its
     /// link, run the hook.
-    fn register(&mut self, attempt: AttemptId) {
+    fn register(&mut self, server: ServerId, attempt: AttemptId) {
+        let span = self.server_span(server).clone();
         let Some(held) = self.held.get_mut(&attempt) else {
-            tracing::error!(%attempt, "connected without a client");
+            span.in_scope(|| tracing::error!(%attempt, "connected without a client"));
             return;
         };
-        tracing::info!(server = %held.node_id, "connected");
+        crate::metrics::dial_succeeded();
         if let Ok(mut clients) = self.shared.clients.lock() {
             clients.insert(held.node_id.clone(), Arc::clone(&held.client));
         }
@@ -670,16 +716,17 @@ impl<H: Handshake> Driver<H> {
         };
         let node_id = held.node_id.clone();
         let hook_client = Arc::downgrade(&held.client);
-        let span = tracing::info_span!("directory", server = %node_id, %attempt);
-        self.spawn_guarded("link", watch.instrument(span), move || {
+        let link_span = tracing::info_span!(parent: &span, "link", %attempt);
+        self.spawn_guarded("link", watch.instrument(link_span), move || {
             Some(Event::Lost(attempt, LinkLoss::Panicked))
         });
         let _ = self.hooks_tx.unbounded_send(HookCall::Connected(
             attempt,
             node_id.clone(),
             hook_client,
+            span,
         ));
-        self.broadcast(PoolEvent::Connected { node_id });
+        self.publish(Some(server), PoolEvent::Connected { node_id });
     }
 
     fn finish(&mut self, report: OperationReport) {
@@ -703,8 +750,24 @@ impl<H: Handshake> Driver<H> {
         }));
     }
 
-    fn broadcast(&self, event: PoolEvent) {
-        self.shared.broadcast(&event);
+    /// Logs `event` once, in `server`'s span (the pool's for pool-wide
+    /// events), and tells the subscribers.
+    fn publish(&self, server: Option<ServerId>, event: PoolEvent) {
+        let span = server.map_or(&self.span, |server| self.server_span(server));
+        self.shared.publish(span, self.runtime.now(), event);
+    }
+}
+
+/// The server a notification is about, if it is about one.
+fn notification_server(notification: &Notification) -> Option<ServerId> {
+    match notification {
+        Notification::Connected { server, .. }
+        | Notification::Disconnected { server, .. }
+        | Notification::DialFailed { server, .. }
+        | Notification::ProbeAnswered { server, .. }
+        | Notification::GaveUp { server, .. }
+        | Notification::DuplicateAddress { server, .. } => Some(*server),
+        _ => None,
     }
 }
 
@@ -730,40 +793,42 @@ async fn run_hooks<C: Client, K: PoolHooks<C>>(
                 timeout
             };
         let deadline = runtime.sleep_until(runtime.now() + timeout);
-        let (node_id, hook, result) = match call {
-            HookCall::Connected(attempt, node_id, client) => {
+        let (node_id, hook, span, result) = match call {
+            HookCall::Connected(attempt, node_id, client, span) => {
                 let Some(client) = client.upgrade() else {
-                    tracing::debug!(server = %node_id, "link gone before its connected hook ran: both hooks skipped");
+                    span.in_scope(|| {
+                        tracing::debug!(
+                            "link gone before its connected hook ran: both hooks skipped"
+                        )
+                    });
                     skipped.insert(attempt);
                     continue;
                 };
                 let run = AssertUnwindSafe(hooks.on_connected(&node_id, &client)).catch_unwind();
-                let result = before(deadline, run).await;
-                (node_id, "connected", result)
+                let result = before(deadline, run.instrument(span.clone())).await;
+                (node_id, "connected", span, result)
             }
-            HookCall::Disconnected(attempt, node_id, reason) => {
+            HookCall::Disconnected(attempt, node_id, reason, span) => {
                 if skipped.remove(&attempt) {
                     continue;
                 }
                 let run = AssertUnwindSafe(hooks.on_disconnected(&node_id, reason)).catch_unwind();
-                let result = before(deadline, run).await;
-                (node_id, "disconnected", result)
+                let result = before(deadline, run.instrument(span.clone())).await;
+                (node_id, "disconnected", span, result)
             }
         };
+        let now = runtime.now();
         match result {
             Some(Ok(())) => {}
             Some(Err(payload)) => {
                 let message = panic_message(&*payload);
-                tracing::error!(server = %node_id, hook, %message, "a pool hook panicked");
-                shared.broadcast(&PoolEvent::Panicked {
+                let event = PoolEvent::Panicked {
                     task: "hook",
                     message,
-                });
+                };
+                shared.publish(&span, now, event);
             }
-            None => {
-                tracing::warn!(server = %node_id, hook, ?timeout, "a pool hook overran its timeout and was dropped");
-                shared.broadcast(&PoolEvent::HookTimedOut { node_id, hook });
-            }
+            None => shared.publish(&span, now, PoolEvent::HookTimedOut { node_id, hook }),
         }
     }
 }

@@ -4,17 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dirpool_core::{
-    Entropy, IsolationToken, OperationReport, PoolState, RejectedEntry, Rejection, RetryPolicy,
-    ServerAddr, ServerStatus, SocksCredentials, StreamIsolation,
+    Entropy, IsolationToken, OperationReport, PoolHealth, PoolState, RejectedEntry, Rejection,
+    RetryPolicy, ServerAddr, ServerStatus, SocksCredentials, StreamIsolation,
 };
-use futures::Stream;
 use futures::channel::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::dialer::Dialer;
 use crate::driver::{Command, Driver, EVENT_BUFFER, OpCommand, OpOutcome, Shared, Subscriber};
 use crate::error::{ConfigError, DialError, PoolError};
-use crate::event::PoolEvent;
+use crate::event::{EventStream, PoolEvent};
 use crate::handshake::Handshake;
 use crate::hooks::{NoHooks, PoolHooks};
 use crate::runtime::Runtime;
@@ -296,11 +295,48 @@ impl<H: Handshake> DirectoryPool<H> {
 
     /// A status snapshot of every server.
     ///
+    /// Cancel-safe: dropping the future before it completes changes
+    /// nothing (the driver's answer is dropped).
+    ///
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn status(&self) -> Result<Vec<ServerStatus>, PoolError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Statuses(tx))?;
+        rx.await.map_err(|_| self.gone())
+    }
+
+    /// The pool's health now: how many servers are up, connecting, backing
+    /// off, given up, idle or closing; whether the proxy is reachable as
+    /// far as the pool knows; and per server its state, its latest error
+    /// class ([`DialFailure`](crate::DialFailure) or
+    /// [`LinkLoss`](crate::LinkLoss)) and how long ago, how long
+    /// since its link last showed life, and its last probe round trip.
+    /// Ages are on the pool's runtime clock. No credentials are in it.
+    ///
+    /// It asks the driver (which owns the state), so it waits one turn of
+    /// the driver's loop. Cancel-safe: dropping the future before it
+    /// completes changes nothing.
+    ///
+    /// ```no_run
+    /// # async fn show(pool: &dirpool::DirectoryPool<dirpool::RawStream>) -> Result<(), dirpool::PoolError> {
+    /// let health = pool.health().await?;
+    /// println!("{} of {} up, proxy {:?}", health.counts.up, health.counts.total(), health.proxy);
+    /// for server in &health.servers {
+    ///     if let Some(error) = &server.last_error {
+    ///         println!("{}: {} ({:.0?} ago)", server.addr, error.error, error.ago);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`PoolError::DriverGone`] (or [`PoolError::Panicked`]) if the
+    /// driver stopped.
+    pub async fn health(&self) -> Result<PoolHealth, PoolError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Health(tx))?;
         rx.await.map_err(|_| self.gone())
     }
 
@@ -381,7 +417,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// Each stream buffers up to 1,024 events; a stream that is not read
     /// does not grow past that: later events are counted and it receives
     /// one [`PoolEvent::Lagged`] saying how many it missed once it has room.
-    pub fn events(&self) -> impl Stream<Item = PoolEvent> + Send + 'static {
+    pub fn events(&self) -> EventStream {
         let rejections: Vec<PoolEvent> = self
             .inner
             .rejected
@@ -402,6 +438,6 @@ impl<H: Handshake> DirectoryPool<H> {
         if let Ok(mut subscribers) = self.inner.shared.subscribers.lock() {
             subscribers.push(Subscriber { tx, missed: 0 });
         }
-        rx
+        EventStream { rx }
     }
 }

@@ -1,10 +1,12 @@
 //! What the pool is told up front: its servers, its timeouts, isolation and
 //! the retry and maintenance policies, plus the randomness it is handed.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::backoff::{Backoff, MAX_POLICY_DURATION};
 use crate::isolation::{IsolationScope, IsolationToken};
+use crate::pool::{RejectedEntry, Rejection};
 
 /// The pool's configuration.
 ///
@@ -256,13 +258,11 @@ pub enum ConfigError {
     /// The server list is empty.
     #[error("no directory servers configured")]
     NoServers,
-    /// Every configured server was rejected.
-    #[error(
-        "none of the {rejected} configured directory servers is usable (see the address errors)"
-    )]
+    /// Every configured server was rejected: each entry, with why.
+    #[error("{}", NoValidServers(rejected))]
     NoValidServers {
-        /// How many entries were rejected.
-        rejected: usize,
+        /// Every configured entry, with its reason (in configured order).
+        rejected: Vec<RejectedEntry>,
     },
     /// A duration that must be positive is zero.
     #[error("{field} must be greater than zero")]
@@ -309,6 +309,49 @@ pub enum ConfigError {
         /// The value given.
         jitter: f64,
     },
+}
+
+/// Entries shown in [`ConfigError::NoValidServers`]'s message; the rest
+/// are counted. The error itself keeps them all.
+const SHOWN_REJECTIONS: usize = 8;
+
+/// Characters of an entry shown in a message.
+const SHOWN_ENTRY_CHARS: usize = 80;
+
+/// The message of [`ConfigError::NoValidServers`]: each rejected entry
+/// (at most [`SHOWN_REJECTIONS`], each cut to [`SHOWN_ENTRY_CHARS`]) with
+/// its reason, so the message is bounded whatever the configuration.
+struct NoValidServers<'a>(&'a [RejectedEntry]);
+
+impl fmt::Display for NoValidServers<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "none of the {} configured directory servers is usable",
+            self.0.len()
+        )?;
+        for (n, entry) in self.0.iter().take(SHOWN_REJECTIONS).enumerate() {
+            f.write_str(if n == 0 { ": " } else { "; " })?;
+            let text = match entry.entry.char_indices().nth(SHOWN_ENTRY_CHARS) {
+                Some((end, _)) => format!("{}…", &entry.entry[..end]),
+                None => entry.entry.clone(),
+            };
+            write!(f, "#{} {text:?}: ", entry.index)?;
+            match &entry.reason {
+                Rejection::Malformed(error) => write!(f, "{error}")?,
+                Rejection::Duplicate(server) => write!(f, "duplicate of server {server}")?,
+            }
+        }
+        if let Some(more) = self
+            .0
+            .len()
+            .checked_sub(SHOWN_REJECTIONS)
+            .filter(|&n| n > 0)
+        {
+            write!(f, "; and {more} more")?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

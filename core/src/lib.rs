@@ -49,4 +49,7 @@ pub use output::{
     OperationId, OperationKind, OperationReport, Output, ProbeRequest, ServerId,
 };
 pub use pool::{InputError, PoolState, RejectedEntry, Rejection};
-pub use status::{ServerState, ServerStatus};
+pub use status::{
+    LastError, LinkCounts, PoolHealth, ProxyState, RecentError, ServerError, ServerHealth,
+    ServerState, ServerStatus,
+};

@@ -23,7 +23,10 @@ use crate::output::{
     AttemptId, CloseRequest, DialRequest, DisconnectReason, Notification, OperationEnd,
     OperationId, OperationKind, OperationReport, Output, ProbeRequest, ServerId,
 };
-use crate::status::{ServerState, ServerStatus};
+use crate::status::{
+    LastError, LinkCounts, PoolHealth, ProxyState, ServerError, ServerHealth, ServerState,
+    ServerStatus,
+};
 use links::{Link, LinkState, Links};
 use timers::{Timer, Timers};
 
@@ -131,6 +134,10 @@ struct Server {
     consecutive_failures: u32,
     attempts: u64,
     last_failure: Option<DialFailure>,
+    /// The latest failed dial or lost link (for health reports).
+    last_error: Option<LastError>,
+    /// The current link's last probe round trip; cleared on connecting.
+    last_probe_rtt: Option<Duration>,
     gave_up: bool,
     /// Queued in `ProxyHealth::waiters`.
     waiting_for_proxy: bool,
@@ -283,6 +290,8 @@ impl PoolState {
                 consecutive_failures: 0,
                 attempts: 0,
                 last_failure: None,
+                last_error: None,
+                last_probe_rtt: None,
                 gave_up: false,
                 waiting_for_proxy: false,
             });
@@ -296,9 +305,7 @@ impl PoolState {
         }
         rejected.sort_by_key(|r| r.index);
         if servers.is_empty() {
-            return Err(ConfigError::NoValidServers {
-                rejected: rejected.len(),
-            });
+            return Err(ConfigError::NoValidServers { rejected });
         }
 
         let mut by_node_id: Vec<ServerId> = (0..servers.len())
@@ -314,7 +321,6 @@ impl PoolState {
         let mut outputs = VecDeque::new();
         for r in &rejected {
             // Reported as a notification; the driver logs it for the user.
-            tracing::debug!(index = r.index, entry = %truncate(&r.entry), reason = ?r.reason, "directory entry not used");
             outputs.push_back(Output::Notify(match &r.reason {
                 Rejection::Malformed(error) => Notification::AddressRejected {
                     index: r.index,
@@ -554,8 +560,8 @@ impl PoolState {
                 };
                 server.consecutive_failures = 0;
                 server.gave_up = false;
+                server.last_probe_rtt = None;
                 self.connected += 1;
-                tracing::debug!(server = %server.addr, %attempt, "connected");
                 self.timers
                     .push(now + self.keepalive.idle, Timer::Keepalive(attempt));
                 self.notify(Notification::Connected {
@@ -702,10 +708,7 @@ impl PoolState {
                 self.links.remove(attempt);
                 let reason = match result {
                     Ok(()) => DisconnectReason::Closed,
-                    Err(e) => {
-                        tracing::warn!(server = %self.servers[link.server.index()].addr, error = %e, "close failed");
-                        DisconnectReason::CloseFailed(e)
-                    }
+                    Err(e) => DisconnectReason::CloseFailed(e),
                 };
                 self.closed(now, attempt, link.server, reason);
                 Ok(())
@@ -816,12 +819,38 @@ impl PoolState {
             attempts: s.attempts,
             consecutive_failures: s.consecutive_failures,
             last_failure: s.last_failure,
+            last_error: s.last_error,
             connected_since: match s.phase {
                 Phase::Connected { since, .. } => Some(since),
                 _ => None,
             },
+            last_active: match s.phase {
+                Phase::Connected { last_active, .. } => Some(last_active),
+                _ => None,
+            },
+            last_probe_rtt: s.last_probe_rtt,
             next_retry_at: s.retry_at,
         })
+    }
+
+    /// The pool's health at `now`: how many servers stand where, the proxy
+    /// as the machine knows it, and each server's state, latest error, and
+    /// the ages of its connection and of its last sign of life. O(servers).
+    pub fn health(&self, now: Instant) -> PoolHealth {
+        let statuses: Vec<ServerStatus> = self.statuses().collect();
+        PoolHealth {
+            counts: statuses.iter().collect::<LinkCounts>(),
+            proxy: if self.proxy.down {
+                ProxyState::Unreachable
+            } else {
+                ProxyState::Reachable
+            },
+            maintenance: self.maintenance,
+            servers: statuses
+                .iter()
+                .map(|status| ServerHealth::new(status, now))
+                .collect(),
+        }
     }
 
     /// Snapshots of every server.
@@ -914,6 +943,10 @@ impl PoolState {
             }
         }
         server.phase = Phase::Idle;
+        server.last_error = Some(LastError {
+            error: ServerError::Link(loss),
+            at: now,
+        });
         #[cfg(dirpool_planted_bugs)]
         let miscount = crate::planted::active(crate::planted::Bug::MiscountLostLink);
         #[cfg(not(dirpool_planted_bugs))]
@@ -921,7 +954,6 @@ impl PoolState {
         if !miscount {
             self.connected -= 1;
         }
-        tracing::debug!(server = %server.addr, %attempt, %loss, "connection lost");
         self.notify(Notification::Disconnected {
             server: id,
             attempt,
@@ -942,8 +974,8 @@ impl PoolState {
             LinkState::Open => {
                 let id = link.server;
                 let idle = self.keepalive.idle;
-                let Some((last_active, watch, armed)) = self.servers[id.index()].phase.keepalive()
-                else {
+                let server = &mut self.servers[id.index()];
+                let Some((last_active, watch, armed)) = server.phase.keepalive() else {
                     return Ok(());
                 };
                 *last_active = now;
@@ -959,10 +991,12 @@ impl PoolState {
                         self.timers.push(due, Timer::Keepalive(attempt));
                     }
                     if answer {
+                        let rtt = now.saturating_duration_since(sent);
+                        server.last_probe_rtt = Some(rtt);
                         self.notify(Notification::ProbeAnswered {
                             server: id,
                             attempt,
-                            rtt: now.saturating_duration_since(sent),
+                            rtt,
                         });
                     }
                 }
@@ -1016,7 +1050,6 @@ impl PoolState {
                     self.timers.push(deadline, Timer::Keepalive(attempt));
                     return;
                 }
-                tracing::debug!(server = %self.servers[id.index()].addr, %attempt, "probe unanswered: silent path");
                 self.lose(now, attempt, id, LinkLoss::KeepaliveTimeout);
             }
         }
@@ -1104,7 +1137,6 @@ impl PoolState {
         server.cancel_retry();
         server.waiting_for_proxy = false;
         server.attempts += 1;
-        tracing::debug!(server = %server.addr, %attempt, "dial");
         self.timers.push(deadline, Timer::DialDeadline(attempt));
         self.outputs.push_back(Output::Dial(DialRequest {
             attempt,
@@ -1241,7 +1273,6 @@ impl PoolState {
             waiters: std::mem::take(&mut self.proxy.waiters),
             ..ProxyHealth::default()
         };
-        tracing::info!("SOCKS proxy reachable again");
         self.notify(Notification::ProxyRecovered);
         while let Some(id) = self.proxy.waiters.pop_front() {
             let server = &mut self.servers[id.index()];
@@ -1270,7 +1301,10 @@ impl PoolState {
         let server = &mut self.servers[id.index()];
         server.phase = Phase::Idle;
         server.last_failure = Some(failure);
-        tracing::debug!(server = %server.addr, %attempt, %failure, "dial failed");
+        server.last_error = Some(LastError {
+            error: ServerError::Dial(failure),
+            at: now,
+        });
 
         match failure.scope() {
             FailureScope::Proxy => {
@@ -1294,7 +1328,6 @@ impl PoolState {
                     retry_at,
                 });
                 if newly_down {
-                    tracing::warn!(%failure, "SOCKS proxy unreachable; servers wait for it");
                     self.notify(Notification::ProxyUnreachable);
                 }
             }
@@ -1324,7 +1357,6 @@ impl PoolState {
                     retry_at,
                 });
                 if gives_up {
-                    tracing::warn!(server = %self.servers[id.index()].addr, failures, "maintenance gave up on server");
                     self.notify(Notification::GaveUp {
                         server: id,
                         failures,
@@ -1484,7 +1516,6 @@ impl PoolState {
                 let Ok(link) = self.link(attempt) else { return };
                 self.set_link_state(attempt, LinkState::CloseAbandoned);
                 if link.state == LinkState::Closing {
-                    tracing::warn!(server = %self.servers[link.server.index()].addr, "close timed out");
                     self.closed(now, attempt, link.server, DisconnectReason::CloseTimedOut);
                 }
             }
@@ -1530,12 +1561,4 @@ fn unexpected(attempt: AttemptId, state: LinkState) -> InputError {
 
 fn server_id(index: usize) -> ServerId {
     ServerId(u32::try_from(index).unwrap_or(u32::MAX))
-}
-
-/// Shortens user text for logs.
-fn truncate(text: &str) -> &str {
-    match text.char_indices().nth(80) {
-        Some((end, _)) => &text[..end],
-        None => text,
-    }
 }

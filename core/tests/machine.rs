@@ -542,9 +542,38 @@ fn a_pool_with_nothing_valid_is_a_config_error() {
         isolation_token: IsolationToken::from_bytes(TOKEN),
         jitter_seed: 0,
     };
-    assert_eq!(
-        PoolState::new(PoolConfig::new(["nope:0", "a b"]), entropy).err(),
-        Some(ConfigError::NoValidServers { rejected: 2 })
+    // The error names every entry and why, in its message too.
+    let error = PoolState::new(PoolConfig::new(["nope:0", "a b"]), entropy).err();
+    let Some(ConfigError::NoValidServers { rejected }) = &error else {
+        panic!("{error:?}");
+    };
+    let indices: Vec<usize> = rejected.iter().map(|r| r.index).collect();
+    assert_eq!(indices, [0, 1]);
+    assert!(
+        rejected
+            .iter()
+            .all(|r| matches!(r.reason, dirpool_core::Rejection::Malformed(_))),
+        "{rejected:?}"
+    );
+    let message = error.as_ref().map(ToString::to_string).unwrap_or_default();
+    for r in rejected {
+        let dirpool_core::Rejection::Malformed(reason) = &r.reason else {
+            unreachable!()
+        };
+        assert!(
+            message.contains(&format!("#{} {:?}: {reason}", r.index, r.entry)),
+            "{message}"
+        );
+    }
+    // Bounded: a thousand bad entries show a few and count the rest.
+    let many: Vec<String> = (0..1000).map(|i| format!("bad {i}")).collect();
+    let error = PoolState::new(PoolConfig::new(many), entropy)
+        .err()
+        .unwrap();
+    let message = error.to_string();
+    assert!(
+        message.ends_with("; and 992 more") && message.len() < 2000,
+        "{message}"
     );
     assert_eq!(
         PoolState::new(PoolConfig::new(Vec::<String>::new()), entropy).err(),
@@ -1184,4 +1213,94 @@ fn a_nick_still_registered_is_retried_and_never_gives_up() {
         attempt = dial_to(&rig.drain(), a);
     }
     assert_eq!(rig.pool.status(a).unwrap().consecutive_failures, 0);
+}
+
+// ---- health ------------------------------------------------------------------
+
+#[test]
+fn health_reports_ages_errors_and_counts_against_the_given_now() {
+    use dirpool_core::{LinkCounts, ProxyState, RecentError, ServerError};
+
+    let mut config = PoolConfig::new([A, B]);
+    config.keepalive = KeepalivePolicy::new(secs(30.0), secs(20.0));
+    config.maintenance.backoff = Backoff::new(secs(5.0), secs(5.0), 1.0);
+    let mut rig = Rig::new(config);
+    rig.pool.start_maintenance(rig.now);
+    let out = rig.drain();
+    let (a, b) = (dial_to(&out, rig.id(A)), dial_to(&out, rig.id(B)));
+    rig.succeed(a);
+    rig.now = rig.at(2.0);
+    rig.fail(b, DialFailure::Socks(SocksReply::HostUnreachable));
+
+    // A at t=30 is probed; answered 0.25 s later.
+    rig.advance_to(30.0);
+    rig.now = rig.at(30.25);
+    rig.pool.probe_answered(rig.now, a).unwrap();
+    rig.drain();
+
+    let health = rig.pool.health(rig.at(40.0));
+    assert_eq!(health.proxy, ProxyState::Reachable);
+    assert!(health.maintenance);
+    let mut expected = LinkCounts::default();
+    expected.up = 1;
+    expected.connecting = 1; // B's redial (backoff 5 s) went out at t=7
+    assert_eq!(health.counts, expected);
+    assert_eq!(health.counts.total(), 2);
+    let (ha, hb) = (&health.servers[0], &health.servers[1]);
+    assert_eq!(ha.state, ServerState::Connected);
+    assert_eq!(ha.connected_for, Some(secs(40.0)));
+    assert_eq!(ha.quiet_for, Some(secs(9.75)), "since the probe's answer");
+    assert_eq!(ha.last_probe_rtt, Some(secs(0.25)));
+    assert_eq!(ha.last_error, None);
+    assert_eq!(hb.state, ServerState::Dialing);
+    assert_eq!(
+        hb.last_error,
+        Some(RecentError {
+            error: ServerError::Dial(DialFailure::Socks(SocksReply::HostUnreachable)),
+            ago: secs(38.0),
+        })
+    );
+    assert_eq!((hb.quiet_for, hb.last_probe_rtt), (None, None));
+
+    // A's link is lost at t=41: its error is the loss; its probe figures go.
+    rig.now = rig.at(41.0);
+    rig.pool
+        .connection_lost(rig.now, a, LinkLoss::ClosedByPeer)
+        .unwrap();
+    rig.drain();
+    let health = rig.pool.health(rig.at(42.5));
+    let ha = &health.servers[0];
+    assert_eq!(ha.state, ServerState::WaitingRetry);
+    assert_eq!(
+        ha.last_error,
+        Some(RecentError {
+            error: ServerError::Link(LinkLoss::ClosedByPeer),
+            ago: secs(1.5),
+        })
+    );
+    assert_eq!((ha.connected_for, ha.quiet_for), (None, None));
+    assert_eq!(ha.next_retry_in, Some(secs(3.5)));
+    assert_eq!(health.counts.backing_off, 1);
+    let status = rig.pool.status(rig.id(A)).unwrap();
+    assert_eq!(
+        status.last_probe_rtt,
+        Some(secs(0.25)),
+        "kept until the next link"
+    );
+
+    // Reconnected: the old link's round trip is not this link's.
+    let out = rig.advance_to(46.0);
+    rig.succeed(dial_to(&out, rig.id(A)));
+    assert_eq!(rig.pool.status(rig.id(A)).unwrap().last_probe_rtt, None);
+
+    // A proxy failure is the pool's state, not the server's.
+    rig.pool.close_all(rig.now);
+    let mut rig = Rig::with(&[C]);
+    rig.pool.start_maintenance(rig.now);
+    let out = rig.drain();
+    rig.fail(dial_to(&out, rig.id(C)), DialFailure::ProxyUnreachable);
+    let health = rig.pool.health(rig.now);
+    assert_eq!(health.proxy, ProxyState::Unreachable);
+    assert_eq!(health.servers[0].state, ServerState::WaitingForProxy);
+    assert_eq!(health.counts.backing_off, 1);
 }

@@ -39,7 +39,7 @@ use criterion::{BenchmarkId, Criterion, SamplingMode};
 use dirpool::{Config, DirectoryPool, PoolEvent, RawStream, Runtime};
 use dirpool_core::{MaintenancePolicy, RetryPolicy};
 use dirpool_tests::{LineBehaviour, LineServer, Reply, SocksConfig, SocksServer};
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The original's (and our) default connection timeout.

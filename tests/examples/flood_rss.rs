@@ -78,7 +78,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let connected = pool.connect_all_parallel().await?;
         println!("connected: {connected}");
         if connected == 0 {
-            use futures::StreamExt;
             for _ in 0..4 {
                 if let Some(Some(event)) = futures::FutureExt::now_or_never(events.next()) {
                     println!("{event:?}");

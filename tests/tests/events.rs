@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use dirpool::{Config, DirectoryPool, PoolEvent, RawStream};
 use dirpool_core::{Backoff, Entropy, IsolationToken};
 use dirpool_tests::sim::runtime::SimRuntime;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 
 #[test]
 fn an_unread_event_stream_stays_bounded_and_says_what_it_missed() {

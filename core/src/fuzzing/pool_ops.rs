@@ -2403,7 +2403,7 @@ fn run(choices: &mut Choices, trace: &mut Trace) -> Result<Stats, String> {
     let result = PoolState::new(setup.config.clone(), setup.entropy);
     if node_ids.is_empty() {
         ensure!(
-            matches!(result, Err(ConfigError::NoValidServers { rejected }) if rejected == setup.parsed.len()),
+            matches!(&result, Err(ConfigError::NoValidServers { rejected }) if rejected.len() == setup.parsed.len()),
             "a pool of only malformed entries gave {:?}",
             result.map(|_| ())
         );

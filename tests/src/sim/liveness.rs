@@ -51,8 +51,8 @@ use dirpool_core::{
     Backoff, DisconnectReason, Entropy, IsolationScope, IsolationToken, KeepalivePolicy, LinkLoss,
     MIN_PROBE_INTERVAL, RetryPolicy, ServerAddr,
 };
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 
 use super::Kind;
 use super::peers::{

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
 use dirpool::{Config, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{Backoff, Entropy, IsolationScope, IsolationToken, RetryPolicy, ServerAddr};
-use futures::StreamExt;
 
 use super::peers::{DirectoryFate, PeerEvent, ProxyFate, SimWorld, serve_proxy_connection};
 use super::runtime::SimRuntime;
