@@ -132,6 +132,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::poll_fn;
 use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -1094,6 +1095,14 @@ struct Read {
     result: Result<Envelope, RecvError>,
 }
 
+/// What woke the background task.
+enum Wake {
+    Stop,
+    /// An event; false when the stream ended.
+    Event(bool),
+    Read(Read),
+}
+
 /// The background task: reads every connected link.
 struct Reader {
     inner: Weak<Inner>,
@@ -1112,20 +1121,35 @@ impl Reader {
         events: impl futures::Stream<Item = crate::PoolEvent> + Send + 'static,
         stopped: oneshot::Receiver<()>,
     ) {
-        let mut events = std::pin::pin!(events.fuse());
+        let mut events = std::pin::pin!(events);
         let mut stopped = stopped;
         if self.follow() {
             loop {
-                futures::select! {
-                    _ = stopped => break,
-                    event = events.next() => {
-                        // Any event (connected, or lagged) may mean a new
-                        // link; none (the driver is gone) ends the task.
-                        if event.is_none() || !self.follow() {
+                // Stop first, then new links, then reads.
+                let wake = poll_fn(|cx| {
+                    if Pin::new(&mut stopped).poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Stop);
+                    }
+                    if let Poll::Ready(event) = events.as_mut().poll_next(cx) {
+                        return Poll::Ready(Wake::Event(event.is_some()));
+                    }
+                    match self.reads.poll_next_unpin(cx) {
+                        Poll::Ready(Some(read)) => Poll::Ready(Wake::Read(read)),
+                        // None: no read in flight; a new link comes with an event.
+                        Poll::Ready(None) | Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await;
+                match wake {
+                    Wake::Stop => break,
+                    // Any event (connected, or lagged) may mean a new link;
+                    // none (the driver is gone) ends the task.
+                    Wake::Event(more) => {
+                        if !more || !self.follow() {
                             break;
                         }
                     }
-                    read = self.reads.select_next_some() => self.handle(read),
+                    Wake::Read(read) => self.handle(read),
                 }
             }
         }
