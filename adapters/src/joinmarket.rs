@@ -35,7 +35,7 @@ use futures::lock::Mutex;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 
-pub use identity::{Location, Network, Nick, NickError, UnknownNetwork};
+pub use identity::{Location, LocationError, Network, Nick, NickError, UnknownNetwork};
 pub use lines::{
     Command, LineError, PeerlistEntry, PrivateMessage, PrivmsgSignature, PublicMessage,
     commands_body, get_peerlist, parse_commands, parse_peerlist, peerlist_payload,
@@ -134,6 +134,9 @@ impl JmConfig {
     /// [`JmConfigError`] naming the first field that is wrong and its
     /// allowed range.
     pub fn validate(&self) -> Result<(), JmConfigError> {
+        if !self.location.is_valid() {
+            return Err(JmConfigError::Location(self.location.to_string()));
+        }
         for feature in &self.features {
             let known_shape = !feature.is_empty()
                 && feature
@@ -189,6 +192,10 @@ impl JmConfig {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JmConfigError {
+    /// A serving location that is not a v3 onion service: every current
+    /// directory refuses the handshake (see [`Location`]).
+    #[error("location {0:?} is not a v3 onion service")]
+    Location(String),
     /// Feature names are lower-case letters, digits and `_`.
     #[error("feature name {0:?} is not lower-case letters, digits and '_'")]
     Feature(String),
@@ -1722,6 +1729,7 @@ mod tests {
             let named = match &error {
                 JmConfigError::Size { field, .. } | JmConfigError::Timeout { field, .. } => *field,
                 JmConfigError::Feature(_) => "feature",
+                JmConfigError::Location(_) => "location",
             };
             assert_eq!(named, field, "{error}");
             assert!(JoinMarketHandshake::new(c.clone()).is_err());

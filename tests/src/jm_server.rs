@@ -87,14 +87,27 @@ const NOT_SERVING_ONION: &str = "NOT-SERVING-ONION";
 const BASE58: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 
 /// `true` if `nick` has the shape of a JoinMarket nick: `J5` followed by 14
-/// characters, base58 (at least one) right-padded with `O`.
+/// characters, base58 (at least one) right-padded with `O`, the base58
+/// decoding to at most 10 bytes, each leading `1` a zero byte (as
+/// joinmarket-rs's `Nick::from_str`, `crates/joinmarket-core/src/nick.rs`).
 #[must_use]
 pub fn is_valid_jm_nick(nick: &str) -> bool {
     let Some(rest) = nick.strip_prefix("J5") else {
         return false;
     };
     let body = rest.trim_end_matches('O');
-    rest.len() == 14 && !body.is_empty() && body.bytes().all(|byte| BASE58.contains(&byte))
+    if rest.len() != 14 || body.is_empty() || !body.bytes().all(|byte| BASE58.contains(&byte)) {
+        return false;
+    }
+    let zeros = body.bytes().take_while(|&byte| byte == b'1').count();
+    let mut value: u128 = 0;
+    for byte in body.bytes().skip(zeros) {
+        let digit = BASE58.iter().position(|&c| c == byte).unwrap_or(0);
+        // 14 digits stay below 58^14 < 2^83: no overflow.
+        value = value * 58 + digit as u128;
+    }
+    let bytes = (128 - value.leading_zeros() as usize).div_ceil(8);
+    zeros + bytes <= 10
 }
 
 /// One message on the wire: `{"type": <msg_type>, "line": <line>}` followed
@@ -1368,8 +1381,13 @@ mod tests {
     fn nick_shape() {
         assert!(is_valid_jm_nick(JM_DIRECTORY_NICK));
         assert!(is_valid_jm_nick(NICK));
-        assert!(is_valid_jm_nick("J5abcdefghijkmnp"));
+        assert!(is_valid_jm_nick("J5abcdefghijkmnO"));
         assert!(is_valid_jm_nick("J51OOOOOOOOOOOOO"));
+        assert!(is_valid_jm_nick("J5FPBt6CHo3fovdL")); // 2^80 - 1
+        // More than 10 bytes: joinmarket-rs refuses them.
+        assert!(!is_valid_jm_nick("J5abcdefghijkmnp"));
+        assert!(!is_valid_jm_nick("J5FPBt6CHo3fovdM")); // 2^80
+        assert!(!is_valid_jm_nick("J511111111111OOO"));
         for bad in [
             "",
             "J5",

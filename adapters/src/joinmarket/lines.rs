@@ -119,10 +119,8 @@
 
 use std::fmt;
 
-use dirpool_core::AddrError;
-
 use super::wire::{self, Envelope};
-use super::{DEFAULT_MAX_LINE, JmError, Location, Nick, NickError};
+use super::{DEFAULT_MAX_LINE, JmError, Location, LocationError, Nick, NickError};
 
 /// The longest PUBMSG or PRIVMSG line parsed, in bytes: joinmarket-ng's
 /// directory reads JSON lines of at most 65,536 bytes
@@ -298,7 +296,7 @@ pub enum LineError {
     MissingLocation,
     /// A PEERLIST entry whose location does not parse.
     #[error("invalid location in a peerlist entry")]
-    InvalidLocation(#[source] AddrError),
+    InvalidLocation(#[source] LocationError),
     /// A PEERLIST entry field after the location that is neither `D` nor
     /// `F:…`, or out of order, or repeated.
     #[error("unexpected field {index} in a peerlist entry (only ;D then ;F:features)")]
@@ -1505,8 +1503,16 @@ mod tests {
         ));
         assert!(matches!(
             PeerlistEntry::parse(&format!("{MAKER};")),
-            Err(LineError::InvalidLocation(AddrError::Empty))
+            Err(LineError::InvalidLocation(LocationError::Addr(
+                dirpool_core::AddrError::Empty
+            )))
         ));
+        // joinmarket-ng's `PeerInfo` pattern and joinmarket-rs's
+        // `OnionServiceAddr::parse` take v3 onions only.
+        assert_eq!(
+            PeerlistEntry::parse(&format!("{MAKER};127.0.0.1:5222")),
+            Err(LineError::InvalidLocation(LocationError::NotOnion))
+        );
         assert_eq!(
             PeerlistEntry::parse(&format!("J5;{ONION}")),
             Err(LineError::InvalidNick {
@@ -1605,7 +1611,8 @@ mod tests {
         let features: Vec<String> = (0..MAX_FEATURES)
             .map(|i| format!("{i:0width$}", width = MAX_FEATURE_LEN))
             .collect();
-        let location = Location::parse(&format!("{}.example:65535", "a".repeat(63))).unwrap();
+        let onion = ServerAddr::from_onion_key(&[9; 32], 65535);
+        let location = Location::parse(onion.node_id()).unwrap();
         let entry = PeerlistEntry::new(nick(MAKER), location, true, features).unwrap();
         let text = entry.to_entry();
         assert!(text.len() <= MAX_PEERLIST_ENTRY, "{}", text.len());
