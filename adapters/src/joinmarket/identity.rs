@@ -182,29 +182,50 @@ fn base58_decoded_len(digits: &str) -> usize {
     zeros + bytes.len()
 }
 
-/// The Bitcoin network the directory serves.
+/// The JoinMarket network a directory serves, as named in the handshake.
+///
+/// Each implementation compares the client's `network` with its own and
+/// refuses a mismatch (see [`JmError::WrongNetwork`](super::JmError::WrongNetwork)):
+///
+/// | implementation | names it accepts | comparison | file |
+/// |---|---|---|---|
+/// | joinmarket-ng | `mainnet`, `testnet`, `signet`, `regtest` (no `testnet4`) | lower-cased, then equal | `jmcore/src/jmcore/models.py` (`NetworkType`), `directory_server/.../handshake_handler.py` (`_parse_network`) |
+/// | joinmarket-rs | whatever its config says (documented: `mainnet`, `testnet`, `signet`; default `mainnet`) | byte-equal | `crates/joinmarket-core/src/config.rs`, `crates/joinmarket-core/src/handshake.rs` (`validate`) |
+/// | reference | its `[BLOCKCHAIN] network` (documented: `mainnet`, `testnet`, `signet`; "for regtest, use network = testnet") | byte-equal | `src/jmclient/configure.py`, `src/jmdaemon/onionmc.py` (`process_handshake`) |
+///
+/// No implementation names testnet4: a testnet4 participant announces
+/// `testnet`, so [`Network`] has no testnet4 and `"testnet4"` does not
+/// parse. A reference directory run on regtest usually announces
+/// `testnet`, as its configuration advises; ng's says `regtest`.
+///
+/// Ports do not depend on the network: directories listen on 5222 in all
+/// three (ng `jmcore/src/jmcore/protocol.py`, `ONION_VIRTUAL_PORT`; rs
+/// `crates/joinmarket-dn/src/lib.rs`, `VIRTUAL_PORT`; the reference's
+/// `directory_nodes` in `configure.py`), which is also the default port of
+/// a configured directory address
+/// ([`DEFAULT_PORT`](dirpool_core::DEFAULT_PORT)).
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Network {
     /// mainnet
     Mainnet,
-    /// testnet (testnet3)
+    /// testnet (testnet3, and testnet4 too: no implementation names it)
     Testnet,
-    /// testnet4
-    Testnet4,
     /// signet
     Signet,
-    /// regtest
+    /// regtest (a reference directory on regtest usually says `testnet`)
     Regtest,
 }
 
 impl Network {
+    /// Every network.
+    pub const ALL: [Self; 4] = [Self::Mainnet, Self::Testnet, Self::Signet, Self::Regtest];
+
     /// The name on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Mainnet => "mainnet",
             Self::Testnet => "testnet",
-            Self::Testnet4 => "testnet4",
             Self::Signet => "signet",
             Self::Regtest => "regtest",
         }
@@ -219,7 +240,10 @@ impl fmt::Display for Network {
 
 /// A network name that is not one of JoinMarket's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown network {0:?} (mainnet, testnet, testnet4, signet, regtest)")]
+#[error(
+    "unknown network {0:?} (mainnet, testnet, signet, regtest; no JoinMarket implementation \
+     names testnet4: its participants say testnet)"
+)]
 pub struct UnknownNetwork(pub String);
 
 impl FromStr for Network {
@@ -228,7 +252,6 @@ impl FromStr for Network {
         Ok(match s {
             "mainnet" => Self::Mainnet,
             "testnet" => Self::Testnet,
-            "testnet4" => Self::Testnet4,
             "signet" => Self::Signet,
             "regtest" => Self::Regtest,
             other => return Err(UnknownNetwork(other.chars().take(32).collect())),
@@ -380,6 +403,24 @@ mod tests {
         );
     }
 
+    /// joinmarket-ng `jmcore/src/jmcore/models.py` (`NetworkType`: mainnet,
+    /// testnet, signet, regtest, no testnet4), joinmarket-rs
+    /// `crates/joinmarket-core/src/config.rs` and the reference
+    /// `src/jmclient/configure.py` (both document "signet, testnet,
+    /// mainnet"): the names we send are ng's, and testnet4 is none.
+    #[test]
+    fn network_names_are_those_of_joinmarket_ng() {
+        let names: Vec<&str> = Network::ALL.iter().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["mainnet", "testnet", "signet", "regtest"]);
+        let error = "testnet4".parse::<Network>().unwrap_err();
+        assert_eq!(error, UnknownNetwork("testnet4".to_owned()));
+        assert!(error.to_string().contains("say testnet"), "{error}");
+        // ng lower-cases what a client sends; rs and the reference compare
+        // bytes: we parse (and send) the lower-case name only.
+        assert!("Mainnet".parse::<Network>().is_err());
+        assert_eq!(dirpool_core::DEFAULT_PORT, 5222);
+    }
+
     /// joinmarket-rs `crates/joinmarket-core/src/nick.rs`
     /// (`test_python_compatibility_nick_hash`: the key of scalar 1 has nick
     /// `J5Ckon1LuuapPSBM`; `Nick::from_str` decodes the part before the `O`
@@ -425,13 +466,7 @@ mod tests {
 
     #[test]
     fn networks_and_locations() {
-        for n in [
-            Network::Mainnet,
-            Network::Testnet,
-            Network::Testnet4,
-            Network::Signet,
-            Network::Regtest,
-        ] {
+        for n in Network::ALL {
             assert_eq!(n.as_str().parse::<Network>(), Ok(n));
         }
         assert!("bitcoin".parse::<Network>().is_err());
