@@ -417,17 +417,17 @@ impl DirectoryInfo {
             }
         };
         let motd = string("motd")?.map(|m| clean(&m));
-        match map.get("accepted") {
+        let accepted = match map.get("accepted") {
             None => return Err(JmError::MissingField("accepted")),
-            Some(Value::Bool(true)) => {}
-            Some(Value::Bool(false)) => {
-                return Err(match motd {
-                    Some(motd) if nick_in_use(&motd) => JmError::NickInUse { motd },
-                    motd => JmError::Rejected { motd },
-                });
-            }
+            Some(Value::Bool(accepted)) => *accepted,
             Some(_) => return Err(JmError::WrongFieldType("accepted")),
-        }
+        };
+        // A refusal names the directory's own network: joinmarket-rs
+        // (`peer.rs`, `NetworkMismatch` → `send_dn_handshake(.., false)`) and
+        // the reference (`onionmc.py`, `process_handshake`: `accepted =
+        // False`, `handshake_as_directory` sets its `btc_network`) refuse a
+        // client of another network that way; joinmarket-ng closes without
+        // a reply (`handshake_handler.py`, "Network mismatch").
         let network = string("network")?;
         if let Some(theirs) = &network {
             if theirs != config.network.as_str() {
@@ -436,6 +436,12 @@ impl DirectoryInfo {
                     theirs: clean(theirs),
                 });
             }
+        }
+        if !accepted {
+            return Err(match motd {
+                Some(motd) if nick_in_use(&motd) => JmError::NickInUse { motd },
+                motd => JmError::Rejected { motd },
+            });
         }
         let (protocol_min, protocol_max) = match number("proto-ver")? {
             Some(v) => (v, v),
@@ -1671,6 +1677,31 @@ mod tests {
         );
         drop(side);
         assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
+    }
+
+    /// joinmarket-rs `crates/joinmarket-dn/src/peer.rs` (`NetworkMismatch`:
+    /// a 795 with `accepted: false`, its own network and motd) and the
+    /// reference `src/jmdaemon/onionmc.py` (`process_handshake`: `accepted
+    /// = False`, `network` its own, its default motd) refuse a client of
+    /// another network with a reply naming theirs.
+    #[tokio::test]
+    async fn a_refusal_naming_another_network_is_wrong_network() {
+        let rs = json!({"app-name": "joinmarket", "directory": true,
+            "location-string": "x.onion:5222", "proto-ver-min": 5, "proto-ver-max": 5,
+            "features": {"peerlist_features": true, "ping": true}, "accepted": false,
+            "nick": "J5dirNickQRSOOOO", "network": "signet", "motd": "welcome"});
+        let reference = json!({"app-name": "joinmarket", "directory": true,
+            "proto-ver-min": 5, "proto-ver-max": 5, "features": {}, "accepted": false,
+            "nick": "J5dirNickQRSOOOO", "network": "testnet",
+            "motd": "Default MOTD, replace with information for the directory."});
+        for (reply, theirs) in [(rs, "signet"), (reference, "testnet")] {
+            let error = open_err(vec![envelope_line(795, &reply.to_string())]).await;
+            assert!(
+                matches!(&error, JmError::WrongNetwork { ours: Network::Regtest, theirs: t } if t == theirs),
+                "{error:?}"
+            );
+            assert_eq!(error.kind(), HandshakeErrorKind::Rejected);
+        }
     }
 
     #[tokio::test]

@@ -45,7 +45,7 @@ use serde_json::{Map, Value};
 use crate::common::{Ctx, Handler, POLL, ReadEvent, Server, is_timeout, lock, send};
 use crate::directory_model::{
     DirectoryConfig, DirectoryLink, DirectoryProfile, DuplicateNick, LineLimit, LinkClose,
-    LinkOutput, LinkPeer, LinkRecord,
+    LinkOutput, LinkPeer, LinkRecord, WrongNetwork,
 };
 
 /// Message type of a private message.
@@ -926,11 +926,37 @@ fn serve(state: &State, snapshot: &Snapshot, mut stream: TcpStream, ctx: &Ctx) {
         supports_ping: false,
         is_maker: false,
     };
+    let mut client_network = None;
     if let Some(raw) = raw {
+        client_network = raw
+            .get("network")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         peer = LinkPeer::from_handshake(&raw);
         let handshake = ClientHandshake::from_raw(raw, verdict.clone().err());
         pingable = handshake.has_feature("ping");
         lock(&state.handshakes).push(handshake);
+    }
+    if let (JmBehaviour::Modelled(modelled), Some(theirs)) =
+        (&snapshot.behaviour, &client_network)
+    {
+        let profile = modelled.config.profile;
+        if *theirs != snapshot.network && profile.wrong_network() == WrongNetwork::RejectNamingOwn
+        {
+            state.reject(format!("network `{theirs}` is not `{}`", snapshot.network));
+            let accept = JmAccept {
+                nick: modelled.config.nick.clone(),
+                ..JmAccept::default()
+            };
+            let reply = jm_message(
+                JM_DN_HANDSHAKE,
+                &reply_line(&accept, &snapshot.network, false),
+            );
+            if send(&mut stream, reply.as_bytes()).is_ok() {
+                ctx.close_gracefully(stream);
+            }
+            return;
+        }
     }
     if let Err(why) = verdict {
         if snapshot.strict {
