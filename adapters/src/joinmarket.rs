@@ -250,6 +250,10 @@ pub enum JmError {
     /// A line is not JSON.
     #[error("directory sent a line that is not JSON")]
     NotJson(#[source] serde_json::Error),
+    /// The same key twice in one JSON object: joinmarket-ng refuses it
+    /// (`parse_strict_json_object`), serde_json would keep the last.
+    #[error("directory sent JSON with the key {0:?} twice in one object")]
+    DuplicateKey(String),
     /// JSON, but not an object.
     #[error("directory sent JSON that is not an object")]
     NotObject,
@@ -398,18 +402,27 @@ pub struct DirectoryInfo {
 
 impl DirectoryInfo {
     /// Parses and checks a reply's `line` for a client of `config`.
+    ///
+    /// Strict as joinmarket-ng's JMP-0005 parsing (`jmcore/src/jmcore/
+    /// nick_auth.py`: `parse_strict_json_object`, pydantic `strict=True`):
+    /// no key twice ([`wire::parse_strict_json`]), no coercion: strings are
+    /// strings (not `null`), numbers integers, flags booleans, and the
+    /// `features` values booleans (ng's `FeatureSet.to_dict` and rs's
+    /// `dn_supported_features` send only `true`; the reference sends
+    /// `{}`). Fields we do not know are allowed (every implementation sends
+    /// some of its own: `app-name`, `location-string`).
     fn from_reply(line: &str, config: &JmConfig) -> Result<Self, JmError> {
-        let value: Value = serde_json::from_str(line).map_err(JmError::NotJson)?;
-        let Value::Object(map) = value else {
+        let Value::Object(map) = wire::parse_strict_json(line)? else {
             return Err(JmError::NotObject);
         };
         let string = |field: &'static str| -> Result<Option<String>, JmError> {
             match map.get(field) {
-                None | Some(Value::Null) => Ok(None),
+                None => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 Some(_) => Err(JmError::WrongFieldType(field)),
             }
         };
+        string("app-name")?;
         let number = |field: &'static str| -> Result<Option<u64>, JmError> {
             match map.get(field) {
                 None => Ok(None),
@@ -460,12 +473,18 @@ impl DirectoryInfo {
         }
         let nick = string("nick")?.ok_or(JmError::MissingField("nick"))?;
         let features = match map.get("features") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Object(f)) => f
-                .iter()
-                .filter(|(_, on)| on.as_bool() == Some(true))
-                .map(|(name, _)| clean(name))
-                .collect(),
+            None => Vec::new(),
+            Some(Value::Object(f)) => {
+                let mut on = Vec::new();
+                for (name, value) in f {
+                    match value {
+                        Value::Bool(true) => on.push(clean(name)),
+                        Value::Bool(false) => {}
+                        _ => return Err(JmError::WrongFieldType("features")),
+                    }
+                }
+                on
+            }
             Some(_) => return Err(JmError::WrongFieldType("features")),
         };
         let directory = match map.get("directory") {
@@ -1266,6 +1285,57 @@ mod tests {
             "directory rejected our handshake: nick banned[31m"
         );
         assert_eq!(error.kind(), HandshakeErrorKind::Rejected);
+    }
+
+    /// joinmarket-ng `jmcore/src/jmcore/nick_auth.py`
+    /// (`parse_strict_json_object`: duplicate keys, `NaN`/`Infinity`;
+    /// `_NickAuthPayload`, pydantic `strict=True`: no coercion of types).
+    #[tokio::test]
+    async fn the_reply_is_checked_as_strictly_as_joinmarket_ng_checks_json() {
+        let ok = r#""accepted": true, "nick": "J5dirNickQRSOOOO", "network": "regtest", "proto-ver": 5"#;
+        type Expect = fn(&JmError) -> bool;
+        let cases: [(String, Expect); 11] = [
+            (format!(r#"{{{ok}, "accepted": false}}"#), |e| {
+                matches!(e, JmError::DuplicateKey(k) if k == "accepted")
+            }),
+            (format!(r#"{{{ok}, "features": {{"ping": true, "ping": false}}}}"#), |e| {
+                matches!(e, JmError::DuplicateKey(k) if k == "ping")
+            }),
+            (format!(r#"{{{ok}, "motd": NaN}}"#), |e| matches!(e, JmError::NotJson(_))),
+            (format!(r#"{{{ok}, "motd": Infinity}}"#), |e| matches!(e, JmError::NotJson(_))),
+            (format!(r#"{{{ok}, "directory": 1e999}}"#), |e| matches!(e, JmError::NotJson(_))),
+            (format!(r#"{{{ok}, "motd": null}}"#), |e| {
+                matches!(e, JmError::WrongFieldType("motd"))
+            }),
+            (format!(r#"{{{ok}, "features": {{"ping": "true"}}}}"#), |e| {
+                matches!(e, JmError::WrongFieldType("features"))
+            }),
+            (format!(r#"{{{ok}, "features": null}}"#), |e| {
+                matches!(e, JmError::WrongFieldType("features"))
+            }),
+            (format!(r#"{{{ok}, "app-name": 7}}"#), |e| {
+                matches!(e, JmError::WrongFieldType("app-name"))
+            }),
+            (r#"{"accepted": true, "nick": "J5dirNickQRSOOOO", "network": "regtest", "proto-ver": 5.0}"#.to_owned(), |e| {
+                matches!(e, JmError::WrongFieldType("proto-ver"))
+            }),
+            (r#"{"accepted": 1, "nick": "J5dirNickQRSOOOO", "network": "regtest", "proto-ver": 5}"#.to_owned(), |e| {
+                matches!(e, JmError::WrongFieldType("accepted"))
+            }),
+        ];
+        for (reply, expected) in cases {
+            let error = open_err(vec![envelope_line(795, &reply)]).await;
+            assert!(expected(&error), "{reply} gave {error:?}");
+            assert_eq!(error.kind(), HandshakeErrorKind::Protocol, "{reply}");
+        }
+        // The envelope itself too.
+        let line = format!("{{\"type\": 795, \"type\": 795, \"line\": {}}}\r\n", json!(REFERENCE_REPLY));
+        let error = open_err(vec![line.into_bytes()]).await;
+        assert!(matches!(&error, JmError::DuplicateKey(k) if k == "type"), "{error:?}");
+        // A well-formed reply with a feature off still passes.
+        let reply = format!(r#"{{{ok}, "features": {{"ping": true, "off": false}}, "motd": "hi"}}"#);
+        let (result, _, _side) = open_with(vec![envelope_line(795, &reply)], config()).await;
+        assert_eq!(result.unwrap().info().features, ["ping"]);
     }
 
     #[tokio::test]
