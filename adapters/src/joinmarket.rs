@@ -305,6 +305,27 @@ pub enum JmError {
         /// The limit.
         limit: usize,
     },
+    /// We tried to send a public or private message whose from-nick (the
+    /// text before its first `!`) is not the nick this link presented:
+    /// joinmarket-rs disconnects the link (`crates/joinmarket-dn/src/peer.rs`,
+    /// "from_nick mismatch — disconnecting") and joinmarket-ng drops it
+    /// (`directory_server/.../message_router.py`, "Dropping public message
+    /// claiming ..."). Nothing was sent.
+    #[error("the message is from {from:?}, but this link's nick is {ours}")]
+    NotOurNick {
+        /// The message's from-nick, cleaned for display.
+        from: String,
+        /// The link's nick.
+        ours: Nick,
+    },
+    /// We tried to send a message type the link keeps to itself: PING and
+    /// PONG (its keepalive; the reference directory closes on a PONG,
+    /// `onionmc.py`, `assert False`), DISCONNECT (joinmarket-rs and the
+    /// reference close the link on it, joinmarket-ng ignores it, and ng's
+    /// own client never sends it; end a link with `close`), and the
+    /// handshakes 793 and 795. Nothing was sent.
+    #[error("message type {0} is sent by the link itself, never by its user")]
+    ControlType(u32),
     /// We tried to send a line over the directories' limit.
     #[error("message of {len} bytes exceeds the {limit}-byte line limit of directories")]
     SendTooLong {
@@ -377,6 +398,35 @@ fn nick_in_use(motd: &str) -> bool {
     motd.to_ascii_lowercase()
         .contains("nick already registered")
 }
+
+/// Refuses a PUBMSG or PRIVMSG whose from-nick (the text before the first
+/// `!`, as joinmarket-rs's `parse_pubmsg_line` and `parse_privmsg_line`
+/// take it) is not `ours`; other kinds, and lines without `!` (which no
+/// directory relays), pass.
+///
+/// # Errors
+/// [`JmError::NotOurNick`].
+pub fn check_sender(envelope: &Envelope, ours: &Nick) -> Result<(), JmError> {
+    if !matches!(envelope.kind, wire::PUBMSG | wire::PRIVMSG) {
+        return Ok(());
+    }
+    match envelope.line.split_once('!') {
+        Some((from, _)) if from != ours.as_str() => Err(JmError::NotOurNick {
+            from: clean(from.get(..64).unwrap_or(from)),
+            ours: ours.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The message types only the link sends (see [`JmError::ControlType`]).
+const LINK_TYPES: [u32; 5] = [
+    wire::PING,
+    wire::PONG,
+    wire::DISCONNECT,
+    wire::HANDSHAKE,
+    wire::DIRECTORY_HANDSHAKE,
+];
 
 /// What the directory told us about itself.
 #[non_exhaustive]
@@ -583,6 +633,8 @@ impl Handshake for JoinMarketHandshake {
 /// written.
 pub struct DirectoryConnection {
     info: DirectoryInfo,
+    /// The nick presented in the handshake: the only sender allowed.
+    nick: Nick,
     answers_ping: bool,
     probe_supported: bool,
     inbound_bytes: usize,
@@ -739,6 +791,7 @@ impl DirectoryConnection {
         }
         let info = DirectoryInfo::from_reply(&reply.line, &config)?;
         Ok(Self {
+            nick: config.nick.clone(),
             answers_ping: config.features.iter().any(|f| f == "ping"),
             probe_supported: info.features.iter().any(|f| f == "ping"),
             info,
@@ -773,10 +826,19 @@ impl DirectoryConnection {
     /// are not written.
     ///
     /// # Errors
-    /// [`JmError::SendTooLong`] when the encoded line with its `\r\n` is
-    /// over [`MAX_SEND_LINE`](wire::MAX_SEND_LINE) (never sent);
-    /// [`JmError::Closed`] once the link has ended.
+    /// [`JmError::NotOurNick`] for a public or private message from
+    /// another nick than the link's ([`check_sender`]);
+    /// [`JmError::ControlType`] for PING, PONG, DISCONNECT or a handshake
+    /// type, which the link alone sends (other types, unknown ones
+    /// included, are sent: every current directory ignores a type it does
+    /// not know); [`JmError::SendTooLong`] when the encoded line with its
+    /// `\r\n` is over [`MAX_SEND_LINE`](wire::MAX_SEND_LINE); all never
+    /// sent. [`JmError::Closed`] once the link has ended.
     pub async fn send(&self, envelope: &Envelope) -> Result<(), JmError> {
+        if LINK_TYPES.contains(&envelope.kind) {
+            return Err(JmError::ControlType(envelope.kind));
+        }
+        check_sender(envelope, &self.nick)?;
         let bytes = envelope.encode()?;
         let len = bytes.len();
         let mut bytes = Some(bytes);
@@ -1772,6 +1834,33 @@ mod tests {
             );
             assert_eq!(error.kind(), HandshakeErrorKind::Rejected);
         }
+    }
+
+    /// joinmarket-rs `crates/joinmarket-dn/src/peer.rs` (`handle_message`:
+    /// a PUBMSG or PRIVMSG whose `from_nick` is not the link's nick ends the
+    /// link, "spoofing attempt").
+    #[tokio::test]
+    async fn a_message_from_another_nick_is_refused_before_it_is_written() {
+        let (connection, mut side) =
+            link(RANGE_REPLY, config(), 1 << 16, LinkSignals::detached()).await;
+        let task = spawn_link(&connection);
+        for (kind, line) in [
+            (wire::PUBMSG, "J52bCDEFGHJKLMNO!PUBLIC!orderbook"),
+            (wire::PRIVMSG, "J52bCDEFGHJKLMNO!J5xhGSWE7VrxM7sO!fill 0"),
+            (wire::PUBMSG, "!PUBLIC!orderbook"),
+        ] {
+            let error = connection.send(&Envelope::new(kind, line)).await.unwrap_err();
+            assert!(
+                matches!(&error, JmError::NotOurNick { ours, .. } if ours.as_str() == "J5xhGSWE7VrxM7sO"),
+                "{error:?}"
+            );
+        }
+        assert_eq!(connection.stats().outbound_bytes, 0, "nothing queued");
+        let ours = Envelope::new(wire::PUBMSG, "J5xhGSWE7VrxM7sO!PUBLIC!orderbook");
+        connection.send(&ours).await.unwrap();
+        assert_eq!(read_line(&mut side).await, ours, "the first line written is ours");
+        connection.close().await.unwrap();
+        assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
     }
 
     #[tokio::test]

@@ -3,12 +3,18 @@
 //! (`dirpool_tests::directory_model`), one test per difference of issue 16.
 //! Each test names the implementation files its expectations come from.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dirpool::joinmarket::{DirectoryConnection, JmConfig, JmError, Network, Nick};
-use dirpool::{HandshakeContext, Runtime, TokioRuntime};
-use dirpool_tests::directory_model::DirectoryProfile;
+use common::eventually;
+use dirpool::joinmarket::{
+    DirectoryConnection, Envelope, JmConfig, JmError, Network, Nick, wire,
+};
+use dirpool::{Client, HandshakeContext, Runtime, TokioRuntime};
+use dirpool_core::LinkLoss;
+use dirpool_tests::directory_model::{DirectoryProfile, LinkRecord};
 use dirpool_tests::{JmBehaviour, JmDirectory, JmModelled};
 
 const NICK: &str = "J5xhGSWE7VrxM7sO";
@@ -69,5 +75,110 @@ async fn a_directory_of_another_network_is_wrong_network_where_it_says_so() {
         // The same client on the directory's network is accepted.
         let link = open(&directory, config(Network::Signet)).await;
         assert!(link.is_ok(), "{profile:?}: {link:?}");
+    }
+}
+
+/// Spawns the link task of `link`; its result is the link's end.
+fn run(link: &Arc<DirectoryConnection>) -> tokio::task::JoinHandle<LinkLoss> {
+    let link = Arc::clone(link);
+    tokio::spawn(async move { link.closed().await })
+}
+
+/// The record of the directory's only link, once `done` holds for it.
+async fn record_when(
+    directory: &JmDirectory,
+    done: impl Fn(&LinkRecord) -> bool,
+) -> LinkRecord {
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime::current());
+    let seen = eventually(&rt, Duration::from_secs(10), || {
+        directory.link_records().first().is_some_and(&done)
+    })
+    .await;
+    assert!(seen, "{:?}", directory.link_records());
+    directory.link_records().remove(0)
+}
+
+/// Item 7. joinmarket-rs ends the link of a client whose PUBMSG or PRIVMSG
+/// names another sender (`crates/joinmarket-dn/src/peer.rs`,
+/// `handle_message`: "from_nick mismatch — disconnecting"); joinmarket-ng
+/// drops it (`directory_server/.../message_router.py`). We refuse to send
+/// it, with a typed error and nothing written, so the link survives.
+#[tokio::test]
+async fn a_message_from_another_nick_is_never_sent_to_joinmarket_rs() {
+    let directory = directory(DirectoryProfile::JoinmarketRs, "regtest");
+    let link = Arc::new(open(&directory, config(Network::Regtest)).await.unwrap());
+    let task = run(&link);
+    for envelope in [
+        Envelope::new(wire::PUBMSG, "J52bCDEFGHJKLMNO!PUBLIC!orderbook"),
+        Envelope::new(wire::PRIVMSG, format!("J52bCDEFGHJKLMNO!{NICK}!fill 0")),
+    ] {
+        let error = link.send(&envelope).await.unwrap_err();
+        assert!(matches!(error, JmError::NotOurNick { .. }), "{error:?}");
+    }
+    let ours = format!("{NICK}!PUBLIC!orderbook");
+    link.send(&Envelope::new(wire::PUBMSG, ours.as_str()))
+        .await
+        .unwrap();
+    let record = record_when(&directory, |r| !r.relayed.is_empty()).await;
+    assert_eq!(record.relayed, [(wire::PUBMSG, ours)]);
+    assert_eq!(record.lines, 1, "only our own message arrived");
+    assert_eq!(record.close, None);
+    link.close().await.unwrap();
+    assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
+}
+
+/// Item 10, what we send. Unknown types are ignored by all three
+/// directories (joinmarket-ng `message_router.py` only logs them;
+/// joinmarket-rs `peer.rs`, "Ignoring unhandled message type"; the
+/// reference `onionmc.py`, `receive_msg`, "Invalid message type,
+/// ignoring"), so a user may send them. DISCONNECT (801) is not: rs and
+/// the reference close on it (`peer.rs`; `process_control_message`,
+/// `assert False`) and ng's client never sends it
+/// (`jmcore/src/jmcore/directory_client.py`, `close`); PING, PONG and the
+/// handshakes are the link's own. Those are refused before anything is
+/// written.
+#[tokio::test]
+async fn unknown_types_reach_every_directory_and_control_types_are_refused() {
+    for profile in DirectoryProfile::ALL {
+        let directory = directory(profile, "regtest");
+        let link = Arc::new(open(&directory, config(Network::Regtest)).await.unwrap());
+        let task = run(&link);
+        for kind in [wire::DISCONNECT, wire::PONG, wire::PING, 793, 795] {
+            let error = link.send(&Envelope::new(kind, "")).await.unwrap_err();
+            assert!(matches!(error, JmError::ControlType(k) if k == kind), "{error:?}");
+        }
+        link.send(&Envelope::new(900, "future")).await.unwrap();
+        link.send(&Envelope::new(wire::PUBMSG, format!("{NICK}!PUBLIC!orderbook")))
+            .await
+            .unwrap();
+        let record = record_when(&directory, |r| r.lines == 2).await;
+        assert_eq!(record.close, None, "{profile:?} kept the link");
+        link.close().await.unwrap();
+        assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
+    }
+}
+
+/// Item 10, what we receive. No directory sends DISCONNECT or an unknown
+/// type today (none of `message_router.py`, `peer.rs`, `onionmc.py`
+/// writes one to a client); their clients answer neither: joinmarket-ng's
+/// (`directory_client.py`, `listen_continuously`) ignores both, the
+/// reference's ignores unknown types and ends the link on 801
+/// (`process_control_message`, `assert False`). We answer neither too: an
+/// unknown type goes to the user, a DISCONNECT ends the link
+/// ([`LinkLoss::DisconnectedByPeer`]), as the reference's client.
+#[tokio::test]
+async fn an_unknown_type_goes_to_the_user_and_disconnect_ends_the_link_unanswered() {
+    for profile in DirectoryProfile::ALL {
+        let directory = directory(profile, "regtest");
+        let link = Arc::new(open(&directory, config(Network::Regtest)).await.unwrap());
+        let task = run(&link);
+        // The directory registers the link just after its reply.
+        record_when(&directory, |_| true).await;
+        assert_eq!(directory.broadcast(900, "future"), 1);
+        assert_eq!(link.recv().await, Ok(Envelope::new(900, "future")));
+        assert_eq!(directory.broadcast(wire::DISCONNECT, ""), 1);
+        assert_eq!(task.await.unwrap(), LinkLoss::DisconnectedByPeer);
+        let record = directory.link_records().remove(0);
+        assert_eq!(record.lines, 0, "{profile:?}: nothing answered");
     }
 }
