@@ -54,8 +54,18 @@ use crate::runtime::{BoxedStream, Runtime, before};
 
 /// The protocol version we speak.
 pub const PROTOCOL_VERSION: u32 = 5;
-/// The largest line we accept by default (what joinmarket-ng's client takes).
-pub const DEFAULT_MAX_LINE: usize = 2 * 1024 * 1024;
+/// The largest line we accept by default: 48 MiB, room for the largest
+/// PEERLIST joinmarket-rs can send
+/// ([`MAX_PEERLIST_PAYLOAD`](lines::MAX_PEERLIST_PAYLOAD), about 41.4 MiB,
+/// in its envelope). joinmarket-ng's client stops at 2 MiB
+/// (`jmcore/src/jmcore/network.py`, `max_message_size`), which rs's lists
+/// of 20,000 makers with features exceed (about 2.2 MB). Memory follows
+/// what arrives: the line buffer grows only as a line does, and shrinks
+/// back after it.
+pub const DEFAULT_MAX_LINE: usize = 48 * 1024 * 1024;
+/// The default [`JmConfig::inbound_bytes`]: one line of
+/// [`DEFAULT_MAX_LINE`] and its overhead, plus 4 MiB.
+pub const DEFAULT_INBOUND_BYTES: usize = DEFAULT_MAX_LINE + MESSAGE_OVERHEAD + 4 * 1024 * 1024;
 /// The smallest `max_line` allowed (a handshake reply must fit).
 pub const MIN_MAX_LINE: usize = 1024;
 /// The largest `max_line` allowed.
@@ -110,9 +120,10 @@ pub struct JmConfig {
 
 impl JmConfig {
     /// A configuration with every default: not serving, features
-    /// `peerlist_features` and `ping`, version 5, 2 MiB lines, 60 s
-    /// handshake timeout, 30 s write timeout, 4 MiB kept for the user and
-    /// 256 KiB waiting to be sent.
+    /// `peerlist_features` and `ping`, version 5, lines up to
+    /// [`DEFAULT_MAX_LINE`] (48 MiB), 60 s handshake timeout, 30 s write
+    /// timeout, [`DEFAULT_INBOUND_BYTES`] kept for the user and 256 KiB
+    /// waiting to be sent. The bounds are limits, not allocations.
     pub fn new(nick: Nick, network: Network) -> Self {
         Self {
             nick,
@@ -123,7 +134,7 @@ impl JmConfig {
             max_line: DEFAULT_MAX_LINE,
             handshake_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
-            inbound_bytes: 4 * 1024 * 1024,
+            inbound_bytes: DEFAULT_INBOUND_BYTES,
             outbound_bytes: 256 * 1024,
         }
     }

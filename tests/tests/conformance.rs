@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use common::eventually;
 use dirpool::joinmarket::{
-    DirectoryConnection, Envelope, JmConfig, JmError, Network, Nick, wire,
+    DirectoryConnection, Envelope, JmConfig, JmError, Network, Nick, get_peerlist, parse_peerlist,
+    wire,
 };
 use dirpool::{Client, HandshakeContext, Runtime, TokioRuntime};
-use dirpool_core::LinkLoss;
-use dirpool_tests::directory_model::{DirectoryProfile, LinkRecord};
-use dirpool_tests::{JmBehaviour, JmDirectory, JmModelled};
+use dirpool_core::{LinkLoss, ServerAddr};
+use dirpool_tests::directory_model::{DirectoryConfig, DirectoryProfile, LinkRecord};
+use dirpool_tests::{JM_DIRECTORY_NICK, JmBehaviour, JmDirectory, JmModelled};
 
 const NICK: &str = "J5xhGSWE7VrxM7sO";
 
@@ -181,4 +182,45 @@ async fn an_unknown_type_goes_to_the_user_and_disconnect_ends_the_link_unanswere
         let record = directory.link_records().remove(0);
         assert_eq!(record.lines, 0, "{profile:?}: nothing answered");
     }
+}
+
+/// Item 2. joinmarket-rs answers GETPEERLIST with every maker in one
+/// PEERLIST (`crates/joinmarket-dn/src/peer.rs`, `GETPEERLIST` arm; up to
+/// 20,000 before sampling, `router.rs`, `MAX_MAKERS_BEFORE_SAMPLE`), its
+/// own entry first, with features for a client that announced
+/// `peerlist_features`. With 20,000 makers announcing `peerlist_features`
+/// and `ping` that is the 2.2 MB line seen live, over the 2 MiB our links
+/// used to stop at: it is read whole, with the default configuration.
+#[tokio::test]
+async fn the_peerlist_of_a_full_joinmarket_rs_directory_is_read() {
+    let makers = 20_000u32;
+    let entry = |nick: &str, onion: &ServerAddr| {
+        format!("{nick};{};F:peerlist_features+ping", onion.node_id())
+    };
+    let mut entries = vec![entry(JM_DIRECTORY_NICK, &ServerAddr::from_onion_key(&[1; 32], 5222))];
+    entries.extend((0..makers).map(|i| {
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        entry(NICK, &ServerAddr::from_onion_key(&key, 5222))
+    }));
+    let mut model = DirectoryConfig::new(DirectoryProfile::JoinmarketRs, JM_DIRECTORY_NICK);
+    model.peerlist = entries.join(",");
+    assert!(model.peerlist.len() > 2 * 1024 * 1024, "{}", model.peerlist.len());
+    let directory = JmDirectory::start(JmBehaviour::Modelled(JmModelled::with_config(model))).unwrap();
+    directory.set_network("regtest");
+    let link = Arc::new(open(&directory, config(Network::Regtest)).await.unwrap());
+    let task = run(&link);
+    link.send(&get_peerlist()).await.unwrap();
+    let answer = link.recv().await.unwrap();
+    assert_eq!(answer.kind, wire::PEERLIST);
+    let peers = parse_peerlist(&answer.line).unwrap();
+    assert_eq!(peers.len(), 20_001);
+    assert_eq!(peers[0].nick.as_str(), JM_DIRECTORY_NICK);
+    assert_eq!(peers[1].features, ["peerlist_features", "ping"]);
+    assert!(!task.is_finished(), "the link is up");
+    drop(answer);
+    // The buffer of the long line is given back.
+    assert!(link.stats().reader_bytes < 1024 * 1024, "{:?}", link.stats());
+    link.close().await.unwrap();
+    assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
 }

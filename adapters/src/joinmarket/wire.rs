@@ -242,6 +242,12 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 let end = self.scanned + offset;
                 let mut line: Vec<u8> = self.buf.drain(..=end).collect();
                 self.scanned = 0;
+                // A long line (a large peer list) leaves a large buffer:
+                // give the memory back once the rest is small.
+                if self.buf.capacity() > 4 * READ_CHUNK && self.buf.len() < self.buf.capacity() / 4
+                {
+                    self.buf.shrink_to(self.buf.len().saturating_mul(2).max(READ_CHUNK));
+                }
                 line.pop(); // '\n'
                 if line.last() == Some(&b'\r') {
                     line.pop();
