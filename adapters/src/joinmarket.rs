@@ -1365,7 +1365,8 @@ mod tests {
     /// `_NickAuthPayload`, pydantic `strict=True`: no coercion of types).
     #[tokio::test]
     async fn the_reply_is_checked_as_strictly_as_joinmarket_ng_checks_json() {
-        let ok = r#""accepted": true, "nick": "J5dirNickQRSOOOO", "network": "regtest", "proto-ver": 5"#;
+        let ok =
+            r#""accepted": true, "nick": "J5dirNickQRSOOOO", "network": "regtest", "proto-ver": 5"#;
         type Expect = fn(&JmError) -> bool;
         let cases: [(String, Expect); 11] = [
             (format!(r#"{{{ok}, "accepted": false}}"#), |e| {
@@ -1402,11 +1403,18 @@ mod tests {
             assert_eq!(error.kind(), HandshakeErrorKind::Protocol, "{reply}");
         }
         // The envelope itself too.
-        let line = format!("{{\"type\": 795, \"type\": 795, \"line\": {}}}\r\n", json!(REFERENCE_REPLY));
+        let line = format!(
+            "{{\"type\": 795, \"type\": 795, \"line\": {}}}\r\n",
+            json!(REFERENCE_REPLY)
+        );
         let error = open_err(vec![line.into_bytes()]).await;
-        assert!(matches!(&error, JmError::DuplicateKey(k) if k == "type"), "{error:?}");
+        assert!(
+            matches!(&error, JmError::DuplicateKey(k) if k == "type"),
+            "{error:?}"
+        );
         // A well-formed reply with a feature off still passes.
-        let reply = format!(r#"{{{ok}, "features": {{"ping": true, "off": false}}, "motd": "hi"}}"#);
+        let reply =
+            format!(r#"{{{ok}, "features": {{"ping": true, "off": false}}, "motd": "hi"}}"#);
         let (result, _, _side) = open_with(vec![envelope_line(795, &reply)], config()).await;
         assert_eq!(result.unwrap().info().features, ["ping"]);
     }
@@ -1860,7 +1868,10 @@ mod tests {
             (wire::PRIVMSG, "J52bCDEFGHJKLMNO!J5xhGSWE7VrxM7sO!fill 0"),
             (wire::PUBMSG, "!PUBLIC!orderbook"),
         ] {
-            let error = connection.send(&Envelope::new(kind, line)).await.unwrap_err();
+            let error = connection
+                .send(&Envelope::new(kind, line))
+                .await
+                .unwrap_err();
             assert!(
                 matches!(&error, JmError::NotOurNick { ours, .. } if ours.as_str() == "J5xhGSWE7VrxM7sO"),
                 "{error:?}"
@@ -1869,7 +1880,11 @@ mod tests {
         assert_eq!(connection.stats().outbound_bytes, 0, "nothing queued");
         let ours = Envelope::new(wire::PUBMSG, "J5xhGSWE7VrxM7sO!PUBLIC!orderbook");
         connection.send(&ours).await.unwrap();
-        assert_eq!(read_line(&mut side).await, ours, "the first line written is ours");
+        assert_eq!(
+            read_line(&mut side).await,
+            ours,
+            "the first line written is ours"
+        );
         connection.close().await.unwrap();
         assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
     }

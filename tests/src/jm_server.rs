@@ -937,12 +937,10 @@ fn serve(state: &State, snapshot: &Snapshot, mut stream: TcpStream, ctx: &Ctx) {
         pingable = handshake.has_feature("ping");
         lock(&state.handshakes).push(handshake);
     }
-    if let (JmBehaviour::Modelled(modelled), Some(theirs)) =
-        (&snapshot.behaviour, &client_network)
+    if let (JmBehaviour::Modelled(modelled), Some(theirs)) = (&snapshot.behaviour, &client_network)
     {
         let profile = modelled.config.profile;
-        if *theirs != snapshot.network && profile.wrong_network() == WrongNetwork::RejectNamingOwn
-        {
+        if *theirs != snapshot.network && profile.wrong_network() == WrongNetwork::RejectNamingOwn {
             state.reject(format!("network `{theirs}` is not `{}`", snapshot.network));
             let accept = JmAccept {
                 nick: modelled.config.nick.clone(),

@@ -86,10 +86,7 @@ fn run(link: &Arc<DirectoryConnection>) -> tokio::task::JoinHandle<LinkLoss> {
 }
 
 /// The record of the directory's only link, once `done` holds for it.
-async fn record_when(
-    directory: &JmDirectory,
-    done: impl Fn(&LinkRecord) -> bool,
-) -> LinkRecord {
+async fn record_when(directory: &JmDirectory, done: impl Fn(&LinkRecord) -> bool) -> LinkRecord {
     let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime::current());
     let seen = eventually(&rt, Duration::from_secs(10), || {
         directory.link_records().first().is_some_and(&done)
@@ -146,12 +143,18 @@ async fn unknown_types_reach_every_directory_and_control_types_are_refused() {
         let task = run(&link);
         for kind in [wire::DISCONNECT, wire::PONG, wire::PING, 793, 795] {
             let error = link.send(&Envelope::new(kind, "")).await.unwrap_err();
-            assert!(matches!(error, JmError::ControlType(k) if k == kind), "{error:?}");
+            assert!(
+                matches!(error, JmError::ControlType(k) if k == kind),
+                "{error:?}"
+            );
         }
         link.send(&Envelope::new(900, "future")).await.unwrap();
-        link.send(&Envelope::new(wire::PUBMSG, format!("{NICK}!PUBLIC!orderbook")))
-            .await
-            .unwrap();
+        link.send(&Envelope::new(
+            wire::PUBMSG,
+            format!("{NICK}!PUBLIC!orderbook"),
+        ))
+        .await
+        .unwrap();
         let record = record_when(&directory, |r| r.lines == 2).await;
         assert_eq!(record.close, None, "{profile:?} kept the link");
         link.close().await.unwrap();
@@ -197,7 +200,10 @@ async fn the_peerlist_of_a_full_joinmarket_rs_directory_is_read() {
     let entry = |nick: &str, onion: &ServerAddr| {
         format!("{nick};{};F:peerlist_features+ping", onion.node_id())
     };
-    let mut entries = vec![entry(JM_DIRECTORY_NICK, &ServerAddr::from_onion_key(&[1; 32], 5222))];
+    let mut entries = vec![entry(
+        JM_DIRECTORY_NICK,
+        &ServerAddr::from_onion_key(&[1; 32], 5222),
+    )];
     entries.extend((0..makers).map(|i| {
         let mut key = [0u8; 32];
         key[..4].copy_from_slice(&i.to_be_bytes());
@@ -205,8 +211,13 @@ async fn the_peerlist_of_a_full_joinmarket_rs_directory_is_read() {
     }));
     let mut model = DirectoryConfig::new(DirectoryProfile::JoinmarketRs, JM_DIRECTORY_NICK);
     model.peerlist = entries.join(",");
-    assert!(model.peerlist.len() > 2 * 1024 * 1024, "{}", model.peerlist.len());
-    let directory = JmDirectory::start(JmBehaviour::Modelled(JmModelled::with_config(model))).unwrap();
+    assert!(
+        model.peerlist.len() > 2 * 1024 * 1024,
+        "{}",
+        model.peerlist.len()
+    );
+    let directory =
+        JmDirectory::start(JmBehaviour::Modelled(JmModelled::with_config(model))).unwrap();
     directory.set_network("regtest");
     let link = Arc::new(open(&directory, config(Network::Regtest)).await.unwrap());
     let task = run(&link);
@@ -220,7 +231,11 @@ async fn the_peerlist_of_a_full_joinmarket_rs_directory_is_read() {
     assert!(!task.is_finished(), "the link is up");
     drop(answer);
     // The buffer of the long line is given back.
-    assert!(link.stats().reader_bytes < 1024 * 1024, "{:?}", link.stats());
+    assert!(
+        link.stats().reader_bytes < 1024 * 1024,
+        "{:?}",
+        link.stats()
+    );
     link.close().await.unwrap();
     assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
 }

@@ -1657,7 +1657,10 @@ mod tests {
         let line = Envelope::new(wire::PEERLIST, payload.as_str());
         let encoded = serde_json::json!({"type": line.kind, "line": line.line}).to_string();
         assert!(encoded.len() <= DEFAULT_MAX_LINE, "{}", encoded.len());
-        assert_eq!(parse_peerlist(&payload).unwrap().len(), MAX_PEERLIST_ENTRIES);
+        assert_eq!(
+            parse_peerlist(&payload).unwrap().len(),
+            MAX_PEERLIST_ENTRIES
+        );
     }
 
     #[test]

@@ -246,7 +246,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 // give the memory back once the rest is small.
                 if self.buf.capacity() > 4 * READ_CHUNK && self.buf.len() < self.buf.capacity() / 4
                 {
-                    self.buf.shrink_to(self.buf.len().saturating_mul(2).max(READ_CHUNK));
+                    self.buf
+                        .shrink_to(self.buf.len().saturating_mul(2).max(READ_CHUNK));
                 }
                 line.pop(); // '\n'
                 if line.last() == Some(&b'\r') {
@@ -344,7 +345,10 @@ mod tests {
     #[test]
     fn strict_json_refuses_what_joinmarket_ng_refuses() {
         let error = parse_strict_json(r#"{"type": 795, "line": "a", "type": 687}"#).unwrap_err();
-        assert!(matches!(&error, JmError::DuplicateKey(k) if k == "type"), "{error:?}");
+        assert!(
+            matches!(&error, JmError::DuplicateKey(k) if k == "type"),
+            "{error:?}"
+        );
         let nested = r#"{"a": [{"b": 1}, {"c": {"d": 1, "d": 2}}]}"#;
         assert!(matches!(parse_strict_json(nested), Err(JmError::DuplicateKey(k)) if k == "d"));
         for text in [
