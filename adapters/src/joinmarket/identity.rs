@@ -168,7 +168,11 @@ fn base58_decoded_len(digits: &str) -> usize {
     // Big-endian bytes of the number, little-endian in `bytes`.
     let mut bytes: Vec<u8> = Vec::with_capacity(digits.len());
     for digit in digits.bytes().skip(zeros) {
-        let mut carry = BASE58.iter().position(|&c| c == digit).unwrap_or(0) as u32;
+        let mut carry = BASE58
+            .iter()
+            .position(|&c| c == digit)
+            .and_then(|d| u32::try_from(d).ok())
+            .unwrap_or(0);
         for byte in &mut bytes {
             carry += u32::from(*byte) * 58;
             *byte = (carry & 0xff) as u8;

@@ -1651,7 +1651,9 @@ mod tests {
             PeerlistEntry::new(nick(MAKER), location, true, features.clone()).unwrap()
         };
         assert_eq!(entry(0).to_entry().len(), MAX_PEERLIST_ENTRY);
-        let entries: Vec<PeerlistEntry> = (0..MAX_PEERLIST_ENTRIES as u32).map(entry).collect();
+        let entries: Vec<PeerlistEntry> = (0..u32::try_from(MAX_PEERLIST_ENTRIES).unwrap())
+            .map(entry)
+            .collect();
         let payload = peerlist_payload(&entries);
         assert_eq!(payload.len(), MAX_PEERLIST_PAYLOAD);
         let line = Envelope::new(wire::PEERLIST, payload.as_str());
