@@ -35,7 +35,7 @@ use futures::lock::Mutex;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 
-pub use identity::{Location, Network, Nick, NickError, UnknownNetwork};
+pub use identity::{Location, LocationError, Network, Nick, NickError, UnknownNetwork};
 pub use lines::{
     Command, LineError, PeerlistEntry, PrivateMessage, PrivmsgSignature, PublicMessage,
     commands_body, get_peerlist, parse_commands, parse_peerlist, peerlist_payload,
@@ -54,8 +54,18 @@ use crate::runtime::{BoxedStream, Runtime, before};
 
 /// The protocol version we speak.
 pub const PROTOCOL_VERSION: u32 = 5;
-/// The largest line we accept by default (what joinmarket-ng's client takes).
-pub const DEFAULT_MAX_LINE: usize = 2 * 1024 * 1024;
+/// The largest line we accept by default: 48 MiB, room for the largest
+/// PEERLIST joinmarket-rs can send
+/// ([`MAX_PEERLIST_PAYLOAD`](lines::MAX_PEERLIST_PAYLOAD), about 41.4 MiB,
+/// in its envelope). joinmarket-ng's client stops at 2 MiB
+/// (`jmcore/src/jmcore/network.py`, `max_message_size`), which rs's lists
+/// of 20,000 makers with features exceed (about 2.2 MB). Memory follows
+/// what arrives: the line buffer grows only as a line does, and shrinks
+/// back after it.
+pub const DEFAULT_MAX_LINE: usize = 48 * 1024 * 1024;
+/// The default [`JmConfig::inbound_bytes`]: one line of
+/// [`DEFAULT_MAX_LINE`] and its overhead, plus 4 MiB.
+pub const DEFAULT_INBOUND_BYTES: usize = DEFAULT_MAX_LINE + MESSAGE_OVERHEAD + 4 * 1024 * 1024;
 /// The smallest `max_line` allowed (a handshake reply must fit).
 pub const MIN_MAX_LINE: usize = 1024;
 /// The largest `max_line` allowed.
@@ -110,9 +120,10 @@ pub struct JmConfig {
 
 impl JmConfig {
     /// A configuration with every default: not serving, features
-    /// `peerlist_features` and `ping`, version 5, 2 MiB lines, 60 s
-    /// handshake timeout, 30 s write timeout, 4 MiB kept for the user and
-    /// 256 KiB waiting to be sent.
+    /// `peerlist_features` and `ping`, version 5, lines up to
+    /// [`DEFAULT_MAX_LINE`] (48 MiB), 60 s handshake timeout, 30 s write
+    /// timeout, [`DEFAULT_INBOUND_BYTES`] kept for the user and 256 KiB
+    /// waiting to be sent. The bounds are limits, not allocations.
     pub fn new(nick: Nick, network: Network) -> Self {
         Self {
             nick,
@@ -123,7 +134,7 @@ impl JmConfig {
             max_line: DEFAULT_MAX_LINE,
             handshake_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
-            inbound_bytes: 4 * 1024 * 1024,
+            inbound_bytes: DEFAULT_INBOUND_BYTES,
             outbound_bytes: 256 * 1024,
         }
     }
@@ -134,6 +145,9 @@ impl JmConfig {
     /// [`JmConfigError`] naming the first field that is wrong and its
     /// allowed range.
     pub fn validate(&self) -> Result<(), JmConfigError> {
+        if !self.location.is_valid() {
+            return Err(JmConfigError::Location(self.location.to_string()));
+        }
         for feature in &self.features {
             let known_shape = !feature.is_empty()
                 && feature
@@ -189,6 +203,10 @@ impl JmConfig {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JmConfigError {
+    /// A serving location that is not a v3 onion service: every current
+    /// directory refuses the handshake (see [`Location`]).
+    #[error("location {0:?} is not a v3 onion service")]
+    Location(String),
     /// Feature names are lower-case letters, digits and `_`.
     #[error("feature name {0:?} is not lower-case letters, digits and '_'")]
     Feature(String),
@@ -243,6 +261,10 @@ pub enum JmError {
     /// A line is not JSON.
     #[error("directory sent a line that is not JSON")]
     NotJson(#[source] serde_json::Error),
+    /// The same key twice in one JSON object: joinmarket-ng refuses it
+    /// (`parse_strict_json_object`), serde_json would keep the last.
+    #[error("directory sent JSON with the key {0:?} twice in one object")]
+    DuplicateKey(String),
     /// JSON, but not an object.
     #[error("directory sent JSON that is not an object")]
     NotObject,
@@ -294,6 +316,27 @@ pub enum JmError {
         /// The limit.
         limit: usize,
     },
+    /// We tried to send a public or private message whose from-nick (the
+    /// text before its first `!`) is not the nick this link presented:
+    /// joinmarket-rs disconnects the link (`crates/joinmarket-dn/src/peer.rs`,
+    /// "from_nick mismatch — disconnecting") and joinmarket-ng drops it
+    /// (`directory_server/.../message_router.py`, "Dropping public message
+    /// claiming ..."). Nothing was sent.
+    #[error("the message is from {from:?}, but this link's nick is {ours}")]
+    NotOurNick {
+        /// The message's from-nick, cleaned for display.
+        from: String,
+        /// The link's nick.
+        ours: Nick,
+    },
+    /// We tried to send a message type the link keeps to itself: PING and
+    /// PONG (its keepalive; the reference directory closes on a PONG,
+    /// `onionmc.py`, `assert False`), DISCONNECT (joinmarket-rs and the
+    /// reference close the link on it, joinmarket-ng ignores it, and ng's
+    /// own client never sends it; end a link with `close`), and the
+    /// handshakes 793 and 795. Nothing was sent.
+    #[error("message type {0} is sent by the link itself, never by its user")]
+    ControlType(u32),
     /// We tried to send a line over the directories' limit.
     #[error("message of {len} bytes exceeds the {limit}-byte line limit of directories")]
     SendTooLong {
@@ -367,6 +410,35 @@ fn nick_in_use(motd: &str) -> bool {
         .contains("nick already registered")
 }
 
+/// Refuses a PUBMSG or PRIVMSG whose from-nick (the text before the first
+/// `!`, as joinmarket-rs's `parse_pubmsg_line` and `parse_privmsg_line`
+/// take it) is not `ours`; other kinds, and lines without `!` (which no
+/// directory relays), pass.
+///
+/// # Errors
+/// [`JmError::NotOurNick`].
+pub fn check_sender(envelope: &Envelope, ours: &Nick) -> Result<(), JmError> {
+    if !matches!(envelope.kind, wire::PUBMSG | wire::PRIVMSG) {
+        return Ok(());
+    }
+    match envelope.line.split_once('!') {
+        Some((from, _)) if from != ours.as_str() => Err(JmError::NotOurNick {
+            from: clean(from.get(..64).unwrap_or(from)),
+            ours: ours.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The message types only the link sends (see [`JmError::ControlType`]).
+const LINK_TYPES: [u32; 5] = [
+    wire::PING,
+    wire::PONG,
+    wire::DISCONNECT,
+    wire::HANDSHAKE,
+    wire::DIRECTORY_HANDSHAKE,
+];
+
 /// What the directory told us about itself.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -391,18 +463,27 @@ pub struct DirectoryInfo {
 
 impl DirectoryInfo {
     /// Parses and checks a reply's `line` for a client of `config`.
+    ///
+    /// Strict as joinmarket-ng's JMP-0005 parsing (`jmcore/src/jmcore/
+    /// nick_auth.py`: `parse_strict_json_object`, pydantic `strict=True`):
+    /// no key twice ([`wire::parse_strict_json`]), no coercion: strings are
+    /// strings (not `null`), numbers integers, flags booleans, and the
+    /// `features` values booleans (ng's `FeatureSet.to_dict` and rs's
+    /// `dn_supported_features` send only `true`; the reference sends
+    /// `{}`). Fields we do not know are allowed (every implementation sends
+    /// some of its own: `app-name`, `location-string`).
     fn from_reply(line: &str, config: &JmConfig) -> Result<Self, JmError> {
-        let value: Value = serde_json::from_str(line).map_err(JmError::NotJson)?;
-        let Value::Object(map) = value else {
+        let Value::Object(map) = wire::parse_strict_json(line)? else {
             return Err(JmError::NotObject);
         };
         let string = |field: &'static str| -> Result<Option<String>, JmError> {
             match map.get(field) {
-                None | Some(Value::Null) => Ok(None),
+                None => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 Some(_) => Err(JmError::WrongFieldType(field)),
             }
         };
+        string("app-name")?;
         let number = |field: &'static str| -> Result<Option<u64>, JmError> {
             match map.get(field) {
                 None => Ok(None),
@@ -410,17 +491,17 @@ impl DirectoryInfo {
             }
         };
         let motd = string("motd")?.map(|m| clean(&m));
-        match map.get("accepted") {
+        let accepted = match map.get("accepted") {
             None => return Err(JmError::MissingField("accepted")),
-            Some(Value::Bool(true)) => {}
-            Some(Value::Bool(false)) => {
-                return Err(match motd {
-                    Some(motd) if nick_in_use(&motd) => JmError::NickInUse { motd },
-                    motd => JmError::Rejected { motd },
-                });
-            }
+            Some(Value::Bool(accepted)) => *accepted,
             Some(_) => return Err(JmError::WrongFieldType("accepted")),
-        }
+        };
+        // A refusal names the directory's own network: joinmarket-rs
+        // (`peer.rs`, `NetworkMismatch` → `send_dn_handshake(.., false)`) and
+        // the reference (`onionmc.py`, `process_handshake`: `accepted =
+        // False`, `handshake_as_directory` sets its `btc_network`) refuse a
+        // client of another network that way; joinmarket-ng closes without
+        // a reply (`handshake_handler.py`, "Network mismatch").
         let network = string("network")?;
         if let Some(theirs) = &network {
             if theirs != config.network.as_str() {
@@ -429,6 +510,12 @@ impl DirectoryInfo {
                     theirs: clean(theirs),
                 });
             }
+        }
+        if !accepted {
+            return Err(match motd {
+                Some(motd) if nick_in_use(&motd) => JmError::NickInUse { motd },
+                motd => JmError::Rejected { motd },
+            });
         }
         let (protocol_min, protocol_max) = match number("proto-ver")? {
             Some(v) => (v, v),
@@ -447,12 +534,18 @@ impl DirectoryInfo {
         }
         let nick = string("nick")?.ok_or(JmError::MissingField("nick"))?;
         let features = match map.get("features") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Object(f)) => f
-                .iter()
-                .filter(|(_, on)| on.as_bool() == Some(true))
-                .map(|(name, _)| clean(name))
-                .collect(),
+            None => Vec::new(),
+            Some(Value::Object(f)) => {
+                let mut on = Vec::new();
+                for (name, value) in f {
+                    match value {
+                        Value::Bool(true) => on.push(clean(name)),
+                        Value::Bool(false) => {}
+                        _ => return Err(JmError::WrongFieldType("features")),
+                    }
+                }
+                on
+            }
             Some(_) => return Err(JmError::WrongFieldType("features")),
         };
         let directory = match map.get("directory") {
@@ -551,6 +644,8 @@ impl Handshake for JoinMarketHandshake {
 /// written.
 pub struct DirectoryConnection {
     info: DirectoryInfo,
+    /// The nick presented in the handshake: the only sender allowed.
+    nick: Nick,
     answers_ping: bool,
     probe_supported: bool,
     inbound_bytes: usize,
@@ -707,6 +802,7 @@ impl DirectoryConnection {
         }
         let info = DirectoryInfo::from_reply(&reply.line, &config)?;
         Ok(Self {
+            nick: config.nick.clone(),
             answers_ping: config.features.iter().any(|f| f == "ping"),
             probe_supported: info.features.iter().any(|f| f == "ping"),
             info,
@@ -741,10 +837,19 @@ impl DirectoryConnection {
     /// are not written.
     ///
     /// # Errors
-    /// [`JmError::SendTooLong`] when the encoded line with its `\r\n` is
-    /// over [`MAX_SEND_LINE`](wire::MAX_SEND_LINE) (never sent);
-    /// [`JmError::Closed`] once the link has ended.
+    /// [`JmError::NotOurNick`] for a public or private message from
+    /// another nick than the link's ([`check_sender`]);
+    /// [`JmError::ControlType`] for PING, PONG, DISCONNECT or a handshake
+    /// type, which the link alone sends (other types, unknown ones
+    /// included, are sent: every current directory ignores a type it does
+    /// not know); [`JmError::SendTooLong`] when the encoded line with its
+    /// `\r\n` is over [`MAX_SEND_LINE`](wire::MAX_SEND_LINE); all never
+    /// sent. [`JmError::Closed`] once the link has ended.
     pub async fn send(&self, envelope: &Envelope) -> Result<(), JmError> {
+        if LINK_TYPES.contains(&envelope.kind) {
+            return Err(JmError::ControlType(envelope.kind));
+        }
+        check_sender(envelope, &self.nick)?;
         let bytes = envelope.encode()?;
         let len = bytes.len();
         let mut bytes = Some(bytes);
@@ -1255,6 +1360,65 @@ mod tests {
         assert_eq!(error.kind(), HandshakeErrorKind::Rejected);
     }
 
+    /// joinmarket-ng `jmcore/src/jmcore/nick_auth.py`
+    /// (`parse_strict_json_object`: duplicate keys, `NaN`/`Infinity`;
+    /// `_NickAuthPayload`, pydantic `strict=True`: no coercion of types).
+    #[tokio::test]
+    async fn the_reply_is_checked_as_strictly_as_joinmarket_ng_checks_json() {
+        let ok =
+            r#""accepted": true, "nick": "J5dirNickQRSOOOO", "network": "regtest", "proto-ver": 5"#;
+        type Expect = fn(&JmError) -> bool;
+        let cases: [(String, Expect); 11] = [
+            (format!(r#"{{{ok}, "accepted": false}}"#), |e| {
+                matches!(e, JmError::DuplicateKey(k) if k == "accepted")
+            }),
+            (format!(r#"{{{ok}, "features": {{"ping": true, "ping": false}}}}"#), |e| {
+                matches!(e, JmError::DuplicateKey(k) if k == "ping")
+            }),
+            (format!(r#"{{{ok}, "motd": NaN}}"#), |e| matches!(e, JmError::NotJson(_))),
+            (format!(r#"{{{ok}, "motd": Infinity}}"#), |e| matches!(e, JmError::NotJson(_))),
+            (format!(r#"{{{ok}, "directory": 1e999}}"#), |e| matches!(e, JmError::NotJson(_))),
+            (format!(r#"{{{ok}, "motd": null}}"#), |e| {
+                matches!(e, JmError::WrongFieldType("motd"))
+            }),
+            (format!(r#"{{{ok}, "features": {{"ping": "true"}}}}"#), |e| {
+                matches!(e, JmError::WrongFieldType("features"))
+            }),
+            (format!(r#"{{{ok}, "features": null}}"#), |e| {
+                matches!(e, JmError::WrongFieldType("features"))
+            }),
+            (format!(r#"{{{ok}, "app-name": 7}}"#), |e| {
+                matches!(e, JmError::WrongFieldType("app-name"))
+            }),
+            (r#"{"accepted": true, "nick": "J5dirNickQRSOOOO", "network": "regtest", "proto-ver": 5.0}"#.to_owned(), |e| {
+                matches!(e, JmError::WrongFieldType("proto-ver"))
+            }),
+            (r#"{"accepted": 1, "nick": "J5dirNickQRSOOOO", "network": "regtest", "proto-ver": 5}"#.to_owned(), |e| {
+                matches!(e, JmError::WrongFieldType("accepted"))
+            }),
+        ];
+        for (reply, expected) in cases {
+            let error = open_err(vec![envelope_line(795, &reply)]).await;
+            assert!(expected(&error), "{reply} gave {error:?}");
+            assert_eq!(error.kind(), HandshakeErrorKind::Protocol, "{reply}");
+        }
+        // The envelope itself too.
+        let line = format!(
+            "{{\"type\": 795, \"type\": 795, \"line\": {}}}\r\n",
+            json!(REFERENCE_REPLY)
+        );
+        let error = open_err(vec![line.into_bytes()]).await;
+        assert!(
+            matches!(&error, JmError::DuplicateKey(k) if k == "type"),
+            "{error:?}"
+        );
+        // A well-formed reply with a feature off still passes.
+        let reply =
+            format!(r#"{{{ok}, "features": {{"ping": true, "off": false}}, "motd": "hi"}}"#);
+        let (result, _, _side) = open_with(vec![envelope_line(795, &reply)], config()).await;
+        assert_eq!(result.unwrap().info().features, ["ping"]);
+    }
+
     #[tokio::test]
     async fn an_oversize_line_is_refused_without_buffering_it() {
         let mut config = config();
@@ -1666,6 +1830,65 @@ mod tests {
         assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
     }
 
+    /// joinmarket-rs `crates/joinmarket-dn/src/peer.rs` (`NetworkMismatch`:
+    /// a 795 with `accepted: false`, its own network and motd) and the
+    /// reference `src/jmdaemon/onionmc.py` (`process_handshake`: `accepted
+    /// = False`, `network` its own, its default motd) refuse a client of
+    /// another network with a reply naming theirs.
+    #[tokio::test]
+    async fn a_refusal_naming_another_network_is_wrong_network() {
+        let rs = json!({"app-name": "joinmarket", "directory": true,
+            "location-string": "x.onion:5222", "proto-ver-min": 5, "proto-ver-max": 5,
+            "features": {"peerlist_features": true, "ping": true}, "accepted": false,
+            "nick": "J5dirNickQRSOOOO", "network": "signet", "motd": "welcome"});
+        let reference = json!({"app-name": "joinmarket", "directory": true,
+            "proto-ver-min": 5, "proto-ver-max": 5, "features": {}, "accepted": false,
+            "nick": "J5dirNickQRSOOOO", "network": "testnet",
+            "motd": "Default MOTD, replace with information for the directory."});
+        for (reply, theirs) in [(rs, "signet"), (reference, "testnet")] {
+            let error = open_err(vec![envelope_line(795, &reply.to_string())]).await;
+            assert!(
+                matches!(&error, JmError::WrongNetwork { ours: Network::Regtest, theirs: t } if t == theirs),
+                "{error:?}"
+            );
+            assert_eq!(error.kind(), HandshakeErrorKind::Rejected);
+        }
+    }
+
+    /// joinmarket-rs `crates/joinmarket-dn/src/peer.rs` (`handle_message`:
+    /// a PUBMSG or PRIVMSG whose `from_nick` is not the link's nick ends the
+    /// link, "spoofing attempt").
+    #[tokio::test]
+    async fn a_message_from_another_nick_is_refused_before_it_is_written() {
+        let (connection, mut side) =
+            link(RANGE_REPLY, config(), 1 << 16, LinkSignals::detached()).await;
+        let task = spawn_link(&connection);
+        for (kind, line) in [
+            (wire::PUBMSG, "J52bCDEFGHJKLMNO!PUBLIC!orderbook"),
+            (wire::PRIVMSG, "J52bCDEFGHJKLMNO!J5xhGSWE7VrxM7sO!fill 0"),
+            (wire::PUBMSG, "!PUBLIC!orderbook"),
+        ] {
+            let error = connection
+                .send(&Envelope::new(kind, line))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&error, JmError::NotOurNick { ours, .. } if ours.as_str() == "J5xhGSWE7VrxM7sO"),
+                "{error:?}"
+            );
+        }
+        assert_eq!(connection.stats().outbound_bytes, 0, "nothing queued");
+        let ours = Envelope::new(wire::PUBMSG, "J5xhGSWE7VrxM7sO!PUBLIC!orderbook");
+        connection.send(&ours).await.unwrap();
+        assert_eq!(
+            read_line(&mut side).await,
+            ours,
+            "the first line written is ours"
+        );
+        connection.close().await.unwrap();
+        assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
+    }
+
     #[tokio::test]
     async fn a_nick_still_registered_is_nick_in_use() {
         for motd in [
@@ -1722,6 +1945,7 @@ mod tests {
             let named = match &error {
                 JmConfigError::Size { field, .. } | JmConfigError::Timeout { field, .. } => *field,
                 JmConfigError::Feature(_) => "feature",
+                JmConfigError::Location(_) => "location",
             };
             assert_eq!(named, field, "{error}");
             assert!(JoinMarketHandshake::new(c.clone()).is_err());

@@ -65,6 +65,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.proxy = proxy.addr();
     config.pool.isolation = dirpool_core::IsolationScope::PerCategory;
     let mut jm = JmConfig::new(Nick::random()?, Network::Regtest);
+    // The figure was measured with 2 MiB lines; the default is now larger.
+    jm.max_line = 2 * 1024 * 1024;
     jm.inbound_bytes = inbound;
     let handshake = JoinMarketHandshake::new(jm)?;
     let baseline = status_kib("VmRSS");

@@ -101,7 +101,29 @@ pub enum DuplicateNick {
     Accept,
 }
 
+/// What a directory does with a client handshake for another network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrongNetwork {
+    /// joinmarket-ng (`handshake_handler.py`: `HandshakeError("Network
+    /// mismatch")`, which `server.py` answers by closing, no reply).
+    CloseWithoutReply,
+    /// joinmarket-rs (`peer.rs`: `NetworkMismatch` → `send_dn_handshake(..,
+    /// false)`) and the reference (`onionmc.py`, `process_handshake`:
+    /// `accepted = False`): a 795 with `accepted: false` naming the
+    /// directory's own network, then the link ends.
+    RejectNamingOwn,
+}
+
 impl DirectoryProfile {
+    /// What it does with a client of another network.
+    #[must_use]
+    pub fn wrong_network(self) -> WrongNetwork {
+        match self {
+            Self::JoinmarketNg => WrongNetwork::CloseWithoutReply,
+            Self::JoinmarketRs | Self::Reference => WrongNetwork::RejectNamingOwn,
+        }
+    }
+
     /// Every profile.
     pub const ALL: [Self; 3] = [Self::JoinmarketNg, Self::JoinmarketRs, Self::Reference];
 

@@ -45,7 +45,7 @@ use serde_json::{Map, Value};
 use crate::common::{Ctx, Handler, POLL, ReadEvent, Server, is_timeout, lock, send};
 use crate::directory_model::{
     DirectoryConfig, DirectoryLink, DirectoryProfile, DuplicateNick, LineLimit, LinkClose,
-    LinkOutput, LinkPeer, LinkRecord,
+    LinkOutput, LinkPeer, LinkRecord, WrongNetwork,
 };
 
 /// Message type of a private message.
@@ -87,14 +87,27 @@ const NOT_SERVING_ONION: &str = "NOT-SERVING-ONION";
 const BASE58: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 
 /// `true` if `nick` has the shape of a JoinMarket nick: `J5` followed by 14
-/// characters, base58 (at least one) right-padded with `O`.
+/// characters, base58 (at least one) right-padded with `O`, the base58
+/// decoding to at most 10 bytes, each leading `1` a zero byte (as
+/// joinmarket-rs's `Nick::from_str`, `crates/joinmarket-core/src/nick.rs`).
 #[must_use]
 pub fn is_valid_jm_nick(nick: &str) -> bool {
     let Some(rest) = nick.strip_prefix("J5") else {
         return false;
     };
     let body = rest.trim_end_matches('O');
-    rest.len() == 14 && !body.is_empty() && body.bytes().all(|byte| BASE58.contains(&byte))
+    if rest.len() != 14 || body.is_empty() || !body.bytes().all(|byte| BASE58.contains(&byte)) {
+        return false;
+    }
+    let zeros = body.bytes().take_while(|&byte| byte == b'1').count();
+    let mut value: u128 = 0;
+    for byte in body.bytes().skip(zeros) {
+        let digit = BASE58.iter().position(|&c| c == byte).unwrap_or(0);
+        // 14 digits stay below 58^14 < 2^83: no overflow.
+        value = value * 58 + digit as u128;
+    }
+    let bytes = (128 - value.leading_zeros() as usize).div_ceil(8);
+    zeros + bytes <= 10
 }
 
 /// One message on the wire: `{"type": <msg_type>, "line": <line>}` followed
@@ -913,11 +926,35 @@ fn serve(state: &State, snapshot: &Snapshot, mut stream: TcpStream, ctx: &Ctx) {
         supports_ping: false,
         is_maker: false,
     };
+    let mut client_network = None;
     if let Some(raw) = raw {
+        client_network = raw
+            .get("network")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         peer = LinkPeer::from_handshake(&raw);
         let handshake = ClientHandshake::from_raw(raw, verdict.clone().err());
         pingable = handshake.has_feature("ping");
         lock(&state.handshakes).push(handshake);
+    }
+    if let (JmBehaviour::Modelled(modelled), Some(theirs)) = (&snapshot.behaviour, &client_network)
+    {
+        let profile = modelled.config.profile;
+        if *theirs != snapshot.network && profile.wrong_network() == WrongNetwork::RejectNamingOwn {
+            state.reject(format!("network `{theirs}` is not `{}`", snapshot.network));
+            let accept = JmAccept {
+                nick: modelled.config.nick.clone(),
+                ..JmAccept::default()
+            };
+            let reply = jm_message(
+                JM_DN_HANDSHAKE,
+                &reply_line(&accept, &snapshot.network, false),
+            );
+            if send(&mut stream, reply.as_bytes()).is_ok() {
+                ctx.close_gracefully(stream);
+            }
+            return;
+        }
     }
     if let Err(why) = verdict {
         if snapshot.strict {
@@ -1368,8 +1405,13 @@ mod tests {
     fn nick_shape() {
         assert!(is_valid_jm_nick(JM_DIRECTORY_NICK));
         assert!(is_valid_jm_nick(NICK));
-        assert!(is_valid_jm_nick("J5abcdefghijkmnp"));
+        assert!(is_valid_jm_nick("J5abcdefghijkmnO"));
         assert!(is_valid_jm_nick("J51OOOOOOOOOOOOO"));
+        assert!(is_valid_jm_nick("J5FPBt6CHo3fovdL")); // 2^80 - 1
+        // More than 10 bytes: joinmarket-rs refuses them.
+        assert!(!is_valid_jm_nick("J5abcdefghijkmnp"));
+        assert!(!is_valid_jm_nick("J5FPBt6CHo3fovdM")); // 2^80
+        assert!(!is_valid_jm_nick("J511111111111OOO"));
         for bad in [
             "",
             "J5",

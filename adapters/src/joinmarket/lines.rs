@@ -119,10 +119,8 @@
 
 use std::fmt;
 
-use dirpool_core::AddrError;
-
 use super::wire::{self, Envelope};
-use super::{DEFAULT_MAX_LINE, JmError, Location, Nick, NickError};
+use super::{DEFAULT_MAX_LINE, JmError, Location, LocationError, Nick, NickError};
 
 /// The longest PUBMSG or PRIVMSG line parsed, in bytes: joinmarket-ng's
 /// directory reads JSON lines of at most 65,536 bytes
@@ -144,11 +142,19 @@ pub const MAX_ARGS: usize = 256;
 /// `sw0absoffer`, has 11).
 pub const MAX_COMMAND_NAME: usize = 32;
 
-/// The longest PEERLIST payload parsed, in bytes: what our connection reads
-/// by default ([`DEFAULT_MAX_LINE`], joinmarket-ng's client limit).
-/// joinmarket-rs's directory sends all its makers in one PEERLIST, "up to
-/// ~1.4 MB" (`crates/joinmarket-dn/src/peer.rs`).
-pub const MAX_PEERLIST_PAYLOAD: usize = DEFAULT_MAX_LINE;
+/// The longest PEERLIST payload parsed, in bytes: the largest peer list
+/// joinmarket-rs can send in its one PEERLIST, by its caps: every maker up
+/// to 20,000 (`crates/joinmarket-dn/src/router.rs`,
+/// `MAX_MAKERS_BEFORE_SAMPLE`; beyond, it samples 4,000) plus its own
+/// entry ([`MAX_PEERLIST_ENTRIES`]), each at most [`MAX_PEERLIST_ENTRY`]
+/// bytes, separated by `,`: 43,402,169 bytes. Lists of about 2.2 MB (20,000 makers
+/// with `peerlist_features` and `ping`) have been seen live; its comment
+/// (`peer.rs`, "up to ~1.4 MB") counts entries without features. ng sends
+/// chunks of 20 entries; the reference all its peers at once, without
+/// features. [`DEFAULT_MAX_LINE`] holds the envelope of the largest.
+pub const MAX_PEERLIST_PAYLOAD: usize = MAX_PEERLIST_ENTRIES * (MAX_PEERLIST_ENTRY + 1) - 1;
+
+const _: () = assert!(MAX_PEERLIST_PAYLOAD + 64 <= DEFAULT_MAX_LINE);
 
 /// The most entries in one PEERLIST: joinmarket-rs lists every maker up to
 /// 20,000 (and samples beyond, `crates/joinmarket-dn/src/router.rs`,
@@ -163,11 +169,16 @@ pub const MAX_FEATURES: usize = 32;
 /// `MAX_FEATURE_KEY_LEN`).
 pub const MAX_FEATURE_LEN: usize = 64;
 
-/// The longest PEERLIST entry, in bytes: a nick (16), a location (a host of
-/// at most 255 bytes in brackets, `:` and a port: 263), `;D`, and `;F:`
-/// with [`MAX_FEATURES`] names of [`MAX_FEATURE_LEN`] bytes and their `+`s,
-/// with their `;` separators.
-pub const MAX_PEERLIST_ENTRY: usize = 16 + 1 + 263 + 2 + 3 + MAX_FEATURES * (MAX_FEATURE_LEN + 1);
+/// The longest peer location, in bytes: a v3 onion (62 characters), `:`
+/// and a port of up to 5 digits (joinmarket-rs's `MAX_LOCATION_LEN`
+/// comment, `crates/joinmarket-core/src/handshake.rs`; see [`Location`]).
+pub const MAX_LOCATION_LEN: usize = 62 + 1 + 5;
+
+/// The longest PEERLIST entry, in bytes: a nick (16), `;` and a location
+/// ([`MAX_LOCATION_LEN`]), `;D`, and `;F:` with [`MAX_FEATURES`] names of
+/// [`MAX_FEATURE_LEN`] bytes and the `+`s between them (2,169 bytes).
+pub const MAX_PEERLIST_ENTRY: usize =
+    16 + 1 + MAX_LOCATION_LEN + 2 + 3 + MAX_FEATURES * (MAX_FEATURE_LEN + 1) - 1;
 
 /// The `to` of a public message.
 const PUBLIC: &str = "PUBLIC";
@@ -298,7 +309,7 @@ pub enum LineError {
     MissingLocation,
     /// A PEERLIST entry whose location does not parse.
     #[error("invalid location in a peerlist entry")]
-    InvalidLocation(#[source] AddrError),
+    InvalidLocation(#[source] LocationError),
     /// A PEERLIST entry field after the location that is neither `D` nor
     /// `F:…`, or out of order, or repeated.
     #[error("unexpected field {index} in a peerlist entry (only ;D then ;F:features)")]
@@ -1505,8 +1516,16 @@ mod tests {
         ));
         assert!(matches!(
             PeerlistEntry::parse(&format!("{MAKER};")),
-            Err(LineError::InvalidLocation(AddrError::Empty))
+            Err(LineError::InvalidLocation(LocationError::Addr(
+                dirpool_core::AddrError::Empty
+            )))
         ));
+        // joinmarket-ng's `PeerInfo` pattern and joinmarket-rs's
+        // `OnionServiceAddr::parse` take v3 onions only.
+        assert_eq!(
+            PeerlistEntry::parse(&format!("{MAKER};127.0.0.1:5222")),
+            Err(LineError::InvalidLocation(LocationError::NotOnion))
+        );
         assert_eq!(
             PeerlistEntry::parse(&format!("J5;{ONION}")),
             Err(LineError::InvalidNick {
@@ -1605,11 +1624,45 @@ mod tests {
         let features: Vec<String> = (0..MAX_FEATURES)
             .map(|i| format!("{i:0width$}", width = MAX_FEATURE_LEN))
             .collect();
-        let location = Location::parse(&format!("{}.example:65535", "a".repeat(63))).unwrap();
+        let onion = ServerAddr::from_onion_key(&[9; 32], 65535);
+        let location = Location::parse(onion.node_id()).unwrap();
         let entry = PeerlistEntry::new(nick(MAKER), location, true, features).unwrap();
         let text = entry.to_entry();
         assert!(text.len() <= MAX_PEERLIST_ENTRY, "{}", text.len());
         assert_eq!(PeerlistEntry::parse(&text), Ok(entry));
+    }
+
+    /// joinmarket-rs `crates/joinmarket-dn/src/router.rs`
+    /// (`MAX_MAKERS_BEFORE_SAMPLE = 20_000`, plus its own entry) and
+    /// `crates/joinmarket-core/src/handshake.rs` (32 features of at most
+    /// 64 bytes each, relayed in `F:` by `peer.rs`,
+    /// `append_peerlist_entry`): its largest PEERLIST parses, and its
+    /// envelope fits the default line limit.
+    #[test]
+    fn the_largest_peerlist_of_joinmarket_rs_is_read() {
+        let features: Vec<String> = (0..MAX_FEATURES)
+            .map(|i| format!("{i:0width$}", width = MAX_FEATURE_LEN))
+            .collect();
+        let entry = |i: u32| {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            let onion = ServerAddr::from_onion_key(&key, 65535);
+            let location = Location::parse(onion.node_id()).unwrap();
+            PeerlistEntry::new(nick(MAKER), location, true, features.clone()).unwrap()
+        };
+        assert_eq!(entry(0).to_entry().len(), MAX_PEERLIST_ENTRY);
+        let entries: Vec<PeerlistEntry> = (0..u32::try_from(MAX_PEERLIST_ENTRIES).unwrap())
+            .map(entry)
+            .collect();
+        let payload = peerlist_payload(&entries);
+        assert_eq!(payload.len(), MAX_PEERLIST_PAYLOAD);
+        let line = Envelope::new(wire::PEERLIST, payload.as_str());
+        let encoded = serde_json::json!({"type": line.kind, "line": line.line}).to_string();
+        assert!(encoded.len() <= DEFAULT_MAX_LINE, "{}", encoded.len());
+        assert_eq!(
+            parse_peerlist(&payload).unwrap().len(),
+            MAX_PEERLIST_ENTRIES
+        );
     }
 
     #[test]

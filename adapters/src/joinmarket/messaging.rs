@@ -147,7 +147,7 @@ use super::lines::{
 };
 use super::{
     DirectoryConnection, Envelope, JmError, JoinMarketHandshake, MAX_QUEUE_BYTES, MAX_TIMEOUT,
-    Nick, RecvError, Wakers, wire,
+    Nick, RecvError, Wakers, check_sender, wire,
 };
 use crate::pool::DirectoryPool;
 use crate::runtime::{Runtime, before};
@@ -656,14 +656,15 @@ impl Messaging {
         message: &PrivateMessage,
     ) -> Result<Arc<ServerAddr>, SendToError> {
         let ours = &self.inner.config.nick;
-        if message.from() != ours {
+        let envelope = message.to_envelope();
+        // The links refuse it too; checked here so that no directory is tried.
+        if check_sender(&envelope, ours).is_err() {
             return Err(MessageError::NotOurNick {
                 from: message.from().clone(),
                 ours: ours.clone(),
             }
             .into());
         }
-        let envelope = message.to_envelope();
         envelope.encode().map_err(MessageError::Encode)?;
         let nick = message.to();
         let candidates = self.candidates(nick);

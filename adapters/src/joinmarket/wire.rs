@@ -1,6 +1,10 @@
 //! The JoinMarket line protocol: `{"type": N, "line": "..."}` + `\r\n`.
 
-use serde_json::Value;
+use std::cell::RefCell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::JmError;
@@ -65,8 +69,10 @@ impl Envelope {
     /// # Errors
     /// [`JmError`] if it is not a JSON object with an integer `type` and a
     /// string `line`.
+    /// [`JmError::DuplicateKey`] for a key twice in one object (see
+    /// [`parse_strict_json`]).
     pub fn parse(text: &str) -> Result<Self, JmError> {
-        let value: Value = serde_json::from_str(text).map_err(JmError::NotJson)?;
+        let value = parse_strict_json(text)?;
         let Value::Object(map) = value else {
             return Err(JmError::NotObject);
         };
@@ -100,6 +106,104 @@ impl Envelope {
             });
         }
         Ok(text.into_bytes())
+    }
+}
+
+/// Parses one JSON text as joinmarket-ng's `parse_strict_json_object`
+/// does (`jmcore/src/jmcore/nick_auth.py`, used for every JMP-0005 message
+/// of the handshake): a key twice in one object, at any depth, is refused
+/// ([`JmError::DuplicateKey`]) where serde_json alone would keep the last
+/// one; `NaN`, `Infinity` and numbers out of the `f64` range are refused
+/// too ([`JmError::NotJson`]), as serde_json does. Nesting is bounded by
+/// serde_json's recursion limit (128).
+///
+/// # Errors
+/// [`JmError::DuplicateKey`] or [`JmError::NotJson`].
+pub fn parse_strict_json(text: &str) -> Result<Value, JmError> {
+    let duplicate = RefCell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let parsed = StrictValue {
+        duplicate: &duplicate,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|value| deserializer.end().map(|()| value));
+    parsed.map_err(|error| match duplicate.into_inner() {
+        Some(key) => JmError::DuplicateKey(key),
+        None => JmError::NotJson(error),
+    })
+}
+
+/// Builds a [`Value`], recording the first duplicate key (cleaned for
+/// display) before failing on it.
+#[derive(Clone, Copy)]
+struct StrictValue<'a> {
+    duplicate: &'a RefCell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("non-finite number"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                *self.duplicate.borrow_mut() = Some(super::clean(&key));
+                return Err(de::Error::custom("duplicate key"));
+            }
+            let value = map.next_value_seed(self)?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -144,6 +248,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 let end = self.scanned + offset;
                 let mut line: Vec<u8> = self.buf.drain(..=end).collect();
                 self.scanned = 0;
+                // A long line (a large peer list) leaves a large buffer:
+                // give the memory back once the rest is small.
+                if self.buf.capacity() > 4 * READ_CHUNK && self.buf.len() < self.buf.capacity() / 4
+                {
+                    self.buf
+                        .shrink_to(self.buf.len().saturating_mul(2).max(READ_CHUNK));
+                }
                 line.pop(); // '\n'
                 if line.last() == Some(&b'\r') {
                     line.pop();
@@ -231,6 +342,43 @@ mod tests {
                 len: 40_001,
                 limit: MAX_SEND_LINE
             })
+        ));
+    }
+
+    /// joinmarket-ng `jmcore/src/jmcore/nick_auth.py`
+    /// (`parse_strict_json_object`: `object_pairs_hook` refusing duplicate
+    /// keys, `parse_constant` refusing `NaN` and the infinities).
+    #[test]
+    fn strict_json_refuses_what_joinmarket_ng_refuses() {
+        let error = parse_strict_json(r#"{"type": 795, "line": "a", "type": 687}"#).unwrap_err();
+        assert!(
+            matches!(&error, JmError::DuplicateKey(k) if k == "type"),
+            "{error:?}"
+        );
+        let nested = r#"{"a": [{"b": 1}, {"c": {"d": 1, "d": 2}}]}"#;
+        assert!(matches!(parse_strict_json(nested), Err(JmError::DuplicateKey(k)) if k == "d"));
+        for text in [
+            r#"{"a": NaN}"#,
+            r#"{"a": Infinity}"#,
+            r#"{"a": -Infinity}"#,
+            r#"{"a": 1e400}"#,
+            r#"{"a": 1} x"#,
+            &format!("{}1{}", "[".repeat(200), "]".repeat(200)),
+        ] {
+            assert!(
+                matches!(parse_strict_json(text), Err(JmError::NotJson(_))),
+                "{text:.40}"
+            );
+        }
+        let value = parse_strict_json(r#"{"a": [1, -2, 2.5, null, true, "x"], "b": {}}"#);
+        assert_eq!(
+            value.unwrap(),
+            serde_json::json!({"a": [1, -2, 2.5, null, true, "x"], "b": {}})
+        );
+        // Envelopes are parsed so too.
+        assert!(matches!(
+            Envelope::parse(r#"{"type": 687, "line": "a", "line": "b"}"#),
+            Err(JmError::DuplicateKey(k)) if k == "line"
         ));
     }
 
