@@ -54,15 +54,18 @@ use crate::runtime::{BoxedStream, Runtime, before};
 
 /// The protocol version we speak.
 pub const PROTOCOL_VERSION: u32 = 5;
-/// The largest line we accept by default: 48 MiB, room for the largest
-/// PEERLIST joinmarket-rs can send
-/// ([`MAX_PEERLIST_PAYLOAD`](lines::MAX_PEERLIST_PAYLOAD), about 41.4 MiB,
-/// in its envelope). joinmarket-ng's client stops at 2 MiB
-/// (`jmcore/src/jmcore/network.py`, `max_message_size`), which rs's lists
-/// of 20,000 makers with features exceed (about 2.2 MB). Memory follows
-/// what arrives: the line buffer grows only as a line does, and shrinks
-/// back after it.
-pub const DEFAULT_MAX_LINE: usize = 48 * 1024 * 1024;
+/// The largest line we accept by default: 8 MiB. joinmarket-rs sends all
+/// its makers in one PEERLIST (up to 20,000 and itself,
+/// `crates/joinmarket-dn/src/router.rs`); lists of about 2.2 MB have been
+/// seen, and 8 MiB holds 20,001 entries of about 400 bytes (a maker with a
+/// dozen features). The largest list its caps allow
+/// ([`MAX_PEERLIST_PAYLOAD`](lines::MAX_PEERLIST_PAYLOAD), about 41.4 MiB)
+/// needs a larger [`JmConfig::max_line`] (up to [`MAX_MAX_LINE`]): a
+/// default sized for it would let each directory hold 50 MiB.
+/// joinmarket-ng's client stops at 2 MiB (`jmcore/src/jmcore/network.py`,
+/// `max_message_size`). Memory follows what arrives: the line buffer grows
+/// only as a line does, and shrinks back after it.
+pub const DEFAULT_MAX_LINE: usize = 8 * 1024 * 1024;
 /// The default [`JmConfig::inbound_bytes`]: one line of
 /// [`DEFAULT_MAX_LINE`] and its overhead, plus 4 MiB.
 pub const DEFAULT_INBOUND_BYTES: usize = DEFAULT_MAX_LINE + MESSAGE_OVERHEAD + 4 * 1024 * 1024;

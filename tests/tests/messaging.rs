@@ -553,3 +553,41 @@ fn the_readme_broadcast_is_relayed_by_every_implementation() {
         world.pool.close_all().await.unwrap();
     });
 }
+
+/// joinmarket-rs sends all its makers in one PEERLIST (`router.rs`,
+/// `MAX_MAKERS_BEFORE_SAMPLE` 20,000, plus itself): about 2.2 MB with
+/// features. With the default configuration it reaches the user whole
+/// through the merged queue, and the newest routes are kept within the
+/// route table's bound.
+#[test]
+fn a_full_joinmarket_rs_peerlist_passes_through_messaging_with_the_defaults() {
+    on_both_runtimes(|rt| async move {
+        let makers: Vec<Nick> = (0..20_000).map(|_| Nick::random().unwrap()).collect();
+        let entries: Vec<String> = makers
+            .iter()
+            .enumerate()
+            .map(|(i, maker)| {
+                let mut key = [0u8; 32];
+                key[..4].copy_from_slice(&u32::try_from(i).unwrap().to_be_bytes());
+                let onion = ServerAddr::from_onion_key(&key, 5222);
+                format!("{maker};{};F:peerlist_features+ping", onion.node_id())
+            })
+            .collect();
+        let mut rs = JmModelled::new(DirectoryProfile::JoinmarketRs);
+        rs.config.peerlist = entries.join(",");
+        assert!(rs.config.peerlist.len() > 2 * 1024 * 1024);
+        let world = World::start(&rt, vec![JmBehaviour::Modelled(rs)]);
+        let messaging = world.messaging(&rt, |_| {}).await;
+        let outcomes = messaging.request_peerlists().await;
+        assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
+        let incoming = next(&rt, &messaging).await;
+        let Message::Peerlist(list) = &incoming.message else {
+            panic!("not a peer list: {incoming:?}");
+        };
+        assert_eq!(list.len(), 20_000);
+        assert_eq!(messaging.stats().lagged, 0, "{:?}", messaging.stats());
+        let last = makers.last().unwrap();
+        assert_eq!(directories(&messaging.routes(last)), [world.directory(0)]);
+        world.pool.close_all().await.unwrap();
+    });
+}

@@ -120,7 +120,7 @@
 use std::fmt;
 
 use super::wire::{self, Envelope};
-use super::{DEFAULT_MAX_LINE, JmError, Location, LocationError, Nick, NickError};
+use super::{JmError, Location, LocationError, Nick, NickError};
 
 /// The longest PUBMSG or PRIVMSG line parsed, in bytes: joinmarket-ng's
 /// directory reads JSON lines of at most 65,536 bytes
@@ -151,10 +151,11 @@ pub const MAX_COMMAND_NAME: usize = 32;
 /// with `peerlist_features` and `ping`) have been seen live; its comment
 /// (`peer.rs`, "up to ~1.4 MB") counts entries without features. ng sends
 /// chunks of 20 entries; the reference all its peers at once, without
-/// features. [`DEFAULT_MAX_LINE`] holds the envelope of the largest.
+/// features. [`MAX_MAX_LINE`](super::MAX_MAX_LINE), the largest
+/// `JmConfig::max_line`, holds the envelope of the largest.
 pub const MAX_PEERLIST_PAYLOAD: usize = MAX_PEERLIST_ENTRIES * (MAX_PEERLIST_ENTRY + 1) - 1;
 
-const _: () = assert!(MAX_PEERLIST_PAYLOAD + 64 <= DEFAULT_MAX_LINE);
+const _: () = assert!(MAX_PEERLIST_PAYLOAD + 64 <= super::MAX_MAX_LINE);
 
 /// The most entries in one PEERLIST: joinmarket-rs lists every maker up to
 /// 20,000 (and samples beyond, `crates/joinmarket-dn/src/router.rs`,
@@ -1658,7 +1659,7 @@ mod tests {
         assert_eq!(payload.len(), MAX_PEERLIST_PAYLOAD);
         let line = Envelope::new(wire::PEERLIST, payload.as_str());
         let encoded = serde_json::json!({"type": line.kind, "line": line.line}).to_string();
-        assert!(encoded.len() <= DEFAULT_MAX_LINE, "{}", encoded.len());
+        assert!(encoded.len() <= crate::joinmarket::MAX_MAX_LINE, "{}", encoded.len());
         assert_eq!(
             parse_peerlist(&payload).unwrap().len(),
             MAX_PEERLIST_ENTRIES

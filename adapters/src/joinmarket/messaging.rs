@@ -206,13 +206,15 @@ pub struct MessagingConfig {
 }
 
 impl MessagingConfig {
-    /// Every default for `nick`: a 4 MiB merged queue, a 30 s window of at
+    /// Every default for `nick`: a 16 MiB merged queue (room for one of
+    /// joinmarket-rs's one-line peer lists of 20,000 makers, charged
+    /// parsed), a 30 s window of at
     /// most 8,192 public messages, 4,096 nicks of routes, 30 s per send,
     /// no fallback.
     pub fn new(nick: Nick) -> Self {
         Self {
             nick,
-            inbound_bytes: 4 * 1024 * 1024,
+            inbound_bytes: 16 * 1024 * 1024,
             dedup_window: Duration::from_secs(30),
             dedup_entries: 8192,
             route_nicks: 4096,
