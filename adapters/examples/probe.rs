@@ -38,7 +38,7 @@ Options:
   --isolate           use stream isolation credentials (user `jm-directory`, a random
                       per-process password): with Tor's IsolateSOCKSAuth (on by default)
                       the probe's streams get circuits of their own
-  --network NAME      mainnet | testnet | testnet4 | signet | regtest [default: mainnet]
+  --network NAME      mainnet | testnet | signet | regtest [default: mainnet]
   --nick NICK         JoinMarket nick to present (J5 + 14 characters)
                       [default: a random one]
   --timeout SECONDS   per-directory connection timeout, Tor circuit and handshake

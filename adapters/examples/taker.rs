@@ -41,7 +41,7 @@ and three makers in-process (no Tor).
 Options:
   --socks HOST:PORT   reach DIRECTORY... (`host` or `host:port`) through this
                       SOCKS5 proxy (Tor)
-  --network NAME      mainnet | testnet | testnet4 | signet | regtest [default:
+  --network NAME      mainnet | testnet | signet | regtest [default:
                       mainnet with --socks, regtest in the loopback world]
   --wait SECONDS      how long to collect offers [default: 3]
   -h, --help          show this help";
