@@ -1659,7 +1659,11 @@ mod tests {
         assert_eq!(payload.len(), MAX_PEERLIST_PAYLOAD);
         let line = Envelope::new(wire::PEERLIST, payload.as_str());
         let encoded = serde_json::json!({"type": line.kind, "line": line.line}).to_string();
-        assert!(encoded.len() <= crate::joinmarket::MAX_MAX_LINE, "{}", encoded.len());
+        assert!(
+            encoded.len() <= crate::joinmarket::MAX_MAX_LINE,
+            "{}",
+            encoded.len()
+        );
         assert_eq!(
             parse_peerlist(&payload).unwrap().len(),
             MAX_PEERLIST_ENTRIES
