@@ -42,8 +42,8 @@ pub use lines::{
 };
 pub use messaging::{
     DirectoryOutcome, ITEM_OVERHEAD, Incoming, MAX_TABLE_ENTRIES, MIN_INBOUND_BYTES, Message,
-    MessageError, Messaging, MessagingConfig, MessagingConfigError, MessagingStats, Route,
-    RouteFallback, RouteSource, SendFailure, SendToError,
+    MessageError, Messaging, MessagingConfig, MessagingStats, Route, RouteFallback, RouteSource,
+    SendFailure, SendToError,
 };
 pub use wire::Envelope;
 use wire::LineReader;
@@ -160,44 +160,55 @@ impl JmConfig {
                 return Err(JmConfigError::Feature(feature.clone()));
             }
         }
-        let size = |field: &'static str, value: usize, min: usize, max: usize| {
-            if (min..=max).contains(&value) {
-                Ok(())
-            } else {
-                Err(JmConfigError::Size {
-                    field,
-                    value,
-                    min,
-                    max,
-                })
-            }
-        };
-        let timeout = |field: &'static str, value: Duration| {
-            if value.is_zero() || value > MAX_TIMEOUT {
-                Err(JmConfigError::Timeout {
-                    field,
-                    value,
-                    max: MAX_TIMEOUT,
-                })
-            } else {
-                Ok(())
-            }
-        };
-        size("max_line", self.max_line, MIN_MAX_LINE, MAX_MAX_LINE)?;
-        timeout("handshake_timeout", self.handshake_timeout)?;
-        timeout("write_timeout", self.write_timeout)?;
-        size(
+        check_size("max_line", self.max_line, MIN_MAX_LINE, MAX_MAX_LINE)?;
+        check_timeout("handshake_timeout", self.handshake_timeout)?;
+        check_timeout("write_timeout", self.write_timeout)?;
+        check_size(
             "inbound_bytes",
             self.inbound_bytes,
             self.max_line.saturating_add(MESSAGE_OVERHEAD),
             MAX_QUEUE_BYTES,
         )?;
-        size(
+        check_size(
             "outbound_bytes",
             self.outbound_bytes,
             wire::MAX_SEND_LINE,
             MAX_QUEUE_BYTES,
         )?;
+        Ok(())
+    }
+}
+
+/// `Ok` if `value` is in `min..=max`, else [`JmConfigError::Size`] naming
+/// `field` (one check for every size or count in a configuration).
+pub(crate) fn check_size(
+    field: &'static str,
+    value: usize,
+    min: usize,
+    max: usize,
+) -> Result<(), JmConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(JmConfigError::Size {
+            field,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+/// `Ok` if `value` is non-zero and at most [`MAX_TIMEOUT`], else
+/// [`JmConfigError::Timeout`] naming `field`.
+pub(crate) fn check_timeout(field: &'static str, value: Duration) -> Result<(), JmConfigError> {
+    if value.is_zero() || value > MAX_TIMEOUT {
+        Err(JmConfigError::Timeout {
+            field,
+            value,
+            max: MAX_TIMEOUT,
+        })
+    } else {
         Ok(())
     }
 }
@@ -214,7 +225,7 @@ pub enum JmConfigError {
     #[error("feature name {0:?} is not lower-case letters, digits and '_'")]
     Feature(String),
     /// A size outside its range.
-    #[error("{field} is {value} bytes; it must be in {min}..={max}")]
+    #[error("{field} is {value}; it must be in {min}..={max}")]
     Size {
         /// The field.
         field: &'static str,

@@ -146,8 +146,8 @@ use super::lines::{
     LineError, PeerlistEntry, PrivateMessage, PublicMessage, get_peerlist, parse_peerlist,
 };
 use super::{
-    DirectoryConnection, Envelope, JmError, JoinMarketHandshake, MAX_QUEUE_BYTES, MAX_TIMEOUT,
-    Nick, RecvError, Wakers, check_sender, wire,
+    DirectoryConnection, Envelope, JmConfigError, JmError, JoinMarketHandshake, MAX_QUEUE_BYTES,
+    Nick, RecvError, Wakers, check_sender, check_size, check_timeout, wire,
 };
 use crate::pool::DirectoryPool;
 use crate::runtime::{Runtime, before};
@@ -190,7 +190,7 @@ pub struct MessagingConfig {
     /// In [[`MIN_INBOUND_BYTES`], [`MAX_QUEUE_BYTES`]].
     pub inbound_bytes: usize,
     /// How long a public message is remembered for de-duplication.
-    /// Non-zero, at most [`MAX_TIMEOUT`].
+    /// Non-zero, at most [`MAX_TIMEOUT`](super::MAX_TIMEOUT).
     pub dedup_window: Duration,
     /// How many public messages are remembered at most. In [1,
     /// [`MAX_TABLE_ENTRIES`]].
@@ -199,7 +199,7 @@ pub struct MessagingConfig {
     /// [`MAX_TABLE_ENTRIES`]].
     pub route_nicks: usize,
     /// Deadline of each send to one directory (queueing the line on its
-    /// link). Non-zero, at most [`MAX_TIMEOUT`].
+    /// link). Non-zero, at most [`MAX_TIMEOUT`](super::MAX_TIMEOUT).
     pub send_timeout: Duration,
     /// Where a private message goes when no route is known.
     pub fallback: RouteFallback,
@@ -226,71 +226,20 @@ impl MessagingConfig {
     /// Checks every bound.
     ///
     /// # Errors
-    /// [`MessagingConfigError`] naming the first field out of range.
-    pub fn validate(&self) -> Result<(), MessagingConfigError> {
-        let range = |field: &'static str, value: usize, min: usize, max: usize| {
-            if (min..=max).contains(&value) {
-                Ok(())
-            } else {
-                Err(MessagingConfigError::OutOfRange {
-                    field,
-                    value,
-                    min,
-                    max,
-                })
-            }
-        };
-        let timeout = |field: &'static str, value: Duration| {
-            if value.is_zero() || value > MAX_TIMEOUT {
-                Err(MessagingConfigError::Timeout {
-                    field,
-                    value,
-                    max: MAX_TIMEOUT,
-                })
-            } else {
-                Ok(())
-            }
-        };
-        range(
+    /// [`JmConfigError`] naming the first field out of range.
+    pub fn validate(&self) -> Result<(), JmConfigError> {
+        check_size(
             "inbound_bytes",
             self.inbound_bytes,
             MIN_INBOUND_BYTES,
             MAX_QUEUE_BYTES,
         )?;
-        range("dedup_entries", self.dedup_entries, 1, MAX_TABLE_ENTRIES)?;
-        range("route_nicks", self.route_nicks, 1, MAX_TABLE_ENTRIES)?;
-        timeout("dedup_window", self.dedup_window)?;
-        timeout("send_timeout", self.send_timeout)?;
+        check_size("dedup_entries", self.dedup_entries, 1, MAX_TABLE_ENTRIES)?;
+        check_size("route_nicks", self.route_nicks, 1, MAX_TABLE_ENTRIES)?;
+        check_timeout("dedup_window", self.dedup_window)?;
+        check_timeout("send_timeout", self.send_timeout)?;
         Ok(())
     }
-}
-
-/// A [`MessagingConfig`] out of range.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MessagingConfigError {
-    /// A size or count outside its range.
-    #[error("{field} is {value}; it must be in {min}..={max}")]
-    OutOfRange {
-        /// The field.
-        field: &'static str,
-        /// Its value.
-        value: usize,
-        /// The least allowed.
-        min: usize,
-        /// The most allowed.
-        max: usize,
-    },
-    /// A zero duration, or one over [`MAX_TIMEOUT`].
-    #[error("{field} is {value:?}; it must be non-zero and at most {max:?}")]
-    Timeout {
-        /// The field.
-        field: &'static str,
-        /// Its value.
-        value: Duration,
-        /// The most allowed.
-        max: Duration,
-    },
 }
 
 /// One message from the merged queue, and the directory it came through.
@@ -531,11 +480,11 @@ impl Messaging {
     /// links from now on (links connected already included).
     ///
     /// # Errors
-    /// [`MessagingConfigError`] for a configuration out of range.
+    /// [`JmConfigError`] for a configuration out of range.
     pub fn new(
         pool: &DirectoryPool<JoinMarketHandshake>,
         config: MessagingConfig,
-    ) -> Result<Self, MessagingConfigError> {
+    ) -> Result<Self, JmConfigError> {
         config.validate()?;
         let directories = Arc::new(Directories::new(pool.servers()));
         let shared = Arc::new(Shared::new(&config));
@@ -1329,7 +1278,7 @@ mod tests {
         c.inbound_bytes = MIN_INBOUND_BYTES - 1;
         assert!(matches!(
             c.validate(),
-            Err(MessagingConfigError::OutOfRange {
+            Err(JmConfigError::Size {
                 field: "inbound_bytes",
                 ..
             })
@@ -1344,7 +1293,7 @@ mod tests {
         c.send_timeout = Duration::ZERO;
         assert!(matches!(
             c.validate(),
-            Err(MessagingConfigError::Timeout {
+            Err(JmConfigError::Timeout {
                 field: "send_timeout",
                 ..
             })
