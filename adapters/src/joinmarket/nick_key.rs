@@ -47,8 +47,8 @@
 //! `SecretKey` is a plain copyable array that only offers a best-effort
 //! `non_secure_erase`; and it needs no C compiler to build.
 //!
-//! [`NickIdentity`] carries the user-facing summary of this; this module
-//! doc is the full account.
+//! This module is private: [`NickIdentity`] carries the public summary of
+//! what is said here.
 
 use std::fmt;
 
@@ -142,7 +142,7 @@ pub enum SignatureError {
 /// signatures; the tests check ours against joinmarket-ng's.
 ///
 /// ```
-/// use dirpool::joinmarket::{Nick, NickIdentity, PrivateMessage};
+/// use dirpool::joinmarket::{NickIdentity, PrivateMessage};
 ///
 /// let maker = NickIdentity::random()?;
 /// let taker = NickIdentity::random()?;
