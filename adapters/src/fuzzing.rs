@@ -416,7 +416,7 @@ pub fn jm_lines(data: &[u8]) {
         commands_body, parse_commands, parse_peerlist, peerlist_payload,
     };
     use crate::joinmarket::wire::MAX_SEND_LINE;
-    use crate::joinmarket::{Envelope, JmError};
+    use crate::joinmarket::{Envelope, JmError, SignatureError};
 
     /// A builder refused `line` only because its envelope is too long.
     fn refused_as_too_long(error: &LineError, envelope: &Envelope) {
@@ -467,6 +467,16 @@ pub fn jm_lines(data: &[u8]) {
                 );
                 let commands = message.commands().expect("a parsed body parses");
                 commands_round_trip(message.body(), &commands);
+                // Verifying never panics, and only an unsigned message is
+                // refused as unsigned.
+                match message.verify() {
+                    Ok(verified) => assert_eq!(verified.message(), &message),
+                    Err(error) => {
+                        let unsigned = error == SignatureError::Unsigned;
+                        assert_eq!(unsigned, message.signature().is_none());
+                        drop(error.to_string());
+                    }
+                }
                 let (from, to) = (message.from().clone(), message.to().clone());
                 let built = match message.signature() {
                     Some(signature) => {

@@ -19,6 +19,7 @@
 mod identity;
 pub mod lines;
 pub mod messaging;
+mod nick_key;
 pub mod wire;
 
 use std::collections::VecDeque;
@@ -44,6 +45,10 @@ pub use messaging::{
     DirectoryOutcome, ITEM_OVERHEAD, Incoming, MAX_TABLE_ENTRIES, MIN_INBOUND_BYTES, Message,
     MessageError, Messaging, MessagingConfig, MessagingStats, Route, RouteFallback, RouteSource,
     SendFailure, SendToError,
+};
+pub use nick_key::{
+    NickIdentity, NickKeyError, ONION_HOSTID, SECRET_KEY_LEN, SignatureError,
+    VerifiedPrivateMessage,
 };
 pub use wire::Envelope;
 use wire::LineReader;
