@@ -122,15 +122,17 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
         let servers = state.servers().map(|(_, a)| Arc::clone(a)).collect();
         let rejected = state.rejected_entries().to_vec();
         let connection_timeout = state.connection_timeout();
-        let dialer = Arc::new(Dialer::new(
-            Arc::clone(&runtime),
-            self.config.proxy,
-            // Before the dial's own deadline, so the proxy takes the blame.
-            self.config.proxy_timeout.min(connection_timeout / 2),
-            self.config.direct_clearnet,
-            self.handshake,
-        )
-        .with_proxy_auth(self.config.proxy_auth.clone()));
+        let dialer = Arc::new(
+            Dialer::new(
+                Arc::clone(&runtime),
+                self.config.proxy,
+                // Before the dial's own deadline, so the proxy takes the blame.
+                self.config.proxy_timeout.min(connection_timeout / 2),
+                self.config.direct_clearnet,
+                self.handshake,
+            )
+            .with_proxy_auth(self.config.proxy_auth.clone()),
+        );
         let shared = Arc::new(Shared::default());
         let commands = Driver::spawn(
             state,
