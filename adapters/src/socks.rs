@@ -1215,7 +1215,9 @@ mod tests {
             Some(&wrong),
         )
         .await;
-        let err = result.err().expect("dial succeeded");
+        let Err(err) = result else {
+            panic!("dial succeeded");
+        };
         assert!(
             matches!(&err, DialError::ProxyAuthRejected { username, .. } if username == FIXED_USER),
             "{err:?}"

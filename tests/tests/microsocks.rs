@@ -496,11 +496,9 @@ fn a_wrong_fixed_proxy_password_is_the_typed_auth_error_without_the_password() {
             matches!(&*error, DialError::ProxyAuthRejected { username, proxy: p } if username == PROXY_USER && *p == proxy.addr),
             "{error:?}"
         );
-        let direct = pool
-            .connect_to_directory(&dir.addr().to_string())
-            .await
-            .err()
-            .expect("dial succeeded with a wrong password");
+        let Err(direct) = pool.connect_to_directory(&dir.addr().to_string()).await else {
+            panic!("dial succeeded with a wrong password");
+        };
         assert!(
             matches!(&direct, DialError::ProxyAuthRejected { username, .. } if username == PROXY_USER),
             "{direct:?}"
@@ -589,11 +587,12 @@ fn fixed_proxy_credentials_with_isolation_are_a_typed_configuration_error() {
             (tokio, rt)
         };
         let _guard = tokio.enter();
-        let error = DirectoryPool::builder(cfg, common::LineHandshake)
+        let spawned = DirectoryPool::builder(cfg, common::LineHandshake)
             .entropy(common::entropy())
-            .spawn(rt)
-            .err()
-            .expect("spawned with isolation and proxy credentials");
+            .spawn(rt);
+        let Err(error) = spawned else {
+            panic!("spawned with isolation and proxy credentials");
+        };
         assert!(
             matches!(error, dirpool::ConfigError::ProxyAuthWithIsolation { scope: s } if s == scope),
             "{error:?}"
