@@ -24,6 +24,11 @@ pub(crate) struct Dialer<H> {
     /// One probe at a time; the others wait for its verdict. Holds the
     /// last probe's failure, if it failed.
     probe_lock: futures::lock::Mutex<Option<DialError>>,
+    /// The fixed credentials of a password-protected proxy
+    /// ([`Config::proxy_auth`](crate::Config::proxy_auth)): sent on every
+    /// proxied dial instead of the (then absent) isolation credentials,
+    /// and checked by the probe.
+    proxy_auth: Option<SocksCredentials>,
     /// Probes finished so far: a dial that waited while one ran takes its
     /// verdict instead of probing again, so N dials queued behind a hung
     /// proxy cost one `proxy_timeout`, not N (the last of them would
@@ -47,8 +52,24 @@ impl<H: Handshake> Dialer<H> {
             handshake,
             isolation_verified: AtomicBool::new(false),
             probe_lock: futures::lock::Mutex::new(None),
+            proxy_auth: None,
             probes_done: AtomicU64::new(0),
         }
+    }
+
+    /// Sends `proxy_auth` to the proxy on every proxied dial (a proxy that
+    /// requires a fixed username and password). The configuration check
+    /// keeps it apart from isolation, so the core's credentials are then
+    /// `None`; were both given, the fixed pair wins, being the only one
+    /// such a proxy accepts.
+    pub(crate) fn with_proxy_auth(mut self, proxy_auth: Option<SocksCredentials>) -> Self {
+        self.proxy_auth = proxy_auth;
+        self
+    }
+
+    /// The fixed proxy credentials, if configured.
+    pub(crate) fn proxy_auth(&self) -> Option<&SocksCredentials> {
+        self.proxy_auth.as_ref()
     }
 
     /// Dials `addr` and runs the handshake. Not bounded in time: callers
@@ -61,6 +82,7 @@ impl<H: Handshake> Dialer<H> {
         signals: LinkSignals,
     ) -> Result<H::Client, DialError> {
         let direct = self.direct_clearnet && !addr.is_onion() && addr.ip().is_some();
+        let credentials = self.proxy_auth.as_ref().or(credentials);
         if credentials.is_some() && !direct {
             self.verify_isolation().await?;
         }
@@ -96,7 +118,9 @@ impl<H: Handshake> Dialer<H> {
     /// async-socks5 offers "no auth" beside username/password, and a proxy
     /// that picks it silently drops isolation: before trusting a proxy with
     /// isolated dials, check it accepts a greeting offering only
-    /// username/password.
+    /// username/password. With fixed proxy credentials the probe also
+    /// authenticates with them, so a wrong password is one pool-wide
+    /// verdict ([`DialError::ProxyAuthRejected`]) rather than each dial's.
     async fn verify_isolation(&self) -> Result<(), DialError> {
         if self.isolation_verified.load(Ordering::Acquire) {
             return Ok(());
@@ -112,7 +136,13 @@ impl<H: Handshake> Dialer<H> {
                 return Err(replay(self.proxy, failure));
             }
         }
-        let result = socks::probe_isolation(&*self.runtime, self.proxy, self.proxy_timeout).await;
+        let result = socks::probe_isolation(
+            &*self.runtime,
+            self.proxy,
+            self.proxy_timeout,
+            self.proxy_auth.as_ref(),
+        )
+        .await;
         self.probes_done.fetch_add(1, Ordering::AcqRel);
         match result {
             Ok(()) => {
@@ -151,6 +181,10 @@ fn replay(proxy: std::net::SocketAddr, error: &DialError) -> DialError {
         DialError::IsolationUnsupported { proxy } => {
             DialError::IsolationUnsupported { proxy: *proxy }
         }
+        DialError::ProxyAuthRejected { proxy, username } => DialError::ProxyAuthRejected {
+            proxy: *proxy,
+            username: username.clone(),
+        },
         DialError::ProxyProtocol { proxy, source } => DialError::ProxyProtocol {
             proxy: *proxy,
             source: source.to_string().into(),

@@ -54,7 +54,8 @@ pub enum DialError {
         /// How long it was given.
         waited: Duration,
     },
-    /// The proxy rejected the isolation username/password.
+    /// The proxy rejected the username/password: the isolation credentials,
+    /// or the fixed ones of [`Config::proxy_auth`](crate::Config::proxy_auth).
     #[error("SOCKS proxy {proxy} rejected the credentials for user {username:?}")]
     ProxyAuthRejected {
         /// The proxy.
@@ -62,9 +63,9 @@ pub enum DialError {
         /// The username offered (the password is never shown).
         username: String,
     },
-    /// Isolation is on but the proxy does not offer username/password
-    /// authentication: it would silently drop isolation, so nothing is
-    /// dialed through it.
+    /// Isolation is on (or proxy credentials are configured) but the proxy
+    /// does not offer username/password authentication: it would silently
+    /// drop isolation, so nothing is dialed through it.
     #[error(
         "SOCKS proxy {proxy} does not support username/password authentication, \
          so stream isolation cannot be used (use Tor's SocksPort, or turn isolation off)"
@@ -220,6 +221,19 @@ pub enum ConfigError {
     /// SOCKS credentials that a proxy cannot take.
     #[error("invalid SOCKS credentials: {0}")]
     Credentials(#[from] CredentialsError),
+    /// `proxy_auth` (a fixed username and password the proxy checks) with
+    /// stream isolation on: a proxy that checks credentials accepts one
+    /// pair only, so isolation by credentials cannot pass through it (see
+    /// [`Config::proxy_auth`](crate::Config::proxy_auth)).
+    #[error(
+        "proxy credentials cannot be combined with stream isolation ({scope:?}): a proxy \
+         that checks its username and password accepts only that pair; set isolation \
+         to Off and isolate in the Tor behind the proxy (e.g. IsolateDestAddr)"
+    )]
+    ProxyAuthWithIsolation {
+        /// The isolation asked for.
+        scope: dirpool_core::IsolationScope,
+    },
     /// The OS gave no randomness for the isolation token.
     #[error("no OS randomness for the isolation token: {0}")]
     Randomness(String),

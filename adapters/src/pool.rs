@@ -122,14 +122,17 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
         let servers = state.servers().map(|(_, a)| Arc::clone(a)).collect();
         let rejected = state.rejected_entries().to_vec();
         let connection_timeout = state.connection_timeout();
-        let dialer = Arc::new(Dialer::new(
-            Arc::clone(&runtime),
-            self.config.proxy,
-            // Before the dial's own deadline, so the proxy takes the blame.
-            self.config.proxy_timeout.min(connection_timeout / 2),
-            self.config.direct_clearnet,
-            self.handshake,
-        ));
+        let dialer = Arc::new(
+            Dialer::new(
+                Arc::clone(&runtime),
+                self.config.proxy,
+                // Before the dial's own deadline, so the proxy takes the blame.
+                self.config.proxy_timeout.min(connection_timeout / 2),
+                self.config.direct_clearnet,
+                self.handshake,
+            )
+            .with_proxy_auth(self.config.proxy_auth.clone()),
+        );
         let shared = Arc::new(Shared::default());
         let commands = Driver::spawn(
             state,
@@ -404,9 +407,14 @@ impl<H: Handshake> DirectoryPool<H> {
         &self.inner.dialer.runtime
     }
 
-    /// The SOCKS credentials for dialing peers directly, when isolation is on.
+    /// The SOCKS credentials for dialing peers through the proxy: the fixed
+    /// [`Config::proxy_auth`] when set, else the isolation credentials when
+    /// isolation is on, else `None`.
     pub fn peer_credentials(&self) -> Option<SocksCredentials> {
-        self.inner.isolation.peer_credentials()
+        match self.inner.dialer.proxy_auth() {
+            Some(fixed) => Some(fixed.clone()),
+            None => self.inner.isolation.peer_credentials(),
+        }
     }
 
     /// The pool's events: first one [`PoolEvent::AddressRejected`] per

@@ -53,6 +53,8 @@ const SOCKS5: u8 = 0x05;
 const METHOD_NO_AUTH: u8 = 0x00;
 /// Authentication method "username/password" (RFC 1929).
 const METHOD_USER_PASS: u8 = 0x02;
+/// Version of the RFC 1929 username/password sub-negotiation.
+const USER_PASS_VERSION: u8 = 0x01;
 /// The method selection "no acceptable methods".
 const METHOD_NONE_ACCEPTABLE: u8 = 0xFF;
 /// Longest RFC 1929 username or password, in bytes (sent in one length byte).
@@ -243,23 +245,30 @@ async fn dial_via_proxy(
 
 /// Checks that the proxy at `proxy` takes username/password authentication,
 /// as stream isolation needs: sends a greeting that offers only method 0x02
-/// and reads the proxy's choice, then drops the connection (nothing else is
-/// sent, so no credentials and no CONNECT request).
+/// and reads the proxy's choice. Without `fixed` it then drops the
+/// connection (no credentials, no CONNECT request: the isolation
+/// credentials vary per dial). With `fixed`, the credentials of a proxy
+/// that requires them, it also authenticates (RFC 1929) and reads the
+/// verdict, then drops the connection without a CONNECT request.
 ///
-/// No timeout is applied here; the caller bounds the probe.
+/// No timeout is applied here beyond `proxy_timeout` for each answer; the
+/// caller bounds the probe.
 ///
 /// # Errors
 ///
 /// - [`DialError::ProxyUnreachable`]: the TCP connection failed.
 /// - [`DialError::IsolationUnsupported`]: the proxy answered "no acceptable
 ///   methods" (0xFF).
+/// - [`DialError::ProxyAuthRejected`]: `fixed` was refused (status ≠ 0);
+///   the error names the username, never the password.
 /// - [`DialError::ProxyProtocol`]: the proxy picked a method we did not
-///   offer, answered with another SOCKS version, closed the connection, or
-///   an I/O error happened after connecting.
+///   offer, answered with another SOCKS version or sub-negotiation version,
+///   closed the connection, or an I/O error happened after connecting.
 pub(crate) async fn probe_isolation(
     rt: &dyn Runtime,
     proxy: SocketAddr,
     proxy_timeout: Duration,
+    fixed: Option<&SocksCredentials>,
 ) -> Result<(), DialError> {
     debug!(proxy = %proxy, "probing the SOCKS proxy for username/password support");
     let mut stream = connect_proxy(rt, proxy, proxy_timeout).await?;
@@ -285,7 +294,12 @@ pub(crate) async fn probe_isolation(
     .await?
     .map_err(protocol)?;
     let result = match answer {
-        [SOCKS5, METHOD_USER_PASS] => Ok(()),
+        [SOCKS5, METHOD_USER_PASS] => match fixed {
+            Some(credentials) => {
+                authenticate(rt, proxy, proxy_timeout, &mut stream, credentials).await
+            }
+            None => Ok(()),
+        },
         [SOCKS5, METHOD_NONE_ACCEPTABLE] => Err(DialError::IsolationUnsupported { proxy }),
         [SOCKS5, method] => Err(DialError::ProxyProtocol {
             proxy,
@@ -298,6 +312,63 @@ pub(crate) async fn probe_isolation(
     };
     debug!(proxy = %proxy, ok = result.is_ok(), "SOCKS isolation probe answered");
     result
+}
+
+/// The RFC 1929 sub-negotiation of the probe: sends `credentials` in one
+/// message and reads the two-byte verdict within `proxy_timeout`.
+async fn authenticate(
+    rt: &dyn Runtime,
+    proxy: SocketAddr,
+    proxy_timeout: Duration,
+    stream: &mut BoxedStream,
+    credentials: &SocksCredentials,
+) -> Result<(), DialError> {
+    let protocol = |source: io::Error| DialError::ProxyProtocol {
+        proxy,
+        source: Box::new(source),
+    };
+    let username = credentials.username().as_bytes();
+    let password = credentials.password().expose().as_bytes();
+    // Validated at start-up; a length that does not fit one byte is refused
+    // here rather than sent truncated.
+    let (Ok(username_len), Ok(password_len)) =
+        (u8::try_from(username.len()), u8::try_from(password.len()))
+    else {
+        return Err(DialError::ProxyProtocol {
+            proxy,
+            source: Box::new(ProtocolViolation::CredentialsTooLong),
+        });
+    };
+    let mut message = Vec::with_capacity(3 + username.len() + password.len());
+    message.push(USER_PASS_VERSION);
+    message.push(username_len);
+    message.extend_from_slice(username);
+    message.push(password_len);
+    message.extend_from_slice(password);
+    stream.write_all(&message).await.map_err(protocol)?;
+    stream.flush().await.map_err(protocol)?;
+    let mut verdict = [0u8; 2];
+    let never = AtomicBool::new(false);
+    proxy_must_answer(
+        rt,
+        proxy,
+        proxy_timeout,
+        &never,
+        stream.read_exact(&mut verdict),
+    )
+    .await?
+    .map_err(protocol)?;
+    match verdict {
+        [USER_PASS_VERSION, 0x00] => Ok(()),
+        [USER_PASS_VERSION, _] => Err(DialError::ProxyAuthRejected {
+            proxy,
+            username: credentials.username().to_owned(),
+        }),
+        [version, _] => Err(DialError::ProxyProtocol {
+            proxy,
+            source: Box::new(ProtocolViolation::AuthVersion(version)),
+        }),
+    }
 }
 
 /// Checks a SOCKS5 username/password pair before it is used: each must be 1
@@ -404,6 +475,13 @@ enum ProtocolViolation {
     /// The method selection has a version other than 5.
     #[error("the proxy answered with SOCKS version {0:#04x}, not 5")]
     Version(u8),
+    /// The username/password verdict has a version other than 1.
+    #[error("the proxy answered the username/password message with version {0:#04x}, not 1")]
+    AuthVersion(u8),
+    /// Credentials longer than RFC 1929 allows (refused by the
+    /// configuration check before they get here).
+    #[error("the SOCKS username or password is longer than 255 bytes")]
+    CredentialsTooLong,
     /// The proxy picked a method that was not offered.
     #[error("the proxy picked authentication method {0:#04x}, which was not offered")]
     UnofferedMethod(u8),
@@ -955,7 +1033,7 @@ mod tests {
         assert_eq!(err.failure(), DialFailure::ProxyUnreachable);
         assert_no_secret(&err);
 
-        let err = probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT)
+        let err = probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT, None)
             .await
             .unwrap_err();
         assert_eq!(err.failure(), DialFailure::ProxyUnreachable);
@@ -1003,7 +1081,7 @@ mod tests {
     async fn probe_accepts_a_proxy_offering_username_password() {
         let rt = TokioRuntime::current();
         let (proxy_addr, seen) = proxy(Script::picking(METHOD_USER_PASS)).await;
-        probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT)
+        probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT, None)
             .await
             .unwrap();
         let seen = seen.await.unwrap();
@@ -1039,12 +1117,115 @@ mod tests {
         ];
         for (script, failure) in cases {
             let (proxy_addr, seen) = proxy(script.clone()).await;
-            let err = probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT)
+            let err = probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT, None)
                 .await
                 .unwrap_err();
             assert_eq!(err.failure(), failure, "{script:?}: {err:?}");
             assert_eq!(seen.await.unwrap().methods, [METHOD_USER_PASS]);
         }
+    }
+
+    const FIXED_USER: &str = "alice";
+    const FIXED_PASSWORD: &str = "fixed-proxy-s3cret";
+
+    fn fixed() -> SocksCredentials {
+        SocksCredentials::new(FIXED_USER, FIXED_PASSWORD)
+    }
+
+    #[tokio::test]
+    async fn probe_with_fixed_credentials_authenticates_and_sends_no_connect() {
+        let rt = TokioRuntime::current();
+        let script = Script {
+            password: Some(FIXED_PASSWORD.to_owned()),
+            ..Script::picking(METHOD_USER_PASS)
+        };
+        let (proxy_addr, seen) = proxy(script).await;
+        probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT, Some(&fixed()))
+            .await
+            .unwrap();
+        let seen = seen.await.unwrap();
+        assert_eq!(seen.methods, [METHOD_USER_PASS]);
+        assert_eq!(seen.username.as_deref(), Some(FIXED_USER));
+        assert_eq!(seen.password.as_deref(), Some(FIXED_PASSWORD));
+        assert_eq!(seen.connect, None);
+    }
+
+    #[tokio::test]
+    async fn probe_with_a_wrong_fixed_password_is_auth_rejected_without_the_password() {
+        let rt = TokioRuntime::current();
+        let script = Script {
+            password: Some("the proxy's real one".to_owned()),
+            ..Script::picking(METHOD_USER_PASS)
+        };
+        let (proxy_addr, seen) = proxy(script).await;
+        let err = probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT, Some(&fixed()))
+            .await
+            .unwrap_err();
+        match &err {
+            DialError::ProxyAuthRejected { proxy, username } => {
+                assert_eq!(*proxy, proxy_addr);
+                assert_eq!(username, FIXED_USER);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(err.failure(), DialFailure::ProxyAuthRejected);
+        for text in crate::error::every_text(&err) {
+            assert!(!text.contains(FIXED_PASSWORD), "{text} leaks the password");
+        }
+        assert_eq!(seen.await.unwrap().connect, None);
+    }
+
+    #[tokio::test]
+    async fn probe_with_fixed_credentials_still_refuses_a_proxy_without_user_pass() {
+        let rt = TokioRuntime::current();
+        for (method, failure) in [
+            (METHOD_NONE_ACCEPTABLE, DialFailure::IsolationUnsupported),
+            (METHOD_NO_AUTH, DialFailure::ProxyProtocol),
+        ] {
+            let (proxy_addr, seen) = proxy(Script::picking(method)).await;
+            let err = probe_isolation(&rt, proxy_addr, PROXY_TIMEOUT, Some(&fixed()))
+                .await
+                .unwrap_err();
+            assert_eq!(err.failure(), failure, "{err:?}");
+            let seen = seen.await.unwrap();
+            assert_eq!(seen.username, None, "credentials sent after {method:#x}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dial_with_fixed_credentials_connects_or_is_rejected() {
+        let right = Script {
+            password: Some(FIXED_PASSWORD.to_owned()),
+            ..Script::picking(METHOD_USER_PASS)
+        };
+        let (result, seen) = dial_with(right, ONION, Some(&fixed())).await;
+        converse(result.unwrap()).await;
+        let seen = seen.await.unwrap();
+        assert_eq!(seen.username.as_deref(), Some(FIXED_USER));
+        assert_eq!(seen.password.as_deref(), Some(FIXED_PASSWORD));
+        assert_eq!(seen.connect, Some((0x03, ONION.to_owned(), 5222)));
+
+        let wrong = SocksCredentials::new(FIXED_USER, "not-the-password");
+        let (result, seen) = dial_with(
+            Script {
+                password: Some(FIXED_PASSWORD.to_owned()),
+                ..Script::picking(METHOD_USER_PASS)
+            },
+            ONION,
+            Some(&wrong),
+        )
+        .await;
+        let Err(err) = result else {
+            panic!("dial succeeded");
+        };
+        assert!(
+            matches!(&err, DialError::ProxyAuthRejected { username, .. } if username == FIXED_USER),
+            "{err:?}"
+        );
+        for text in crate::error::every_text(&err) {
+            assert!(!text.contains("not-the-password"), "{text}");
+        }
+        assert_eq!(seen.await.unwrap().connect, None);
     }
 
     #[test]

@@ -123,7 +123,8 @@ pub enum IsolationScope {
 pub struct Password(Arc<str>);
 
 impl Password {
-    /// Wraps `text` (crate-internal: passwords are derived, not supplied).
+    /// Wraps `text` (crate-internal: a user's password comes in through
+    /// [`SocksCredentials::new`]).
     fn new(text: String) -> Self {
         Password(Arc::from(text))
     }
@@ -142,18 +143,29 @@ impl fmt::Debug for Password {
     }
 }
 
-/// A SOCKS5 username/password pair (RFC 1929) selecting a Tor isolation
-/// group. `Debug` shows the username but not the password; cloning does not
+/// A SOCKS5 username/password pair (RFC 1929): one selecting a Tor isolation
+/// group, or the fixed pair a password-protected proxy requires
+/// ([`SocksCredentials::new`]). `Debug` shows the username but not the password; cloning does not
 /// allocate.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SocksCredentials {
-    /// One of the fixed category usernames.
+    /// One of the fixed category usernames, or the user's own.
     username: Cow<'static, str>,
     /// The (secret) password.
     password: Password,
 }
 
 impl SocksCredentials {
+    /// A fixed username/password pair chosen by the user, for a SOCKS5
+    /// proxy that requires one (the adapters' `Config::proxy_auth`). The
+    /// password is kept as a [`Password`]: never shown by `Debug`.
+    pub fn new(username: impl Into<Cow<'static, str>>, password: impl Into<String>) -> Self {
+        SocksCredentials {
+            username: username.into(),
+            password: Password::new(password.into()),
+        }
+    }
+
     /// The SOCKS5 username (not secret, e.g. `jm-directory`).
     pub fn username(&self) -> &str {
         &self.username
@@ -481,6 +493,19 @@ mod tests {
             format!("{:?}", iso(IsolationScope::PerServer)),
             "StreamIsolation { scope: PerServer, .. }"
         );
+    }
+
+    #[test]
+    fn fixed_credentials_keep_the_password_secret() {
+        let fixed = SocksCredentials::new(String::from("alice"), "hunter2-fixed");
+        assert_eq!(fixed.username(), "alice");
+        assert_eq!(fixed.password().expose(), "hunter2-fixed");
+        assert_eq!(fixed, SocksCredentials::new("alice", "hunter2-fixed"));
+        assert_ne!(fixed, SocksCredentials::new("alice", "other"));
+        for out in [format!("{fixed:?}"), format!("{fixed:#?}")] {
+            assert!(out.contains("alice"), "{out}");
+            assert!(!out.contains("hunter2"), "{out}");
+        }
     }
 
     #[test]

@@ -416,3 +416,190 @@ fn the_probe_watch_reports_a_silent_path_and_fails() {
         "{stdout}"
     );
 }
+
+/// The fixed username and password of the password-protected microsocks
+/// below (issue 16, item 9).
+const PROXY_USER: &str = "alice";
+const PROXY_PASSWORD: &str = "fixed-Pr0xy-secret";
+
+/// Every way a user can print `error`: Display, Debug, and each cause.
+fn error_texts(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut texts = vec![error.to_string(), format!("{error:?}")];
+    texts.extend(std::iter::successors(error.source(), |&e| e.source()).map(ToString::to_string));
+    texts
+}
+
+/// A line pool through `proxy` with the fixed proxy credentials
+/// `username`/`password` and isolation off.
+fn fixed_auth_pool(
+    dir: &LineServer,
+    proxy: SocketAddr,
+    username: &str,
+    password: &str,
+    rt: &Arc<dyn Runtime>,
+) -> DirectoryPool<common::LineHandshake> {
+    let mut cfg = config(&[dir.addr().to_string()], proxy);
+    cfg.proxy_auth = Some(dirpool::SocksCredentials::new(
+        username.to_owned(),
+        password,
+    ));
+    line_pool(cfg, rt)
+}
+
+#[test]
+fn the_pool_connects_through_microsocks_with_fixed_proxy_credentials() {
+    on_both_runtimes(|rt| async move {
+        let dir = LineServer::start(LineBehaviour::Healthy).unwrap();
+        let proxy = Microsocks::start(PROXY_USER, PROXY_PASSWORD);
+        let pool = fixed_auth_pool(&dir, proxy.addr, PROXY_USER, PROXY_PASSWORD, &rt);
+        assert_eq!(pool.connect_all_parallel().await.unwrap(), 1);
+        let client = pool.client(&dir.addr().to_string()).expect("registered");
+        assert_eq!(client.greeting, format!("HELLO {}", dir.port()));
+        // A one-off dial takes the same credentials.
+        let (_, other) = pool
+            .connect_to_directory(&dir.addr().to_string())
+            .await
+            .unwrap();
+        assert_eq!(other.greeting, client.greeting);
+        // Peers are dialed through the same proxy, with the same pair.
+        let peer = pool.peer_credentials().expect("proxy credentials");
+        assert_eq!(peer.username(), PROXY_USER);
+        assert_eq!(peer.password().expose(), PROXY_PASSWORD);
+        for text in [
+            format!("{pool:?}"),
+            format!("{peer:?}"),
+            format!("{peer:#?}"),
+        ] {
+            assert!(!text.contains(PROXY_PASSWORD), "{text} leaks the password");
+        }
+        pool.close_all().await.unwrap();
+        assert_eq!(dir.accepted(), 2);
+    });
+}
+
+#[test]
+fn a_wrong_fixed_proxy_password_is_the_typed_auth_error_without_the_password() {
+    on_both_runtimes(|rt| async move {
+        let dir = LineServer::start(LineBehaviour::Healthy).unwrap();
+        let proxy = Microsocks::start(PROXY_USER, PROXY_PASSWORD);
+        let wrong = "wrong-Pr0xy-secret";
+        let pool = fixed_auth_pool(&dir, proxy.addr, PROXY_USER, wrong, &rt);
+        let mut events = pool.events();
+        assert_eq!(pool.connect_all_parallel().await.unwrap(), 0);
+        let error = next_matching(&rt, &mut events, Duration::from_secs(5), |e| match e {
+            PoolEvent::DialFailed { error, .. } => Some(Arc::clone(error)),
+            _ => None,
+        })
+        .await
+        .expect("a failure");
+        assert!(
+            matches!(&*error, DialError::ProxyAuthRejected { username, proxy: p } if username == PROXY_USER && *p == proxy.addr),
+            "{error:?}"
+        );
+        let Err(direct) = pool.connect_to_directory(&dir.addr().to_string()).await else {
+            panic!("dial succeeded with a wrong password");
+        };
+        assert!(
+            matches!(&direct, DialError::ProxyAuthRejected { username, .. } if username == PROXY_USER),
+            "{direct:?}"
+        );
+        let mut texts = error_texts(&*error);
+        texts.extend(error_texts(&direct));
+        texts.push(format!("{pool:?}"));
+        for text in &texts {
+            assert!(!text.contains(wrong), "{text} leaks the password");
+            assert!(!text.contains(PROXY_PASSWORD), "{text} leaks a password");
+        }
+        assert!(error.to_string().contains(PROXY_USER), "{error}");
+        assert_eq!(dir.accepted(), 0);
+    });
+}
+
+/// A writer that keeps what the log formatter writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn fixed_proxy_passwords_never_reach_the_log() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    // As in health.rs: a second live dispatcher makes every callsite ask
+    // this thread's subscriber rather than a cached "never".
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt: Arc<dyn Runtime> = Arc::new(tokio.block_on(async { dirpool::TokioRuntime::current() }));
+    let wrong = "wrong-Pr0xy-secret";
+    tokio.block_on(async {
+        let dir = LineServer::start(LineBehaviour::Healthy).unwrap();
+        let proxy = Microsocks::start(PROXY_USER, PROXY_PASSWORD);
+        for password in [PROXY_PASSWORD, wrong] {
+            let pool = fixed_auth_pool(&dir, proxy.addr, PROXY_USER, password, &rt);
+            let connected = pool.connect_all_parallel().await.unwrap();
+            assert_eq!(connected, usize::from(password == PROXY_PASSWORD));
+            pool.close_all().await.unwrap();
+        }
+    });
+    drop(tokio);
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    // The log is there (the dials and the rejection are logged, with the
+    // username), and neither password is in it.
+    assert!(log.contains(PROXY_USER), "{log}");
+    assert!(log.contains("connected"), "{log}");
+    assert!(!log.contains(PROXY_PASSWORD), "{log}");
+    assert!(!log.contains(wrong), "{log}");
+}
+
+#[test]
+fn fixed_proxy_credentials_with_isolation_are_a_typed_configuration_error() {
+    let dir = LineServer::start(LineBehaviour::Healthy).unwrap();
+    let proxy = Microsocks::start(PROXY_USER, PROXY_PASSWORD);
+    for scope in [IsolationScope::PerCategory, IsolationScope::PerServer] {
+        let mut cfg = config(&[dir.addr().to_string()], proxy.addr);
+        cfg.pool.isolation = scope;
+        cfg.proxy_auth = Some(dirpool::SocksCredentials::new(PROXY_USER, PROXY_PASSWORD));
+        let (tokio, rt) = {
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let rt: Arc<dyn Runtime> =
+                Arc::new(tokio.block_on(async { dirpool::TokioRuntime::current() }));
+            (tokio, rt)
+        };
+        let _guard = tokio.enter();
+        let spawned = DirectoryPool::builder(cfg, common::LineHandshake)
+            .entropy(common::entropy())
+            .spawn(rt);
+        let Err(error) = spawned else {
+            panic!("spawned with isolation and proxy credentials");
+        };
+        assert!(
+            matches!(error, dirpool::ConfigError::ProxyAuthWithIsolation { scope: s } if s == scope),
+            "{error:?}"
+        );
+        for text in error_texts(&error) {
+            assert!(!text.contains(PROXY_PASSWORD), "{text}");
+        }
+    }
+    assert_eq!(dir.accepted(), 0);
+}
