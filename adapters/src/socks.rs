@@ -272,27 +272,17 @@ pub(crate) async fn probe_isolation(
 ) -> Result<(), DialError> {
     debug!(proxy = %proxy, "probing the SOCKS proxy for username/password support");
     let mut stream = connect_proxy(rt, proxy, proxy_timeout).await?;
-    let protocol = |source: io::Error| DialError::ProxyProtocol {
-        proxy,
-        source: Box::new(source),
-    };
-    stream
-        .write_all(&[SOCKS5, 0x01, METHOD_USER_PASS])
-        .await
-        .map_err(protocol)?;
-    stream.flush().await.map_err(protocol)?;
     let mut answer = [0u8; 2];
-    // Nothing but the answer is read here, so "answered" is "done".
-    let never = AtomicBool::new(false);
-    proxy_must_answer(
+    let greeting = [SOCKS5, 0x01, METHOD_USER_PASS];
+    ask_proxy(
         rt,
         proxy,
         proxy_timeout,
-        &never,
-        stream.read_exact(&mut answer),
+        &mut stream,
+        &greeting,
+        &mut answer,
     )
-    .await?
-    .map_err(protocol)?;
+    .await?;
     let result = match answer {
         [SOCKS5, METHOD_USER_PASS] => match fixed {
             Some(credentials) => {
@@ -314,6 +304,30 @@ pub(crate) async fn probe_isolation(
     result
 }
 
+/// One step of the probe: writes `request`, then reads exactly
+/// `answer.len()` bytes within `proxy_timeout`. Nothing else is read, so
+/// an answer is the whole step ("answered" is "done").
+async fn ask_proxy(
+    rt: &dyn Runtime,
+    proxy: SocketAddr,
+    proxy_timeout: Duration,
+    stream: &mut BoxedStream,
+    request: &[u8],
+    answer: &mut [u8],
+) -> Result<(), DialError> {
+    let protocol = |source: io::Error| DialError::ProxyProtocol {
+        proxy,
+        source: Box::new(source),
+    };
+    stream.write_all(request).await.map_err(protocol)?;
+    stream.flush().await.map_err(protocol)?;
+    let never = AtomicBool::new(false);
+    proxy_must_answer(rt, proxy, proxy_timeout, &never, stream.read_exact(answer))
+        .await?
+        .map_err(protocol)?;
+    Ok(())
+}
+
 /// The RFC 1929 sub-negotiation of the probe: sends `credentials` in one
 /// message and reads the two-byte verdict within `proxy_timeout`.
 async fn authenticate(
@@ -323,10 +337,6 @@ async fn authenticate(
     stream: &mut BoxedStream,
     credentials: &SocksCredentials,
 ) -> Result<(), DialError> {
-    let protocol = |source: io::Error| DialError::ProxyProtocol {
-        proxy,
-        source: Box::new(source),
-    };
     let username = credentials.username().as_bytes();
     let password = credentials.password().expose().as_bytes();
     // Validated at start-up; a length that does not fit one byte is refused
@@ -345,19 +355,8 @@ async fn authenticate(
     message.extend_from_slice(username);
     message.push(password_len);
     message.extend_from_slice(password);
-    stream.write_all(&message).await.map_err(protocol)?;
-    stream.flush().await.map_err(protocol)?;
     let mut verdict = [0u8; 2];
-    let never = AtomicBool::new(false);
-    proxy_must_answer(
-        rt,
-        proxy,
-        proxy_timeout,
-        &never,
-        stream.read_exact(&mut verdict),
-    )
-    .await?
-    .map_err(protocol)?;
+    ask_proxy(rt, proxy, proxy_timeout, stream, &message, &mut verdict).await?;
     match verdict {
         [USER_PASS_VERSION, 0x00] => Ok(()),
         [USER_PASS_VERSION, _] => Err(DialError::ProxyAuthRejected {
