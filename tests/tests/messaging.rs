@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::{entropy, eventually, on_both_runtimes, wait_for};
 use dirpool::joinmarket::{
     DirectoryOutcome, Envelope, Incoming, JmConfig, JoinMarketHandshake, Message, Messaging,
-    MessagingConfig, Network, Nick, PublicMessage, RecvError, Route, RouteFallback, RouteSource,
-    SendFailure, SendToError,
+    MessagingConfig, Network, Nick, NickIdentity, PublicMessage, RecvError, Route, RouteFallback,
+    RouteSource, SendFailure, SendToError, SignatureError,
 };
 use dirpool::{Config, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{Backoff, ServerAddr};
@@ -26,8 +26,6 @@ use futures::FutureExt;
 use futures::future::{Either, select};
 
 const SHORT: Duration = Duration::from_secs(10);
-/// Our nick.
-const NICK: &str = "J5xhGSWE7VrxM7sO";
 /// A maker's nick, as directories relay it.
 const PEER: &str = "J52bCDEFGHJKLMNO";
 
@@ -37,6 +35,22 @@ fn onion(n: u8) -> ServerAddr {
 
 fn nick(text: &str) -> Nick {
     Nick::parse(text).unwrap()
+}
+
+/// Our identity (a fixed key: signatures are deterministic, RFC 6979, so
+/// the tests know every signed line byte for byte).
+fn us() -> Arc<NickIdentity> {
+    Arc::new(NickIdentity::from_secret_bytes(&[0x11; 32]).unwrap())
+}
+
+/// Our nick.
+fn ours() -> Nick {
+    us().nick().clone()
+}
+
+/// The line of the private message `body` from us to `to`, signed.
+fn signed_line(to: &Nick, body: &str) -> String {
+    us().sign_private(to.clone(), body).unwrap().to_line()
 }
 
 /// Directories of `behaviours`, each behind its own onion name, a proxy
@@ -65,8 +79,7 @@ impl World {
         config.pool.connection_timeout = Duration::from_secs(3);
         config.pool.maintenance.backoff =
             Backoff::new(Duration::from_millis(100), Duration::from_millis(400), 2.0);
-        let handshake =
-            JoinMarketHandshake::new(JmConfig::new(nick(NICK), Network::Regtest)).unwrap();
+        let handshake = JoinMarketHandshake::new(JmConfig::new(ours(), Network::Regtest)).unwrap();
         let pool = DirectoryPool::builder(config, handshake)
             .entropy(entropy())
             .spawn(Arc::clone(rt))
@@ -86,7 +99,7 @@ impl World {
         rt: &Arc<dyn Runtime>,
         edit: impl FnOnce(&mut MessagingConfig),
     ) -> Messaging {
-        let mut config = MessagingConfig::new(nick(NICK));
+        let mut config = MessagingConfig::new(us());
         edit(&mut config);
         let messaging = Messaging::new(&self.pool, config).unwrap();
         let all = self.dirs.len();
@@ -238,7 +251,7 @@ fn send_to_goes_through_the_only_directory_whose_peerlist_has_the_nick() {
             .await
             .unwrap();
         assert_eq!(via, world.directory(1));
-        let line = format!("{NICK}!{PEER}!fill 0 100000 abc");
+        let line = signed_line(&peer, "!fill 0 100000 abc");
         let arrived = |dir: &JmDirectory| {
             dir.received()
                 .iter()
@@ -291,7 +304,7 @@ fn broadcast_reports_a_stuck_directory_and_reaches_the_others() {
         let timeout = Duration::from_millis(300);
         let messaging = world.messaging(&rt, |c| c.send_timeout = timeout).await;
         let body = format!("!hello {}", "x".repeat(20_000));
-        let line = PublicMessage::new(nick(NICK), body.as_str())
+        let line = PublicMessage::new(ours(), body.as_str())
             .unwrap()
             .to_envelope();
         let stuck = world.directory(1);
@@ -317,7 +330,7 @@ fn broadcast_reports_a_stuck_directory_and_reaches_the_others() {
             matches!(outcomes[1].result, Err(SendFailure::TimedOut(t)) if t == timeout),
             "{outcomes:?}"
         );
-        let sent = (JM_PUBMSG, format!("{NICK}!PUBLIC!{}", &body[1..]));
+        let sent = (JM_PUBMSG, format!("{}!PUBLIC!{}", ours(), &body[1..]));
         for dir in [&world.dirs[0], &world.dirs[2]] {
             assert!(eventually(&rt, SHORT, || dir.received().contains(&sent)).await);
         }
@@ -507,7 +520,7 @@ fn without_a_route_the_fallback_goes_through_the_first_connected_directory() {
         assert!(messaging.routes(&stranger).is_empty());
         let via = messaging.send_to(&stranger, "!hello").await.unwrap();
         assert_eq!(via, world.directory(0), "the pool's server order");
-        let line = (JM_PRIVMSG, format!("{NICK}!{stranger}!hello"));
+        let line = (JM_PRIVMSG, signed_line(&stranger, "!hello"));
         assert!(eventually(&rt, SHORT, || world.dirs[0].received().contains(&line)).await);
         assert!(
             !world.dirs[1]
@@ -539,7 +552,7 @@ fn the_readme_broadcast_is_relayed_by_every_implementation() {
         let outcomes = messaging.broadcast("!orderbook").await.unwrap();
         assert_eq!(outcomes.len(), 3);
         assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
-        let expected = (JM_PUBMSG, format!("{NICK}!PUBLIC!orderbook"));
+        let expected = (JM_PUBMSG, format!("{}!PUBLIC!orderbook", ours()));
         let relayed_by_all = eventually(&rt, SHORT, || {
             world.dirs.iter().all(|dir| {
                 dir.link_records()
@@ -588,6 +601,75 @@ fn a_full_joinmarket_rs_peerlist_passes_through_messaging_with_the_defaults() {
         assert_eq!(messaging.stats().lagged, 0, "{:?}", messaging.stats());
         let last = makers.last().unwrap();
         assert_eq!(directories(&messaging.routes(last)), [world.directory(0)]);
+        world.pool.close_all().await.unwrap();
+    });
+}
+
+/// A private message reaches the user verified only when signed by the key
+/// its sender's nick derives from (joinmarket-ng `jmcore/crypto.py`
+/// `verify_signed_privmsg`, which its maker and taker apply to every
+/// private message): a signed one is `Private` with its proven sender and
+/// teaches a route, an unsigned or forged one is `Unverified` and teaches
+/// none, and one to another nick is dropped and counted.
+#[test]
+fn private_messages_through_a_directory_are_verified_before_delivery() {
+    on_both_runtimes(|rt| async move {
+        let world = World::start(&rt, vec![JmBehaviour::default(); 2]);
+        let messaging = world.messaging(&rt, |_| {}).await;
+        let maker = NickIdentity::from_secret_bytes(&[0x22; 32]).unwrap();
+        let stranger = NickIdentity::from_secret_bytes(&[0x33; 32]).unwrap();
+
+        let unsigned = format!("{}!{}!fill 0 100000", maker.nick(), ours());
+        assert_eq!(world.dirs[0].broadcast(JM_PRIVMSG, &unsigned), 1);
+        let forged = stranger
+            .sign_private(ours(), "!ioauth x")
+            .unwrap()
+            .to_line()
+            .replacen(stranger.nick().as_str(), maker.nick().as_str(), 1);
+        assert_eq!(world.dirs[0].broadcast(JM_PRIVMSG, &forged), 1);
+        let misaddressed = maker
+            .sign_private(stranger.nick().clone(), "!ioauth x")
+            .unwrap()
+            .to_line();
+        assert_eq!(world.dirs[0].broadcast(JM_PRIVMSG, &misaddressed), 1);
+        let signed = maker
+            .sign_private(ours(), "!ioauth a b c")
+            .unwrap()
+            .to_line();
+        assert_eq!(world.dirs[1].broadcast(JM_PRIVMSG, &signed), 1);
+
+        // One directory's lines arrive in order; the other's interleave.
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let incoming = next(&rt, &messaging).await;
+            match incoming.message {
+                Message::Private(verified) => {
+                    assert_eq!(verified.sender(), maker.nick());
+                    assert_eq!(verified.message().body(), "!ioauth a b c");
+                    assert_eq!(incoming.directory, world.directory(1));
+                    seen.push("verified");
+                }
+                Message::Unverified { message, error } => {
+                    assert_eq!(incoming.directory, world.directory(0));
+                    assert_eq!(message.from(), maker.nick());
+                    seen.push(match error {
+                        SignatureError::Unsigned => "unsigned",
+                        SignatureError::NickMismatch { .. } => "forged",
+                        other => panic!("unexpected {other:?}"),
+                    });
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, ["forged", "unsigned", "verified"]);
+        assert!(eventually(&rt, SHORT, || messaging.stats().misaddressed == 1).await);
+        let stats = messaging.stats();
+        assert_eq!((stats.unverified, stats.received), (2, 4));
+        assert_eq!(
+            directories(&messaging.routes(maker.nick())),
+            [world.directory(1)]
+        );
         world.pool.close_all().await.unwrap();
     });
 }

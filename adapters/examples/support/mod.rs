@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use dirpool::joinmarket::{
     Command, JmConfig, JoinMarketHandshake, Message, Messaging, MessagingConfig, Network, Nick,
-    PrivateMessage, RecvError,
+    NickIdentity, RecvError,
 };
 use dirpool::loopback::{LoopbackDirectory, LoopbackError, LoopbackProxy};
 use dirpool::{Config, DirectoryPool};
@@ -224,8 +224,10 @@ pub(crate) fn example_offers(n: usize) -> Vec<Offer> {
 
 /// A pool of directories with the messaging layer on top.
 pub(crate) struct Participant {
-    /// Our nick.
+    /// Our nick (our identity's).
     pub(crate) nick: Nick,
+    /// Our key: signs our private messages.
+    pub(crate) identity: Arc<NickIdentity>,
     /// The pool.
     pub(crate) pool: DirectoryPool<JoinMarketHandshake>,
     /// Messages across every directory.
@@ -243,19 +245,21 @@ impl Participant {
         directories: &[String],
         network: Network,
     ) -> Result<(Self, usize), Box<dyn Error>> {
-        let nick = Nick::random()?;
+        let identity = Arc::new(NickIdentity::random()?);
+        let nick = identity.nick().clone();
         let mut config = Config::new(directories.iter().cloned());
         config.proxy = proxy;
         config.pool.isolation = IsolationScope::PerCategory;
         let handshake = JoinMarketHandshake::new(JmConfig::new(nick.clone(), network))?;
         let pool = DirectoryPool::builder(config, handshake).spawn_smol()?;
         // Before connecting, so it sees every link from its first line.
-        let messaging = Messaging::new(&pool, MessagingConfig::new(nick.clone()))?;
+        let messaging = Messaging::new(&pool, MessagingConfig::new(Arc::clone(&identity)))?;
         let connected = pool.connect_all_parallel().await?;
         // Lost or unreached directories are redialed from now on.
         pool.start_maintenance()?;
         let participant = Self {
             nick,
+            identity,
             pool,
             messaging,
         };
@@ -271,7 +275,7 @@ impl Participant {
         to: &Nick,
         body: &str,
     ) -> Result<usize, Box<dyn Error>> {
-        let envelope = PrivateMessage::new(self.nick.clone(), to.clone(), body)?.to_envelope();
+        let envelope = self.identity.sign_private(to.clone(), body)?.to_envelope();
         let sends = self.pool.clients().into_iter().map(|(_, link)| {
             let envelope = envelope.clone();
             async move {

@@ -12,17 +12,19 @@
 //!
 //! ```no_run
 //! use dirpool::joinmarket::{
-//!     JmConfig, JoinMarketHandshake, Message, Messaging, MessagingConfig, Network, Nick,
+//!     JmConfig, JoinMarketHandshake, Message, Messaging, MessagingConfig, Network, NickIdentity,
 //! };
+//! use std::sync::Arc;
 //! use dirpool::{Config, DirectoryPool};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! smol::block_on(async {
-//!     let nick = Nick::random()?;
-//!     let handshake = JoinMarketHandshake::new(JmConfig::new(nick.clone(), Network::Signet))?;
+//!     let identity = Arc::new(NickIdentity::random()?);
+//!     let handshake =
+//!         JoinMarketHandshake::new(JmConfig::new(identity.nick().clone(), Network::Signet))?;
 //!     let config = Config::new(["duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion"]);
 //!     let pool = DirectoryPool::builder(config, handshake).spawn_smol()?;
-//!     let messaging = Messaging::new(&pool, MessagingConfig::new(nick))?;
+//!     let messaging = Messaging::new(&pool, MessagingConfig::new(identity))?;
 //!     pool.connect_all_parallel().await?;
 //!     for outcome in messaging.broadcast("!orderbook").await? {
 //!         if let Err(failure) = &outcome.result {
@@ -30,8 +32,14 @@
 //!         }
 //!     }
 //!     let incoming = messaging.recv().await?;
-//!     if let Message::Public(offer) = &incoming.message {
-//!         messaging.send_to(offer.from(), "!fill 0 100000 03abcd").await?;
+//!     match &incoming.message {
+//!         // Answered with a signed private message.
+//!         Message::Public(offer) => {
+//!             messaging.send_to(offer.from(), "!fill 0 100000 03abcd").await?;
+//!         }
+//!         // Its signature proves `sender()` wrote it.
+//!         Message::Private(answer) => println!("{}: {}", answer.sender(), answer.message().body()),
+//!         _ => {}
 //!     }
 //!     Ok(())
 //! })
@@ -76,6 +84,20 @@
 //!   it is then delivered again. Forgetting early can only duplicate a
 //!   message, never lose one.
 //!
+//! # Signed private messages
+//!
+//! [`Messaging::send_to`] signs every private message with
+//! [`MessagingConfig::identity`], as joinmarket-ng and the reference do.
+//! Every private message received is checked the same way before anyone
+//! sees it: to a nick other than ours, it is dropped and counted
+//! ([`MessagingStats::misaddressed`]); with a signature by the key its
+//! sender's nick derives from, it is a [`Message::Private`] holding a
+//! [`VerifiedPrivateMessage`]; otherwise a [`Message::Unverified`] with the
+//! reason (joinmarket-ng's maker and taker drop those; we show them,
+//! marked, and learn no route from them). The check (one ECDSA
+//! verification, tens of microseconds) runs on the background task, outside
+//! the queue's lock.
+//!
 //! # Routes for private messages
 //!
 //! What the implementations do for a private message to a peer we have no
@@ -97,7 +119,7 @@
 //!
 //! What we do: a route is a (nick, directory) pair learned from a peer-list
 //! entry without the disconnected flag (as ng) or from any public or
-//! private message from that nick (as the reference); an entry with the
+//! verified private message from that nick (as the reference); an entry with the
 //! flag removes the pair. [`Messaging::send_to`] tries the routes most
 //! recently learned first, one directory at a time, until one takes the
 //! line, so exactly one directory relays it. A route through a directory
@@ -147,7 +169,8 @@ use super::lines::{
 };
 use super::{
     DirectoryConnection, Envelope, JmConfigError, JmError, JoinMarketHandshake, MAX_QUEUE_BYTES,
-    Nick, RecvError, Wakers, check_sender, check_size, check_timeout, wire,
+    Nick, NickIdentity, NickKeyError, RecvError, SignatureError, VerifiedPrivateMessage, Wakers,
+    check_sender, check_size, check_timeout, wire,
 };
 use crate::pool::DirectoryPool;
 use crate::runtime::{Runtime, before};
@@ -179,13 +202,14 @@ pub enum RouteFallback {
 
 /// How [`Messaging`] behaves, and its bounds.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MessagingConfig {
-    /// Our nick: the `<from>` of what we send. It must be the nick the
-    /// handshake presents, or directories drop our messages (joinmarket-ng
+    /// Our identity: its nick is the `<from>` of what we send, and it signs
+    /// our private messages. Its nick must be the nick the handshake
+    /// presents, or directories drop our messages (joinmarket-ng
     /// `message_router.py` drops a message whose from-nick is not the
     /// link's; so does joinmarket-rs).
-    pub nick: Nick,
+    pub identity: Arc<NickIdentity>,
     /// Bytes of messages kept in the merged queue (see [`ITEM_OVERHEAD`]).
     /// In [[`MIN_INBOUND_BYTES`], [`MAX_QUEUE_BYTES`]].
     pub inbound_bytes: usize,
@@ -206,14 +230,13 @@ pub struct MessagingConfig {
 }
 
 impl MessagingConfig {
-    /// Every default for `nick`: a 16 MiB merged queue (room for one of
-    /// joinmarket-rs's one-line peer lists of 20,000 makers, charged
-    /// parsed), a 30 s window of at
-    /// most 8,192 public messages, 4,096 nicks of routes, 30 s per send,
-    /// no fallback.
-    pub fn new(nick: Nick) -> Self {
+    /// Every default for `identity`: a 16 MiB merged queue (room for one
+    /// of joinmarket-rs's one-line peer lists of 20,000 makers, charged
+    /// parsed), a 30 s window of at most 8,192 public messages, 4,096 nicks
+    /// of routes, 30 s per send, no fallback.
+    pub fn new(identity: impl Into<Arc<NickIdentity>>) -> Self {
         Self {
-            nick,
+            identity: identity.into(),
             inbound_bytes: 16 * 1024 * 1024,
             dedup_window: Duration::from_secs(30),
             dedup_entries: 8192,
@@ -221,6 +244,11 @@ impl MessagingConfig {
             send_timeout: Duration::from_secs(30),
             fallback: RouteFallback::None,
         }
+    }
+
+    /// Our nick (the identity's).
+    pub fn nick(&self) -> &Nick {
+        self.identity.nick()
     }
 
     /// Checks every bound.
@@ -242,6 +270,21 @@ impl MessagingConfig {
     }
 }
 
+/// Equal when every field is; identities by their public keys.
+impl PartialEq for MessagingConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity.public_key() == other.identity.public_key()
+            && self.inbound_bytes == other.inbound_bytes
+            && self.dedup_window == other.dedup_window
+            && self.dedup_entries == other.dedup_entries
+            && self.route_nicks == other.route_nicks
+            && self.send_timeout == other.send_timeout
+            && self.fallback == other.fallback
+    }
+}
+
+impl Eq for MessagingConfig {}
+
 /// One message from the merged queue, and the directory it came through.
 #[non_exhaustive]
 #[derive(Debug, Clone)]
@@ -259,8 +302,21 @@ pub enum Message {
     /// A public message (PUBMSG 687), delivered once however many
     /// directories relayed it.
     Public(PublicMessage),
-    /// A private message (PRIVMSG 685).
-    Private(PrivateMessage),
+    /// A private message to us (PRIVMSG 685) whose signature proves its
+    /// sender holds the key its nick derives from.
+    Private(VerifiedPrivateMessage),
+    /// A private message to us whose signature is missing or does not
+    /// verify. joinmarket-ng's maker and taker drop these
+    /// (`maker/protocol_handlers.py`, `taker/multi_directory.py`:
+    /// "Dropping unverified message"); we hand them over, marked, so the
+    /// failure is seen, and learn no route from them. Never act on one as
+    /// if it came from its `from` nick.
+    Unverified {
+        /// As parsed.
+        message: PrivateMessage,
+        /// Why it does not verify.
+        error: SignatureError,
+    },
     /// A peer list (PEERLIST 789): one chunk of the directory's peers, or
     /// an update (joins, and leaves with the disconnected flag).
     Peerlist(Vec<PeerlistEntry>),
@@ -336,6 +392,9 @@ pub enum MessageError {
     /// ([`JmError::SendTooLong`]).
     #[error("message cannot be sent")]
     Encode(#[source] JmError),
+    /// Signing failed.
+    #[error("cannot sign the message")]
+    Sign(#[source] NickKeyError),
     /// A private message from another nick than ours: directories would
     /// drop it.
     #[error("the message is from {from}, but our nick is {ours}")]
@@ -407,6 +466,12 @@ pub struct MessagingStats {
     pub dropped_full: u64,
     /// Messages the links dropped because their own queues were full.
     pub dropped_by_links: u64,
+    /// Private messages handed over as [`Message::Unverified`].
+    pub unverified: u64,
+    /// Private messages to another nick than ours, dropped (a directory
+    /// relays a private message only to its `to` nick, so these are a
+    /// directory's fault).
+    pub misaddressed: u64,
     /// Dropped messages not reported by [`Messaging::recv`] yet.
     pub lagged: u64,
     /// Public messages remembered for de-duplication.
@@ -436,7 +501,7 @@ pub struct Messaging {
 impl fmt::Debug for Messaging {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Messaging")
-            .field("nick", &self.inner.config.nick)
+            .field("nick", self.inner.config.nick())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -504,6 +569,7 @@ impl Messaging {
             shared,
             directories,
             runtime: Arc::clone(pool.runtime()),
+            ours: inner.config.nick().clone(),
             reading: HashMap::new(),
             reads: FuturesUnordered::new(),
         };
@@ -556,7 +622,7 @@ impl Messaging {
     /// [`MessageError`] if the message cannot be built or is too long;
     /// nothing is sent then.
     pub async fn broadcast(&self, body: &str) -> Result<Vec<DirectoryOutcome>, MessageError> {
-        let message = PublicMessage::new(self.inner.config.nick.clone(), body)?;
+        let message = PublicMessage::new(self.inner.config.nick().clone(), body)?;
         let envelope = message.to_envelope();
         envelope.encode().map_err(MessageError::Encode)?;
         Ok(self.send_everywhere(&envelope).await)
@@ -573,8 +639,9 @@ impl Messaging {
         self.send_everywhere(&get_peerlist()).await
     }
 
-    /// Sends a private message, `<our nick>!<nick>!<body>`, through one
-    /// directory that can reach `nick` (see the [module](self) for the
+    /// Sends a private message, `<our nick>!<nick>!<body> <pubkey> <sig>`,
+    /// signed with our identity as joinmarket-ng and the reference sign
+    /// (their makers and takers drop unsigned ones), through one directory that can reach `nick` (see the [module](self) for the
     /// choice): the routes most recently learned first, one at a time,
     /// each within [`send_timeout`](MessagingConfig::send_timeout).
     /// Returns the directory that took it. Taken means queued on that
@@ -587,15 +654,22 @@ impl Messaging {
     /// [`SendToError::NoRoute`] when no directory is known to reach
     /// `nick`; [`SendToError::Unreachable`] with every directory tried and
     /// why each failed; [`SendToError::Message`] for a message that cannot
-    /// be built.
+    /// be built or signed.
     pub async fn send_to(&self, nick: &Nick, body: &str) -> Result<Arc<ServerAddr>, SendToError> {
-        let message = PrivateMessage::new(self.inner.config.nick.clone(), nick.clone(), body)
-            .map_err(MessageError::from)?;
+        let message = self
+            .inner
+            .config
+            .identity
+            .sign_private(nick.clone(), body)
+            .map_err(|error| match error {
+                NickKeyError::Message(line) => MessageError::Line(line),
+                other => MessageError::Sign(other),
+            })?;
         self.send_private(&message).await
     }
 
-    /// As [`send_to`](Self::send_to), for a message already built (e.g.
-    /// signed). Its from-nick must be ours.
+    /// As [`send_to`](Self::send_to), for a message already built, sent as
+    /// it is (signed or not). Its from-nick must be ours.
     ///
     /// Cancel-safe as [`send_to`](Self::send_to).
     ///
@@ -606,7 +680,7 @@ impl Messaging {
         &self,
         message: &PrivateMessage,
     ) -> Result<Arc<ServerAddr>, SendToError> {
-        let ours = &self.inner.config.nick;
+        let ours = self.inner.config.nick();
         let envelope = message.to_envelope();
         // The links refuse it too; checked here so that no directory is tried.
         if check_sender(&envelope, ours).is_err() {
@@ -658,6 +732,8 @@ impl Messaging {
             duplicates: state.duplicates,
             dropped_full: state.dropped_full,
             dropped_by_links: state.dropped_by_links,
+            unverified: state.unverified,
+            misaddressed: state.misaddressed,
             lagged: state.lagged,
             dedup_entries: state.dedup.seen.len(),
             dedup_evicted_early: state.dedup.evicted_early,
@@ -760,6 +836,8 @@ struct State {
     duplicates: u64,
     dropped_full: u64,
     dropped_by_links: u64,
+    unverified: u64,
+    misaddressed: u64,
     links_read: usize,
 }
 
@@ -779,6 +857,8 @@ impl Shared {
                 duplicates: 0,
                 dropped_full: 0,
                 dropped_by_links: 0,
+                unverified: 0,
+                misaddressed: 0,
                 links_read: 0,
             }),
         }
@@ -790,18 +870,25 @@ impl Shared {
 }
 
 impl State {
-    /// Learns what `envelope` from `directory` says about routes and keeps
-    /// it for the user unless it is a relayed copy or the queue is full.
+    /// Learns what `message` (from a line of `line_len` bytes) from
+    /// `directory` says about routes and keeps it for the user unless it is
+    /// a relayed copy or the queue is full.
     fn ingest(
         &mut self,
         index: usize,
         directory: &Arc<ServerAddr>,
-        envelope: Envelope,
+        line_len: usize,
+        message: Option<Message>,
         now: Instant,
     ) {
         self.received = self.received.saturating_add(1);
-        let line_len = envelope.line.len();
-        let message = classify(envelope);
+        let Some(message) = message else {
+            if self.misaddressed == 0 {
+                tracing::debug!(%directory, "dropping a private message to another nick");
+            }
+            self.misaddressed = self.misaddressed.saturating_add(1);
+            return;
+        };
         match &message {
             Message::Public(public) => {
                 self.routes
@@ -813,7 +900,11 @@ impl State {
             }
             Message::Private(private) => {
                 self.routes
-                    .learn(private.from(), directory, RouteSource::Message, now);
+                    .learn(private.sender(), directory, RouteSource::Message, now);
+            }
+            Message::Unverified { message, error } => {
+                tracing::debug!(%directory, from = %message.from(), %error, "unverified private message");
+                self.unverified = self.unverified.saturating_add(1);
             }
             Message::Peerlist(entries) => {
                 for entry in entries {
@@ -869,15 +960,23 @@ impl State {
     }
 }
 
-/// Types a message by its kind.
-fn classify(envelope: Envelope) -> Message {
+/// Types a message by its kind and checks a private message's signature;
+/// `None` for a private message to another nick than `ours`.
+fn classify(envelope: Envelope, ours: &Nick) -> Option<Message> {
     let parsed = match envelope.kind {
         wire::PUBMSG => PublicMessage::parse(&envelope.line).map(Message::Public),
-        wire::PRIVMSG => PrivateMessage::parse(&envelope.line).map(Message::Private),
+        wire::PRIVMSG => match PrivateMessage::parse(&envelope.line) {
+            Ok(message) if message.to() != ours => return None,
+            Ok(message) => Ok(match message.verify() {
+                Ok(verified) => Message::Private(verified),
+                Err(error) => Message::Unverified { message, error },
+            }),
+            Err(error) => Err(error),
+        },
         wire::PEERLIST => parse_peerlist(&envelope.line).map(Message::Peerlist),
-        _ => return Message::Other(envelope),
+        _ => return Some(Message::Other(envelope)),
     };
-    parsed.unwrap_or_else(|error| Message::Malformed { envelope, error })
+    Some(parsed.unwrap_or_else(|error| Message::Malformed { envelope, error }))
 }
 
 /// Public messages seen recently: per message, how many copies each
@@ -1061,6 +1160,8 @@ struct Reader {
     shared: Arc<Shared>,
     directories: Arc<Directories>,
     runtime: Arc<dyn Runtime>,
+    /// Our nick: private messages to another are dropped.
+    ours: Nick,
     /// The link read for each directory (an older link of the same
     /// directory may still be read to its end meanwhile).
     reading: HashMap<usize, Arc<DirectoryConnection>>,
@@ -1145,8 +1246,13 @@ impl Reader {
         match result {
             Ok(envelope) => {
                 let directory = &self.directories.servers[index];
+                let line_len = envelope.line.len();
+                // Parsed and verified (an ECDSA check) outside the lock.
+                let message = classify(envelope, &self.ours);
                 let now = self.runtime.now();
-                self.shared.state().ingest(index, directory, envelope, now);
+                self.shared
+                    .state()
+                    .ingest(index, directory, line_len, message, now);
             }
             Err(RecvError::Lagged(n)) => {
                 let mut state = self.shared.state();
@@ -1270,9 +1376,77 @@ mod tests {
         assert_eq!(routes.evicted, 1);
     }
 
+    fn identity(byte: u8) -> NickIdentity {
+        NickIdentity::from_secret_bytes(&[byte; 32]).unwrap()
+    }
+
+    fn privmsg(message: &PrivateMessage) -> Envelope {
+        message.to_envelope()
+    }
+
+    #[test]
+    fn private_messages_are_verified_before_anyone_sees_them() {
+        let (taker, maker, other) = (identity(1), identity(2), identity(3));
+        let ours = taker.nick();
+        let t0 = Instant::now();
+        let dir = directory(1);
+        let mut state = Shared::new(&MessagingConfig::new(identity(1)))
+            .state
+            .into_inner()
+            .unwrap();
+        let mut deliver = |envelope: Envelope| {
+            let len = envelope.line.len();
+            state.ingest(0, &dir, len, classify(envelope, ours), t0);
+            state.pop().map(|incoming| incoming.message)
+        };
+
+        // Signed by the key its sender's nick derives from: verified.
+        let signed = maker.sign_private(ours.clone(), "!ioauth a b c").unwrap();
+        let Some(Message::Private(verified)) = deliver(privmsg(&signed)) else {
+            panic!("a signed message is delivered verified");
+        };
+        assert_eq!(verified.sender(), maker.nick());
+
+        // Unsigned: handed over, marked, with the reason.
+        let unsigned = PrivateMessage::new(maker.nick().clone(), ours.clone(), "!fill 0").unwrap();
+        assert!(matches!(
+            deliver(privmsg(&unsigned)),
+            Some(Message::Unverified {
+                error: SignatureError::Unsigned,
+                ..
+            })
+        ));
+
+        // Signed by another key than the one `from` derives from: a forgery.
+        let forged_line = other
+            .sign_private(ours.clone(), "!ioauth a b c")
+            .unwrap()
+            .to_line()
+            .replacen(other.nick().as_str(), maker.nick().as_str(), 1);
+        let forged = PrivateMessage::parse(&forged_line).unwrap();
+        assert!(matches!(
+            deliver(privmsg(&forged)),
+            Some(Message::Unverified {
+                error: SignatureError::NickMismatch { .. },
+                ..
+            })
+        ));
+
+        // To another nick: dropped and counted.
+        let elsewhere = maker.sign_private(other.nick().clone(), "!fill 0").unwrap();
+        assert!(deliver(privmsg(&elsewhere)).is_none());
+
+        // Routes only from the verified message.
+        assert_eq!(state.routes.get(maker.nick()).len(), 1);
+        assert_eq!(
+            (state.unverified, state.misaddressed, state.received),
+            (2, 1, 4)
+        );
+    }
+
     #[test]
     fn configs_out_of_range_are_typed_errors() {
-        let ok = MessagingConfig::new(nick("J5xhGSWE7VrxM7sO"));
+        let ok = MessagingConfig::new(NickIdentity::from_secret_bytes(&[7; 32]).unwrap());
         assert_eq!(ok.validate(), Ok(()));
         let mut c = ok.clone();
         c.inbound_bytes = MIN_INBOUND_BYTES - 1;
