@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use dirpool::joinmarket::{
     Command, JmConfig, JoinMarketHandshake, Message, Messaging, MessagingConfig, Network, Nick,
-    PrivateMessage, RecvError,
+    NickIdentity, PrivateMessage, RecvError,
 };
 use dirpool::loopback::{LoopbackDirectory, LoopbackError, LoopbackProxy};
 use dirpool::{Config, DirectoryPool};
@@ -243,11 +243,12 @@ impl Participant {
         directories: &[String],
         network: Network,
     ) -> Result<(Self, usize), Box<dyn Error>> {
-        let nick = Nick::random()?;
+        let identity = NickIdentity::random()?;
+        let nick = identity.nick().clone();
         let mut config = Config::new(directories.iter().cloned());
         config.proxy = proxy;
         config.pool.isolation = IsolationScope::PerCategory;
-        let handshake = JoinMarketHandshake::new(JmConfig::new(nick.clone(), network))?;
+        let handshake = JoinMarketHandshake::new(JmConfig::new(identity, network))?;
         let pool = DirectoryPool::builder(config, handshake).spawn_smol()?;
         // Before connecting, so it sees every link from its first line.
         let messaging = Messaging::new(&pool, MessagingConfig::new(nick.clone()))?;

@@ -12,14 +12,15 @@
 //!
 //! ```no_run
 //! use dirpool::joinmarket::{
-//!     JmConfig, JoinMarketHandshake, Message, Messaging, MessagingConfig, Network, Nick,
+//!     JmConfig, JoinMarketHandshake, Message, Messaging, MessagingConfig, Network, NickIdentity,
 //! };
 //! use dirpool::{Config, DirectoryPool};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! smol::block_on(async {
-//!     let nick = Nick::random()?;
-//!     let handshake = JoinMarketHandshake::new(JmConfig::new(nick.clone(), Network::Signet))?;
+//!     let identity = NickIdentity::random()?;
+//!     let nick = identity.nick().clone();
+//!     let handshake = JoinMarketHandshake::new(JmConfig::new(identity, Network::Signet))?;
 //!     let config = Config::new(["duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion"]);
 //!     let pool = DirectoryPool::builder(config, handshake).spawn_smol()?;
 //!     let messaging = Messaging::new(&pool, MessagingConfig::new(nick))?;
