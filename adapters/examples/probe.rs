@@ -15,7 +15,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use dirpool::joinmarket::{DirectoryConnection, JmConfig, JoinMarketHandshake, Network, Nick};
+use dirpool::joinmarket::{
+    DirectoryConnection, JmConfig, JoinMarketHandshake, Network, NickIdentity,
+};
 use dirpool::{Client, Config, ConfigError, DEFAULT_PROXY, DialError, DirectoryPool, PoolEvent};
 use dirpool_core::backoff::MAX_POLICY_DURATION;
 use dirpool_core::{
@@ -39,8 +41,6 @@ Options:
                       per-process password): with Tor's IsolateSOCKSAuth (on by default)
                       the probe's streams get circuits of their own
   --network NAME      mainnet | testnet | signet | regtest [default: mainnet]
-  --nick NICK         JoinMarket nick to present (J5 + 14 characters)
-                      [default: a random one]
   --timeout SECONDS   per-directory connection timeout, Tor circuit and handshake
                       included [default: 120]
   --watch SECONDS     after connecting, hold the links this long instead of closing
@@ -72,7 +72,6 @@ struct Options {
     socks: SocketAddr,
     isolate: bool,
     network: Network,
-    nick: Option<Nick>,
     timeout: Duration,
     watch: Option<Duration>,
     keepalive: KeepalivePolicy,
@@ -85,7 +84,6 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         socks: DEFAULT_PROXY,
         isolate: false,
         network: Network::Mainnet,
-        nick: None,
         timeout: Duration::from_secs(120),
         watch: None,
         keepalive: KeepalivePolicy::default(),
@@ -108,7 +106,6 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             name,
             "--socks"
                 | "--network"
-                | "--nick"
                 | "--timeout"
                 | "--watch"
                 | "--keepalive-idle"
@@ -126,10 +123,6 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             "--socks" => options.socks = parse_socks(&value)?,
             "--network" => {
                 options.network = value.parse().map_err(|e| format!("--network: {e}"))?;
-            }
-            "--nick" => {
-                let nick = Nick::parse(&value).map_err(|e| format!("--nick {value:?}: {e}"))?;
-                options.nick = Some(nick);
             }
             "--timeout" => options.timeout = parse_seconds(name, &value)?,
             "--watch" => options.watch = Some(parse_seconds(name, &value)?),
@@ -552,17 +545,16 @@ fn main() -> ExitCode {
         eprintln!("error: no directories given\n\n{USAGE}");
         return ExitCode::from(2);
     }
-    let (nick, origin) = match &options.nick {
-        Some(nick) => (nick.clone(), "given"),
-        None => match Nick::random() {
-            Ok(nick) => (nick, "random"),
-            Err(e) => {
-                eprintln!("error: no OS randomness for a nick: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+    // A fresh key each run: the nick it backs is not linked to any other.
+    let identity = match NickIdentity::random() {
+        Ok(identity) => identity,
+        Err(e) => {
+            eprintln!("error: no key for a nick: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let handshake = match JoinMarketHandshake::new(JmConfig::new(nick.clone(), options.network)) {
+    let nick = identity.nick().clone();
+    let handshake = match JoinMarketHandshake::new(JmConfig::new(identity, options.network)) {
         Ok(handshake) => handshake,
         Err(e) => {
             eprintln!("error: {}", chain(&e));
@@ -570,7 +562,7 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "probing {} director{} via SOCKS {} (stream isolation {}), network {}, nick {nick} ({origin}), timeout {:?}\n",
+        "probing {} director{} via SOCKS {} (stream isolation {}), network {}, nick {nick} (fresh key), timeout {:?}\n",
         options.directories.len(),
         if options.directories.len() == 1 {
             "y"

@@ -32,7 +32,7 @@ use crate::error::{DialError, every_text};
 use crate::handshake::{Client, Handshake, HandshakeContext, RawStream};
 use crate::joinmarket::wire::LineReader;
 use crate::joinmarket::{
-    JmConfig, JoinMarketHandshake, MESSAGE_OVERHEAD, Network, Nick, RecvError,
+    JmConfig, JoinMarketHandshake, MESSAGE_OVERHEAD, Network, NickIdentity, RecvError,
 };
 use crate::runtime::{BoxedStream, Runtime, before};
 
@@ -127,6 +127,14 @@ pub fn socks_reply(data: &[u8]) {
     }
 }
 
+/// One fixed key for every run: making a key costs more than a run.
+fn fuzz_identity() -> Arc<NickIdentity> {
+    static IDENTITY: std::sync::OnceLock<Arc<NickIdentity>> = std::sync::OnceLock::new();
+    Arc::clone(IDENTITY.get_or_init(|| {
+        Arc::new(NickIdentity::from_secret_bytes(&[1; 32]).expect("a valid secret"))
+    }))
+}
+
 /// The `handshake_reply` target: the input is a JoinMarket directory's
 /// reply to our handshake and the messages after it. The first byte picks
 /// the read sizes and whether the script ends in EOF or silence; the
@@ -143,8 +151,7 @@ pub fn handshake_reply(data: &[u8]) {
     let limit = 1 + usize::from(data.get(1).copied().unwrap_or(0));
     line_reader_stays_bounded(data, limit);
 
-    let nick = Nick::from_public_key(&[2; 33]).expect("a valid public key");
-    let mut config = JmConfig::new(nick, Network::Mainnet);
+    let mut config = JmConfig::new(fuzz_identity(), Network::Mainnet);
     config.max_line = 1_024;
     // The smallest inbound queue: a full one drops and reports lag.
     config.inbound_bytes = config.max_line + MESSAGE_OVERHEAD;

@@ -9,9 +9,9 @@
 //! reported as [`RecvError::Lagged`], never lost silently).
 //!
 //! ```
-//! use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
+//! use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 //!
-//! let config = JmConfig::new(Nick::random()?, Network::Signet);
+//! let config = JmConfig::new(NickIdentity::random()?, Network::Signet);
 //! let handshake = JoinMarketHandshake::new(config)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -91,8 +91,10 @@ pub const MESSAGE_OVERHEAD: usize = 4 * std::mem::size_of::<Envelope>();
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JmConfig {
-    /// Our nick.
-    pub nick: Nick,
+    /// Our key; our nick ([`JmConfig::nick`]) is derived from it, so what
+    /// we sign verifies under the nick we present. Compared by public key;
+    /// `Debug` shows the nick and public key, never the secret.
+    pub identity: Arc<NickIdentity>,
     /// Our own onion, or not serving.
     pub location: Location,
     /// The Bitcoin network; the directory must serve the same.
@@ -132,9 +134,9 @@ impl JmConfig {
     /// [`DEFAULT_MAX_LINE`] (48 MiB), 60 s handshake timeout, 30 s write
     /// timeout, [`DEFAULT_INBOUND_BYTES`] kept for the user and 256 KiB
     /// waiting to be sent. The bounds are limits, not allocations.
-    pub fn new(nick: Nick, network: Network) -> Self {
+    pub fn new(identity: impl Into<Arc<NickIdentity>>, network: Network) -> Self {
         Self {
-            nick,
+            identity: identity.into(),
             location: Location::NotServing,
             network,
             features: vec!["peerlist_features".to_owned(), "ping".to_owned()],
@@ -145,6 +147,11 @@ impl JmConfig {
             inbound_bytes: DEFAULT_INBOUND_BYTES,
             outbound_bytes: 256 * 1024,
         }
+    }
+
+    /// Our nick, the one [`JmConfig::identity`] backs.
+    pub fn nick(&self) -> &Nick {
+        self.identity.nick()
     }
 
     /// Checks the features and every limit.
@@ -803,7 +810,7 @@ impl DirectoryConnection {
             "location-string": config.location.to_string(),
             "proto-ver": config.protocol_version,
             "features": features,
-            "nick": config.nick.as_str(),
+            "nick": config.nick().as_str(),
             "network": config.network.as_str(),
         });
         let bytes = Envelope::new(wire::HANDSHAKE, hello.to_string()).encode()?;
@@ -821,7 +828,7 @@ impl DirectoryConnection {
         }
         let info = DirectoryInfo::from_reply(&reply.line, &config)?;
         Ok(Self {
-            nick: config.nick.clone(),
+            nick: config.nick().clone(),
             answers_ping: config.features.iter().any(|f| f == "ping"),
             probe_supported: info.features.iter().any(|f| f == "ping"),
             info,
@@ -1162,7 +1169,27 @@ mod tests {
     const RANGE_REPLY: &str = r#"{"accepted":true,"nick":"J5rangeDirOOOOOO","network":"regtest","proto-ver-min":5,"proto-ver-max":6,"features":{"peerlist_features":true,"ping":true,"off":false},"motd":"welcome\u0007 to the test directory","directory":true}"#;
 
     fn config() -> JmConfig {
-        JmConfig::new(Nick::parse("J5xhGSWE7VrxM7sO").unwrap(), Network::Regtest)
+        // joinmarket-ng's test key (`jmcore/tests/test_nick_auth.py`); its
+        // nick is `J52N8GdNkKtMA6TW`.
+        JmConfig::new(
+            NickIdentity::from_secret_bytes(&[0x11; 32]).unwrap(),
+            Network::Regtest,
+        )
+    }
+
+    #[test]
+    fn a_config_compares_by_key_and_never_shows_the_secret() {
+        let ours = config();
+        assert_eq!(ours.nick().as_str(), "J52N8GdNkKtMA6TW");
+        assert_eq!(ours, config(), "same key, equal");
+        let other = JmConfig::new(
+            NickIdentity::from_secret_bytes(&[0x12; 32]).unwrap(),
+            Network::Regtest,
+        );
+        assert_ne!(ours, other);
+        let debug = format!("{ours:?}");
+        assert!(debug.contains("J52N8GdNkKtMA6TW"), "{debug}");
+        assert!(!debug.contains("1111111111"), "{debug}");
     }
 
     fn context() -> HandshakeContext {
@@ -1247,7 +1274,7 @@ mod tests {
         assert_eq!(hello["directory"], false);
         assert_eq!(hello["location-string"], "NOT-SERVING-ONION");
         assert_eq!(hello["proto-ver"], 5);
-        assert_eq!(hello["nick"], "J5xhGSWE7VrxM7sO");
+        assert_eq!(hello["nick"], "J52N8GdNkKtMA6TW");
         assert_eq!(hello["network"], "regtest");
         assert_eq!(
             hello["features"],
@@ -1884,7 +1911,7 @@ mod tests {
         let task = spawn_link(&connection);
         for (kind, line) in [
             (wire::PUBMSG, "J52bCDEFGHJKLMNO!PUBLIC!orderbook"),
-            (wire::PRIVMSG, "J52bCDEFGHJKLMNO!J5xhGSWE7VrxM7sO!fill 0"),
+            (wire::PRIVMSG, "J52bCDEFGHJKLMNO!J52N8GdNkKtMA6TW!fill 0"),
             (wire::PUBMSG, "!PUBLIC!orderbook"),
         ] {
             let error = connection
@@ -1892,12 +1919,12 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(
-                matches!(&error, JmError::NotOurNick { ours, .. } if ours.as_str() == "J5xhGSWE7VrxM7sO"),
+                matches!(&error, JmError::NotOurNick { ours, .. } if ours.as_str() == "J52N8GdNkKtMA6TW"),
                 "{error:?}"
             );
         }
         assert_eq!(connection.stats().outbound_bytes, 0, "nothing queued");
-        let ours = Envelope::new(wire::PUBMSG, "J5xhGSWE7VrxM7sO!PUBLIC!orderbook");
+        let ours = Envelope::new(wire::PUBMSG, "J52N8GdNkKtMA6TW!PUBLIC!orderbook");
         connection.send(&ours).await.unwrap();
         assert_eq!(
             read_line(&mut side).await,
@@ -1911,8 +1938,8 @@ mod tests {
     #[tokio::test]
     async fn a_nick_still_registered_is_nick_in_use() {
         for motd in [
-            "Rejected: Peer nick already registered: J5xhGSWE7VrxM7sO",
-            "Rejected: Verified nick already registered: J5xhGSWE7VrxM7sO",
+            "Rejected: Peer nick already registered: J52N8GdNkKtMA6TW",
+            "Rejected: Verified nick already registered: J52N8GdNkKtMA6TW",
         ] {
             let reply = json!({"accepted": false, "nick": "J5dirNickQRSOOOO", "network": "regtest", "proto-ver": 5, "motd": motd});
             let error = open_err(vec![envelope_line(795, &reply.to_string())]).await;

@@ -22,7 +22,9 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dirpool::joinmarket::{DirectoryConnection, JmConfig, JoinMarketHandshake, Network, Nick};
+use dirpool::joinmarket::{
+    DirectoryConnection, JmConfig, JoinMarketHandshake, Network, NickIdentity,
+};
 use dirpool::{Config, DirectoryPool, PoolEvent, PoolHooks};
 use dirpool_core::{Backoff, IsolationScope, RetryPolicy, ServerAddr, ServerStatus};
 use dirpool_tests::{
@@ -98,7 +100,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     // does not, so its redials back off.
     config.pool.maintenance.stable_after = Duration::from_secs(4);
 
-    let handshake = JoinMarketHandshake::new(JmConfig::new(Nick::random()?, Network::Regtest))?;
+    let handshake =
+        JoinMarketHandshake::new(JmConfig::new(NickIdentity::random()?, Network::Regtest))?;
     let pool = DirectoryPool::builder(config, handshake)
         .hooks(ShowDirectory)
         .spawn_smol()?;

@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
+use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 use dirpool::{Config, DirectoryPool};
 use dirpool_core::ServerAddr;
 use dirpool_tests::directory_model::DirectoryProfile;
@@ -64,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::new([onion.node_id()]);
     config.proxy = proxy.addr();
     config.pool.isolation = dirpool_core::IsolationScope::PerCategory;
-    let mut jm = JmConfig::new(Nick::random()?, Network::Regtest);
+    let mut jm = JmConfig::new(NickIdentity::random()?, Network::Regtest);
     // The figure was measured with 2 MiB lines; the default is now larger.
     jm.max_line = 2 * 1024 * 1024;
     jm.inbound_bytes = inbound;
@@ -115,7 +115,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "summary: peak RSS {peak} KiB = baseline {baseline} KiB + {} KiB; peak held by the link {peak_held} B (bound: inbound {inbound} + line {} + outbound {})",
             peak.saturating_sub(baseline),
             line + 2,
-            JmConfig::new(Nick::random()?, Network::Regtest).outbound_bytes,
+            JmConfig::new(NickIdentity::random()?, Network::Regtest).outbound_bytes,
         );
         drop(client);
         pool.close_all().await?;

@@ -943,7 +943,7 @@ fn parse_envelope(line: &[u8]) -> Option<(u32, String)> {
 mod tests {
     use super::*;
 
-    const NICK: &str = "J5xhGSWE7VrxM7sO";
+    const NICK: &str = "J52N8GdNkKtMA6TW";
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)

@@ -19,7 +19,7 @@
 //!
 //! let directory = JmDirectory::start(JmBehaviour::default())?;
 //! let mut client = TcpStream::connect(directory.addr())?;
-//! let handshake = jm_client_handshake("J5xhGSWE7VrxM7sO", "regtest");
+//! let handshake = jm_client_handshake("J52N8GdNkKtMA6TW", "regtest");
 //! client.write_all(jm_message(793, &handshake.to_string()).as_bytes())?;
 //! let mut reply = String::new();
 //! BufReader::new(&client).read_line(&mut reply)?;
@@ -27,7 +27,7 @@
 //! assert_eq!(envelope["type"], 795);
 //! let line: serde_json::Value = serde_json::from_str(envelope["line"].as_str().unwrap())?;
 //! assert_eq!(line["accepted"], true);
-//! assert_eq!(directory.handshakes()[0].nick, "J5xhGSWE7VrxM7sO");
+//! assert_eq!(directory.handshakes()[0].nick, "J52N8GdNkKtMA6TW");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -1365,7 +1365,7 @@ mod tests {
     use std::net::SocketAddr;
 
     const WAIT: Duration = Duration::from_secs(2);
-    const NICK: &str = "J5xhGSWE7VrxM7sO";
+    const NICK: &str = "J52N8GdNkKtMA6TW";
 
     fn refused(addr: SocketAddr) -> bool {
         TcpStream::connect_timeout(&addr, Duration::from_secs(1))
@@ -1417,7 +1417,7 @@ mod tests {
             "J5",
             "J4xhGSWE7VrxM7sO",
             "J5xhGSWE7VrxM7s",   // too short
-            "J5xhGSWE7VrxM7sOO", // too long
+            "J52N8GdNkKtMA6TWO", // too long
             "J5xhGSWE7VrxM7l1",  // `l`
             "J5xhGSWE0VrxM7s1",  // `0`
             "J5xhGSWEOVrxM7s1",  // `O` inside

@@ -103,3 +103,28 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// The secret of [`client_identity`]: joinmarket-ng's test key
+/// (`jmcore/tests/test_nick_auth.py`, `PRIVATE_KEY`).
+pub const CLIENT_SECRET: [u8; 32] = [0x11; 32];
+
+/// The nick [`client_identity`] backs (`Nick::from_public_key` of
+/// joinmarket-ng's test public key `034f355b…71aa`).
+pub const CLIENT_NICK: &str = "J52N8GdNkKtMA6TW";
+
+/// The identity the tests' dirpool clients present: a fixed key, so the
+/// nick in a directory's records is known in advance.
+///
+/// # Panics
+/// Never: [`CLIENT_SECRET`] is a valid key.
+pub fn client_identity() -> dirpool::joinmarket::NickIdentity {
+    dirpool::joinmarket::NickIdentity::from_secret_bytes(&CLIENT_SECRET).expect("a valid key")
+}
+
+#[cfg(test)]
+mod identity_tests {
+    #[test]
+    fn the_client_identity_backs_the_client_nick() {
+        assert_eq!(super::client_identity().nick().as_str(), super::CLIENT_NICK);
+    }
+}

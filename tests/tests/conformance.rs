@@ -10,18 +10,17 @@ use std::time::{Duration, Instant};
 
 use common::eventually;
 use dirpool::joinmarket::{
-    DirectoryConnection, Envelope, JmConfig, JmError, Network, Nick, get_peerlist, parse_peerlist,
-    wire,
+    DirectoryConnection, Envelope, JmConfig, JmError, Network, get_peerlist, parse_peerlist, wire,
 };
 use dirpool::{Client, HandshakeContext, Runtime, TokioRuntime};
 use dirpool_core::{LinkLoss, ServerAddr};
 use dirpool_tests::directory_model::{DirectoryConfig, DirectoryProfile, LinkRecord};
 use dirpool_tests::{JM_DIRECTORY_NICK, JmBehaviour, JmDirectory, JmModelled};
 
-const NICK: &str = "J5xhGSWE7VrxM7sO";
+const NICK: &str = dirpool_tests::CLIENT_NICK;
 
 fn config(network: Network) -> JmConfig {
-    JmConfig::new(Nick::parse(NICK).unwrap(), network)
+    JmConfig::new(dirpool_tests::client_identity(), network)
 }
 
 /// A loopback directory modelling `profile`, serving `network`.

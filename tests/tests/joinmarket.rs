@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{entropy, eventually, next_matching, on_both_runtimes, wait_for};
 use dirpool::joinmarket::{
-    DirectoryConnection, Envelope, JmConfig, JmError, JoinMarketHandshake, Network, Nick, wire,
+    DirectoryConnection, Envelope, JmConfig, JmError, JoinMarketHandshake, Network, wire,
 };
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{Backoff, DialFailure, IsolationScope, ServerAddr};
@@ -19,7 +19,7 @@ use dirpool_tests::{
 };
 
 const SHORT: Duration = Duration::from_secs(5);
-const NICK: &str = "J5xhGSWE7VrxM7sO";
+const NICK: &str = dirpool_tests::CLIENT_NICK;
 
 fn onion(n: u8) -> ServerAddr {
     ServerAddr::from_onion_key(&[n; 32], 5222)
@@ -45,9 +45,11 @@ fn jm_pool(
     config.pool.connection_timeout = Duration::from_secs(3);
     config.pool.maintenance.backoff =
         Backoff::new(Duration::from_millis(100), Duration::from_millis(400), 2.0);
-    let handshake =
-        JoinMarketHandshake::new(JmConfig::new(Nick::parse(NICK).unwrap(), Network::Regtest))
-            .unwrap();
+    let handshake = JoinMarketHandshake::new(JmConfig::new(
+        dirpool_tests::client_identity(),
+        Network::Regtest,
+    ))
+    .unwrap();
     DirectoryPool::builder(config, handshake)
         .entropy(entropy())
         .spawn(Arc::clone(rt))

@@ -18,7 +18,7 @@ use common::{
     TOKEN_HEX, assert_links_held, config, drain, eventually, expect_keepalive_loss, line_pool,
     next_matching, on_both_runtimes, on_both_runtimes_within,
 };
-use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
+use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network};
 use dirpool::{DialError, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{Entropy, IsolationScope, IsolationToken, KeepalivePolicy};
 use dirpool_tests::directory_model::{DirectoryConfig, DirectoryProfile, HeartbeatTimings};
@@ -141,7 +141,6 @@ fn wrong_credentials_fail_with_the_typed_auth_error() {
     });
 }
 
-const NICK: &str = "J5xhGSWE7VrxM7sO";
 /// The heartbeat of the modelled directories here: the real timings / 100
 /// (sweep 0.6 s, idle 6 s, pong wait 0.3 s, hard eviction 15 s).
 const SCALE: u32 = 100;
@@ -155,9 +154,11 @@ fn jm_pool(
 ) -> DirectoryPool<JoinMarketHandshake> {
     let mut config = config(servers, proxy);
     config.pool.keepalive = keepalive;
-    let handshake =
-        JoinMarketHandshake::new(JmConfig::new(Nick::parse(NICK).unwrap(), Network::Regtest))
-            .unwrap();
+    let handshake = JoinMarketHandshake::new(JmConfig::new(
+        dirpool_tests::client_identity(),
+        Network::Regtest,
+    ))
+    .unwrap();
     DirectoryPool::builder(config, handshake)
         .entropy(common::entropy())
         .spawn(Arc::clone(rt))

@@ -17,7 +17,7 @@ use common::{
     assert_links_held, drain, eventually, expect_keepalive_loss, next_matching,
     on_both_runtimes_within, sleep, wait_for,
 };
-use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
+use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{
     Backoff, DialFailure, Entropy, IsolationCategory, IsolationScope, IsolationToken,
@@ -29,7 +29,6 @@ use dirpool_tests::tor::{Control, TorClient, TorNetwork, socks5_connect};
 const LIMIT: Duration = Duration::from_secs(180);
 /// How long an onion connection may take (circuits, descriptor, rendezvous).
 const ONION: Duration = Duration::from_secs(60);
-const NICK: &str = "J5xhGSWE7VrxM7sO";
 
 /// Serialises the tests that use the first client tor.
 fn first_client() -> MutexGuard<'static, ()> {
@@ -64,9 +63,11 @@ fn jm_pool(
     rt: &Arc<dyn Runtime>,
 ) -> DirectoryPool<JoinMarketHandshake> {
     let config = jm_config(servers, proxy, isolation);
-    let handshake =
-        JoinMarketHandshake::new(JmConfig::new(Nick::parse(NICK).unwrap(), Network::Regtest))
-            .unwrap();
+    let handshake = JoinMarketHandshake::new(JmConfig::new(
+        dirpool_tests::client_identity(),
+        Network::Regtest,
+    ))
+    .unwrap();
     DirectoryPool::builder(config, handshake)
         .entropy(entropy)
         .spawn(Arc::clone(rt))
@@ -84,8 +85,11 @@ fn keepalive_pool(
 ) -> DirectoryPool<JoinMarketHandshake> {
     let mut config = jm_config(servers, proxy, true);
     config.pool.keepalive = keepalive;
-    let handshake =
-        JoinMarketHandshake::new(JmConfig::new(Nick::random().unwrap(), Network::Regtest)).unwrap();
+    let handshake = JoinMarketHandshake::new(JmConfig::new(
+        NickIdentity::random().unwrap(),
+        Network::Regtest,
+    ))
+    .unwrap();
     DirectoryPool::builder(config, handshake)
         .entropy(fresh_entropy().0)
         .spawn(Arc::clone(rt))

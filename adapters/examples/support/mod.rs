@@ -250,7 +250,7 @@ impl Participant {
         let mut config = Config::new(directories.iter().cloned());
         config.proxy = proxy;
         config.pool.isolation = IsolationScope::PerCategory;
-        let handshake = JoinMarketHandshake::new(JmConfig::new(nick.clone(), network))?;
+        let handshake = JoinMarketHandshake::new(JmConfig::new(Arc::clone(&identity), network))?;
         let pool = DirectoryPool::builder(config, handshake).spawn_smol()?;
         // Before connecting, so it sees every link from its first line.
         let messaging = Messaging::new(&pool, MessagingConfig::new(Arc::clone(&identity)))?;

@@ -93,17 +93,6 @@ impl Nick {
         Ok(Self::from_hash_prefix(&digest[..10]))
     }
 
-    /// A nick of the right shape from fresh OS randomness, for watchers and
-    /// probes that have no identity.
-    ///
-    /// # Errors
-    /// The OS gave no randomness.
-    pub fn random() -> Result<Self, getrandom::Error> {
-        let mut bytes = [0u8; 10];
-        getrandom::fill(&mut bytes)?;
-        Ok(Self::from_hash_prefix(&bytes))
-    }
-
     fn from_hash_prefix(bytes: &[u8]) -> Self {
         let mut body = base58(bytes);
         while body.len() < NICK_BODY_LEN {
@@ -383,8 +372,6 @@ mod tests {
             Nick::from_public_key(&[0x02; 32]),
             Err(NickError::InvalidPublicKey)
         );
-        let random = Nick::random().unwrap();
-        assert!(Nick::parse(random.as_str()).is_ok());
     }
 
     #[test]

@@ -20,8 +20,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! smol::block_on(async {
 //!     let identity = Arc::new(NickIdentity::random()?);
-//!     let handshake =
-//!         JoinMarketHandshake::new(JmConfig::new(identity.nick().clone(), Network::Signet))?;
+//!     let handshake = JoinMarketHandshake::new(JmConfig::new(identity.clone(), Network::Signet))?;
 //!     let config = Config::new(["duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion"]);
 //!     let pool = DirectoryPool::builder(config, handshake).spawn_smol()?;
 //!     let messaging = Messaging::new(&pool, MessagingConfig::new(identity))?;
@@ -202,7 +201,7 @@ pub enum RouteFallback {
 
 /// How [`Messaging`] behaves, and its bounds.
 #[non_exhaustive]
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessagingConfig {
     /// Our identity: its nick is the `<from>` of what we send, and it signs
     /// our private messages. Its nick must be the nick the handshake
@@ -269,21 +268,6 @@ impl MessagingConfig {
         Ok(())
     }
 }
-
-/// Equal when every field is; identities by their public keys.
-impl PartialEq for MessagingConfig {
-    fn eq(&self, other: &Self) -> bool {
-        self.identity.public_key() == other.identity.public_key()
-            && self.inbound_bytes == other.inbound_bytes
-            && self.dedup_window == other.dedup_window
-            && self.dedup_entries == other.dedup_entries
-            && self.route_nicks == other.route_nicks
-            && self.send_timeout == other.send_timeout
-            && self.fallback == other.fallback
-    }
-}
-
-impl Eq for MessagingConfig {}
 
 /// One message from the merged queue, and the directory it came through.
 #[non_exhaustive]

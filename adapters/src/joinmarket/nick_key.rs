@@ -244,6 +244,16 @@ impl NickIdentity {
     }
 }
 
+/// Two identities are equal when their public keys are (and so their
+/// secrets and nicks).
+impl PartialEq for NickIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.public_key == other.public_key
+    }
+}
+
+impl Eq for NickIdentity {}
+
 /// The nick and public key; never the secret.
 impl fmt::Debug for NickIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use dirpool::joinmarket::{
-    DirectoryConnection, Envelope, JmConfig, JoinMarketHandshake, MESSAGE_OVERHEAD, Network, Nick,
+    DirectoryConnection, Envelope, JmConfig, JoinMarketHandshake, MESSAGE_OVERHEAD, Network,
     RecvError,
 };
 use dirpool::{Config, DirectoryPool, PoolEvent, PoolHooks, Runtime};
@@ -839,10 +839,7 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
         state: Arc::clone(&state),
     });
 
-    let mut jm = JmConfig::new(
-        Nick::parse("J5xhGSWE7VrxM7sO").expect("nick"),
-        Network::Regtest,
-    );
+    let mut jm = JmConfig::new(crate::client_identity(), Network::Regtest);
     jm.max_line = scenario.max_line;
     jm.inbound_bytes = scenario.inbound_bytes;
     jm.outbound_bytes = scenario.outbound_bytes;

@@ -951,7 +951,7 @@ mod tests {
     use crate::directory_model::{CloseReason, DirectoryProfile};
 
     const HOST: &str = "simdir2xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion";
-    const CLIENT_NICK: &str = "J5xhGSWE7VrxM7sO";
+    use crate::CLIENT_NICK;
     const LONG: Duration = Duration::from_secs(600);
 
     /// A world with fixed fates that keeps every event.
@@ -1070,7 +1070,7 @@ mod tests {
     }
 
     fn config() -> JmConfig {
-        JmConfig::new(Nick::parse(CLIENT_NICK).unwrap(), Network::Regtest)
+        JmConfig::new(crate::client_identity(), Network::Regtest)
     }
 
     /// Dials through the proxy, then runs the real JoinMarket client.

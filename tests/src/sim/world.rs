@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, Nick};
+use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network};
 use dirpool::{Config, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{Backoff, Entropy, IsolationScope, IsolationToken, RetryPolicy, ServerAddr};
 
@@ -315,11 +315,8 @@ pub fn run(seed: u64) -> Result<Trace, Failure> {
     }
 
     let handshake = SimHandshake {
-        inner: JoinMarketHandshake::new(JmConfig::new(
-            Nick::parse("J5xhGSWE7VrxM7sO").expect("nick"),
-            Network::Regtest,
-        ))
-        .expect("handshake config"),
+        inner: JoinMarketHandshake::new(JmConfig::new(crate::client_identity(), Network::Regtest))
+            .expect("handshake config"),
         state: Arc::clone(&state),
     };
     let entropy = Entropy {
