@@ -47,8 +47,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use dirpool::joinmarket::nick_auth::{NickAuthChallenge, NickAuthProof};
-use dirpool::joinmarket::{DirectoryId, Envelope, Nick, NickAuthCode, NickAuthMode, wire};
+use dirpool::joinmarket::{DirectoryId, NickAuthMode};
 use serde_json::Value;
 
 use crate::jm_server::jm_message;
@@ -375,33 +374,6 @@ impl NickAuthServer {
             mode,
             directory_id,
             timeout: Duration::from_secs(30),
-        }
-    }
-
-    /// ng's verdict on the client's answer to `challenge` (`server.py`,
-    /// `_perform_nick_auth`): `malformed` unless `answer` is a strict
-    /// 805 envelope whose proof parses; `invalid` unless it verifies for
-    /// `nick` and `handshake_line` (the client's 793 `line`) as
-    /// `verify_nick_auth_proof` checks; else `ok`.
-    #[must_use]
-    pub fn judge(
-        challenge: &NickAuthChallenge,
-        handshake_line: &str,
-        nick: &str,
-        answer: &str,
-    ) -> NickAuthCode {
-        let proof = match Envelope::parse(answer) {
-            Ok(envelope) if envelope.kind == wire::NICK_AUTH_PROOF => {
-                NickAuthProof::parse(&envelope.line)
-            }
-            _ => return NickAuthCode::Malformed,
-        };
-        let Ok(proof) = proof else {
-            return NickAuthCode::Malformed;
-        };
-        match Nick::parse(nick) {
-            Ok(nick) if proof.verify(challenge, handshake_line, &nick).is_ok() => NickAuthCode::Ok,
-            _ => NickAuthCode::Invalid,
         }
     }
 }

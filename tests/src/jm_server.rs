@@ -47,7 +47,9 @@ use crate::directory_model::{
     DirectoryConfig, DirectoryLink, DirectoryProfile, DuplicateNick, LineLimit, LinkClose,
     LinkOutput, LinkPeer, LinkRecord, NickAuthServer, WrongNetwork,
 };
-use dirpool::joinmarket::nick_auth::{FEATURE_NICK_AUTH, NickAuthChallenge, NickAuthResult};
+use dirpool::joinmarket::nick_auth::{
+    FEATURE_NICK_AUTH, NickAuthChallenge, NickAuthResult, judge_answer,
+};
 use dirpool::joinmarket::{NickAuthCode, NickAuthMode, wire};
 
 /// Message type of a private message.
@@ -1393,7 +1395,7 @@ fn authenticate(
                 lock(&state.received).push(message);
             }
             let answer = String::from_utf8_lossy(&line);
-            NickAuthServer::judge(&challenge, &client.line, &peer.nick, &answer)
+            judge_answer(&challenge, &client.line, &peer.nick, &answer)
         }
         LineEvent::Deadline => NickAuthCode::Expired,
         LineEvent::TooLong => NickAuthCode::Malformed,

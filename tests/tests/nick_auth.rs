@@ -383,3 +383,48 @@ fn ng_answers_expired_to_a_silent_client() {
     );
     assert!(read_message(&mut reader).is_none(), "closed");
 }
+
+#[test]
+fn the_loopback_directory_verifies_a_pooled_client_reached_by_its_onion() {
+    use dirpool::loopback::{DirectorySettings, LoopbackDirectory, LoopbackProxy};
+    run_on_smol(|rt| async move {
+        for (server, client, verified) in [
+            (
+                NickAuthMode::PreferVerified,
+                NickAuthMode::PreferVerified,
+                true,
+            ),
+            (
+                NickAuthMode::RequireVerified,
+                NickAuthMode::RequireVerified,
+                true,
+            ),
+            (NickAuthMode::Disabled, NickAuthMode::PreferVerified, false),
+        ] {
+            let mut settings = DirectorySettings::new(Network::Regtest);
+            settings.nick_auth = server;
+            let directory = LoopbackDirectory::with_settings(settings).unwrap();
+            let proxy = LoopbackProxy::start().unwrap();
+            let onion = proxy.route_directory(&directory).unwrap();
+            let mut config = Config::new([onion.node_id().to_owned()]);
+            config.proxy = proxy.addr();
+            config.pool.isolation = IsolationScope::PerCategory;
+            config.pool.connection_timeout = SHORT;
+            let mut jm = JmConfig::new(dirpool_tests::client_identity(), Network::Regtest);
+            jm.nick_auth = client;
+            let pool = DirectoryPool::builder(config, JoinMarketHandshake::new(jm).unwrap())
+                .entropy(entropy())
+                .spawn(Arc::clone(&rt))
+                .unwrap();
+            assert_eq!(pool.connect_all_parallel().await.unwrap(), 1);
+            let status = pool.client(onion.node_id()).unwrap().info().nick_auth;
+            let expected = if verified {
+                NickAuthStatus::Verified
+            } else {
+                NickAuthStatus::NotOffered
+            };
+            assert_eq!(status, expected, "directory {server}, client {client}");
+            pool.close_all().await.unwrap();
+        }
+    });
+}

@@ -554,6 +554,32 @@ impl NickAuthResult {
     }
 }
 
+/// A directory's verdict on the line a client answered `challenge` with
+/// (joinmarket-ng `server.py`, `_perform_nick_auth`): `malformed` unless
+/// `answer` is a strict 805 envelope whose proof parses; `invalid` unless
+/// the proof verifies ([`NickAuthProof::verify`]) for `nick` and
+/// `handshake_line`, the client's 793 `line` as received; else `ok`.
+pub fn judge_answer(
+    challenge: &NickAuthChallenge,
+    handshake_line: &str,
+    nick: &str,
+    answer: &str,
+) -> NickAuthCode {
+    let proof = match Envelope::parse(answer) {
+        Ok(envelope) if envelope.kind == wire::NICK_AUTH_PROOF => {
+            NickAuthProof::parse(&envelope.line)
+        }
+        _ => return NickAuthCode::Malformed,
+    };
+    let Ok(proof) = proof else {
+        return NickAuthCode::Malformed;
+    };
+    match Nick::parse(nick) {
+        Ok(nick) if proof.verify(challenge, handshake_line, &nick).is_ok() => NickAuthCode::Ok,
+        _ => NickAuthCode::Invalid,
+    }
+}
+
 /// The bytes a proof signs (joinmarket-ng `build_nick_auth_signed_message`):
 /// `nick-auth|<challenge>|<directory-id>|<sha256 hex of handshake_line's
 /// UTF-8>|<nick>|<pubkey hex>` then [`NICK_AUTH_DOMAIN`], no separator
