@@ -205,6 +205,10 @@ fn report(probe: &Probe) -> bool {
     };
     println!("  features:   {features}");
     println!(
+        "  our nick:   {:?} (JMP-0005 nick authentication)",
+        info.nick_auth
+    );
+    println!(
         "  protocol:   {} to {}",
         info.protocol_min, info.protocol_max
     );

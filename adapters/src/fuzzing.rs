@@ -537,6 +537,118 @@ pub fn jm_lines(data: &[u8]) {
     }
 }
 
+/// The `nick_auth` target: JMP-0005 payloads and signed private messages
+/// as a directory or a peer sends them. The first byte picks what the rest
+/// (invalid UTF-8 replaced) is: a challenge, proof or result `line`, a
+/// client's answer judged by the directory side, a directory id, a private
+/// message line to verify, or a body we sign.
+///
+/// Properties: parsing ends with a typed error or a value; every parsed
+/// value prints to a line that parses back to it; a proof verifies or is
+/// refused without panicking, and the directory's verdict is `malformed`
+/// for whatever does not parse as a proof; a private message we sign
+/// parses back to itself and verifies as ours; a parsed private message
+/// verifies or is refused with a typed error.
+///
+/// # Panics
+/// When a property is broken.
+pub fn nick_auth(data: &[u8]) {
+    use crate::joinmarket::nick_auth::{
+        NickAuthChallenge, NickAuthProof, NickAuthResult, judge_answer, transcript,
+    };
+    use crate::joinmarket::{DirectoryId, Envelope, NickAuthCode, PrivateMessage, wire};
+
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    let identity = fuzz_identity();
+    let challenge = NickAuthChallenge::new(
+        &[0x22; 32],
+        DirectoryId::parse("test:directory-a").expect("a valid id"),
+    );
+    match selector % 7 {
+        0 => match NickAuthChallenge::parse(&text) {
+            Ok(parsed) => {
+                assert_eq!(
+                    NickAuthChallenge::parse(&parsed.to_line()).ok(),
+                    Some(parsed.clone())
+                );
+                let _ = transcript(&parsed, &text, identity.nick(), identity.public_key());
+            }
+            Err(error) => drop(every_text(&error)),
+        },
+        1 => match NickAuthProof::parse(&text) {
+            Ok(proof) => {
+                assert_eq!(
+                    NickAuthProof::parse(&proof.to_line()).ok(),
+                    Some(proof.clone())
+                );
+                drop(proof.verify(&challenge, &text, identity.nick()));
+            }
+            Err(error) => drop(every_text(&error)),
+        },
+        2 => match NickAuthResult::parse(&text) {
+            Ok(result) => {
+                assert_eq!(NickAuthResult::parse(&result.to_line()).ok(), Some(result));
+            }
+            Err(error) => drop(every_text(&error)),
+        },
+        3 => {
+            let answer = Envelope::new(wire::NICK_AUTH_PROOF, text.as_ref());
+            // The raw line as a directory reads it: any verdict, no panic.
+            let _ = judge_answer(&challenge, "{}", identity.nick().as_str(), &text);
+            if NickAuthProof::parse(&text).is_err() {
+                let line = serde_json::json!({"type": answer.kind, "line": answer.line});
+                assert_eq!(
+                    judge_answer(
+                        &challenge,
+                        "{}",
+                        identity.nick().as_str(),
+                        &line.to_string()
+                    ),
+                    NickAuthCode::Malformed
+                );
+            }
+            // Our own proof for this handshake line is judged `ok`.
+            let proof = NickAuthProof::create(&identity, &challenge, &text).expect("signs");
+            let answer = Envelope::new(wire::NICK_AUTH_PROOF, proof.to_line());
+            let line = serde_json::json!({"type": answer.kind, "line": answer.line});
+            assert_eq!(
+                judge_answer(
+                    &challenge,
+                    &text,
+                    identity.nick().as_str(),
+                    &line.to_string()
+                ),
+                NickAuthCode::Ok
+            );
+        }
+        4 => match DirectoryId::parse(&text) {
+            Ok(id) => assert_eq!(DirectoryId::parse(id.as_str()).ok(), Some(id)),
+            Err(error) => drop(every_text(&error)),
+        },
+        5 => match PrivateMessage::parse(&text) {
+            Ok(message) => match message.verify() {
+                Ok(verified) => assert_eq!(verified.sender(), message.from()),
+                Err(error) => drop(error.to_string()),
+            },
+            Err(error) => drop(every_text(&error)),
+        },
+        _ => {
+            let to = identity.nick().clone();
+            match identity.sign_private(to, text.as_ref()) {
+                Ok(message) => {
+                    let parsed = PrivateMessage::parse(&message.to_line()).expect("reparses");
+                    assert_eq!(parsed, message);
+                    let verified = parsed.verify().expect("our signature verifies");
+                    assert_eq!(verified.sender(), identity.nick());
+                }
+                Err(error) => drop(every_text(&error)),
+            }
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

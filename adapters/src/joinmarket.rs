@@ -19,10 +19,11 @@
 mod identity;
 pub mod lines;
 pub mod messaging;
+pub mod nick_auth;
 mod nick_key;
 pub mod wire;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
@@ -45,6 +46,9 @@ pub use messaging::{
     DirectoryOutcome, ITEM_OVERHEAD, Incoming, MAX_TABLE_ENTRIES, MIN_INBOUND_BYTES, Message,
     MessageError, Messaging, MessagingConfig, MessagingStats, Route, RouteFallback, RouteSource,
     SendFailure, SendToError,
+};
+pub use nick_auth::{
+    DirectoryId, NickAuthCode, NickAuthError, NickAuthMessage, NickAuthMode, NickAuthStatus,
 };
 pub use nick_key::{
     NickIdentity, NickKeyError, ONION_HOSTID, SECRET_KEY_LEN, SignatureError,
@@ -97,6 +101,14 @@ pub struct JmConfig {
     pub identity: Arc<NickIdentity>,
     /// Our own onion, or not serving.
     pub location: Location,
+    /// JMP-0005 nick authentication (see [`nick_auth`]): by default
+    /// [`NickAuthMode::PreferVerified`], as joinmarket-ng's client.
+    pub nick_auth: NickAuthMode,
+    /// Directory identities pinned per endpoint (joinmarket-ng's
+    /// `nick_auth_directory_id`): a pinned id wins over the one derived
+    /// from a v3 onion ([`DirectoryId::for_endpoint`]); an endpoint that is
+    /// not an onion (a test directory on 127.0.0.1) has one only if pinned.
+    pub directory_ids: HashMap<ServerAddr, DirectoryId>,
     /// The Bitcoin network; the directory must serve the same.
     pub network: Network,
     /// Features we advertise (name → true). Default: `peerlist_features`
@@ -138,6 +150,8 @@ impl JmConfig {
         Self {
             identity: identity.into(),
             location: Location::NotServing,
+            nick_auth: NickAuthMode::default(),
+            directory_ids: HashMap::new(),
             network,
             features: vec!["peerlist_features".to_owned(), "ping".to_owned()],
             protocol_version: PROTOCOL_VERSION,
@@ -154,6 +168,15 @@ impl JmConfig {
         self.identity.nick()
     }
 
+    /// The identity we expect `server` to present in a nick-auth
+    /// challenge: the pinned one, else the one derived from its onion.
+    pub fn expected_directory_id(&self, server: &ServerAddr) -> Option<DirectoryId> {
+        self.directory_ids
+            .get(server)
+            .cloned()
+            .or_else(|| DirectoryId::for_endpoint(server))
+    }
+
     /// Checks the features and every limit.
     ///
     /// # Errors
@@ -168,7 +191,8 @@ impl JmConfig {
                 && feature
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-            if !known_shape {
+            // The link advertises `nick_auth` itself, as `nick_auth` says.
+            if !known_shape || feature == nick_auth::FEATURE_NICK_AUTH {
                 return Err(JmConfigError::Feature(feature.clone()));
             }
         }
@@ -233,8 +257,10 @@ pub enum JmConfigError {
     /// directory refuses the handshake (see [`Location`]).
     #[error("location {0:?} is not a v3 onion service")]
     Location(String),
-    /// Feature names are lower-case letters, digits and `_`.
-    #[error("feature name {0:?} is not lower-case letters, digits and '_'")]
+    /// Feature names are lower-case letters, digits and `_`; `nick_auth`
+    /// is not among them (the link advertises it as
+    /// [`JmConfig::nick_auth`] says).
+    #[error("feature name {0:?} is not lower-case letters, digits and '_', or is nick_auth")]
     Feature(String),
     /// A size outside its range.
     #[error("{field} is {value}; it must be in {min}..={max}")]
@@ -360,7 +386,8 @@ pub enum JmError {
     /// `onionmc.py`, `assert False`), DISCONNECT (joinmarket-rs and the
     /// reference close the link on it, joinmarket-ng ignores it, and ng's
     /// own client never sends it; end a link with `close`), and the
-    /// handshakes 793 and 795. Nothing was sent.
+    /// handshakes 793 and 795, and nick authentication's 803, 805 and 807
+    /// (part of the handshake). Nothing was sent.
     #[error("message type {0} is sent by the link itself, never by its user")]
     ControlType(u32),
     /// We tried to send a line over the directories' limit.
@@ -387,6 +414,12 @@ pub enum JmError {
     /// The [`JmConfig`] is invalid.
     #[error("invalid configuration")]
     Config(#[source] JmConfigError),
+    /// JMP-0005 nick authentication failed (see [`nick_auth`]). The pool
+    /// counts a refused proof, a missing feature we require and a
+    /// directory that names itself otherwise as the directory rejecting
+    /// us; a broken exchange as a protocol error; a slow one as a timeout.
+    #[error("nick authentication failed")]
+    NickAuth(#[source] NickAuthError),
     /// Reading or writing failed.
     #[error("I/O error")]
     Io(#[source] io::Error),
@@ -406,6 +439,13 @@ impl JmError {
             Self::NickInUse { .. } => HandshakeErrorKind::NickInUse,
             Self::Io(e) => HandshakeErrorKind::Io(e.kind()),
             Self::TimedOut(_) => HandshakeErrorKind::TimedOut,
+            Self::NickAuth(e) => match e {
+                NickAuthError::TimedOut(_) => HandshakeErrorKind::TimedOut,
+                NickAuthError::UnexpectedType { .. }
+                | NickAuthError::Closed
+                | NickAuthError::Malformed { .. } => HandshakeErrorKind::Protocol,
+                _ => HandshakeErrorKind::Rejected,
+            },
             _ => HandshakeErrorKind::Protocol,
         }
     }
@@ -457,12 +497,15 @@ pub fn check_sender(envelope: &Envelope, ours: &Nick) -> Result<(), JmError> {
 }
 
 /// The message types only the link sends (see [`JmError::ControlType`]).
-const LINK_TYPES: [u32; 5] = [
+const LINK_TYPES: [u32; 8] = [
     wire::PING,
     wire::PONG,
     wire::DISCONNECT,
     wire::HANDSHAKE,
     wire::DIRECTORY_HANDSHAKE,
+    wire::NICK_AUTH_CHALLENGE,
+    wire::NICK_AUTH_PROOF,
+    wire::NICK_AUTH_RESULT,
 ];
 
 /// What the directory told us about itself.
@@ -485,6 +528,8 @@ pub struct DirectoryInfo {
     pub location: Option<String>,
     /// The network it serves, if sent.
     pub network: Option<String>,
+    /// Whether it verified our nick (JMP-0005), and if not why not.
+    pub nick_auth: NickAuthStatus,
 }
 
 impl DirectoryInfo {
@@ -587,6 +632,7 @@ impl DirectoryInfo {
             directory,
             location: string("location-string")?.map(|l| clean(&l)),
             network,
+            nick_auth: NickAuthStatus::NotOffered,
         })
     }
 }
@@ -641,7 +687,7 @@ impl Handshake for JoinMarketHandshake {
         let runtime = context.runtime();
         let timeout = config.handshake_timeout;
         let own_deadline = runtime.now().checked_add(timeout);
-        let exchange = DirectoryConnection::open(context, stream, config);
+        let exchange = DirectoryConnection::open(context, server, stream, config);
         match own_deadline {
             Some(own_deadline) if own_deadline < context.deadline() => {
                 match before(runtime.sleep_until(own_deadline), exchange).await {
@@ -782,28 +828,45 @@ fn control_line(kind: u32) -> Vec<u8> {
 }
 
 impl DirectoryConnection {
-    /// Runs the handshake on `stream` (not bounded in time: the caller is;
-    /// [`JoinMarketHandshake`] bounds it by `handshake_timeout`). The
-    /// connection uses `context`'s runtime for write deadlines and reports
-    /// through its signals.
+    /// Runs the handshake with `server` on `stream` (not bounded in time:
+    /// the caller is; [`JoinMarketHandshake`] bounds it by
+    /// `handshake_timeout`), then nick authentication as
+    /// [`JmConfig::nick_auth`] says (see [`nick_auth`]; each of its steps
+    /// bounded by `min(handshake_timeout, 30 s)`). The connection uses
+    /// `context`'s runtime for write deadlines and reports through its
+    /// signals.
     ///
     /// Not cancel-safe: dropping it drops the stream.
     ///
     /// # Errors
     /// [`JmError`] saying what went wrong ([`JmError::Config`] for an
-    /// invalid `config`).
+    /// invalid `config`, [`JmError::NickAuth`] when nick authentication
+    /// fails).
     pub async fn open(
         context: &HandshakeContext,
+        server: &ServerAddr,
         stream: BoxedStream,
         config: JmConfig,
     ) -> Result<Self, JmError> {
         config.validate().map_err(JmError::Config)?;
+        let directory_id = match config.nick_auth {
+            NickAuthMode::Disabled => None,
+            _ => config.expected_directory_id(server),
+        };
+        if config.nick_auth == NickAuthMode::RequireVerified && directory_id.is_none() {
+            return Err(JmError::NickAuth(NickAuthError::NoDirectoryId(
+                server.to_string(),
+            )));
+        }
         let (read, mut write) = tokio::io::split(stream);
-        let features: Map<String, Value> = config
+        let mut features: Map<String, Value> = config
             .features
             .iter()
             .map(|f| (f.clone(), Value::Bool(true)))
             .collect();
+        if directory_id.is_some() {
+            features.insert(nick_auth::FEATURE_NICK_AUTH.to_owned(), Value::Bool(true));
+        }
         let hello = json!({
             "app-name": "joinmarket",
             "directory": false,
@@ -812,8 +875,9 @@ impl DirectoryConnection {
             "features": features,
             "nick": config.nick().as_str(),
             "network": config.network.as_str(),
-        });
-        let bytes = Envelope::new(wire::HANDSHAKE, hello.to_string()).encode()?;
+        })
+        .to_string();
+        let bytes = Envelope::new(wire::HANDSHAKE, hello.as_str()).encode()?;
         write.write_all(&bytes).await.map_err(JmError::Io)?;
         write.flush().await.map_err(JmError::Io)?;
 
@@ -826,7 +890,36 @@ impl DirectoryConnection {
         if reply.kind != wire::DIRECTORY_HANDSHAKE && reply.kind != wire::HANDSHAKE {
             return Err(JmError::WrongType(reply.kind));
         }
-        let info = DirectoryInfo::from_reply(&reply.line, &config)?;
+        let mut info = DirectoryInfo::from_reply(&reply.line, &config)?;
+        let offered = info
+            .features
+            .iter()
+            .any(|f| f == nick_auth::FEATURE_NICK_AUTH);
+        info.nick_auth = match (config.nick_auth, directory_id) {
+            (NickAuthMode::RequireVerified, _) if !offered => {
+                return Err(JmError::NickAuth(NickAuthError::NotOffered));
+            }
+            (NickAuthMode::Disabled, _) => NickAuthStatus::Disabled,
+            (_, None) => NickAuthStatus::NoDirectoryId,
+            (_, Some(_)) if !offered => NickAuthStatus::NotOffered,
+            (_, Some(expected)) => {
+                let exchange = nick_auth::Exchange {
+                    runtime: context.runtime().as_ref(),
+                    step_timeout: config.handshake_timeout.min(nick_auth::MAX_STEP_TIMEOUT),
+                    identity: &config.identity,
+                    expected,
+                    handshake_line: &hello,
+                };
+                exchange.run(&mut reader, &mut write).await?;
+                NickAuthStatus::Verified
+            }
+        };
+        tracing::debug!(
+            directory = %server,
+            nick = %config.nick(),
+            nick_auth = ?info.nick_auth,
+            "handshake done"
+        );
         Ok(Self {
             nick: config.nick().clone(),
             answers_ping: config.features.iter().any(|f| f == "ping"),
@@ -980,6 +1073,19 @@ impl DirectoryConnection {
                 }
             };
             drop(line);
+            // Nick authentication belongs to the handshake; joinmarket-ng's
+            // client closes on one later (`directory_client.py`,
+            // `_reject_out_of_order_nick_auth`).
+            if matches!(
+                envelope.kind,
+                wire::NICK_AUTH_CHALLENGE | wire::NICK_AUTH_PROOF | wire::NICK_AUTH_RESULT
+            ) {
+                tracing::warn!(
+                    kind = envelope.kind,
+                    "nick authentication after the handshake"
+                );
+                return LinkLoss::Protocol;
+            }
             // A PONG is reported as the probe's answer (which is a sign of
             // life too); reporting it as plain life first would settle the
             // probe without its round trip.
@@ -1192,6 +1298,12 @@ mod tests {
         assert!(!debug.contains("1111111111"), "{debug}");
     }
 
+    /// A directory on 127.0.0.1: no identity derived, so by default no
+    /// nick authentication.
+    fn local() -> ServerAddr {
+        ServerAddr::parse("127.0.0.1:5222").unwrap()
+    }
+
     fn context() -> HandshakeContext {
         let runtime: Arc<dyn crate::Runtime> = Arc::new(TokioRuntime::current());
         HandshakeContext::new(runtime, Instant::now() + Duration::from_secs(3600))
@@ -1240,7 +1352,7 @@ mod tests {
     ) {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         let server = tokio::spawn(directory(theirs, chunks, Duration::ZERO, keep_open));
-        let result = DirectoryConnection::open(&context(), Box::pin(ours), config).await;
+        let result = DirectoryConnection::open(&context(), &local(), Box::pin(ours), config).await;
         let (sent, side) = server.await.unwrap();
         (result, sent, side)
     }
@@ -1477,7 +1589,7 @@ mod tests {
             let _ = theirs.write_all(&[b'x'; 60_000]).await;
             theirs
         });
-        let error = DirectoryConnection::open(&context(), Box::pin(ours), config)
+        let error = DirectoryConnection::open(&context(), &local(), Box::pin(ours), config)
             .await
             .unwrap_err();
         assert!(
@@ -1632,7 +1744,7 @@ mod tests {
             true,
         ));
         let context = context().with_signals(signals);
-        let connection = DirectoryConnection::open(&context, Box::pin(ours), config)
+        let connection = DirectoryConnection::open(&context, &local(), Box::pin(ours), config)
             .await
             .unwrap();
         let (_, side) = server.await.unwrap();
@@ -1646,13 +1758,21 @@ mod tests {
 
     /// Reads one `\n`-terminated line from the directory's end.
     async fn read_line(side: &mut DuplexStream) -> Envelope {
+        read_line_or_end(side).await.expect("a line")
+    }
+
+    /// The next line, or `None` at the end of the stream.
+    async fn read_line_or_end(side: &mut DuplexStream) -> Option<Envelope> {
         let mut line = Vec::new();
         let mut byte = [0u8; 1];
         while side.read(&mut byte).await.unwrap() == 1 && byte[0] != b'\n' {
             line.push(byte[0]);
         }
+        if line.is_empty() {
+            return None;
+        }
         assert_eq!(line.pop(), Some(b'\r'), "\\r\\n framing");
-        Envelope::parse(std::str::from_utf8(&line).unwrap()).unwrap()
+        Some(Envelope::parse(std::str::from_utf8(&line).unwrap()).unwrap())
     }
 
     #[tokio::test(start_paused = true)]
@@ -2012,5 +2132,249 @@ mod tests {
         c.handshake_timeout = MAX_TIMEOUT;
         c.write_timeout = MAX_TIMEOUT;
         assert_eq!(c.validate(), Ok(()), "the limits themselves are allowed");
+    }
+
+    /// What a JMP-0005 test directory does after its accepted reply.
+    #[derive(Clone, Copy)]
+    enum Verdict {
+        /// Checks the proof and answers as joinmarket-ng's server does.
+        Check,
+        /// Answers this code whatever the proof.
+        Answer(NickAuthCode),
+        /// Sends no challenge at all.
+        Silent,
+    }
+
+    /// A directory that advertises `nick_auth`, challenges as `directory_id`
+    /// and judges the proof as `verdict` says. Returns our handshake line and
+    /// the proof line it received, and its end of the stream.
+    async fn nick_auth_directory(
+        mut side: DuplexStream,
+        directory_id: &str,
+        verdict: Verdict,
+    ) -> (Envelope, Option<Envelope>, DuplexStream) {
+        let hello = read_line(&mut side).await;
+        let reply = json!({"accepted": true, "nick": "J5dirNickQRSOOOO", "network": "regtest",
+            "proto-ver-min": 5, "proto-ver-max": 5, "features": {"ping": true, "nick_auth": true}});
+        side.write_all(&envelope_line(795, &reply.to_string()))
+            .await
+            .unwrap();
+        if matches!(verdict, Verdict::Silent) {
+            return (hello, None, side);
+        }
+        let challenge =
+            nick_auth::NickAuthChallenge::new(&[7; 32], DirectoryId::parse(directory_id).unwrap());
+        side.write_all(&envelope_line(803, &challenge.to_line()))
+            .await
+            .unwrap();
+        // Nothing when the client gave up on the challenge (and closed).
+        let Some(proof) = read_line_or_end(&mut side).await else {
+            return (hello, None, side);
+        };
+        let code = match verdict {
+            Verdict::Answer(code) => code,
+            _ => match nick_auth::NickAuthProof::parse(&proof.line) {
+                Err(_) => NickAuthCode::Malformed,
+                Ok(parsed) => {
+                    let handshake: Value = serde_json::from_str(&hello.line).unwrap();
+                    let nick = Nick::parse(handshake["nick"].as_str().unwrap()).unwrap();
+                    match parsed.verify(&challenge, &hello.line, &nick) {
+                        Ok(()) => NickAuthCode::Ok,
+                        Err(_) => NickAuthCode::Invalid,
+                    }
+                }
+            },
+        };
+        let result = nick_auth::NickAuthResult::new(code);
+        side.write_all(&envelope_line(807, &result.to_line()))
+            .await
+            .unwrap();
+        (hello, Some(proof), side)
+    }
+
+    fn pinned(mode: NickAuthMode) -> JmConfig {
+        let mut config = config();
+        config.nick_auth = mode;
+        config
+            .directory_ids
+            .insert(local(), DirectoryId::parse("test:directory-a").unwrap());
+        config
+    }
+
+    async fn authenticate(
+        config: JmConfig,
+        directory_id: &'static str,
+        verdict: Verdict,
+    ) -> (
+        Result<DirectoryConnection, JmError>,
+        Envelope,
+        Option<Envelope>,
+        DuplexStream,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(nick_auth_directory(theirs, directory_id, verdict));
+        let result = DirectoryConnection::open(&context(), &local(), Box::pin(ours), config).await;
+        let (hello, proof, side) = server.await.unwrap();
+        (result, hello, proof, side)
+    }
+
+    #[tokio::test]
+    async fn a_pinned_directory_verifies_our_nick() {
+        for mode in [NickAuthMode::PreferVerified, NickAuthMode::RequireVerified] {
+            let (result, hello, proof, _side) =
+                authenticate(pinned(mode), "test:directory-a", Verdict::Check).await;
+            let connection = result.unwrap();
+            assert_eq!(connection.info().nick_auth, NickAuthStatus::Verified);
+            assert!(connection.info().nick_auth.is_verified());
+            let sent: Value = serde_json::from_str(&hello.line).unwrap();
+            assert_eq!(sent["features"]["nick_auth"], true);
+            assert_eq!(proof.unwrap().kind, wire::NICK_AUTH_PROOF);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_authentication_fails_the_link_in_every_mode_that_tries() {
+        // joinmarket-ng's client raises in `_authenticate_nick` whatever its
+        // mode: "prefer" does not fall back once both sides negotiated.
+        for mode in [NickAuthMode::PreferVerified, NickAuthMode::RequireVerified] {
+            let (result, ..) = authenticate(pinned(mode), "test:directory-b", Verdict::Check).await;
+            let error = result.unwrap_err();
+            assert!(
+                matches!(&error, JmError::NickAuth(NickAuthError::DirectoryIdMismatch { expected, got })
+                    if expected.as_str() == "test:directory-a" && got == "test:directory-b"),
+                "{error:?}"
+            );
+            assert_eq!(error.kind(), HandshakeErrorKind::Rejected);
+            for code in [
+                NickAuthCode::Invalid,
+                NickAuthCode::Policy,
+                NickAuthCode::Malformed,
+                NickAuthCode::Expired,
+            ] {
+                let (result, ..) =
+                    authenticate(pinned(mode), "test:directory-a", Verdict::Answer(code)).await;
+                let error = result.unwrap_err();
+                assert!(
+                    matches!(&error, JmError::NickAuth(NickAuthError::Rejected(c)) if *c == code),
+                    "{error:?}"
+                );
+                assert_eq!(error.kind(), HandshakeErrorKind::Rejected);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_directory_that_never_challenges_times_out_within_30_seconds() {
+        let mut config = pinned(NickAuthMode::PreferVerified);
+        config.handshake_timeout = Duration::from_secs(600);
+        let started = tokio::time::Instant::now();
+        let (result, ..) = authenticate(config, "test:directory-a", Verdict::Silent).await;
+        let error = result.unwrap_err();
+        assert!(
+            matches!(&error, JmError::NickAuth(NickAuthError::TimedOut(t)) if *t == nick_auth::MAX_STEP_TIMEOUT),
+            "{error:?}"
+        );
+        assert_eq!(error.kind(), HandshakeErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), nick_auth::MAX_STEP_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn require_needs_an_identity_and_the_feature() {
+        // Not an onion and nothing pinned: refused before a byte is sent.
+        let mut config = config();
+        config.nick_auth = NickAuthMode::RequireVerified;
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let error = DirectoryConnection::open(&context(), &local(), Box::pin(ours), config)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, JmError::NickAuth(NickAuthError::NoDirectoryId(s)) if s == "127.0.0.1:5222"),
+            "{error:?}"
+        );
+        let mut rest = Vec::new();
+        theirs.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing sent");
+        // A directory without the feature (the reference's reply).
+        let (result, _, _) = exchange(
+            vec![envelope_line(795, REFERENCE_REPLY)],
+            pinned(NickAuthMode::RequireVerified),
+            true,
+        )
+        .await;
+        let error = result.unwrap_err();
+        assert!(
+            matches!(error, JmError::NickAuth(NickAuthError::NotOffered)),
+            "{error:?}"
+        );
+        assert_eq!(error.kind(), HandshakeErrorKind::Rejected);
+    }
+
+    #[tokio::test]
+    async fn prefer_uses_a_directory_without_the_feature_or_identity_unverified() {
+        let (result, sent, _side) = exchange(
+            vec![envelope_line(795, REFERENCE_REPLY)],
+            pinned(NickAuthMode::PreferVerified),
+            true,
+        )
+        .await;
+        assert_eq!(result.unwrap().info().nick_auth, NickAuthStatus::NotOffered);
+        let hello: Value =
+            serde_json::from_str(&Envelope::parse(sent.trim_end()).unwrap().line).unwrap();
+        assert_eq!(hello["features"]["nick_auth"], true, "advertised");
+        // No identity for 127.0.0.1: not advertised, not attempted.
+        let (result, sent, _side) =
+            exchange(vec![envelope_line(795, REFERENCE_REPLY)], config(), true).await;
+        assert_eq!(
+            result.unwrap().info().nick_auth,
+            NickAuthStatus::NoDirectoryId
+        );
+        let hello: Value =
+            serde_json::from_str(&Envelope::parse(sent.trim_end()).unwrap().line).unwrap();
+        assert!(hello["features"].get("nick_auth").is_none());
+    }
+
+    #[tokio::test]
+    async fn disabled_never_advertises_and_a_late_challenge_ends_the_link() {
+        let (result, sent, _side) = exchange(
+            vec![envelope_line(795, RANGE_REPLY)],
+            pinned(NickAuthMode::Disabled),
+            true,
+        )
+        .await;
+        let connection = result.unwrap();
+        assert_eq!(connection.info().nick_auth, NickAuthStatus::Disabled);
+        let hello: Value =
+            serde_json::from_str(&Envelope::parse(sent.trim_end()).unwrap().line).unwrap();
+        assert!(hello["features"].get("nick_auth").is_none(), "{hello}");
+        // The user may not send nick-auth types either.
+        for kind in [803, 805, 807] {
+            assert!(matches!(
+                connection.send(&Envelope::new(kind, "{}")).await,
+                Err(JmError::ControlType(k)) if k == kind
+            ));
+        }
+        // joinmarket-ng's client closes on an 803..807 after the handshake.
+        let (result, _, side) = exchange(
+            vec![
+                envelope_line(795, RANGE_REPLY),
+                envelope_line(803, r#"{"challenge":"00","directory-id":"x"}"#),
+            ],
+            pinned(NickAuthMode::Disabled),
+            true,
+        )
+        .await;
+        let connection = Arc::new(result.unwrap());
+        assert_eq!(spawn_link(&connection).await.unwrap(), LinkLoss::Protocol);
+        drop(side);
+    }
+
+    #[test]
+    fn nick_auth_is_the_links_own_feature() {
+        let mut config = config();
+        config.features.push("nick_auth".to_owned());
+        assert_eq!(
+            config.validate(),
+            Err(JmConfigError::Feature("nick_auth".to_owned()))
+        );
     }
 }

@@ -19,3 +19,8 @@ fn handshake_reply_corpus_and_regressions() {
 fn jm_lines_corpus_and_regressions() {
     assert!(replay_checked_in("jm_lines", dirpool::fuzzing::jm_lines) > 0);
 }
+
+#[test]
+fn nick_auth_corpus_and_regressions() {
+    assert!(replay_checked_in("nick_auth", dirpool::fuzzing::nick_auth) > 0);
+}

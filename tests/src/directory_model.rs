@@ -47,6 +47,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use dirpool::joinmarket::{DirectoryId, NickAuthMode};
 use serde_json::Value;
 
 use crate::jm_server::jm_message;
@@ -173,6 +174,22 @@ impl DirectoryProfile {
             Self::Reference => DuplicateNick::Accept,
         }
     }
+
+    /// Whether it knows JMP-0005 nick authentication: joinmarket-ng only
+    /// (`directory_server/src/directory_server/server.py`,
+    /// `_perform_nick_auth`); joinmarket-rs (`crates/`) and the reference
+    /// (`src/jmdaemon/`) have no trace of types 803–807 or the feature
+    /// `nick_auth`, so they never advertise it and ignore it in a client's
+    /// handshake.
+    #[must_use]
+    pub fn knows_nick_auth(self) -> bool {
+        self == Self::JoinmarketNg
+    }
+
+    /// The motd of ng's refusal of a client without `nick_auth` in
+    /// `require_verified` (`handshake_handler.py`, `process_handshake`).
+    pub const NICK_AUTH_REQUIRED_MOTD: &'static str =
+        "Rejected: verified nick authentication required";
 
     /// The motd of ng's duplicate-nick rejection.
     #[must_use]
@@ -327,6 +344,38 @@ pub struct DirectoryConfig {
     /// The `line` of the peer list it answers GETPEERLIST with (ng and rs);
     /// empty by default.
     pub peerlist: String,
+    /// ng's nick authentication, if configured (ignored by the other
+    /// profiles, which do not know it). `None` by default, as ng without
+    /// `nick_auth_directory_id`: not advertised.
+    pub nick_auth: Option<NickAuthServer>,
+}
+
+/// joinmarket-ng's server-side nick authentication settings
+/// (`jmcore/src/jmcore/settings.py`, `DirectoryServerSettings`:
+/// `nick_auth_mode` (default `prefer_verified`), `nick_auth_directory_id`
+/// (without it nothing is advertised), `nick_auth_timeout` (30 s, at most
+/// 30)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NickAuthServer {
+    /// Its mode: disabled advertises nothing; prefer challenges clients
+    /// that advertise the feature; require also refuses the others.
+    pub mode: NickAuthMode,
+    /// Its `directory-id`.
+    pub directory_id: DirectoryId,
+    /// How long it waits for the proof (then answers `expired`).
+    pub timeout: Duration,
+}
+
+impl NickAuthServer {
+    /// `mode` as `directory_id`, with ng's 30 s timeout.
+    #[must_use]
+    pub fn new(mode: NickAuthMode, directory_id: DirectoryId) -> Self {
+        Self {
+            mode,
+            directory_id,
+            timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl DirectoryConfig {
@@ -341,7 +390,25 @@ impl DirectoryConfig {
             line_limit: profile.line_limit(),
             nick: nick.into(),
             peerlist: String::new(),
+            nick_auth: None,
         }
+    }
+
+    /// With ng's nick authentication in `mode` as `directory_id`.
+    #[must_use]
+    pub fn with_nick_auth(mut self, mode: NickAuthMode, directory_id: DirectoryId) -> Self {
+        self.nick_auth = Some(NickAuthServer::new(mode, directory_id));
+        self
+    }
+
+    /// The nick authentication this directory runs: `Some` only for the ng
+    /// profile with a mode other than disabled (ng's
+    /// `advertises_nick_auth`).
+    #[must_use]
+    pub fn nick_auth_server(&self) -> Option<&NickAuthServer> {
+        self.nick_auth
+            .as_ref()
+            .filter(|auth| self.profile.knows_nick_auth() && auth.mode != NickAuthMode::Disabled)
     }
 
     /// With these heartbeat timings.

@@ -45,8 +45,12 @@ use serde_json::{Map, Value};
 use crate::common::{Ctx, Handler, POLL, ReadEvent, Server, is_timeout, lock, send};
 use crate::directory_model::{
     DirectoryConfig, DirectoryLink, DirectoryProfile, DuplicateNick, LineLimit, LinkClose,
-    LinkOutput, LinkPeer, LinkRecord, WrongNetwork,
+    LinkOutput, LinkPeer, LinkRecord, NickAuthServer, WrongNetwork,
 };
+use dirpool::joinmarket::nick_auth::{
+    FEATURE_NICK_AUTH, NickAuthChallenge, NickAuthResult, judge_answer,
+};
+use dirpool::joinmarket::{NickAuthCode, NickAuthMode, wire};
 
 /// Message type of a private message.
 pub const JM_PRIVMSG: u32 = 685;
@@ -426,6 +430,8 @@ struct State {
     silenced: AtomicU64,
     /// Whole lines sent by flooding connections.
     flood_lines: AtomicU64,
+    /// Nick-auth messages (803, 807) sent by modelled links.
+    nick_auth_sent: Mutex<Vec<(u32, String)>>,
 }
 
 impl State {
@@ -446,6 +452,7 @@ impl State {
             silence: AtomicU64::new(0),
             silenced: AtomicU64::new(0),
             flood_lines: AtomicU64::new(0),
+            nick_auth_sent: Mutex::new(Vec::new()),
         }
     }
 
@@ -592,6 +599,14 @@ impl JmDirectory {
     #[must_use]
     pub fn received(&self) -> Vec<(u32, String)> {
         lock(&self.state.received).clone()
+    }
+
+    /// The nick-auth messages (type, line) modelled links sent: challenges
+    /// (803) and results (807), in order. The proofs received (805) are in
+    /// [`received`](Self::received).
+    #[must_use]
+    pub fn nick_auth_sent(&self) -> Vec<(u32, String)> {
+        lock(&self.state.nick_auth_sent).clone()
     }
 
     /// The number of pongs received (answering a ping or not).
@@ -927,6 +942,12 @@ fn serve(state: &State, snapshot: &Snapshot, mut stream: TcpStream, ctx: &Ctx) {
         is_maker: false,
     };
     let mut client_network = None;
+    let mut client = NickAuthClient {
+        line: parse_message(&first)
+            .map(|(_, text)| text)
+            .unwrap_or_default(),
+        offers: false,
+    };
     if let Some(raw) = raw {
         client_network = raw
             .get("network")
@@ -935,6 +956,7 @@ fn serve(state: &State, snapshot: &Snapshot, mut stream: TcpStream, ctx: &Ctx) {
         peer = LinkPeer::from_handshake(&raw);
         let handshake = ClientHandshake::from_raw(raw, verdict.clone().err());
         pingable = handshake.has_feature("ping");
+        client.offers = handshake.has_feature(FEATURE_NICK_AUTH);
         lock(&state.handshakes).push(handshake);
     }
     if let (JmBehaviour::Modelled(modelled), Some(theirs)) = (&snapshot.behaviour, &client_network)
@@ -976,7 +998,7 @@ fn serve(state: &State, snapshot: &Snapshot, mut stream: TcpStream, ctx: &Ctx) {
             return;
         }
         JmBehaviour::Modelled(modelled) => {
-            serve_modelled(state, ctx, modelled, stream, reader, network, peer);
+            serve_modelled(state, ctx, modelled, stream, reader, network, peer, &client);
             return;
         }
         JmBehaviour::Reject { motd } => {
@@ -1167,7 +1189,16 @@ impl Drop for NickGuard<'_> {
     }
 }
 
+/// What nick authentication needs of the client's handshake.
+struct NickAuthClient {
+    /// Its 793 `line`, exactly as received (what the proof signs).
+    line: String,
+    /// It advertised `nick_auth`.
+    offers: bool,
+}
+
 /// A [`JmBehaviour::Modelled`] connection after a valid handshake.
+#[allow(clippy::too_many_arguments)]
 fn serve_modelled(
     state: &State,
     ctx: &Ctx,
@@ -1176,11 +1207,13 @@ fn serve_modelled(
     mut reader: LineReader,
     network: &str,
     peer: LinkPeer,
+    client: &NickAuthClient,
 ) {
     let generation = ctx.drop_generation();
     let silence = state.silence.load(Ordering::SeqCst);
     let profile = modelled.config.profile;
-    let accept = JmAccept {
+    let nick_auth = modelled.config.nick_auth_server();
+    let mut accept = JmAccept {
         features: profile
             .features()
             .iter()
@@ -1189,6 +1222,24 @@ fn serve_modelled(
         nick: modelled.config.nick.clone(),
         ..JmAccept::default()
     };
+    if nick_auth.is_some() {
+        accept.features.push(FEATURE_NICK_AUTH.to_owned());
+    }
+    // ng's `process_handshake`: require refuses a client that does not
+    // negotiate, with an `accepted: false` reply.
+    if nick_auth.is_some_and(|auth| auth.mode == NickAuthMode::RequireVerified) && !client.offers {
+        let motd = DirectoryProfile::NICK_AUTH_REQUIRED_MOTD.to_owned();
+        state.reject(motd.clone());
+        let accept = JmAccept {
+            motd: Some(motd),
+            ..accept
+        };
+        let reply = jm_message(JM_DN_HANDSHAKE, &reply_line(&accept, network, false));
+        if send(&mut stream, reply.as_bytes()).is_ok() {
+            ctx.close_gracefully(stream);
+        }
+        return;
+    }
     let duplicate = {
         let mut nicks = lock(&state.nicks);
         let open = nicks.entry(peer.nick.clone()).or_default();
@@ -1227,6 +1278,22 @@ fn serve_modelled(
     let writer = Arc::new(Mutex::new(clone));
     if send(&mut lock(&writer), reply.as_bytes()).is_err() {
         return;
+    }
+    if let Some(auth) = nick_auth.filter(|_| client.offers) {
+        if !authenticate(
+            state,
+            ctx,
+            auth,
+            &writer,
+            &mut stream,
+            &mut reader,
+            &peer,
+            client,
+        ) {
+            drop(writer);
+            ctx.close_gracefully(stream);
+            return;
+        }
     }
     let session = state.register_session(&writer);
     let replied = Instant::now();
@@ -1296,6 +1363,61 @@ fn serve_modelled(
     if close {
         ctx.close_gracefully(stream);
     }
+}
+
+/// ng's `_perform_nick_auth` after the accepting reply: a challenge, the
+/// proof within the timeout, a result. `true` when verified (the link goes
+/// on); otherwise the result (`expired`, `malformed`, `invalid`) has been
+/// sent and the caller closes.
+#[allow(clippy::too_many_arguments)]
+fn authenticate(
+    state: &State,
+    ctx: &Ctx,
+    auth: &NickAuthServer,
+    writer: &Mutex<TcpStream>,
+    stream: &mut TcpStream,
+    reader: &mut LineReader,
+    peer: &LinkPeer,
+    client: &NickAuthClient,
+) -> bool {
+    let challenge = NickAuthChallenge::new(&nonce(), auth.directory_id.clone());
+    let sent = |kind: u32, line: String| {
+        let message = jm_message(kind, &line);
+        lock(&state.nick_auth_sent).push((kind, line));
+        send(&mut lock(writer), message.as_bytes()).is_ok()
+    };
+    if !sent(wire::NICK_AUTH_CHALLENGE, challenge.to_line()) {
+        return false;
+    }
+    let code = match reader.next(stream, ctx, Some(Instant::now() + auth.timeout)) {
+        LineEvent::Line(line) => {
+            if let Ok(message) = parse_message(&line) {
+                lock(&state.received).push(message);
+            }
+            let answer = String::from_utf8_lossy(&line);
+            judge_answer(&challenge, &client.line, &peer.nick, &answer)
+        }
+        LineEvent::Deadline => NickAuthCode::Expired,
+        LineEvent::TooLong => NickAuthCode::Malformed,
+        LineEvent::Closed => return false,
+    };
+    if code != NickAuthCode::Ok {
+        state.reject(format!("nick authentication: {code}"));
+    }
+    sent(wire::NICK_AUTH_RESULT, NickAuthResult::new(code).to_line()) && code == NickAuthCode::Ok
+}
+
+/// 32 bytes no one can guess in advance (std's per-process random hash
+/// keys, one fresh hasher per word).
+fn nonce() -> [u8; 32] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut nonce = [0u8; 32];
+    for chunk in nonce.chunks_exact_mut(8) {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(0);
+        chunk.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    nonce
 }
 
 /// Neither reads nor writes, keeping the socket open until the client

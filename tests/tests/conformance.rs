@@ -38,7 +38,8 @@ async fn open(directory: &JmDirectory, config: JmConfig) -> Result<DirectoryConn
         .unwrap();
     let runtime: Arc<dyn Runtime> = Arc::new(TokioRuntime::current());
     let context = HandshakeContext::new(runtime, Instant::now() + Duration::from_secs(30));
-    DirectoryConnection::open(&context, Box::pin(stream), config).await
+    let server = ServerAddr::parse(&directory.addr().to_string()).unwrap();
+    DirectoryConnection::open(&context, &server, Box::pin(stream), config).await
 }
 
 /// Item 3. A client of another network: joinmarket-ng closes without a

@@ -235,7 +235,7 @@ impl NickIdentity {
 
     /// Base64 of the DER signature over the Bitcoin message hash of
     /// `message` (joinmarket-ng `NickIdentity.sign_bytes`).
-    fn sign_text(&self, message: &[u8]) -> Result<String, NickKeyError> {
+    pub(super) fn sign_text(&self, message: &[u8]) -> Result<String, NickKeyError> {
         let signature: Signature = self
             .signing_key
             .sign_prehash(&bitcoin_message_hash(message))
@@ -366,12 +366,22 @@ fn verify_text(
     message: &[u8],
     signature: &str,
 ) -> Result<(), SignatureError> {
-    let key =
-        VerifyingKey::from_sec1_bytes(public_key).map_err(|_| SignatureError::InvalidPublicKey)?;
     let der = BASE64
         .decode(signature)
         .map_err(|_| SignatureError::MalformedSignature)?;
-    let signature = Signature::from_der(&der).map_err(|_| SignatureError::MalformedSignature)?;
+    verify_der(public_key, message, &der)
+}
+
+/// Verifies the DER signature `der` (low S) by `public_key` over the
+/// Bitcoin message hash of `message`.
+pub(super) fn verify_der(
+    public_key: &[u8; 33],
+    message: &[u8],
+    der: &[u8],
+) -> Result<(), SignatureError> {
+    let key =
+        VerifyingKey::from_sec1_bytes(public_key).map_err(|_| SignatureError::InvalidPublicKey)?;
+    let signature = Signature::from_der(der).map_err(|_| SignatureError::MalformedSignature)?;
     // libsecp256k1's verify refuses high S; k256's may not, so say it here.
     if signature.normalize_s().is_some() {
         return Err(SignatureError::HighS);

@@ -35,6 +35,14 @@ pub const PING: u32 = 798;
 pub const PONG: u32 = 799;
 /// Disconnect: 801 in all three (the reference closes on receiving one).
 pub const DISCONNECT: u32 = 801;
+/// JMP-0005 nick-auth challenge, directory to client (joinmarket-ng
+/// `protocol.py`, `NICK_AUTH_CHALLENGE`; unknown to joinmarket-rs and the
+/// reference).
+pub const NICK_AUTH_CHALLENGE: u32 = 803;
+/// JMP-0005 nick-auth proof, client to directory (`NICK_AUTH_PROOF`).
+pub const NICK_AUTH_PROOF: u32 = 805;
+/// JMP-0005 nick-auth result, directory to client (`NICK_AUTH_RESULT`).
+pub const NICK_AUTH_RESULT: u32 = 807;
 
 /// The longest line we send, its `\r\n` terminator included.
 ///

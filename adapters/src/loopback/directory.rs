@@ -14,8 +14,13 @@ use sha2::{Digest, Sha256};
 
 use super::{DeadlineReader, Hub, LoopbackError, fake_onion, lock, write_all_within};
 use crate::joinmarket::lines::{PeerlistEntry, PrivateMessage, PublicMessage, peerlist_payload};
+use crate::joinmarket::nick_auth::{
+    FEATURE_NICK_AUTH, NickAuthChallenge, NickAuthResult, judge_answer,
+};
 use crate::joinmarket::wire::{self, Envelope, LineReader};
-use crate::joinmarket::{Location, Network, Nick, PROTOCOL_VERSION};
+use crate::joinmarket::{
+    DirectoryId, Location, Network, Nick, NickAuthCode, NickAuthMode, PROTOCOL_VERSION,
+};
 
 /// joinmarket-ng's `max_line_length`: the longest line, terminator excluded.
 const NG_MAX_LINE: usize = 65_536;
@@ -48,6 +53,17 @@ pub struct DirectorySettings {
     pub idle_timeout: Duration,
     /// Bound on each write to a peer; a slower one is dropped.
     pub write_timeout: Duration,
+    /// JMP-0005 nick authentication, as joinmarket-ng's server does it:
+    /// [`NickAuthMode::PreferVerified`] by default (ng's
+    /// `nick_auth_mode`).
+    pub nick_auth: NickAuthMode,
+    /// Its JMP-0005 identity; `None`: the one derived from its
+    /// [`onion`](LoopbackDirectory::onion), what a client that dials it
+    /// by that onion expects.
+    pub directory_id: Option<DirectoryId>,
+    /// How long it waits for a proof, then answers `expired` and closes
+    /// (ng's `nick_auth_timeout`, 30 s).
+    pub nick_auth_timeout: Duration,
 }
 
 impl DirectorySettings {
@@ -65,6 +81,9 @@ impl DirectorySettings {
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(1500),
             write_timeout: Duration::from_secs(30),
+            nick_auth: NickAuthMode::PreferVerified,
+            directory_id: None,
+            nick_auth_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -111,8 +130,19 @@ impl DirectorySettings {
 /// waits up to 30 s for its socket); a relayed line is re-encoded with
 /// [`Envelope::encode`], so one longer than
 /// [`MAX_SEND_LINE`](wire::MAX_SEND_LINE) is dropped; no PINGs of its own
-/// (the idle eviction stands in for the heartbeat), no rate limit, no
-/// nick authentication.
+/// (the idle eviction stands in for the heartbeat), no rate limit.
+///
+/// Nick authentication (JMP-0005) as `server.py` `_perform_nick_auth` and
+/// `handshake_handler.py` do it, in [`DirectorySettings::nick_auth`]'s
+/// mode: unless disabled it advertises `nick_auth`; a client that
+/// advertises it too gets a challenge (803) after the accepting reply, and
+/// a result (807) once its proof (805) is judged
+/// ([`judge_answer`](crate::joinmarket::nick_auth::judge_answer)):
+/// `malformed`, `invalid` or `expired` (none within
+/// [`DirectorySettings::nick_auth_timeout`]) close the link whatever the
+/// mode; in `require_verified` a client that does not advertise it gets
+/// `accepted: false` with the motd "Rejected: verified nick
+/// authentication required".
 ///
 /// ```
 /// use dirpool::joinmarket::Network;
@@ -153,8 +183,13 @@ impl LoopbackDirectory {
     /// Binding the listener or starting its thread failed.
     pub fn with_settings(settings: DirectorySettings) -> Result<Self, LoopbackError> {
         let nick = settings.nick.clone().unwrap_or_else(next_nick);
+        let directory_id = settings
+            .directory_id
+            .clone()
+            .or_else(|| DirectoryId::for_endpoint(&fake_onion(nick.as_str())));
         let directory = Arc::new(Directory {
             nick,
+            directory_id,
             settings,
             registry: Mutex::new(Registry::default()),
         });
@@ -235,6 +270,8 @@ enum Ended {
 
 struct Directory {
     nick: Nick,
+    /// Its JMP-0005 identity (always known: derived from its onion).
+    directory_id: Option<DirectoryId>,
     settings: DirectorySettings,
     registry: Mutex<Registry>,
 }
@@ -423,12 +460,15 @@ fn location(text: Option<&str>) -> Result<Location, String> {
     }
 }
 
-/// The handshake reply (`create_handshake_response`).
-fn reply(nick: &Nick, network: Network, accepted: bool, motd: &str) -> Envelope {
+/// The handshake reply (`create_handshake_response`); `nick_auth` among
+/// the features when it is advertised.
+fn reply(nick: &Nick, network: Network, accepted: bool, motd: &str, nick_auth: bool) -> Envelope {
     let features: Map<String, Value> = if accepted {
         DIRECTORY_FEATURES
             .iter()
-            .map(|f| ((*f).to_owned(), Value::Bool(true)))
+            .copied()
+            .chain(nick_auth.then_some(FEATURE_NICK_AUTH))
+            .map(|f| (f.to_owned(), Value::Bool(true)))
             .collect()
     } else {
         Map::new()
@@ -504,6 +544,26 @@ impl Directory {
             )));
         }
         let hello = Hello::check(&first.line, settings.network).map_err(Ended::Refused)?;
+        let offers = hello.features.iter().any(|f| f == FEATURE_NICK_AUTH);
+        let challenged = match self.advertised_id() {
+            Some(_) if offers => true,
+            _ if settings.nick_auth == NickAuthMode::RequireVerified => {
+                let motd = "Rejected: verified nick authentication required";
+                let rejection = reply(&self.nick, settings.network, false, motd, true);
+                write_all_within(&stream, &rejection.encode()?, settings.write_timeout)?;
+                return Err(Ended::Refused(motd.to_owned()));
+            }
+            _ => false,
+        };
+        if challenged {
+            let accepted = self.accepting_reply();
+            write_all_within(&stream, &accepted.encode()?, settings.write_timeout)?;
+            let code = self.authenticate(&stream, &mut lines, &first.line, &hello.nick)?;
+            if code != NickAuthCode::Ok {
+                self.send_result(&stream, code)?;
+                return Err(Ended::Refused(format!("nick authentication: {code}")));
+            }
+        }
         let peer = Peer {
             nick: hello.nick,
             location: hello.location,
@@ -516,11 +576,25 @@ impl Directory {
                 changed: Condvar::new(),
             },
         };
-        let peer = match self.register(peer) {
+        // After a challenge the reply is out and the result follows.
+        let first_line = if challenged {
+            Envelope::new(
+                wire::NICK_AUTH_RESULT,
+                NickAuthResult::new(NickAuthCode::Ok).to_line(),
+            )
+        } else {
+            self.accepting_reply()
+        };
+        let peer = match self.register(peer, &first_line) {
             Ok(peer) => peer,
+            // ng answers a verified nick it cannot register with `policy`.
+            Err(why) if challenged => {
+                self.send_result(&stream, NickAuthCode::Policy)?;
+                return Err(Ended::Refused(why));
+            }
             Err(why) => {
                 let motd = format!("Rejected: {why}");
-                let rejection = reply(&self.nick, settings.network, false, &motd);
+                let rejection = reply(&self.nick, settings.network, false, &motd, false);
                 write_all_within(&stream, &rejection.encode()?, settings.write_timeout)?;
                 return Err(Ended::Refused(why));
             }
@@ -552,10 +626,58 @@ impl Directory {
         }
     }
 
-    /// Registers `peer` and queues the accepting reply ahead of anything
-    /// relayed to it, or says why not.
-    fn register(&self, mut peer: Peer) -> Result<Arc<Peer>, String> {
-        let accepted = reply(&self.nick, self.settings.network, true, &self.settings.motd);
+    /// Its id when it advertises nick authentication.
+    fn advertised_id(&self) -> Option<&DirectoryId> {
+        self.directory_id
+            .as_ref()
+            .filter(|_| self.settings.nick_auth != NickAuthMode::Disabled)
+    }
+
+    fn accepting_reply(&self) -> Envelope {
+        let nick_auth = self.advertised_id().is_some();
+        reply(
+            &self.nick,
+            self.settings.network,
+            true,
+            &self.settings.motd,
+            nick_auth,
+        )
+    }
+
+    /// Challenges the client and judges its answer.
+    fn authenticate(
+        &self,
+        stream: &TcpStream,
+        lines: &mut LineReader<DeadlineReader>,
+        handshake_line: &str,
+        nick: &Nick,
+    ) -> Result<NickAuthCode, Ended> {
+        let id = self.advertised_id().cloned().ok_or(Ended::Closed)?;
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce).map_err(|e| Ended::Io(io::Error::other(e)))?;
+        let challenge = NickAuthChallenge::new(&nonce, id);
+        let message = Envelope::new(wire::NICK_AUTH_CHALLENGE, challenge.to_line());
+        write_all_within(stream, &message.encode()?, self.settings.write_timeout)?;
+        lines.get_mut().extend(self.settings.nick_auth_timeout);
+        Ok(match futures::executor::block_on(lines.next_line()) {
+            Ok(Some(answer)) => judge_answer(&challenge, handshake_line, nick.as_str(), &answer),
+            Ok(None) => return Err(Ended::Closed),
+            Err(crate::joinmarket::JmError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                NickAuthCode::Expired
+            }
+            Err(_) => NickAuthCode::Malformed,
+        })
+    }
+
+    fn send_result(&self, stream: &TcpStream, code: NickAuthCode) -> Result<(), Ended> {
+        let result = Envelope::new(wire::NICK_AUTH_RESULT, NickAuthResult::new(code).to_line());
+        write_all_within(stream, &result.encode()?, self.settings.write_timeout)?;
+        Ok(())
+    }
+
+    /// Registers `peer` and queues `first` (the accepting reply, or the
+    /// nick-auth result) ahead of anything relayed to it, or says why not.
+    fn register(&self, mut peer: Peer, first: &Envelope) -> Result<Arc<Peer>, String> {
         let mut registry = lock(&self.registry);
         if registry.peers.contains_key(&peer.nick) {
             return Err(format!("Peer nick already registered: {}", peer.nick));
@@ -568,7 +690,7 @@ impl Directory {
         }
         registry.arrivals += 1;
         peer.arrival = registry.arrivals;
-        peer.send(&accepted);
+        peer.send(first);
         let peer = Arc::new(peer);
         registry.peers.insert(peer.nick.clone(), Arc::clone(&peer));
         Ok(peer)
@@ -765,7 +887,7 @@ mod tests {
                 "directory": true,
                 "proto-ver-min": 5,
                 "proto-ver-max": 5,
-                "features": {"peerlist_features": true, "ping": true},
+                "features": {"peerlist_features": true, "ping": true, "nick_auth": true},
                 "accepted": true,
                 "nick": directory.nick().as_str(),
                 "network": "regtest",
@@ -792,6 +914,104 @@ mod tests {
         let (_bare, reply) = Client::join_as(&directory, &nick(4), "somewhere", &[]);
         assert_eq!(reply["accepted"], true);
         assert_eq!(directory.peers(), [nick(1), nick(3), nick(4)]);
+    }
+
+    fn with_nick_auth(mode: NickAuthMode) -> LoopbackDirectory {
+        let mut settings = DirectorySettings::new(Network::Regtest);
+        settings.nick_auth = mode;
+        LoopbackDirectory::with_settings(settings).unwrap()
+    }
+
+    /// Joins offering `nick_auth` as `identity`'s nick and answers the
+    /// challenge with a proof by `signer`; returns the client and the
+    /// result's code.
+    fn authenticate(
+        directory: &LoopbackDirectory,
+        identity: &crate::joinmarket::NickIdentity,
+        signer: &crate::joinmarket::NickIdentity,
+    ) -> (Client, NickAuthCode) {
+        use crate::joinmarket::nick_auth::NickAuthProof;
+        let handshake = hello(
+            identity.nick(),
+            "regtest",
+            "NOT-SERVING-ONION",
+            &["ping", "nick_auth"],
+        );
+        let mut client = Client::connect(directory);
+        client.send(&handshake);
+        let reply: Value = serde_json::from_str(&client.recv().unwrap().line).unwrap();
+        assert_eq!(reply["accepted"], true);
+        assert_eq!(reply["features"]["nick_auth"], true);
+        let challenge = client.recv().unwrap();
+        assert_eq!(challenge.kind, wire::NICK_AUTH_CHALLENGE);
+        let challenge = NickAuthChallenge::parse(&challenge.line).unwrap();
+        // The id a client dialing its onion derives.
+        assert_eq!(
+            Some(challenge.directory_id().clone()),
+            DirectoryId::for_endpoint(&directory.onion())
+        );
+        let proof = NickAuthProof::create(signer, &challenge, &handshake.line).unwrap();
+        client.send(&Envelope::new(wire::NICK_AUTH_PROOF, proof.to_line()));
+        let result = client.recv().unwrap();
+        assert_eq!(result.kind, wire::NICK_AUTH_RESULT);
+        let code = NickAuthResult::parse(&result.line).unwrap().code();
+        (client, code)
+    }
+
+    #[test]
+    fn nick_auth_verifies_the_key_and_refuses_another_in_both_modes() {
+        let ours = crate::joinmarket::NickIdentity::from_secret_bytes(&[0x11; 32]).unwrap();
+        let other = crate::joinmarket::NickIdentity::from_secret_bytes(&[0x12; 32]).unwrap();
+        for mode in [NickAuthMode::PreferVerified, NickAuthMode::RequireVerified] {
+            let directory = with_nick_auth(mode);
+            let (mut client, code) = authenticate(&directory, &ours, &ours);
+            assert_eq!(code, NickAuthCode::Ok);
+            assert_eq!(directory.peers(), [ours.nick().clone()]);
+            client.expect_nothing_queued();
+            // Another key for our nick: invalid, closed, never registered.
+            let (mut forger, code) = authenticate(&directory, &other, &ours);
+            assert_eq!(code, NickAuthCode::Invalid, "{mode}");
+            assert_eq!(forger.recv(), None);
+            assert_eq!(directory.peers(), [ours.nick().clone()]);
+        }
+    }
+
+    #[test]
+    fn require_refuses_a_client_without_the_feature_and_disabled_never_challenges() {
+        let directory = with_nick_auth(NickAuthMode::RequireVerified);
+        let (mut client, reply) =
+            Client::join_as(&directory, &nick(1), "NOT-SERVING-ONION", &["ping"]);
+        assert_eq!(reply["accepted"], false);
+        assert_eq!(
+            reply["motd"],
+            "Rejected: verified nick authentication required"
+        );
+        assert_eq!(client.recv(), None);
+        assert!(directory.peers().is_empty());
+
+        let directory = with_nick_auth(NickAuthMode::Disabled);
+        let (mut client, reply) =
+            Client::join_as(&directory, &nick(2), "NOT-SERVING-ONION", &["nick_auth"]);
+        assert_eq!(reply["accepted"], true);
+        assert!(reply["features"].get("nick_auth").is_none(), "{reply}");
+        // The PONG comes next: no 803 was sent before it.
+        client.expect_nothing_queued();
+    }
+
+    #[test]
+    fn a_silent_client_gets_expired() {
+        let mut settings = DirectorySettings::new(Network::Regtest);
+        settings.nick_auth_timeout = Duration::from_millis(100);
+        let directory = LoopbackDirectory::with_settings(settings).unwrap();
+        let (mut client, _) =
+            Client::join_as(&directory, &nick(1), "NOT-SERVING-ONION", &["nick_auth"]);
+        assert_eq!(client.recv().unwrap().kind, wire::NICK_AUTH_CHALLENGE);
+        let result = client.recv().unwrap();
+        assert_eq!(
+            NickAuthResult::parse(&result.line).unwrap().code(),
+            NickAuthCode::Expired
+        );
+        assert_eq!(client.recv(), None);
     }
 
     #[test]

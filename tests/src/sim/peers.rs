@@ -1069,6 +1069,12 @@ mod tests {
         Ok(reply)
     }
 
+    /// The address the link is opened for: not an onion, so no nick
+    /// authentication.
+    fn local() -> dirpool_core::ServerAddr {
+        dirpool_core::ServerAddr::parse("127.0.0.1:5222").unwrap()
+    }
+
     fn config() -> JmConfig {
         JmConfig::new(crate::client_identity(), Network::Regtest)
     }
@@ -1083,6 +1089,7 @@ mod tests {
                     Arc::new(TokioRuntime::current()),
                     std::time::Instant::now() + LONG,
                 ),
+                &local(),
                 Box::pin(client),
                 config(),
             )
@@ -1195,7 +1202,8 @@ mod tests {
             Arc::new(TokioRuntime::current()),
             std::time::Instant::now() + LONG,
         );
-        let open = DirectoryConnection::open(&context, Box::pin(client), config());
+        let addr = local();
+        let open = DirectoryConnection::open(&context, &addr, Box::pin(client), config());
         assert!(timeout(LONG, open).await.is_err());
         server.await.unwrap();
         assert_eq!(events(&world), [connected(HOST, true), handshake()]);
