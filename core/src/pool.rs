@@ -28,7 +28,7 @@ use crate::status::{
     ServerStatus,
 };
 use links::{Link, LinkState, Links};
-use timers::{Timer, Timers};
+use timers::{TimerKey, Timers};
 
 /// A result or loss the machine cannot accept: the driver named an attempt
 /// it never got, or reported something impossible for it. The machine's
@@ -80,10 +80,6 @@ enum Phase {
         /// The last sign of life: a line read, a probe answered.
         last_active: Instant,
         watch: Watch,
-        /// The keepalive timer entry that counts; entries that fire before
-        /// it are stale (left behind when an answer moved the next probe
-        /// earlier than a pending probe deadline).
-        armed: Instant,
     },
     Closing {
         attempt: AttemptId,
@@ -94,16 +90,13 @@ enum Phase {
 }
 
 impl Phase {
-    /// A connected server's keepalive state: its last sign of life, its
-    /// watch, and the keepalive entry that counts.
-    fn keepalive(&mut self) -> Option<(&mut Instant, &mut Watch, &mut Instant)> {
+    /// A connected server's keepalive state: its last sign of life and its
+    /// watch.
+    fn keepalive(&mut self) -> Option<(&mut Instant, &mut Watch)> {
         match self {
             Phase::Connected {
-                last_active,
-                watch,
-                armed,
-                ..
-            } => Some((last_active, watch, armed)),
+                last_active, watch, ..
+            } => Some((last_active, watch)),
             _ => None,
         }
     }
@@ -126,9 +119,8 @@ struct Server {
     addr: Arc<ServerAddr>,
     credentials: Option<SocksCredentials>,
     phase: Phase,
-    /// When the scheduled redial is due; its timer carries `retry_generation`.
+    /// When the scheduled redial is due (the server's timer while idle).
     retry_at: Option<Instant>,
-    retry_generation: u32,
     /// Exponent of the next backoff delay.
     backoff_step: u32,
     consecutive_failures: u32,
@@ -143,13 +135,6 @@ struct Server {
     waiting_for_proxy: bool,
 }
 
-impl Server {
-    fn cancel_retry(&mut self) {
-        self.retry_at = None;
-        self.retry_generation = self.retry_generation.wrapping_add(1);
-    }
-}
-
 /// Pool-wide proxy state: while the proxy is down, one probe dial at a time
 /// finds out when it is back, instead of every server failing on its own.
 #[derive(Debug, Default)]
@@ -159,7 +144,6 @@ struct ProxyHealth {
     step: u32,
     probe: Option<AttemptId>,
     probe_at: Option<Instant>,
-    probe_generation: u32,
     waiters: VecDeque<ServerId>,
 }
 
@@ -285,7 +269,6 @@ impl PoolState {
                 credentials,
                 phase: Phase::Idle,
                 retry_at: None,
-                retry_generation: 0,
                 backoff_step: 0,
                 consecutive_failures: 0,
                 attempts: 0,
@@ -333,6 +316,7 @@ impl PoolState {
             }));
         }
 
+        let timers = Timers::with_servers(servers.len());
         Ok(Self {
             connection_timeout: config.connection_timeout,
             keepalive: config.keepalive,
@@ -343,7 +327,7 @@ impl PoolState {
             by_node_id,
             rejected,
             links: Links::default(),
-            timers: Timers::default(),
+            timers,
             operations: Vec::new(),
             next_operation: 0,
             outputs,
@@ -423,7 +407,7 @@ impl PoolState {
         } else if deadline <= now {
             self.finish_operation(id, OperationEnd::DeadlineReached);
         } else {
-            self.timers.push(deadline, Timer::OperationDeadline(id));
+            self.timers.set(TimerKey::Operation(id), deadline);
         }
         Ok(id)
     }
@@ -448,14 +432,13 @@ impl PoolState {
             self.finish_operation(other, OperationEnd::Cancelled);
         }
         self.proxy.probe = None;
-        self.proxy.probe_at = None;
-        self.proxy.probe_generation = self.proxy.probe_generation.wrapping_add(1);
+        self.cancel_proxy_probe();
         self.proxy.waiters.clear();
 
         let mut waiting = BTreeSet::new();
         for index in 0..self.servers.len() {
+            self.cancel_retry(server_id(index));
             let server = &mut self.servers[index];
-            server.cancel_retry();
             server.waiting_for_proxy = false;
             match server.phase {
                 Phase::Idle => {}
@@ -464,6 +447,7 @@ impl PoolState {
                     if crate::planted::active(crate::planted::Bug::ForgetToAbortDials) => {}
                 Phase::Dialing(attempt) => {
                     server.phase = Phase::Idle;
+                    self.timers.cancel(TimerKey::Server(server_id(index)));
                     self.set_link_state(attempt, LinkState::Abandoned);
                     self.outputs.push_back(Output::Abort(attempt));
                 }
@@ -474,7 +458,8 @@ impl PoolState {
                     };
                     self.connected -= 1;
                     self.set_link_state(attempt, LinkState::Closing);
-                    self.request_close(now, attempt, server_id(index), false);
+                    let id = server_id(index);
+                    self.request_close(now, attempt, TimerKey::Server(id), id, false);
                     waiting.insert(attempt);
                 }
                 Phase::Closing { attempt, .. } => {
@@ -556,14 +541,13 @@ impl PoolState {
                     since: now,
                     last_active: now,
                     watch: Watch::Quiet,
-                    armed: now + self.keepalive.idle,
                 };
                 server.consecutive_failures = 0;
                 server.gave_up = false;
                 server.last_probe_rtt = None;
                 self.connected += 1;
                 self.timers
-                    .push(now + self.keepalive.idle, Timer::Keepalive(attempt));
+                    .set(TimerKey::Server(id), now + self.keepalive.idle);
                 self.notify(Notification::Connected {
                     server: id,
                     attempt,
@@ -588,7 +572,7 @@ impl PoolState {
             LinkState::Abandoned => {
                 self.set_link_state(attempt, LinkState::StrayClosing);
                 tracing::debug!(%attempt, "late success of an abandoned dial: closing it");
-                self.request_close(now, attempt, link.server, true);
+                self.request_close(now, attempt, TimerKey::StrayClose(attempt), link.server, true);
                 self.proxy_up(now);
                 Ok(())
             }
@@ -611,6 +595,7 @@ impl PoolState {
         match link.state {
             LinkState::Dialing => {
                 self.links.remove(attempt);
+                self.timers.cancel(TimerKey::Server(link.server));
                 self.fail_attempt(now, attempt, link.server, failure);
                 Ok(())
             }
@@ -683,6 +668,7 @@ impl PoolState {
                 if let Phase::Connected { watch, .. } = &mut self.servers[link.server.index()].phase
                 {
                     *watch = Watch::Passive;
+                    self.timers.cancel(TimerKey::Server(link.server));
                 }
                 Ok(())
             }
@@ -706,6 +692,7 @@ impl PoolState {
         match link.state {
             LinkState::Closing => {
                 self.links.remove(attempt);
+                self.timers.cancel(TimerKey::Server(link.server));
                 let reason = match result {
                     Ok(()) => DisconnectReason::Closed,
                     Err(e) => DisconnectReason::CloseFailed(e),
@@ -715,6 +702,7 @@ impl PoolState {
             }
             LinkState::StrayClosing | LinkState::CloseAbandoned => {
                 self.links.remove(attempt);
+                self.timers.cancel(TimerKey::StrayClose(attempt));
                 Ok(())
             }
             state => Err(unexpected(attempt, state)),
@@ -724,11 +712,8 @@ impl PoolState {
     /// Fires every timer due at `now`. Safe to call early or twice.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.clock(now);
-        let due = self.timers.due_at(now);
-        while let Some(timer) = self.timers.pop_due(&due) {
-            if self.timer_is_live(timer) {
-                self.fire(now, timer);
-            }
+        while let Some(key) = self.timers.pop_due(now) {
+            self.fire(now, key);
         }
     }
 
@@ -740,15 +725,8 @@ impl PoolState {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
-        while let Some((timer, first)) = self.timers.peek() {
-            let at = self.timers.instant(first);
-            if self.timer_is_live(timer) && !self.keepalive_stale(timer, at) {
-                return Some(at);
-            }
-            self.timers.remove(first);
-        }
-        None
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
     }
 
     // ---- queries ----------------------------------------------------------
@@ -947,6 +925,7 @@ impl PoolState {
             error: ServerError::Link(loss),
             at: now,
         });
+        self.timers.cancel(TimerKey::Server(id));
         #[cfg(dirpool_planted_bugs)]
         let miscount = crate::planted::active(crate::planted::Bug::MiscountLostLink);
         #[cfg(not(dirpool_planted_bugs))]
@@ -975,21 +954,17 @@ impl PoolState {
                 let id = link.server;
                 let idle = self.keepalive.idle;
                 let server = &mut self.servers[id.index()];
-                let Some((last_active, watch, armed)) = server.phase.keepalive() else {
+                let Some((last_active, watch)) = server.phase.keepalive() else {
                     return Ok(());
                 };
                 *last_active = now;
                 if let Watch::Probing { sent, .. } = *watch {
-                    // Any sign of life settles the probe. The pending entry
-                    // (at the probe's deadline) re-arms itself from
-                    // `last_active` when it fires, unless the next probe is
-                    // due before that.
+                    // Any sign of life settles the probe; the next one is
+                    // due once the link has been quiet for `idle`. While
+                    // quiet, a sign of life only moves `last_active`: the
+                    // timer re-arms from it when it fires.
                     *watch = Watch::Quiet;
-                    let due = now + idle;
-                    if due < *armed {
-                        *armed = due;
-                        self.timers.push(due, Timer::Keepalive(attempt));
-                    }
+                    self.timers.set(TimerKey::Server(id), now + idle);
                     if answer {
                         let rtt = now.saturating_duration_since(sent);
                         server.last_probe_rtt = Some(rtt);
@@ -1012,12 +987,9 @@ impl PoolState {
     /// re-arm at the link's next due instant.
     fn keepalive_due(&mut self, now: Instant, attempt: AttemptId, id: ServerId) {
         let keepalive = self.keepalive;
-        let Some((last_active, watch, armed)) = self.servers[id.index()].phase.keepalive() else {
+        let Some((last_active, watch)) = self.servers[id.index()].phase.keepalive() else {
             return;
         };
-        if now < *armed {
-            return; // a stale entry
-        }
         #[cfg(dirpool_planted_bugs)]
         if crate::planted::active(crate::planted::Bug::NoKeepalive) {
             return;
@@ -1027,8 +999,7 @@ impl PoolState {
             Watch::Quiet => {
                 let due = *last_active + keepalive.idle;
                 if now < due {
-                    *armed = due;
-                    self.timers.push(due, Timer::Keepalive(attempt));
+                    self.timers.set(TimerKey::Server(id), due);
                     return;
                 }
                 let deadline = now + keepalive.probe_timeout;
@@ -1036,8 +1007,7 @@ impl PoolState {
                     sent: now,
                     deadline,
                 };
-                *armed = deadline;
-                self.timers.push(deadline, Timer::Keepalive(attempt));
+                self.timers.set(TimerKey::Server(id), deadline);
                 self.outputs.push_back(Output::Probe(ProbeRequest {
                     attempt,
                     server: id,
@@ -1046,8 +1016,7 @@ impl PoolState {
             }
             Watch::Probing { deadline, .. } => {
                 if now < deadline {
-                    *armed = deadline;
-                    self.timers.push(deadline, Timer::Keepalive(attempt));
+                    self.timers.set(TimerKey::Server(id), deadline);
                     return;
                 }
                 self.lose(now, attempt, id, LinkLoss::KeepaliveTimeout);
@@ -1134,10 +1103,11 @@ impl PoolState {
         let server = &mut self.servers[id.index()];
         debug_assert!(matches!(server.phase, Phase::Idle));
         server.phase = Phase::Dialing(attempt);
-        server.cancel_retry();
+        server.retry_at = None;
         server.waiting_for_proxy = false;
         server.attempts += 1;
-        self.timers.push(deadline, Timer::DialDeadline(attempt));
+        // Replaces a pending redial, if any.
+        self.timers.set(TimerKey::Server(id), deadline);
         self.outputs.push_back(Output::Dial(DialRequest {
             attempt,
             server: id,
@@ -1146,7 +1116,6 @@ impl PoolState {
             timeout: self.connection_timeout,
             deadline,
         }));
-        self.compact_timers();
         attempt
     }
 
@@ -1177,9 +1146,8 @@ impl PoolState {
             let server = &self.servers[index];
             let scheduled = server.retry_at.is_some() || server.waiting_for_proxy;
             if scheduled && self.backoff_for(id).is_none() {
-                let server = &mut self.servers[index];
-                server.cancel_retry();
-                server.waiting_for_proxy = false;
+                self.cancel_retry(id);
+                self.servers[index].waiting_for_proxy = false;
             }
         }
         let servers = &self.servers;
@@ -1187,8 +1155,7 @@ impl PoolState {
             .waiters
             .retain(|id| servers[id.index()].waiting_for_proxy);
         if self.proxy.waiters.is_empty() {
-            self.proxy.probe_at = None;
-            self.proxy.probe_generation = self.proxy.probe_generation.wrapping_add(1);
+            self.cancel_proxy_probe();
         }
     }
 
@@ -1210,21 +1177,14 @@ impl PoolState {
         let server = &mut self.servers[id.index()];
         let at = now + backoff.delay(server.backoff_step, &mut self.rng);
         server.backoff_step = server.backoff_step.saturating_add(1);
-        server.cancel_retry();
         server.retry_at = Some(at);
-        self.timers.push(
-            at,
-            Timer::Retry {
-                server: id,
-                generation: server.retry_generation,
-            },
-        );
+        self.timers.set(TimerKey::Server(id), at);
         Some(at)
     }
 
     fn wait_for_proxy(&mut self, now: Instant, id: ServerId) -> Option<Instant> {
+        self.cancel_retry(id);
         let server = &mut self.servers[id.index()];
-        server.cancel_retry();
         if !server.waiting_for_proxy {
             server.waiting_for_proxy = true;
             self.proxy.waiters.push_back(id);
@@ -1253,13 +1213,7 @@ impl PoolState {
         };
         let at = now + backoff.delay(self.proxy.step, &mut self.rng);
         self.proxy.probe_at = Some(at);
-        self.proxy.probe_generation = self.proxy.probe_generation.wrapping_add(1);
-        self.timers.push(
-            at,
-            Timer::ProxyProbe {
-                generation: self.proxy.probe_generation,
-            },
-        );
+        self.timers.set(TimerKey::ProxyProbe, at);
     }
 
     /// A dial got through the proxy: it is up. Servers that waited for it
@@ -1268,8 +1222,8 @@ impl PoolState {
         if !self.proxy.down {
             return;
         }
+        self.cancel_proxy_probe();
         self.proxy = ProxyHealth {
-            probe_generation: self.proxy.probe_generation.wrapping_add(1),
             waiters: std::mem::take(&mut self.proxy.waiters),
             ..ProxyHealth::default()
         };
@@ -1368,10 +1322,17 @@ impl PoolState {
         self.keep_probing(now);
     }
 
-    fn request_close(&mut self, now: Instant, attempt: AttemptId, server: ServerId, stray: bool) {
+    /// Asks the driver to close `attempt`'s connection by `key`'s deadline.
+    fn request_close(
+        &mut self,
+        now: Instant,
+        attempt: AttemptId,
+        key: TimerKey,
+        server: ServerId,
+        stray: bool,
+    ) {
         let deadline = now + self.close_timeout;
-        self.timers.push(deadline, Timer::CloseDeadline(attempt));
-        self.compact_timers();
+        self.timers.set(key, deadline);
         self.outputs.push_back(Output::Close(CloseRequest {
             attempt,
             server,
@@ -1438,6 +1399,7 @@ impl PoolState {
             return;
         };
         let op = self.operations.remove(position);
+        self.timers.cancel(TimerKey::Operation(id));
         if op.retry.is_some() {
             self.forget_unwanted_retries();
         }
@@ -1451,81 +1413,45 @@ impl PoolState {
         }));
     }
 
-    /// Drops stale deadline entries now and then (amortized O(1) per push),
-    /// so dials that end long before their deadline do not pile up.
-    fn compact_timers(&mut self) {
-        if self.timers.compaction_due() {
-            let mut timers = std::mem::take(&mut self.timers);
-            timers.compact(|timer| self.timer_is_live(timer));
-            self.timers = timers;
+    /// Drops `id`'s scheduled redial, if it has one.
+    fn cancel_retry(&mut self, id: ServerId) {
+        if self.servers[id.index()].retry_at.take().is_some() {
+            self.timers.cancel(TimerKey::Server(id));
         }
     }
 
-    /// A keepalive entry set for before the one its link counts on: left
-    /// behind when an answer moved the link's next probe earlier.
-    fn keepalive_stale(&self, timer: Timer, at: Instant) -> bool {
-        let Timer::Keepalive(attempt) = timer else {
-            return false;
-        };
-        let Some(link) = self.links.get(attempt) else {
-            return true;
-        };
-        match self.servers[link.server.index()].phase {
-            Phase::Connected {
-                attempt: a, armed, ..
-            } if a == attempt => at < armed,
-            _ => true,
+    /// Drops the scheduled proxy probe, if any.
+    fn cancel_proxy_probe(&mut self) {
+        if self.proxy.probe_at.take().is_some() {
+            self.timers.cancel(TimerKey::ProxyProbe);
         }
     }
 
-    fn timer_is_live(&self, timer: Timer) -> bool {
-        match timer {
-            Timer::DialDeadline(attempt) => self
-                .links
-                .get(attempt)
-                .is_some_and(|l| l.state == LinkState::Dialing),
-            Timer::CloseDeadline(attempt) => self
-                .links
-                .get(attempt)
-                .is_some_and(|l| matches!(l.state, LinkState::Closing | LinkState::StrayClosing)),
-            Timer::Retry { server, generation } => {
-                let s = &self.servers[server.index()];
-                s.retry_generation == generation && matches!(s.phase, Phase::Idle)
-            }
-            Timer::ProxyProbe { generation } => {
-                self.proxy.down && self.proxy.probe_generation == generation
-            }
-            Timer::OperationDeadline(id) => self.operations.iter().any(|op| op.id == id),
-            Timer::Keepalive(attempt) => self
-                .links
-                .get(attempt)
-                .is_some_and(|l| l.state == LinkState::Open),
-        }
-    }
-
-    /// Acts on a live timer.
-    fn fire(&mut self, now: Instant, timer: Timer) {
-        match timer {
-            Timer::DialDeadline(attempt) => {
-                let Ok(link) = self.link(attempt) else { return };
-                self.set_link_state(attempt, LinkState::Abandoned);
-                self.outputs.push_back(Output::Abort(attempt));
-                self.fail_attempt(now, attempt, link.server, DialFailure::TimedOut);
-            }
-            Timer::CloseDeadline(attempt) => {
-                let Ok(link) = self.link(attempt) else { return };
+    /// Acts on a deadline that has come.
+    fn fire(&mut self, now: Instant, key: TimerKey) {
+        match key {
+            TimerKey::Server(id) => match self.servers[id.index()].phase {
+                Phase::Dialing(attempt) => {
+                    self.set_link_state(attempt, LinkState::Abandoned);
+                    self.outputs.push_back(Output::Abort(attempt));
+                    self.fail_attempt(now, attempt, id, DialFailure::TimedOut);
+                }
+                Phase::Closing { attempt, .. } => {
+                    self.set_link_state(attempt, LinkState::CloseAbandoned);
+                    self.closed(now, attempt, id, DisconnectReason::CloseTimedOut);
+                }
+                Phase::Connected { attempt, .. } => self.keepalive_due(now, attempt, id),
+                Phase::Idle => {
+                    self.servers[id.index()].retry_at = None;
+                    if self.backoff_for(id).is_some() {
+                        self.redial(now, id);
+                    }
+                }
+            },
+            TimerKey::StrayClose(attempt) => {
                 self.set_link_state(attempt, LinkState::CloseAbandoned);
-                if link.state == LinkState::Closing {
-                    self.closed(now, attempt, link.server, DisconnectReason::CloseTimedOut);
-                }
             }
-            Timer::Retry { server, .. } => {
-                self.servers[server.index()].retry_at = None;
-                if self.backoff_for(server).is_some() {
-                    self.redial(now, server);
-                }
-            }
-            Timer::ProxyProbe { .. } => {
+            TimerKey::ProxyProbe => {
                 self.proxy.probe_at = None;
                 while let Some(id) = self.proxy.waiters.pop_front() {
                     let server = &mut self.servers[id.index()];
@@ -1541,12 +1467,8 @@ impl PoolState {
                     }
                 }
             }
-            Timer::OperationDeadline(id) => {
+            TimerKey::Operation(id) => {
                 self.finish_operation(id, OperationEnd::DeadlineReached);
-            }
-            Timer::Keepalive(attempt) => {
-                let Ok(link) = self.link(attempt) else { return };
-                self.keepalive_due(now, attempt, link.server);
             }
         }
     }

@@ -1041,9 +1041,9 @@ fn a_quiet_link_is_probed_once_per_idle_interval_and_an_answer_keeps_it() {
             rtt: secs(10.5)
         }]
     );
-    // The entry at the old probe deadline wakes the driver once and
-    // re-arms itself one idle interval after the answer.
-    assert_eq!(rig.pool.poll_timeout(), Some(rig.at(50.0)));
+    // The answer moves the link's one deadline to one idle interval after
+    // it: the old probe deadline no longer wakes the driver.
+    assert_eq!(rig.pool.poll_timeout(), Some(rig.at(70.5)));
     assert!(rig.advance_to(50.0).is_empty(), "not lost, not probed");
     assert_eq!(rig.pool.poll_timeout(), Some(rig.at(70.5)));
     assert_eq!(probes(&rig.advance_to(70.5)).len(), 1);
