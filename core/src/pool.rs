@@ -70,10 +70,23 @@ pub enum Rejection {
     Duplicate(ServerId),
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Phase {
+/// Where a server stands: one variant per state, each carrying what that
+/// state needs, deadline included (the server's one timer, keyed
+/// [`TimerKey::Server`], is set to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing scheduled: dialed only when a command asks.
     Idle,
-    Dialing(AttemptId),
+    /// Maintenance spent its retry budget on this server: dialed only when
+    /// a command asks or maintenance restarts.
+    GaveUp,
+    /// Waits `until` before it is redialed.
+    BackingOff { until: Instant },
+    /// Queued for the proxy: dialed once a probe dial gets through.
+    WaitingForProxy,
+    /// Dial `attempt` in flight; abandoned at `until`.
+    Dialing { attempt: AttemptId, until: Instant },
+    /// Connected through `attempt`'s link since `since`.
     Connected {
         attempt: AttemptId,
         since: Instant,
@@ -81,23 +94,46 @@ enum Phase {
         last_active: Instant,
         watch: Watch,
     },
+    /// Close of `attempt`'s link requested; given up on at `until`.
     Closing {
         attempt: AttemptId,
+        until: Instant,
         /// A connect command arrived while closing: dial as soon as the
         /// close ends (the command waits for that dial).
         redial: bool,
     },
 }
 
-impl Phase {
+impl State {
+    /// Not dialing, connected or closing: free to be dialed.
+    fn is_down(self) -> bool {
+        matches!(
+            self,
+            State::Idle | State::GaveUp | State::BackingOff { .. } | State::WaitingForProxy
+        )
+    }
+
     /// A connected server's keepalive state: its last sign of life and its
     /// watch.
     fn keepalive(&mut self) -> Option<(&mut Instant, &mut Watch)> {
         match self {
-            Phase::Connected {
+            State::Connected {
                 last_active, watch, ..
             } => Some((last_active, watch)),
             _ => None,
+        }
+    }
+
+    /// What [`status`](PoolState::status) shows for it.
+    fn public(self) -> ServerState {
+        match self {
+            State::Idle => ServerState::Idle,
+            State::GaveUp => ServerState::GaveUp,
+            State::BackingOff { .. } => ServerState::WaitingRetry,
+            State::WaitingForProxy => ServerState::WaitingForProxy,
+            State::Dialing { .. } => ServerState::Dialing,
+            State::Connected { .. } => ServerState::Connected,
+            State::Closing { .. } => ServerState::Closing,
         }
     }
 }
@@ -118,9 +154,7 @@ enum Watch {
 struct Server {
     addr: Arc<ServerAddr>,
     credentials: Option<SocksCredentials>,
-    phase: Phase,
-    /// When the scheduled redial is due (the server's timer while idle).
-    retry_at: Option<Instant>,
+    state: State,
     /// Exponent of the next backoff delay.
     backoff_step: u32,
     consecutive_failures: u32,
@@ -130,9 +164,21 @@ struct Server {
     last_error: Option<LastError>,
     /// The current link's last probe round trip; cleared on connecting.
     last_probe_rtt: Option<Duration>,
+    /// Maintenance's retry budget for this server is spent (until a
+    /// success or a maintenance restart): it rests in [`State::GaveUp`]
+    /// rather than [`State::Idle`], and only a retry command redials it.
     gave_up: bool,
-    /// Queued in `ProxyHealth::waiters`.
-    waiting_for_proxy: bool,
+}
+
+impl Server {
+    /// The state it rests in when nothing is scheduled.
+    fn at_rest(&self) -> State {
+        if self.gave_up {
+            State::GaveUp
+        } else {
+            State::Idle
+        }
+    }
 }
 
 /// Pool-wide proxy state: while the proxy is down, one probe dial at a time
@@ -267,8 +313,7 @@ impl PoolState {
             servers.push(Server {
                 addr: Arc::new(addr),
                 credentials,
-                phase: Phase::Idle,
-                retry_at: None,
+                state: State::Idle,
                 backoff_step: 0,
                 consecutive_failures: 0,
                 attempts: 0,
@@ -276,7 +321,6 @@ impl PoolState {
                 last_error: None,
                 last_probe_rtt: None,
                 gave_up: false,
-                waiting_for_proxy: false,
             });
         }
         for (index, keeper) in duplicates {
@@ -383,23 +427,18 @@ impl PoolState {
         for index in 0..self.servers.len() {
             let server = &mut self.servers[index];
             // An explicit command starts every server's backoff afresh.
-            if !matches!(server.phase, Phase::Connected { .. }) {
+            if !matches!(server.state, State::Connected { .. }) {
                 server.backoff_step = 0;
             }
-            match server.phase {
-                Phase::Idle => {
+            match &mut server.state {
+                state if state.is_down() => {
                     self.dial(now, server_id(index));
                 }
                 #[cfg(dirpool_planted_bugs)]
-                Phase::Closing { .. }
+                State::Closing { .. }
                     if crate::planted::active(crate::planted::Bug::NoRedialAfterClose) => {}
-                Phase::Closing { attempt, .. } => {
-                    server.phase = Phase::Closing {
-                        attempt,
-                        redial: true,
-                    };
-                }
-                Phase::Dialing(_) | Phase::Connected { .. } => {}
+                State::Closing { redial, .. } => *redial = true,
+                _ => {}
             }
         }
         if self.connected > 0 {
@@ -437,39 +476,35 @@ impl PoolState {
 
         let mut waiting = BTreeSet::new();
         for index in 0..self.servers.len() {
-            self.cancel_retry(server_id(index));
+            let id = server_id(index);
+            self.cancel_retry(id);
             let server = &mut self.servers[index];
-            server.waiting_for_proxy = false;
-            match server.phase {
-                Phase::Idle => {}
+            match server.state {
                 #[cfg(dirpool_planted_bugs)]
-                Phase::Dialing(_)
+                State::Dialing { .. }
                     if crate::planted::active(crate::planted::Bug::ForgetToAbortDials) => {}
-                Phase::Dialing(attempt) => {
-                    server.phase = Phase::Idle;
-                    self.timers.cancel(TimerKey::Server(server_id(index)));
+                State::Dialing { attempt, .. } => {
+                    server.state = server.at_rest();
+                    self.timers.cancel(TimerKey::Server(id));
                     self.set_link_state(attempt, LinkState::Abandoned);
                     self.outputs.push_back(Output::Abort(attempt));
                 }
-                Phase::Connected { attempt, .. } => {
-                    server.phase = Phase::Closing {
-                        attempt,
-                        redial: false,
-                    };
+                State::Connected { attempt, .. } => {
                     self.connected -= 1;
                     self.set_link_state(attempt, LinkState::Closing);
-                    let id = server_id(index);
-                    self.request_close(now, attempt, TimerKey::Server(id), id, false);
+                    self.request_close(now, attempt, id);
                     waiting.insert(attempt);
                 }
-                Phase::Closing { attempt, .. } => {
+                State::Closing {
+                    attempt,
+                    ref mut redial,
+                    ..
+                } => {
                     // close_all is the last word: no redial after this close.
-                    server.phase = Phase::Closing {
-                        attempt,
-                        redial: false,
-                    };
+                    *redial = false;
                     waiting.insert(attempt);
                 }
+                _ => {}
             }
         }
         let done = waiting.is_empty();
@@ -497,10 +532,10 @@ impl PoolState {
         for index in 0..self.servers.len() {
             let server = &mut self.servers[index];
             server.gave_up = false;
-            if matches!(server.phase, Phase::Idle)
-                && server.retry_at.is_none()
-                && !server.waiting_for_proxy
-            {
+            if server.state == State::GaveUp {
+                server.state = State::Idle;
+            }
+            if server.state == State::Idle {
                 if server.consecutive_failures == 0 {
                     self.redial(now, server_id(index));
                 } else {
@@ -536,7 +571,7 @@ impl PoolState {
                     self.proxy.probe = None;
                 }
                 let server = &mut self.servers[id.index()];
-                server.phase = Phase::Connected {
+                server.state = State::Connected {
                     attempt,
                     since: now,
                     last_active: now,
@@ -563,16 +598,19 @@ impl PoolState {
             #[cfg(dirpool_planted_bugs)]
             LinkState::Abandoned
                 if crate::planted::active(crate::planted::Bug::RegisterLateSuccess)
-                    && matches!(self.servers[link.server.index()].phase, Phase::Idle) =>
+                    && self.servers[link.server.index()].state.is_down() =>
             {
                 self.set_link_state(attempt, LinkState::Dialing);
-                self.servers[link.server.index()].phase = Phase::Dialing(attempt);
+                self.servers[link.server.index()].state = State::Dialing {
+                    attempt,
+                    until: now,
+                };
                 self.dial_succeeded(now, attempt)
             }
             LinkState::Abandoned => {
                 self.set_link_state(attempt, LinkState::StrayClosing);
                 tracing::debug!(%attempt, "late success of an abandoned dial: closing it");
-                self.request_close(now, attempt, TimerKey::StrayClose(attempt), link.server, true);
+                self.request_stray_close(now, attempt, link.server);
                 self.proxy_up(now);
                 Ok(())
             }
@@ -665,7 +703,7 @@ impl PoolState {
         self.clock(now);
         match link.state {
             LinkState::Open => {
-                if let Phase::Connected { watch, .. } = &mut self.servers[link.server.index()].phase
+                if let State::Connected { watch, .. } = &mut self.servers[link.server.index()].state
                 {
                     *watch = Watch::Passive;
                     self.timers.cancel(TimerKey::Server(link.server));
@@ -760,8 +798,8 @@ impl PoolState {
         self.servers
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| match s.phase {
-                Phase::Connected { attempt, .. } => Some((server_id(i), attempt)),
+            .filter_map(|(i, s)| match s.state {
+                State::Connected { attempt, .. } => Some((server_id(i), attempt)),
                 _ => None,
             })
     }
@@ -775,39 +813,33 @@ impl PoolState {
     /// are never listed).
     pub fn list_disconnected(&self) -> impl Iterator<Item = (ServerId, &Arc<ServerAddr>)> {
         self.servers()
-            .filter(|(id, _)| !matches!(self.servers[id.index()].phase, Phase::Connected { .. }))
+            .filter(|(id, _)| !matches!(self.servers[id.index()].state, State::Connected { .. }))
     }
 
     /// A snapshot of `server`.
     pub fn status(&self, server: ServerId) -> Option<ServerStatus> {
         let s = self.servers.get(server.index())?;
-        let state = match s.phase {
-            Phase::Dialing(_) => ServerState::Dialing,
-            Phase::Connected { .. } => ServerState::Connected,
-            Phase::Closing { .. } => ServerState::Closing,
-            Phase::Idle if s.waiting_for_proxy => ServerState::WaitingForProxy,
-            Phase::Idle if s.retry_at.is_some() => ServerState::WaitingRetry,
-            Phase::Idle if s.gave_up => ServerState::GaveUp,
-            Phase::Idle => ServerState::Idle,
-        };
         Some(ServerStatus {
             server,
             addr: Arc::clone(&s.addr),
-            state,
+            state: s.state.public(),
             attempts: s.attempts,
             consecutive_failures: s.consecutive_failures,
             last_failure: s.last_failure,
             last_error: s.last_error,
-            connected_since: match s.phase {
-                Phase::Connected { since, .. } => Some(since),
+            connected_since: match s.state {
+                State::Connected { since, .. } => Some(since),
                 _ => None,
             },
-            last_active: match s.phase {
-                Phase::Connected { last_active, .. } => Some(last_active),
+            last_active: match s.state {
+                State::Connected { last_active, .. } => Some(last_active),
                 _ => None,
             },
             last_probe_rtt: s.last_probe_rtt,
-            next_retry_at: s.retry_at,
+            next_retry_at: match s.state {
+                State::BackingOff { until } => Some(until),
+                _ => None,
+            },
         })
     }
 
@@ -912,7 +944,7 @@ impl PoolState {
         self.links.remove(attempt);
         let stable_after = self.maintenance_policy.stable_after;
         let server = &mut self.servers[id.index()];
-        if let Phase::Connected { since, .. } = server.phase {
+        if let State::Connected { since, .. } = server.state {
             // A link that stayed up long enough earns a fresh backoff; one
             // that died young keeps climbing, so a flapping directory is not
             // hammered.
@@ -920,7 +952,7 @@ impl PoolState {
                 server.backoff_step = 0;
             }
         }
-        server.phase = Phase::Idle;
+        server.state = server.at_rest();
         server.last_error = Some(LastError {
             error: ServerError::Link(loss),
             at: now,
@@ -954,7 +986,7 @@ impl PoolState {
                 let id = link.server;
                 let idle = self.keepalive.idle;
                 let server = &mut self.servers[id.index()];
-                let Some((last_active, watch)) = server.phase.keepalive() else {
+                let Some((last_active, watch)) = server.state.keepalive() else {
                     return Ok(());
                 };
                 *last_active = now;
@@ -987,7 +1019,7 @@ impl PoolState {
     /// re-arm at the link's next due instant.
     fn keepalive_due(&mut self, now: Instant, attempt: AttemptId, id: ServerId) {
         let keepalive = self.keepalive;
-        let Some((last_active, watch)) = self.servers[id.index()].phase.keepalive() else {
+        let Some((last_active, watch)) = self.servers[id.index()].state.keepalive() else {
             return;
         };
         #[cfg(dirpool_planted_bugs)]
@@ -1051,33 +1083,32 @@ impl PoolState {
         let id = self.new_operation_id();
         let mut waiting = BTreeSet::new();
         for index in 0..self.servers.len() {
-            match self.servers[index].phase {
-                Phase::Idle => {
+            match &mut self.servers[index].state {
+                state if state.is_down() => {
                     waiting.insert(self.dial(now, server_id(index)));
                 }
                 #[cfg(dirpool_planted_bugs)]
-                Phase::Dialing(_)
+                State::Dialing { .. }
                     if crate::planted::active(crate::planted::Bug::DialInFlightAgain) =>
                 {
-                    self.servers[index].phase = Phase::Idle;
+                    self.servers[index].state = State::Idle;
                     waiting.insert(self.dial(now, server_id(index)));
                 }
-                Phase::Dialing(attempt) => {
-                    waiting.insert(attempt);
+                State::Dialing { attempt, .. } => {
+                    waiting.insert(*attempt);
                 }
                 #[cfg(dirpool_planted_bugs)]
-                Phase::Closing { .. }
+                State::Closing { .. }
                     if crate::planted::active(crate::planted::Bug::NoRedialAfterClose) => {}
-                Phase::Closing { attempt, .. } => {
+                State::Closing {
+                    attempt, redial, ..
+                } => {
                     // Asked for after a close_all that is still closing this
                     // link: dial when the close ends; wait for that dial.
-                    self.servers[index].phase = Phase::Closing {
-                        attempt,
-                        redial: true,
-                    };
-                    waiting.insert(attempt);
+                    *redial = true;
+                    waiting.insert(*attempt);
                 }
-                Phase::Connected { .. } => {}
+                _ => {}
             }
         }
         let done = waiting.is_empty();
@@ -1101,12 +1132,14 @@ impl PoolState {
             state: LinkState::Dialing,
         });
         let server = &mut self.servers[id.index()];
-        debug_assert!(matches!(server.phase, Phase::Idle));
-        server.phase = Phase::Dialing(attempt);
-        server.retry_at = None;
-        server.waiting_for_proxy = false;
+        debug_assert!(server.state.is_down());
+        server.state = State::Dialing {
+            attempt,
+            until: deadline,
+        };
         server.attempts += 1;
-        // Replaces a pending redial, if any.
+        // Replaces a pending redial, if any. A server waiting for the proxy
+        // stays in its queue; the queue skips it when its turn comes.
         self.timers.set(TimerKey::Server(id), deadline);
         self.outputs.push_back(Output::Dial(DialRequest {
             attempt,
@@ -1143,17 +1176,18 @@ impl PoolState {
     fn forget_unwanted_retries(&mut self) {
         for index in 0..self.servers.len() {
             let id = server_id(index);
-            let server = &self.servers[index];
-            let scheduled = server.retry_at.is_some() || server.waiting_for_proxy;
+            let scheduled = matches!(
+                self.servers[index].state,
+                State::BackingOff { .. } | State::WaitingForProxy
+            );
             if scheduled && self.backoff_for(id).is_none() {
                 self.cancel_retry(id);
-                self.servers[index].waiting_for_proxy = false;
             }
         }
         let servers = &self.servers;
         self.proxy
             .waiters
-            .retain(|id| servers[id.index()].waiting_for_proxy);
+            .retain(|id| servers[id.index()].state == State::WaitingForProxy);
         if self.proxy.waiters.is_empty() {
             self.cancel_proxy_probe();
         }
@@ -1177,16 +1211,18 @@ impl PoolState {
         let server = &mut self.servers[id.index()];
         let at = now + backoff.delay(server.backoff_step, &mut self.rng);
         server.backoff_step = server.backoff_step.saturating_add(1);
-        server.retry_at = Some(at);
+        server.state = State::BackingOff { until: at };
         self.timers.set(TimerKey::Server(id), at);
         Some(at)
     }
 
     fn wait_for_proxy(&mut self, now: Instant, id: ServerId) -> Option<Instant> {
-        self.cancel_retry(id);
         let server = &mut self.servers[id.index()];
-        if !server.waiting_for_proxy {
-            server.waiting_for_proxy = true;
+        if let State::BackingOff { .. } = server.state {
+            self.timers.cancel(TimerKey::Server(id));
+        }
+        if server.state != State::WaitingForProxy {
+            server.state = State::WaitingForProxy;
             self.proxy.waiters.push_back(id);
         }
         self.keep_probing(now);
@@ -1230,11 +1266,10 @@ impl PoolState {
         self.notify(Notification::ProxyRecovered);
         while let Some(id) = self.proxy.waiters.pop_front() {
             let server = &mut self.servers[id.index()];
-            if !std::mem::take(&mut server.waiting_for_proxy)
-                || !matches!(server.phase, Phase::Idle)
-            {
+            if server.state != State::WaitingForProxy {
                 continue;
             }
+            server.state = server.at_rest();
             if self.backoff_for(id).is_some() {
                 self.dial(now, id);
             }
@@ -1253,7 +1288,6 @@ impl PoolState {
             self.proxy.probe = None;
         }
         let server = &mut self.servers[id.index()];
-        server.phase = Phase::Idle;
         server.last_failure = Some(failure);
         server.last_error = Some(LastError {
             error: ServerError::Dial(failure),
@@ -1263,6 +1297,7 @@ impl PoolState {
         match failure.scope() {
             FailureScope::Proxy => {
                 // Pool-wide: the server's own budget and backoff are untouched.
+                self.servers[id.index()].state = self.servers[id.index()].at_rest();
                 let newly_down = !self.proxy.down;
                 if newly_down {
                     self.proxy.down = true;
@@ -1303,6 +1338,7 @@ impl PoolState {
                 if gives_up {
                     server.gave_up = true;
                 }
+                server.state = server.at_rest();
                 let retry_at = self.schedule_retry(now, id);
                 self.notify(Notification::DialFailed {
                     server: id,
@@ -1322,16 +1358,31 @@ impl PoolState {
         self.keep_probing(now);
     }
 
-    /// Asks the driver to close `attempt`'s connection by `key`'s deadline.
-    fn request_close(
+    /// Closes `server`'s registered connection (made by `attempt`).
+    fn request_close(&mut self, now: Instant, attempt: AttemptId, server: ServerId) {
+        let until = now + self.close_timeout;
+        self.servers[server.index()].state = State::Closing {
+            attempt,
+            until,
+            redial: false,
+        };
+        self.close_output(attempt, TimerKey::Server(server), server, until, false);
+    }
+
+    /// Closes the connection a late success of an abandoned dial made.
+    fn request_stray_close(&mut self, now: Instant, attempt: AttemptId, server: ServerId) {
+        let until = now + self.close_timeout;
+        self.close_output(attempt, TimerKey::StrayClose(attempt), server, until, true);
+    }
+
+    fn close_output(
         &mut self,
-        now: Instant,
         attempt: AttemptId,
         key: TimerKey,
         server: ServerId,
+        deadline: Instant,
         stray: bool,
     ) {
-        let deadline = now + self.close_timeout;
         self.timers.set(key, deadline);
         self.outputs.push_back(Output::Close(CloseRequest {
             attempt,
@@ -1343,11 +1394,9 @@ impl PoolState {
 
     /// A registered connection's close ended (done, failed or timed out).
     fn closed(&mut self, now: Instant, attempt: AttemptId, id: ServerId, reason: DisconnectReason) {
-        let redial = matches!(
-            self.servers[id.index()].phase,
-            Phase::Closing { redial: true, .. }
-        );
-        self.servers[id.index()].phase = Phase::Idle;
+        let server = &mut self.servers[id.index()];
+        let redial = matches!(server.state, State::Closing { redial: true, .. });
+        server.state = server.at_rest();
         self.notify(Notification::Disconnected {
             server: id,
             attempt,
@@ -1413,11 +1462,16 @@ impl PoolState {
         }));
     }
 
-    /// Drops `id`'s scheduled redial, if it has one.
+    /// Drops `id`'s scheduled redial or proxy wait, if it has one (a server
+    /// left in the proxy's queue is skipped when its turn comes).
     fn cancel_retry(&mut self, id: ServerId) {
-        if self.servers[id.index()].retry_at.take().is_some() {
-            self.timers.cancel(TimerKey::Server(id));
+        let server = &mut self.servers[id.index()];
+        match server.state {
+            State::BackingOff { .. } => self.timers.cancel(TimerKey::Server(id)),
+            State::WaitingForProxy => {}
+            _ => return,
         }
+        server.state = server.at_rest();
     }
 
     /// Drops the scheduled proxy probe, if any.
@@ -1430,23 +1484,25 @@ impl PoolState {
     /// Acts on a deadline that has come.
     fn fire(&mut self, now: Instant, key: TimerKey) {
         match key {
-            TimerKey::Server(id) => match self.servers[id.index()].phase {
-                Phase::Dialing(attempt) => {
+            TimerKey::Server(id) => match self.servers[id.index()].state {
+                State::Dialing { attempt, .. } => {
                     self.set_link_state(attempt, LinkState::Abandoned);
                     self.outputs.push_back(Output::Abort(attempt));
                     self.fail_attempt(now, attempt, id, DialFailure::TimedOut);
                 }
-                Phase::Closing { attempt, .. } => {
+                State::Closing { attempt, .. } => {
                     self.set_link_state(attempt, LinkState::CloseAbandoned);
                     self.closed(now, attempt, id, DisconnectReason::CloseTimedOut);
                 }
-                Phase::Connected { attempt, .. } => self.keepalive_due(now, attempt, id),
-                Phase::Idle => {
-                    self.servers[id.index()].retry_at = None;
+                State::Connected { attempt, .. } => self.keepalive_due(now, attempt, id),
+                State::BackingOff { .. } => {
+                    let server = &mut self.servers[id.index()];
+                    server.state = server.at_rest();
                     if self.backoff_for(id).is_some() {
                         self.redial(now, id);
                     }
                 }
+                state => debug_assert!(false, "a timer fired for a server {state:?}"),
             },
             TimerKey::StrayClose(attempt) => {
                 self.set_link_state(attempt, LinkState::CloseAbandoned);
@@ -1455,11 +1511,10 @@ impl PoolState {
                 self.proxy.probe_at = None;
                 while let Some(id) = self.proxy.waiters.pop_front() {
                     let server = &mut self.servers[id.index()];
-                    if !std::mem::take(&mut server.waiting_for_proxy)
-                        || !matches!(server.phase, Phase::Idle)
-                    {
+                    if server.state != State::WaitingForProxy {
                         continue;
                     }
+                    server.state = server.at_rest();
                     if self.backoff_for(id).is_some() {
                         let attempt = self.dial(now, id);
                         self.proxy.probe = Some(attempt);
