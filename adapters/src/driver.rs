@@ -15,9 +15,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use dirpool_core::{
-    AttemptId, CloseFailure, CloseRequest, DialRequest, DisconnectReason, LinkLoss, Notification,
-    OperationId, OperationReport, Output, PoolHealth, PoolState, RetryPolicy, ServerAddr, ServerId,
-    ServerStatus,
+    AttemptId, CloseFailure, CloseRequest, Command, DialRequest, DisconnectReason, Input, LinkLoss,
+    Notification, OperationId, OperationReport, Output, PoolHealth, PoolState, ServerAddr,
+    ServerId, ServerStatus,
 };
 use futures::channel::{mpsc, oneshot};
 use futures::future::{AbortHandle, Abortable, BoxFuture};
@@ -34,20 +34,13 @@ use crate::runtime::{Runtime, before};
 /// Where an operation's outcome goes.
 pub(crate) type OpReply<C> = oneshot::Sender<Result<OpOutcome<C>, dirpool_core::ConfigError>>;
 
-/// A user command, from a `DirectoryPool` handle.
-pub(crate) enum Command<C> {
-    Run(OpCommand, OpReply<C>),
-    StartMaintenance,
-    StopMaintenance,
+/// A user request, from a `DirectoryPool` handle.
+pub(crate) enum Request<C> {
+    /// A pool command; the reply, for one that starts an operation, gets
+    /// the operation's outcome.
+    Command(Command, Option<OpReply<C>>),
     Statuses(oneshot::Sender<Vec<ServerStatus>>),
     Health(oneshot::Sender<PoolHealth>),
-}
-
-pub(crate) enum OpCommand {
-    ConnectAllParallel,
-    ConnectAllWithRetry(RetryPolicy),
-    ReconnectDisconnected,
-    CloseAll,
 }
 
 /// A finished operation, with the clients it connected.
@@ -174,7 +167,7 @@ struct Held<C> {
 enum Wake<C> {
     Event(Event<C>),
     Signal(LinkSignal),
-    Command(Option<Command<C>>),
+    Command(Option<Request<C>>),
     Timer,
 }
 
@@ -183,7 +176,7 @@ pub(crate) struct Driver<H: Handshake> {
     runtime: Arc<dyn Runtime>,
     dialer: Arc<Dialer<H>>,
     shared: Arc<Shared<H::Client>>,
-    commands: mpsc::UnboundedReceiver<Command<H::Client>>,
+    commands: mpsc::UnboundedReceiver<Request<H::Client>>,
     commands_open: bool,
     events_tx: mpsc::UnboundedSender<Event<H::Client>>,
     events_rx: mpsc::UnboundedReceiver<Event<H::Client>>,
@@ -213,7 +206,7 @@ impl<H: Handshake> Driver<H> {
         shared: Arc<Shared<H::Client>>,
         hooks: K,
         hook_timeout: Duration,
-    ) -> mpsc::UnboundedSender<Command<H::Client>> {
+    ) -> mpsc::UnboundedSender<Request<H::Client>> {
         let (commands_tx, commands) = mpsc::unbounded();
         let (events_tx, events_rx) = mpsc::unbounded();
         let (signals_tx, signals_rx) = mpsc::unbounded();
@@ -323,16 +316,18 @@ impl<H: Handshake> Driver<H> {
                         // Stop as if every handle were dropped: close every
                         // link, then end; waiting callers get the panic.
                         self.commands_open = false;
-                        self.state.close_all(now);
+                        self.state
+                            .handle_command(now, Command::CloseAll)
+                            .expect("a valid command");
                     }
                 }
                 Wake::Event(event) => self.on_event(now, event),
                 Wake::Signal(signal) => {
                     let (attempt, answer) = signal.take();
                     let taken = if answer {
-                        self.state.probe_answered(now, attempt)
+                        self.state.handle_input(now, Input::ProbeAnswered(attempt))
                     } else {
-                        self.state.link_active(now, attempt)
+                        self.state.handle_input(now, Input::LinkActive(attempt))
                     };
                     if let Err(e) = taken {
                         tracing::trace!(error = %e, "link signal not taken");
@@ -342,7 +337,9 @@ impl<H: Handshake> Driver<H> {
                 Wake::Command(None) => {
                     tracing::debug!("every pool handle dropped: closing all");
                     self.commands_open = false;
-                    self.state.close_all(now);
+                    self.state
+                        .handle_command(now, Command::CloseAll)
+                        .expect("a valid command");
                 }
                 Wake::Timer => {
                     self.timer = None;
@@ -373,32 +370,26 @@ impl<H: Handshake> Driver<H> {
         Poll::Pending
     }
 
-    fn on_command(&mut self, now: Instant, command: Command<H::Client>) {
+    fn on_command(&mut self, now: Instant, command: Request<H::Client>) {
         match command {
-            Command::Run(op, reply) => {
-                let id = match op {
-                    OpCommand::ConnectAllParallel => self.state.connect_all_parallel(now),
-                    OpCommand::ReconnectDisconnected => self.state.reconnect_disconnected(now),
-                    OpCommand::CloseAll => self.state.close_all(now),
-                    OpCommand::ConnectAllWithRetry(policy) => {
-                        match self.state.connect_all_with_retry(now, policy) {
-                            Ok(id) => id,
-                            Err(e) => {
-                                let _ = reply.send(Err(e));
-                                return;
-                            }
-                        }
-                    }
-                };
+            Request::Command(command, reply) => match self.state.handle_command(now, command) {
                 // Registered before draining: the report may come out at once.
-                self.waiters.insert(id, reply);
-            }
-            Command::StartMaintenance => self.state.start_maintenance(now),
-            Command::StopMaintenance => self.state.stop_maintenance(now),
-            Command::Statuses(reply) => {
+                Ok(Some(id)) => {
+                    if let Some(reply) = reply {
+                        self.waiters.insert(id, reply);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            },
+            Request::Statuses(reply) => {
                 let _ = reply.send(self.state.statuses().collect());
             }
-            Command::Health(reply) => {
+            Request::Health(reply) => {
                 let _ = reply.send(self.state.health(now));
             }
         }
@@ -424,19 +415,34 @@ impl<H: Handshake> Driver<H> {
                                 watcher: None,
                             },
                         );
-                        self.state.dial_succeeded(now, attempt)
+                        self.state.handle_input(
+                            now,
+                            Input::DialFinished {
+                                attempt,
+                                result: Ok(()),
+                            },
+                        )
                     }
                     Err(error) => {
                         let failure = error.failure();
                         self.last_error = Some((attempt, Arc::new(error)));
-                        self.state.dial_failed(now, attempt, failure)
+                        self.state.handle_input(
+                            now,
+                            Input::DialFinished {
+                                attempt,
+                                result: Err(failure),
+                            },
+                        )
                     }
                 }
             }
-            Event::Lost(attempt, loss) => self.state.connection_lost(now, attempt, loss),
+            Event::Lost(attempt, loss) => self
+                .state
+                .handle_input(now, Input::LinkLost { attempt, loss }),
             Event::Closed(attempt, result) => {
                 let result = result.map_err(|CloseError::Io(e)| CloseFailure::Io(e.kind()));
-                self.state.close_finished(now, attempt, result)
+                self.state
+                    .handle_input(now, Input::CloseFinished { attempt, result })
             }
             Event::Panicked(..) => Ok(()),
         };
@@ -533,7 +539,9 @@ impl<H: Handshake> Driver<H> {
             ProbeStatus::Unsupported => {
                 tracing::debug!("link has no probe: watched for its end only");
                 let now = self.runtime.now();
-                let _ = self.state.probe_unsupported(now, attempt);
+                let _ = self
+                    .state
+                    .handle_input(now, Input::ProbeUnsupported(attempt));
             }
             // The link task is ending; its loss is on its way.
             _ => {}
@@ -545,7 +553,13 @@ impl<H: Handshake> Driver<H> {
             // Cannot happen: every Close names a client this driver holds.
             tracing::error!(attempt = %request.attempt, "close for an unknown client");
             let now = self.runtime.now();
-            let _ = self.state.close_finished(now, request.attempt, Ok(()));
+            let _ = self.state.handle_input(
+                now,
+                Input::CloseFinished {
+                    attempt: request.attempt,
+                    result: Ok(()),
+                },
+            );
             return;
         };
         if let Some(watcher) = held.watcher {

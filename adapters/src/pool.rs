@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dirpool_core::{
-    Entropy, IsolationToken, OperationReport, PoolHealth, PoolState, RejectedEntry, Rejection,
-    RetryPolicy, ServerAddr, ServerStatus, SocksCredentials, StreamIsolation,
+    Command, Entropy, IsolationToken, OperationReport, PoolHealth, PoolState, RejectedEntry,
+    Rejection, RetryPolicy, ServerAddr, ServerStatus, SocksCredentials, StreamIsolation,
 };
 use futures::channel::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::dialer::Dialer;
-use crate::driver::{Command, Driver, EVENT_BUFFER, OpCommand, OpOutcome, Shared, Subscriber};
+use crate::driver::{Driver, EVENT_BUFFER, OpOutcome, Request, Shared, Subscriber};
 use crate::error::{ConfigError, DialError, PoolError};
 use crate::event::{EventStream, PoolEvent};
 use crate::handshake::Handshake;
@@ -28,7 +28,7 @@ pub struct DirectoryPool<H: Handshake> {
 }
 
 struct Inner<H: Handshake> {
-    commands: mpsc::UnboundedSender<Command<H::Client>>,
+    commands: mpsc::UnboundedSender<Request<H::Client>>,
     shared: Arc<Shared<H::Client>>,
     dialer: Arc<Dialer<H>>,
     isolation: StreamIsolation,
@@ -191,16 +191,16 @@ fn os_entropy() -> Result<Entropy, ConfigError> {
 }
 
 impl<H: Handshake> DirectoryPool<H> {
-    async fn run(&self, op: OpCommand) -> Result<OpOutcome<H::Client>, PoolError> {
+    async fn run(&self, command: Command) -> Result<OpOutcome<H::Client>, PoolError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Run(op, tx))?;
+        self.send(Request::Command(command, Some(tx)))?;
         Ok(rx.await.map_err(|_| self.gone())??)
     }
 
-    fn send(&self, command: Command<H::Client>) -> Result<(), PoolError> {
+    fn send(&self, request: Request<H::Client>) -> Result<(), PoolError> {
         self.inner
             .commands
-            .unbounded_send(command)
+            .unbounded_send(request)
             .map_err(|_| self.gone())
     }
 
@@ -237,7 +237,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn connect_all_parallel(&self) -> Result<usize, PoolError> {
         Ok(self
-            .run(OpCommand::ConnectAllParallel)
+            .run(Command::ConnectAllParallel)
             .await?
             .report
             .connected)
@@ -251,7 +251,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// [`PoolError::Config`] for a policy out of range.
     pub async fn connect_all_with_retry(&self, policy: RetryPolicy) -> Result<usize, PoolError> {
         Ok(self
-            .run(OpCommand::ConnectAllWithRetry(policy))
+            .run(Command::ConnectAllWithRetry(policy))
             .await?
             .report
             .connected)
@@ -264,7 +264,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn reconnect_disconnected(&self) -> Result<Vec<(String, Arc<H::Client>)>, PoolError> {
         Ok(self
-            .run(OpCommand::ReconnectDisconnected)
+            .run(Command::ReconnectDisconnected)
             .await?
             .newly_connected)
     }
@@ -276,7 +276,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn close_all(&self) -> Result<OperationReport, PoolError> {
-        Ok(self.run(OpCommand::CloseAll).await?.report)
+        Ok(self.run(Command::CloseAll).await?.report)
     }
 
     /// Starts background maintenance: lost and unreached servers are
@@ -285,7 +285,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub fn start_maintenance(&self) -> Result<(), PoolError> {
-        self.send(Command::StartMaintenance)
+        self.send(Request::Command(Command::StartMaintenance, None))
     }
 
     /// Stops background maintenance.
@@ -293,7 +293,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub fn stop_maintenance(&self) -> Result<(), PoolError> {
-        self.send(Command::StopMaintenance)
+        self.send(Request::Command(Command::StopMaintenance, None))
     }
 
     /// A status snapshot of every server.
@@ -305,7 +305,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn status(&self) -> Result<Vec<ServerStatus>, PoolError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Statuses(tx))?;
+        self.send(Request::Statuses(tx))?;
         rx.await.map_err(|_| self.gone())
     }
 
@@ -339,7 +339,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// driver stopped.
     pub async fn health(&self) -> Result<PoolHealth, PoolError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Health(tx))?;
+        self.send(Request::Health(tx))?;
         rx.await.map_err(|_| self.gone())
     }
 

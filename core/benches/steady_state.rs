@@ -48,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dirpool_core::{
-    AttemptId, DialFailure, Entropy, IsolationScope, IsolationToken, LinkLoss, Notification,
-    Output, PoolConfig, PoolState, SocksReply,
+    AttemptId, Command, DialFailure, Entropy, Input, IsolationScope, IsolationToken, LinkLoss,
+    Notification, Output, PoolConfig, PoolState, SocksReply,
 };
 use sha3::{Digest, Sha3_256};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -155,7 +155,10 @@ impl World {
             // Never grows once built: at most one result per server is due.
             due: VecDeque::with_capacity(servers * 2 + 16),
         };
-        world.pool.start_maintenance(t0);
+        world
+            .pool
+            .handle_command(t0, Command::StartMaintenance)
+            .expect("a valid command");
         world
     }
 
@@ -183,18 +186,31 @@ impl World {
         } else if let Some(due) = self.due.pop_front() {
             let now = self.now;
             let result = match due {
-                Due::Failed(attempt) => self.pool.dial_failed(
+                Due::Failed(attempt) => self.pool.handle_input(
                     now,
-                    attempt,
-                    DialFailure::Socks(SocksReply::OnionDescriptorNotFound),
+                    Input::DialFinished {
+                        attempt,
+                        result: Err(DialFailure::Socks(SocksReply::OnionDescriptorNotFound)),
+                    },
                 ),
-                Due::Succeeded(attempt) => self.pool.dial_succeeded(now, attempt),
-                Due::Lost(attempt) => {
-                    self.pool
-                        .connection_lost(now, attempt, LinkLoss::ClosedByPeer)
+                Due::Succeeded(attempt) => self.pool.handle_input(
+                    now,
+                    Input::DialFinished {
+                        attempt,
+                        result: Ok(()),
+                    },
+                ),
+                Due::Lost(attempt) => self.pool.handle_input(
+                    now,
+                    Input::LinkLost {
+                        attempt,
+                        loss: LinkLoss::ClosedByPeer,
+                    },
+                ),
+                Due::Answered(attempt) => {
+                    self.pool.handle_input(now, Input::ProbeAnswered(attempt))
                 }
-                Due::Answered(attempt) => self.pool.probe_answered(now, attempt),
-                Due::Active(attempt) => self.pool.link_active(now, attempt),
+                Due::Active(attempt) => self.pool.handle_input(now, Input::LinkActive(attempt)),
             };
             result.expect("the world only reports attempts the machine issued");
         } else {

@@ -78,9 +78,9 @@ pub enum Output {
     Close(CloseRequest),
     /// Send a liveness probe on a connected link (JoinMarket: PING 798).
     /// Report its answer with
-    /// [`PoolState::probe_answered`](crate::PoolState::probe_answered), or
-    /// [`PoolState::probe_unsupported`](crate::PoolState::probe_unsupported)
-    /// if the link cannot be probed.
+    /// [`Input::ProbeAnswered`](crate::Input::ProbeAnswered), or
+    /// [`Input::ProbeUnsupported`](crate::Input::ProbeUnsupported) if the
+    /// link cannot be probed.
     Probe(ProbeRequest),
     /// Something the user (hooks, notification stream, logs) should hear.
     Notify(Notification),

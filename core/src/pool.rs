@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::{AddrError, ServerAddr};
 use crate::backoff::{Backoff, JitterRng};
+use crate::command::{Command, Input};
 use crate::config::{
     ConfigError, Entropy, KeepalivePolicy, MaintenancePolicy, PoolConfig, RetryPolicy,
 };
@@ -219,15 +220,16 @@ struct RetrySpec {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use dirpool_core::{Entropy, IsolationToken, Output, PoolConfig, PoolState};
+/// use dirpool_core::{Command, Entropy, Input, IsolationToken, Output, PoolConfig, PoolState};
 ///
 /// let entropy = Entropy { isolation_token: IsolationToken::from_bytes([7; 16]), jitter_seed: 1 };
 /// let mut pool = PoolState::new(PoolConfig::new(["127.0.0.1:5222"]), entropy)?;
 /// let t0 = Instant::now();
-/// pool.connect_all_parallel(t0);
+/// pool.handle_command(t0, Command::ConnectAllParallel)?;
 /// let Some(Output::Dial(dial)) = pool.poll_output() else { panic!("expected a dial") };
 /// assert_eq!(dial.addr.node_id(), "127.0.0.1:5222");
-/// pool.dial_succeeded(t0 + Duration::from_millis(30), dial.attempt)?;
+/// let connected = Input::DialFinished { attempt: dial.attempt, result: Ok(()) };
+/// pool.handle_input(t0 + Duration::from_millis(30), connected)?;
 /// assert_eq!(pool.connected_count(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -386,16 +388,43 @@ impl PoolState {
 
     // ---- commands ---------------------------------------------------------
 
+    /// Carries out `command`. Commands that start an operation return its
+    /// id; its [`Notification::OperationFinished`] comes when it ends.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a [`Command::ConnectAllWithRetry`] whose policy
+    /// is out of range; nothing is started then.
+    pub fn handle_command(
+        &mut self,
+        now: Instant,
+        command: Command,
+    ) -> Result<Option<OperationId>, ConfigError> {
+        Ok(match command {
+            Command::ConnectAllParallel => Some(self.connect_all_parallel(now)),
+            Command::ReconnectDisconnected => Some(self.reconnect_disconnected(now)),
+            Command::ConnectAllWithRetry(policy) => Some(self.connect_all_with_retry(now, policy)?),
+            Command::CloseAll => Some(self.close_all(now)),
+            Command::StartMaintenance => {
+                self.start_maintenance(now);
+                None
+            }
+            Command::StopMaintenance => {
+                self.stop_maintenance(now);
+                None
+            }
+        })
+    }
+
     /// Dials every server that is neither connected nor being dialed, all at
     /// once, and finishes when every attempt it started or joined has a
     /// result. Its report's `connected` is the original's return value.
-    pub fn connect_all_parallel(&mut self, now: Instant) -> OperationId {
+    fn connect_all_parallel(&mut self, now: Instant) -> OperationId {
         self.start_pass(now, OperationKind::ConnectAllParallel)
     }
 
     /// Like [`connect_all_parallel`](Self::connect_all_parallel); its report's
     /// `newly_connected` is the original's return value.
-    pub fn reconnect_disconnected(&mut self, now: Instant) -> OperationId {
+    fn reconnect_disconnected(&mut self, now: Instant) -> OperationId {
         self.start_pass(now, OperationKind::ReconnectDisconnected)
     }
 
@@ -406,7 +435,7 @@ impl PoolState {
     ///
     /// # Errors
     /// [`ConfigError`] for a policy out of range; nothing is started then.
-    pub fn connect_all_with_retry(
+    fn connect_all_with_retry(
         &mut self,
         now: Instant,
         policy: RetryPolicy,
@@ -456,7 +485,7 @@ impl PoolState {
     /// ends the other operations. Finishes when every close has finished or
     /// timed out; each connected server gets one
     /// [`Notification::Disconnected`], whether its close succeeded or not.
-    pub fn close_all(&mut self, now: Instant) -> OperationId {
+    fn close_all(&mut self, now: Instant) -> OperationId {
         let now = self.clock(now);
         let id = self.new_operation_id();
         self.maintenance = false;
@@ -526,7 +555,7 @@ impl PoolState {
     /// forgets earlier give-ups. Servers with nothing scheduled are dialed
     /// now if their last dial did not fail, else after their backoff (so a
     /// server that failed a moment ago is not hit again at once).
-    pub fn start_maintenance(&mut self, now: Instant) {
+    fn start_maintenance(&mut self, now: Instant) {
         let now = self.clock(now);
         self.maintenance = true;
         for index in 0..self.servers.len() {
@@ -548,7 +577,7 @@ impl PoolState {
 
     /// Stops background maintenance. Dials in flight go on; nothing new is
     /// scheduled unless a `connect_all_with_retry` is running.
-    pub fn stop_maintenance(&mut self, now: Instant) {
+    fn stop_maintenance(&mut self, now: Instant) {
         self.clock(now);
         self.maintenance = false;
         self.forget_unwanted_retries();
@@ -556,11 +585,34 @@ impl PoolState {
 
     // ---- results ----------------------------------------------------------
 
+    /// Takes a result the driver reports.
+    ///
+    /// # Errors
+    /// [`InputError`] if the attempt is unknown, already has this result, or
+    /// cannot take it in its current state; the machine is unchanged then.
+    pub fn handle_input(&mut self, now: Instant, input: Input) -> Result<(), InputError> {
+        match input {
+            Input::DialFinished {
+                attempt,
+                result: Ok(()),
+            } => self.dial_succeeded(now, attempt),
+            Input::DialFinished {
+                attempt,
+                result: Err(failure),
+            } => self.dial_failed(now, attempt, failure),
+            Input::LinkLost { attempt, loss } => self.connection_lost(now, attempt, loss),
+            Input::LinkActive(attempt) => self.heard(now, attempt, false),
+            Input::ProbeAnswered(attempt) => self.heard(now, attempt, true),
+            Input::ProbeUnsupported(attempt) => self.probe_unsupported(now, attempt),
+            Input::CloseFinished { attempt, result } => self.close_finished(now, attempt, result),
+        }
+    }
+
     /// The dial `attempt` connected and finished its handshake.
     ///
     /// # Errors
     /// [`InputError`] if `attempt` is unknown or already has a result.
-    pub fn dial_succeeded(&mut self, now: Instant, attempt: AttemptId) -> Result<(), InputError> {
+    fn dial_succeeded(&mut self, now: Instant, attempt: AttemptId) -> Result<(), InputError> {
         let link = self.link(attempt)?;
         let now = self.clock(now);
         match link.state {
@@ -622,7 +674,7 @@ impl PoolState {
     ///
     /// # Errors
     /// [`InputError`] if `attempt` is unknown or already has a result.
-    pub fn dial_failed(
+    fn dial_failed(
         &mut self,
         now: Instant,
         attempt: AttemptId,
@@ -650,7 +702,7 @@ impl PoolState {
     ///
     /// # Errors
     /// [`InputError`] if `attempt` is unknown or never connected.
-    pub fn connection_lost(
+    fn connection_lost(
         &mut self,
         now: Instant,
         attempt: AttemptId,
@@ -668,37 +720,13 @@ impl PoolState {
         }
     }
 
-    /// The connection made by `attempt` showed a sign of life (a line
-    /// arrived). Cheap: call it as often as the driver likes. A sign of life
-    /// also settles a probe that is out. Ignored for a link being closed.
-    ///
-    /// # Errors
-    /// [`InputError`] if `attempt` is unknown or never connected.
-    pub fn link_active(&mut self, now: Instant, attempt: AttemptId) -> Result<(), InputError> {
-        self.heard(now, attempt, false)
-    }
-
-    /// The answer to the probe on `attempt`'s connection arrived: a sign of
-    /// life, and [`Notification::ProbeAnswered`] with the round trip if a
-    /// probe was out.
-    ///
-    /// # Errors
-    /// [`InputError`] if `attempt` is unknown or never connected.
-    pub fn probe_answered(&mut self, now: Instant, attempt: AttemptId) -> Result<(), InputError> {
-        self.heard(now, attempt, true)
-    }
-
     /// `attempt`'s connection cannot be probed (its peer answers no probe):
     /// from now on it is watched only for its end, never declared lost for
     /// silence.
     ///
     /// # Errors
     /// [`InputError`] if `attempt` is unknown or never connected.
-    pub fn probe_unsupported(
-        &mut self,
-        now: Instant,
-        attempt: AttemptId,
-    ) -> Result<(), InputError> {
+    fn probe_unsupported(&mut self, now: Instant, attempt: AttemptId) -> Result<(), InputError> {
         let link = self.link(attempt)?;
         self.clock(now);
         match link.state {
@@ -719,7 +747,7 @@ impl PoolState {
     ///
     /// # Errors
     /// [`InputError`] if `attempt` is unknown or was not being closed.
-    pub fn close_finished(
+    fn close_finished(
         &mut self,
         now: Instant,
         attempt: AttemptId,

@@ -13,7 +13,7 @@ mod alphabet;
 mod choices;
 mod pool_ops;
 
-pub use alphabet::{Command, Step};
+pub use alphabet::Step;
 pub use choices::Choices;
 
 use crate::ServerAddr;
