@@ -25,6 +25,7 @@ pub mod addr;
 pub mod backoff;
 pub mod command;
 pub mod config;
+mod errors;
 pub mod failure;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -43,6 +44,7 @@ pub use config::{
     ConfigError, Entropy, KeepalivePolicy, MIN_PROBE_INTERVAL, MaintenancePolicy, PoolConfig,
     RetryPolicy,
 };
+pub use errors::{RejectedEntry, Rejection};
 pub use failure::{CloseFailure, DialFailure, FailureScope, LinkLoss, SocksReply};
 pub use isolation::{
     IsolationCategory, IsolationScope, IsolationToken, Password, SocksCredentials, StreamIsolation,
@@ -51,7 +53,7 @@ pub use output::{
     AttemptId, CloseRequest, DialRequest, DisconnectReason, Notification, OperationEnd,
     OperationId, OperationKind, OperationReport, Output, ProbeRequest, ServerId,
 };
-pub use pool::{InputError, PoolState, RejectedEntry, Rejection};
+pub use pool::{InputError, PoolState};
 pub use status::{
     LastError, LinkCounts, PoolHealth, ProxyState, RecentError, ServerError, ServerHealth,
     ServerState, ServerStatus,
