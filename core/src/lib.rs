@@ -25,6 +25,7 @@ pub mod addr;
 pub mod backoff;
 pub mod command;
 pub mod config;
+pub mod diagram;
 mod errors;
 pub mod failure;
 #[cfg(feature = "fuzzing")]

@@ -166,6 +166,19 @@ impl Server {
             State::Idle
         }
     }
+
+    /// Moves to `next`: every change of state goes through here, so the
+    /// model checker can hold each one against [`crate::diagram::EDGES`].
+    fn enter(&mut self, next: State) {
+        #[cfg(feature = "fuzzing")]
+        crate::fuzzing::transitions::record(self.state.public(), next.public());
+        self.state = next;
+    }
+
+    /// Comes to rest: idle, or given up on.
+    fn rest(&mut self) {
+        self.enter(self.at_rest());
+    }
 }
 
 /// Pool-wide proxy state: while the proxy is down, one probe dial at a time
@@ -483,7 +496,7 @@ impl PoolState {
                 State::Connected { attempt, .. } => self.keepalive_due(now, attempt, id),
                 State::BackingOff { .. } => {
                     let server = &mut self.servers[id.index()];
-                    server.state = server.at_rest();
+                    server.rest();
                     if self.backoff_for(id).is_some() {
                         self.redial(now, id);
                     }
@@ -500,7 +513,7 @@ impl PoolState {
                     if server.state != State::WaitingForProxy {
                         continue;
                     }
-                    server.state = server.at_rest();
+                    server.rest();
                     if self.backoff_for(id).is_some() {
                         let attempt = self.dial(now, id);
                         self.proxy.probe = Some(attempt);

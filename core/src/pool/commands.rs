@@ -102,7 +102,7 @@ impl PoolState {
                 State::Dialing { .. }
                     if crate::planted::active(crate::planted::Bug::ForgetToAbortDials) => {}
                 State::Dialing { attempt, .. } => {
-                    server.state = server.at_rest();
+                    server.rest();
                     self.timers.cancel(TimerKey::Server(id));
                     self.set_link_state(attempt, LinkState::Abandoned);
                     self.outputs.push_back(Output::Abort(attempt));
@@ -151,7 +151,7 @@ impl PoolState {
             let server = &mut self.servers[index];
             server.gave_up = false;
             if server.state == State::GaveUp {
-                server.state = State::Idle;
+                server.enter(State::Idle);
             }
             if server.state == State::Idle {
                 if server.consecutive_failures == 0 {
@@ -185,7 +185,7 @@ impl PoolState {
                 State::Dialing { .. }
                     if crate::planted::active(crate::planted::Bug::DialInFlightAgain) =>
                 {
-                    self.servers[index].state = State::Idle;
+                    self.servers[index].enter(State::Idle);
                     waiting.insert(self.dial(now, server_id(index)));
                 }
                 State::Dialing { attempt, .. } => {

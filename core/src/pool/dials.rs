@@ -12,10 +12,10 @@ impl PoolState {
         });
         let server = &mut self.servers[id.index()];
         debug_assert!(server.state.is_down());
-        server.state = State::Dialing {
+        server.enter(State::Dialing {
             attempt,
             until: deadline,
-        };
+        });
         server.attempts += 1;
         // Replaces a pending redial, if any. A server waiting for the proxy
         // stays in its queue; the queue skips it when its turn comes.
@@ -50,12 +50,12 @@ impl PoolState {
                     self.proxy.probe = None;
                 }
                 let server = &mut self.servers[id.index()];
-                server.state = State::Connected {
+                server.enter(State::Connected {
                     attempt,
                     since: now,
                     last_active: now,
                     watch: Watch::Quiet,
-                };
+                });
                 server.consecutive_failures = 0;
                 server.gave_up = false;
                 server.last_probe_rtt = None;
@@ -80,10 +80,10 @@ impl PoolState {
                     && self.servers[link.server.index()].state.is_down() =>
             {
                 self.set_link_state(attempt, LinkState::Dialing);
-                self.servers[link.server.index()].state = State::Dialing {
+                self.servers[link.server.index()].enter(State::Dialing {
                     attempt,
                     until: now,
-                };
+                });
                 self.dial_succeeded(now, attempt)
             }
             LinkState::Abandoned => {
@@ -145,7 +145,7 @@ impl PoolState {
         match failure.scope() {
             FailureScope::Proxy => {
                 // Pool-wide: the server's own budget and backoff are untouched.
-                self.servers[id.index()].state = self.servers[id.index()].at_rest();
+                self.servers[id.index()].rest();
                 let newly_down = !self.proxy.down;
                 if newly_down {
                     self.proxy.down = true;
@@ -186,7 +186,7 @@ impl PoolState {
                 if gives_up {
                     server.gave_up = true;
                 }
-                server.state = server.at_rest();
+                server.rest();
                 let retry_at = self.schedule_retry(now, id);
                 self.notify(Notification::DialFailed {
                     server: id,
@@ -242,7 +242,7 @@ impl PoolState {
                 server.backoff_step = 0;
             }
         }
-        server.state = server.at_rest();
+        server.rest();
         server.last_error = Some(LastError {
             error: ServerError::Link(loss),
             at: now,
@@ -309,7 +309,7 @@ impl PoolState {
     ) {
         let server = &mut self.servers[id.index()];
         let redial = matches!(server.state, State::Closing { redial: true, .. });
-        server.state = server.at_rest();
+        server.rest();
         self.notify(Notification::Disconnected {
             server: id,
             attempt,
@@ -336,11 +336,11 @@ impl PoolState {
     /// Closes `server`'s registered connection (made by `attempt`).
     pub(super) fn request_close(&mut self, now: Instant, attempt: AttemptId, server: ServerId) {
         let until = now + self.close_timeout;
-        self.servers[server.index()].state = State::Closing {
+        self.servers[server.index()].enter(State::Closing {
             attempt,
             until,
             redial: false,
-        };
+        });
         self.close_output(attempt, TimerKey::Server(server), server, until, false);
     }
 

@@ -64,7 +64,7 @@ impl PoolState {
         let server = &mut self.servers[id.index()];
         let at = now + backoff.delay(server.backoff_step, &mut self.rng);
         server.backoff_step = server.backoff_step.saturating_add(1);
-        server.state = State::BackingOff { until: at };
+        server.enter(State::BackingOff { until: at });
         self.timers.set(TimerKey::Server(id), at);
         Some(at)
     }
@@ -75,7 +75,7 @@ impl PoolState {
             self.timers.cancel(TimerKey::Server(id));
         }
         if server.state != State::WaitingForProxy {
-            server.state = State::WaitingForProxy;
+            server.enter(State::WaitingForProxy);
             self.proxy.waiters.push_back(id);
         }
         self.keep_probing(now);
@@ -122,7 +122,7 @@ impl PoolState {
             if server.state != State::WaitingForProxy {
                 continue;
             }
-            server.state = server.at_rest();
+            server.rest();
             if self.backoff_for(id).is_some() {
                 self.dial(now, id);
             }
@@ -138,7 +138,7 @@ impl PoolState {
             State::WaitingForProxy => {}
             _ => return,
         }
-        server.state = server.at_rest();
+        server.rest();
     }
 
     /// Drops the scheduled proxy probe, if any.
