@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use dirpool_core::{
     AttemptId, CloseFailure, CloseRequest, Command, DialRequest, DisconnectReason, Input, LinkLoss,
-    Notification, OperationId, OperationReport, Output, PoolHealth, PoolState, ServerAddr,
-    ServerId, ServerStatus,
+    Notification, OperationId, OperationReport, Output, PoolHealth, PoolState, ServerId,
+    ServerStatus,
 };
 use futures::channel::{mpsc, oneshot};
 use futures::future::{AbortHandle, Abortable, BoxFuture};
@@ -51,7 +51,8 @@ pub(crate) struct OpOutcome<C> {
 
 /// What the handles read without asking the driver.
 pub(crate) struct Shared<C> {
-    pub(crate) clients: Mutex<BTreeMap<String, Arc<C>>>,
+    /// Registered clients, by server.
+    pub(crate) clients: Mutex<BTreeMap<ServerId, Arc<C>>>,
     pub(crate) subscribers: Mutex<Vec<Subscriber>>,
     /// The first panic in a task of the pool, which stopped it.
     pub(crate) panic: Mutex<Option<(&'static str, String)>>,
@@ -140,7 +141,7 @@ impl Subscriber {
 enum Event<C> {
     Dialed {
         attempt: AttemptId,
-        addr: Arc<ServerAddr>,
+        server: ServerId,
         result: Result<C, DialError>,
     },
     Lost(AttemptId, LinkLoss),
@@ -160,7 +161,7 @@ enum HookCall<C> {
 /// A client the driver holds: awaiting registration, registered, or stray.
 struct Held<C> {
     client: Arc<C>,
-    node_id: String,
+    server: ServerId,
     watcher: Option<AbortHandle>,
 }
 
@@ -401,7 +402,7 @@ impl<H: Handshake> Driver<H> {
         let outcome = match event {
             Event::Dialed {
                 attempt,
-                addr,
+                server,
                 result,
             } => {
                 self.dials.remove(&attempt);
@@ -411,7 +412,7 @@ impl<H: Handshake> Driver<H> {
                             attempt,
                             Held {
                                 client: Arc::new(client),
-                                node_id: addr.node_id().to_owned(),
+                                server,
                                 watcher: None,
                             },
                         );
@@ -496,7 +497,7 @@ impl<H: Handshake> Driver<H> {
         let signals = LinkSignals::new(request.attempt, self.signals_tx.clone());
         let span = tracing::info_span!(parent: self.server_span(request.server), "dial", attempt = %request.attempt);
         crate::metrics::dial_started();
-        let (attempt, addr) = (request.attempt, Arc::clone(&request.addr));
+        let (attempt, server) = (request.attempt, request.server);
         let task = async move {
             tracing::debug!("dialing");
             let dial = dialer.dial(
@@ -509,8 +510,8 @@ impl<H: Handshake> Driver<H> {
                 .await
                 .unwrap_or(Err(DialError::Aborted));
             let _ = events.unbounded_send(Event::Dialed {
-                attempt: request.attempt,
-                addr: request.addr,
+                attempt,
+                server,
                 result,
             });
         };
@@ -518,7 +519,7 @@ impl<H: Handshake> Driver<H> {
         self.spawn_guarded("dial", task.instrument(span), move || {
             Some(Event::Dialed {
                 attempt,
-                addr,
+                server,
                 result: Err(DialError::Aborted),
             })
         });
@@ -566,7 +567,7 @@ impl<H: Handshake> Driver<H> {
             watcher.abort();
         }
         if !request.stray {
-            self.unregister(&held.node_id);
+            self.unregister(held.server);
         }
         let events = self.events_tx.clone();
         let attempt = request.attempt;
@@ -594,19 +595,21 @@ impl<H: Handshake> Driver<H> {
         });
     }
 
-    fn unregister(&self, node_id: &str) {
+    /// `server`'s node id, as events and hooks name it.
+    fn node_id(&self, server: ServerId) -> String {
+        self.state
+            .server_addr(server)
+            .map_or_else(String::new, |a| a.node_id().to_owned())
+    }
+
+    fn unregister(&self, server: ServerId) {
         if let Ok(mut clients) = self.shared.clients.lock() {
-            clients.remove(node_id);
+            clients.remove(&server);
         }
     }
 
     fn on_notification(&mut self, notification: Notification) {
         let now = self.runtime.now();
-        let node = |state: &PoolState, server| {
-            state
-                .server_addr(server)
-                .map_or_else(String::new, |a| a.node_id().to_owned())
-        };
         match notification {
             Notification::Connected {
                 server, attempt, ..
@@ -616,7 +619,7 @@ impl<H: Handshake> Driver<H> {
                 attempt,
                 reason,
             } => {
-                let node_id = node(&self.state, server);
+                let node_id = self.node_id(server);
                 if let DisconnectReason::Lost(loss) = reason {
                     crate::metrics::link_lost(loss);
                 }
@@ -627,7 +630,7 @@ impl<H: Handshake> Driver<H> {
                     if let Some(watcher) = held.watcher {
                         watcher.abort();
                     }
-                    self.unregister(&held.node_id);
+                    self.unregister(held.server);
                     let client = held.client;
                     let deadline = self.runtime.sleep_until(now + self.state.close_timeout());
                     self.spawn_guarded(
@@ -664,7 +667,7 @@ impl<H: Handshake> Driver<H> {
                         _ => DialError::Aborted,
                     }),
                 };
-                let node_id = node(&self.state, server);
+                let node_id = self.node_id(server);
                 self.publish(
                     Some(server),
                     PoolEvent::DialFailed {
@@ -676,11 +679,11 @@ impl<H: Handshake> Driver<H> {
             }
             Notification::ProbeAnswered { server, rtt, .. } => {
                 crate::metrics::probe_answered(rtt);
-                let node_id = node(&self.state, server);
+                let node_id = self.node_id(server);
                 self.publish(Some(server), PoolEvent::ProbeAnswered { node_id, rtt });
             }
             Notification::GaveUp { server, failures } => {
-                let node_id = node(&self.state, server);
+                let node_id = self.node_id(server);
                 self.publish(Some(server), PoolEvent::GaveUp { node_id, failures });
             }
             Notification::AllDown => self.publish(None, PoolEvent::AllDown),
@@ -716,7 +719,7 @@ impl<H: Handshake> Driver<H> {
         };
         crate::metrics::dial_succeeded();
         if let Ok(mut clients) = self.shared.clients.lock() {
-            clients.insert(held.node_id.clone(), Arc::clone(&held.client));
+            clients.insert(server, Arc::clone(&held.client));
         }
         let (watcher, registration) = AbortHandle::new_pair();
         held.watcher = Some(watcher);
@@ -728,8 +731,8 @@ impl<H: Handshake> Driver<H> {
                 let _ = events.unbounded_send(Event::Lost(attempt, loss));
             }
         };
-        let node_id = held.node_id.clone();
         let hook_client = Arc::downgrade(&held.client);
+        let node_id = self.node_id(server);
         let link_span = tracing::info_span!(parent: &span, "link", %attempt);
         self.spawn_guarded("link", watch.instrument(link_span), move || {
             Some(Event::Lost(attempt, LinkLoss::Panicked))
@@ -752,9 +755,8 @@ impl<H: Handshake> Driver<H> {
             .newly_connected
             .iter()
             .filter_map(|&server| {
-                let node_id = self.state.server_addr(server)?.node_id();
-                let client = clients.as_ref()?.get(node_id)?;
-                Some((node_id.to_owned(), Arc::clone(client)))
+                let client = clients.as_ref()?.get(&server)?;
+                Some((self.node_id(server), Arc::clone(client)))
             })
             .collect();
         drop(clients);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dirpool_core::{
     Command, Entropy, IsolationToken, OperationReport, PoolHealth, PoolState, RejectedEntry,
-    Rejection, RetryPolicy, ServerAddr, ServerStatus, SocksCredentials, StreamIsolation,
+    Rejection, RetryPolicy, ServerAddr, ServerId, ServerStatus, SocksCredentials, StreamIsolation,
 };
 use futures::channel::{mpsc, oneshot};
 
@@ -34,7 +34,20 @@ struct Inner<H: Handshake> {
     isolation: StreamIsolation,
     connection_timeout: Duration,
     servers: Vec<Arc<ServerAddr>>,
+    /// Server ids sorted by node id, for lookups by name.
+    by_node_id: Vec<ServerId>,
     rejected: Vec<RejectedEntry>,
+}
+
+impl<H: Handshake> Inner<H> {
+    /// The id of the configured server `addr` names.
+    fn server_id(&self, addr: &ServerAddr) -> Option<ServerId> {
+        let at = self
+            .by_node_id
+            .binary_search_by(|id| self.servers[id.index()].node_id().cmp(addr.node_id()))
+            .ok()?;
+        Some(self.by_node_id[at])
+    }
 }
 
 impl<H: Handshake> Clone for DirectoryPool<H> {
@@ -119,7 +132,13 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
         {
             validate_credentials(credentials.username(), credentials.password().expose())?;
         }
-        let servers = state.servers().map(|(_, a)| Arc::clone(a)).collect();
+        let servers: Vec<Arc<ServerAddr>> = state.servers().map(|(_, a)| Arc::clone(a)).collect();
+        let mut by_node_id: Vec<ServerId> = state.servers().map(|(id, _)| id).collect();
+        by_node_id.sort_by(|a, b| {
+            servers[a.index()]
+                .node_id()
+                .cmp(servers[b.index()].node_id())
+        });
         let rejected = state.rejected_entries().to_vec();
         let connection_timeout = state.connection_timeout();
         let dialer = Arc::new(
@@ -150,6 +169,7 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
                 isolation,
                 connection_timeout,
                 servers,
+                by_node_id,
                 rejected,
             }),
         })
@@ -349,7 +369,17 @@ impl<H: Handshake> DirectoryPool<H> {
             .shared
             .clients
             .lock()
-            .map(|c| c.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect())
+            .map(|c| {
+                let mut clients: Vec<(String, Arc<H::Client>)> = c
+                    .iter()
+                    .filter_map(|(id, client)| {
+                        let addr = self.inner.servers.get(id.index())?;
+                        Some((addr.node_id().to_owned(), Arc::clone(client)))
+                    })
+                    .collect();
+                clients.sort_by(|a, b| a.0.cmp(&b.0));
+                clients
+            })
             .unwrap_or_default()
     }
 
@@ -357,13 +387,8 @@ impl<H: Handshake> DirectoryPool<H> {
     /// connected.
     pub fn client(&self, server: &str) -> Option<Arc<H::Client>> {
         let addr = ServerAddr::parse(server).ok()?;
-        self.inner
-            .shared
-            .clients
-            .lock()
-            .ok()?
-            .get(addr.node_id())
-            .cloned()
+        let id = self.inner.server_id(&addr)?;
+        self.inner.shared.clients.lock().ok()?.get(&id).cloned()
     }
 
     /// How many servers are connected.
@@ -382,11 +407,18 @@ impl<H: Handshake> DirectoryPool<H> {
         let Ok(clients) = self.inner.shared.clients.lock() else {
             return Vec::new();
         };
+        let mut connected = vec![false; self.inner.servers.len()];
+        for id in clients.keys() {
+            if let Some(up) = connected.get_mut(id.index()) {
+                *up = true;
+            }
+        }
         self.inner
             .servers
             .iter()
-            .filter(|a| !clients.contains_key(a.node_id()))
-            .cloned()
+            .zip(connected)
+            .filter(|(_, up)| !up)
+            .map(|(addr, _)| Arc::clone(addr))
             .collect()
     }
 

@@ -98,11 +98,10 @@ pub struct DialRequest {
     pub addr: Arc<ServerAddr>,
     /// SOCKS username/password, present exactly when isolation is on.
     pub credentials: Option<SocksCredentials>,
-    /// The whole dial's bound. The machine fails the attempt with
-    /// [`DialFailure::TimedOut`] and asks for an abort at `deadline`, so the
+    /// The whole dial's bound: the request's `now` plus the connection
+    /// timeout. The machine fails the attempt with
+    /// [`DialFailure::TimedOut`] and asks for an abort then, so the
     /// driver's own timer is only a safety net.
-    pub timeout: Duration,
-    /// `now + timeout` at the time of the request.
     pub deadline: Instant,
 }
 

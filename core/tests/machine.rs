@@ -153,10 +153,7 @@ fn a_pass_dials_every_server_at_once() {
     let out = rig.drain();
     let d = dials(&out);
     assert_eq!(d.len(), 3, "all three dialed before any result");
-    assert!(
-        d.iter()
-            .all(|d| d.timeout == secs(120.0) && d.deadline == rig.at(120.0))
-    );
+    assert!(d.iter().all(|d| d.deadline == rig.at(120.0)));
     assert!(
         d.iter().all(|d| d.credentials.is_none()),
         "isolation is off by default"

@@ -25,7 +25,6 @@ impl PoolState {
             server: id,
             addr: Arc::clone(&server.addr),
             credentials: server.credentials.clone(),
-            timeout: self.connection_timeout,
             deadline,
         }));
         attempt
