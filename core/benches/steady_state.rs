@@ -21,6 +21,9 @@
 //!   sign of life (`link_active`) after each answer, as a directory's next
 //!   line would: probe timer → probe → answer → sign of life → re-armed
 //!   timer.
+//! * cycle **keepalive_lost**: every dial succeeds, and no probe is ever
+//!   answered: probe timer → probe → probe deadline → link lost (silent) →
+//!   backoff timer → redial → connected.
 //!
 //! Each size is warmed up for 200 virtual seconds first (every server at
 //! its maximum backoff, every stale 120 s dial deadline in the timer heap at
@@ -65,16 +68,23 @@ enum Cycle {
     DialFail,
     ConnectLose,
     Keepalive,
+    KeepaliveLost,
 }
 
 impl Cycle {
-    const ALL: [Cycle; 3] = [Cycle::DialFail, Cycle::ConnectLose, Cycle::Keepalive];
+    const ALL: [Cycle; 4] = [
+        Cycle::DialFail,
+        Cycle::ConnectLose,
+        Cycle::Keepalive,
+        Cycle::KeepaliveLost,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Cycle::DialFail => "dial_fail",
             Cycle::ConnectLose => "connect_lose",
             Cycle::Keepalive => "keepalive",
+            Cycle::KeepaliveLost => "keepalive_lost",
         }
     }
 
@@ -169,14 +179,20 @@ impl World {
             match &output {
                 Output::Dial(dial) => self.due.push_back(match self.cycle {
                     Cycle::DialFail => Due::Failed(dial.attempt),
-                    Cycle::ConnectLose | Cycle::Keepalive => Due::Succeeded(dial.attempt),
+                    Cycle::ConnectLose | Cycle::Keepalive | Cycle::KeepaliveLost => {
+                        Due::Succeeded(dial.attempt)
+                    }
                 }),
                 Output::Notify(Notification::Connected { attempt, .. })
                     if self.cycle == Cycle::ConnectLose =>
                 {
                     self.due.push_back(Due::Lost(*attempt));
                 }
-                Output::Probe(probe) => self.due.push_back(Due::Answered(probe.attempt)),
+                // keepalive_lost: the probe goes unanswered and the link is
+                // declared lost at the probe's deadline.
+                Output::Probe(probe) if self.cycle == Cycle::Keepalive => {
+                    self.due.push_back(Due::Answered(probe.attempt));
+                }
                 Output::Notify(Notification::ProbeAnswered { attempt, .. }) => {
                     self.due.push_back(Due::Active(*attempt));
                 }
