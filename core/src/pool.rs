@@ -454,6 +454,17 @@ impl PoolState {
     }
 
     /// Time only moves forward: an earlier `now` counts as the latest seen.
+    /// Drops `id`'s deadline if its state keeps none. A dial that failed or
+    /// a link that was lost leaves its deadline in the table until the
+    /// redial is scheduled, so the entry is moved rather than removed and
+    /// added again; this removes it when nothing was scheduled.
+    fn drop_unused_deadline(&mut self, id: ServerId) {
+        if let State::Idle | State::GaveUp | State::WaitingForProxy = self.servers[id.index()].state
+        {
+            self.timers.cancel(TimerKey::Server(id));
+        }
+    }
+
     fn clock(&mut self, now: Instant) -> Instant {
         let now = match self.now {
             Some(latest) if latest > now => latest,

@@ -111,7 +111,6 @@ impl PoolState {
         match link.state {
             LinkState::Dialing => {
                 self.links.remove(attempt);
-                self.timers.cancel(TimerKey::Server(link.server));
                 self.fail_attempt(now, attempt, link.server, failure);
                 Ok(())
             }
@@ -203,6 +202,7 @@ impl PoolState {
         }
         self.attempt_resolved(attempt, None);
         self.keep_probing(now);
+        self.drop_unused_deadline(id);
     }
 
     /// The connection made by `attempt` is gone. A loss reported while the
@@ -246,7 +246,6 @@ impl PoolState {
             error: ServerError::Link(loss),
             at: now,
         });
-        self.timers.cancel(TimerKey::Server(id));
         #[cfg(dirpool_planted_bugs)]
         let miscount = crate::planted::active(crate::planted::Bug::MiscountLostLink);
         #[cfg(not(dirpool_planted_bugs))]
@@ -264,6 +263,7 @@ impl PoolState {
             self.notify(Notification::AllDown);
         }
         self.schedule_retry(now, id);
+        self.drop_unused_deadline(id);
     }
 
     /// The close of `attempt`'s connection finished, well or not.
