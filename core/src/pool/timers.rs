@@ -14,7 +14,7 @@
 //! ordered map. Once warm, setting and cancelling allocate nothing.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::output::{AttemptId, OperationId, ServerId};
 
@@ -37,15 +37,10 @@ const ARITY: usize = 4;
 /// No position.
 const NONE: u32 = u32::MAX;
 
-/// Offsets from [`Timers::base`] are biased by this, so that instants
-/// before the base still order correctly as unsigned numbers.
-const BIAS: u64 = 1 << 63;
-
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    /// The deadline as biased nanoseconds from the base (high half) and the
-    /// order it was set in (low half): one comparison orders two entries.
-    order: u128,
+    at: Instant,
+    seq: u64,
     key: TimerKey,
 }
 
@@ -53,20 +48,12 @@ impl Entry {
     /// Earlier instant, then set earlier.
     #[inline]
     fn before(&self, other: &Self) -> bool {
-        self.order < other.order
-    }
-
-    fn offset(&self) -> u64 {
-        #[allow(clippy::cast_possible_truncation, reason = "the high half")]
-        let offset = (self.order >> 64) as u64;
-        offset
+        (self.at, self.seq) < (other.at, other.seq)
     }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Timers {
-    /// The instant offsets count from: the first deadline set.
-    base: Option<Instant>,
     heap: Vec<Entry>,
     /// Heap position of each server's key, or [`NONE`].
     server_pos: Vec<u32>,
@@ -110,33 +97,12 @@ impl Timers {
         }
     }
 
-    /// `at` as biased nanoseconds from the base. Deadlines are at most a
-    /// year (the longest setting) after an instant the machine was given,
-    /// so the ±292 years an offset holds are never reached; beyond them it
-    /// saturates.
-    fn offset(&mut self, at: Instant) -> u64 {
-        let base = *self.base.get_or_insert(at);
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        match at.checked_duration_since(base) {
-            Some(after) => BIAS.saturating_add(nanos(after).min(BIAS - 1)),
-            None => BIAS - nanos(base.duration_since(at)).min(BIAS),
-        }
-    }
-
-    fn instant(&self, offset: u64) -> Instant {
-        let base = self.base.expect("an entry was set");
-        if offset >= BIAS {
-            base + Duration::from_nanos(offset - BIAS)
-        } else {
-            base - Duration::from_nanos(BIAS - offset)
-        }
-    }
-
     /// Sets `key`'s deadline to `at`, replacing the one it had.
     pub(crate) fn set(&mut self, key: TimerKey, at: Instant) {
         self.seq += 1;
         let entry = Entry {
-            order: u128::from(self.offset(at)) << 64 | u128::from(self.seq),
+            at,
+            seq: self.seq,
             key,
         };
         match self.pos(key) {
@@ -164,21 +130,21 @@ impl Timers {
     /// `key`'s deadline, if it has one.
     #[cfg(test)]
     fn get(&self, key: TimerKey) -> Option<Instant> {
-        self.pos(key).map(|pos| self.instant(self.heap[pos].offset()))
+        self.pos(key).map(|pos| self.heap[pos].at)
     }
 
     /// The earliest deadline.
     #[inline]
     pub(crate) fn next(&self) -> Option<Instant> {
-        self.heap.first().map(|e| self.instant(e.offset()))
+        self.heap.first().map(|e| e.at)
     }
 
     /// Removes and returns the earliest key if its deadline is at or before
     /// `now`.
     #[inline]
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<TimerKey> {
-        let first = *self.heap.first()?;
-        if first.offset() > self.offset(now) {
+        let first = self.heap.first()?;
+        if first.at > now {
             return None;
         }
         let key = first.key;
@@ -247,6 +213,8 @@ impl Timers {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn drain(timers: &mut Timers) -> Vec<TimerKey> {
