@@ -15,8 +15,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use dirpool_core::{
-    AttemptId, CloseFailure, CloseRequest, DialRequest, DisconnectReason, LinkLoss, Notification,
-    OperationId, OperationReport, Output, PoolHealth, PoolState, RetryPolicy, ServerAddr, ServerId,
+    AttemptId, CloseFailure, CloseRequest, Command, DialRequest, DisconnectReason, Input, LinkLoss,
+    Notification, OperationId, OperationReport, Output, PoolHealth, PoolState, ServerId,
     ServerStatus,
 };
 use futures::channel::{mpsc, oneshot};
@@ -34,20 +34,13 @@ use crate::runtime::{Runtime, before};
 /// Where an operation's outcome goes.
 pub(crate) type OpReply<C> = oneshot::Sender<Result<OpOutcome<C>, dirpool_core::ConfigError>>;
 
-/// A user command, from a `DirectoryPool` handle.
-pub(crate) enum Command<C> {
-    Run(OpCommand, OpReply<C>),
-    StartMaintenance,
-    StopMaintenance,
+/// A user request, from a `DirectoryPool` handle.
+pub(crate) enum Request<C> {
+    /// A pool command; the reply, for one that starts an operation, gets
+    /// the operation's outcome.
+    Command(Command, Option<OpReply<C>>),
     Statuses(oneshot::Sender<Vec<ServerStatus>>),
     Health(oneshot::Sender<PoolHealth>),
-}
-
-pub(crate) enum OpCommand {
-    ConnectAllParallel,
-    ConnectAllWithRetry(RetryPolicy),
-    ReconnectDisconnected,
-    CloseAll,
 }
 
 /// A finished operation, with the clients it connected.
@@ -58,7 +51,8 @@ pub(crate) struct OpOutcome<C> {
 
 /// What the handles read without asking the driver.
 pub(crate) struct Shared<C> {
-    pub(crate) clients: Mutex<BTreeMap<String, Arc<C>>>,
+    /// Registered clients, by server.
+    pub(crate) clients: Mutex<BTreeMap<ServerId, Arc<C>>>,
     pub(crate) subscribers: Mutex<Vec<Subscriber>>,
     /// The first panic in a task of the pool, which stopped it.
     pub(crate) panic: Mutex<Option<(&'static str, String)>>,
@@ -147,7 +141,7 @@ impl Subscriber {
 enum Event<C> {
     Dialed {
         attempt: AttemptId,
-        addr: Arc<ServerAddr>,
+        server: ServerId,
         result: Result<C, DialError>,
     },
     Lost(AttemptId, LinkLoss),
@@ -167,14 +161,14 @@ enum HookCall<C> {
 /// A client the driver holds: awaiting registration, registered, or stray.
 struct Held<C> {
     client: Arc<C>,
-    node_id: String,
+    server: ServerId,
     watcher: Option<AbortHandle>,
 }
 
 enum Wake<C> {
     Event(Event<C>),
     Signal(LinkSignal),
-    Command(Option<Command<C>>),
+    Command(Option<Request<C>>),
     Timer,
 }
 
@@ -183,7 +177,7 @@ pub(crate) struct Driver<H: Handshake> {
     runtime: Arc<dyn Runtime>,
     dialer: Arc<Dialer<H>>,
     shared: Arc<Shared<H::Client>>,
-    commands: mpsc::UnboundedReceiver<Command<H::Client>>,
+    commands: mpsc::UnboundedReceiver<Request<H::Client>>,
     commands_open: bool,
     events_tx: mpsc::UnboundedSender<Event<H::Client>>,
     events_rx: mpsc::UnboundedReceiver<Event<H::Client>>,
@@ -213,7 +207,7 @@ impl<H: Handshake> Driver<H> {
         shared: Arc<Shared<H::Client>>,
         hooks: K,
         hook_timeout: Duration,
-    ) -> mpsc::UnboundedSender<Command<H::Client>> {
+    ) -> mpsc::UnboundedSender<Request<H::Client>> {
         let (commands_tx, commands) = mpsc::unbounded();
         let (events_tx, events_rx) = mpsc::unbounded();
         let (signals_tx, signals_rx) = mpsc::unbounded();
@@ -323,16 +317,18 @@ impl<H: Handshake> Driver<H> {
                         // Stop as if every handle were dropped: close every
                         // link, then end; waiting callers get the panic.
                         self.commands_open = false;
-                        self.state.close_all(now);
+                        self.state
+                            .handle_command(now, Command::CloseAll)
+                            .expect("a valid command");
                     }
                 }
                 Wake::Event(event) => self.on_event(now, event),
                 Wake::Signal(signal) => {
                     let (attempt, answer) = signal.take();
                     let taken = if answer {
-                        self.state.probe_answered(now, attempt)
+                        self.state.handle_input(now, Input::ProbeAnswered(attempt))
                     } else {
-                        self.state.link_active(now, attempt)
+                        self.state.handle_input(now, Input::LinkActive(attempt))
                     };
                     if let Err(e) = taken {
                         tracing::trace!(error = %e, "link signal not taken");
@@ -342,7 +338,9 @@ impl<H: Handshake> Driver<H> {
                 Wake::Command(None) => {
                     tracing::debug!("every pool handle dropped: closing all");
                     self.commands_open = false;
-                    self.state.close_all(now);
+                    self.state
+                        .handle_command(now, Command::CloseAll)
+                        .expect("a valid command");
                 }
                 Wake::Timer => {
                     self.timer = None;
@@ -373,32 +371,26 @@ impl<H: Handshake> Driver<H> {
         Poll::Pending
     }
 
-    fn on_command(&mut self, now: Instant, command: Command<H::Client>) {
+    fn on_command(&mut self, now: Instant, command: Request<H::Client>) {
         match command {
-            Command::Run(op, reply) => {
-                let id = match op {
-                    OpCommand::ConnectAllParallel => self.state.connect_all_parallel(now),
-                    OpCommand::ReconnectDisconnected => self.state.reconnect_disconnected(now),
-                    OpCommand::CloseAll => self.state.close_all(now),
-                    OpCommand::ConnectAllWithRetry(policy) => {
-                        match self.state.connect_all_with_retry(now, policy) {
-                            Ok(id) => id,
-                            Err(e) => {
-                                let _ = reply.send(Err(e));
-                                return;
-                            }
-                        }
-                    }
-                };
+            Request::Command(command, reply) => match self.state.handle_command(now, command) {
                 // Registered before draining: the report may come out at once.
-                self.waiters.insert(id, reply);
-            }
-            Command::StartMaintenance => self.state.start_maintenance(now),
-            Command::StopMaintenance => self.state.stop_maintenance(now),
-            Command::Statuses(reply) => {
+                Ok(Some(id)) => {
+                    if let Some(reply) = reply {
+                        self.waiters.insert(id, reply);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            },
+            Request::Statuses(reply) => {
                 let _ = reply.send(self.state.statuses().collect());
             }
-            Command::Health(reply) => {
+            Request::Health(reply) => {
                 let _ = reply.send(self.state.health(now));
             }
         }
@@ -410,7 +402,7 @@ impl<H: Handshake> Driver<H> {
         let outcome = match event {
             Event::Dialed {
                 attempt,
-                addr,
+                server,
                 result,
             } => {
                 self.dials.remove(&attempt);
@@ -420,23 +412,38 @@ impl<H: Handshake> Driver<H> {
                             attempt,
                             Held {
                                 client: Arc::new(client),
-                                node_id: addr.node_id().to_owned(),
+                                server,
                                 watcher: None,
                             },
                         );
-                        self.state.dial_succeeded(now, attempt)
+                        self.state.handle_input(
+                            now,
+                            Input::DialFinished {
+                                attempt,
+                                result: Ok(()),
+                            },
+                        )
                     }
                     Err(error) => {
                         let failure = error.failure();
                         self.last_error = Some((attempt, Arc::new(error)));
-                        self.state.dial_failed(now, attempt, failure)
+                        self.state.handle_input(
+                            now,
+                            Input::DialFinished {
+                                attempt,
+                                result: Err(failure),
+                            },
+                        )
                     }
                 }
             }
-            Event::Lost(attempt, loss) => self.state.connection_lost(now, attempt, loss),
+            Event::Lost(attempt, loss) => self
+                .state
+                .handle_input(now, Input::LinkLost { attempt, loss }),
             Event::Closed(attempt, result) => {
                 let result = result.map_err(|CloseError::Io(e)| CloseFailure::Io(e.kind()));
-                self.state.close_finished(now, attempt, result)
+                self.state
+                    .handle_input(now, Input::CloseFinished { attempt, result })
             }
             Event::Panicked(..) => Ok(()),
         };
@@ -490,7 +497,7 @@ impl<H: Handshake> Driver<H> {
         let signals = LinkSignals::new(request.attempt, self.signals_tx.clone());
         let span = tracing::info_span!(parent: self.server_span(request.server), "dial", attempt = %request.attempt);
         crate::metrics::dial_started();
-        let (attempt, addr) = (request.attempt, Arc::clone(&request.addr));
+        let (attempt, server) = (request.attempt, request.server);
         let task = async move {
             tracing::debug!("dialing");
             let dial = dialer.dial(
@@ -503,8 +510,8 @@ impl<H: Handshake> Driver<H> {
                 .await
                 .unwrap_or(Err(DialError::Aborted));
             let _ = events.unbounded_send(Event::Dialed {
-                attempt: request.attempt,
-                addr: request.addr,
+                attempt,
+                server,
                 result,
             });
         };
@@ -512,7 +519,7 @@ impl<H: Handshake> Driver<H> {
         self.spawn_guarded("dial", task.instrument(span), move || {
             Some(Event::Dialed {
                 attempt,
-                addr,
+                server,
                 result: Err(DialError::Aborted),
             })
         });
@@ -533,7 +540,9 @@ impl<H: Handshake> Driver<H> {
             ProbeStatus::Unsupported => {
                 tracing::debug!("link has no probe: watched for its end only");
                 let now = self.runtime.now();
-                let _ = self.state.probe_unsupported(now, attempt);
+                let _ = self
+                    .state
+                    .handle_input(now, Input::ProbeUnsupported(attempt));
             }
             // The link task is ending; its loss is on its way.
             _ => {}
@@ -545,14 +554,20 @@ impl<H: Handshake> Driver<H> {
             // Cannot happen: every Close names a client this driver holds.
             tracing::error!(attempt = %request.attempt, "close for an unknown client");
             let now = self.runtime.now();
-            let _ = self.state.close_finished(now, request.attempt, Ok(()));
+            let _ = self.state.handle_input(
+                now,
+                Input::CloseFinished {
+                    attempt: request.attempt,
+                    result: Ok(()),
+                },
+            );
             return;
         };
         if let Some(watcher) = held.watcher {
             watcher.abort();
         }
         if !request.stray {
-            self.unregister(&held.node_id);
+            self.unregister(held.server);
         }
         let events = self.events_tx.clone();
         let attempt = request.attempt;
@@ -580,19 +595,21 @@ impl<H: Handshake> Driver<H> {
         });
     }
 
-    fn unregister(&self, node_id: &str) {
+    /// `server`'s node id, as events and hooks name it.
+    fn node_id(&self, server: ServerId) -> String {
+        self.state
+            .server_addr(server)
+            .map_or_else(String::new, |a| a.node_id().to_owned())
+    }
+
+    fn unregister(&self, server: ServerId) {
         if let Ok(mut clients) = self.shared.clients.lock() {
-            clients.remove(node_id);
+            clients.remove(&server);
         }
     }
 
     fn on_notification(&mut self, notification: Notification) {
         let now = self.runtime.now();
-        let node = |state: &PoolState, server| {
-            state
-                .server_addr(server)
-                .map_or_else(String::new, |a| a.node_id().to_owned())
-        };
         match notification {
             Notification::Connected {
                 server, attempt, ..
@@ -602,7 +619,7 @@ impl<H: Handshake> Driver<H> {
                 attempt,
                 reason,
             } => {
-                let node_id = node(&self.state, server);
+                let node_id = self.node_id(server);
                 if let DisconnectReason::Lost(loss) = reason {
                     crate::metrics::link_lost(loss);
                 }
@@ -613,7 +630,7 @@ impl<H: Handshake> Driver<H> {
                     if let Some(watcher) = held.watcher {
                         watcher.abort();
                     }
-                    self.unregister(&held.node_id);
+                    self.unregister(held.server);
                     let client = held.client;
                     let deadline = self.runtime.sleep_until(now + self.state.close_timeout());
                     self.spawn_guarded(
@@ -650,7 +667,7 @@ impl<H: Handshake> Driver<H> {
                         _ => DialError::Aborted,
                     }),
                 };
-                let node_id = node(&self.state, server);
+                let node_id = self.node_id(server);
                 self.publish(
                     Some(server),
                     PoolEvent::DialFailed {
@@ -662,11 +679,11 @@ impl<H: Handshake> Driver<H> {
             }
             Notification::ProbeAnswered { server, rtt, .. } => {
                 crate::metrics::probe_answered(rtt);
-                let node_id = node(&self.state, server);
+                let node_id = self.node_id(server);
                 self.publish(Some(server), PoolEvent::ProbeAnswered { node_id, rtt });
             }
             Notification::GaveUp { server, failures } => {
-                let node_id = node(&self.state, server);
+                let node_id = self.node_id(server);
                 self.publish(Some(server), PoolEvent::GaveUp { node_id, failures });
             }
             Notification::AllDown => self.publish(None, PoolEvent::AllDown),
@@ -702,7 +719,7 @@ impl<H: Handshake> Driver<H> {
         };
         crate::metrics::dial_succeeded();
         if let Ok(mut clients) = self.shared.clients.lock() {
-            clients.insert(held.node_id.clone(), Arc::clone(&held.client));
+            clients.insert(server, Arc::clone(&held.client));
         }
         let (watcher, registration) = AbortHandle::new_pair();
         held.watcher = Some(watcher);
@@ -714,8 +731,8 @@ impl<H: Handshake> Driver<H> {
                 let _ = events.unbounded_send(Event::Lost(attempt, loss));
             }
         };
-        let node_id = held.node_id.clone();
         let hook_client = Arc::downgrade(&held.client);
+        let node_id = self.node_id(server);
         let link_span = tracing::info_span!(parent: &span, "link", %attempt);
         self.spawn_guarded("link", watch.instrument(link_span), move || {
             Some(Event::Lost(attempt, LinkLoss::Panicked))
@@ -738,9 +755,8 @@ impl<H: Handshake> Driver<H> {
             .newly_connected
             .iter()
             .filter_map(|&server| {
-                let node_id = self.state.server_addr(server)?.node_id();
-                let client = clients.as_ref()?.get(node_id)?;
-                Some((node_id.to_owned(), Arc::clone(client)))
+                let client = clients.as_ref()?.get(&server)?;
+                Some((self.node_id(server), Arc::clone(client)))
             })
             .collect();
         drop(clients);

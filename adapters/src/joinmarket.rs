@@ -1710,14 +1710,17 @@ mod tests {
         LinkSignals,
         futures::channel::mpsc::UnboundedReceiver<crate::handshake::LinkSignal>,
     ) {
-        use dirpool_core::{Entropy, IsolationToken, Output, PoolConfig, PoolState as Pool};
+        use dirpool_core::{
+            Command, Entropy, IsolationToken, Output, PoolConfig, PoolState as Pool,
+        };
         let config = PoolConfig::new(["127.0.0.1"]);
         let entropy = Entropy {
             isolation_token: IsolationToken::from_bytes([7; 16]),
             jitter_seed: 1,
         };
         let mut pool = Pool::new(config, entropy).unwrap();
-        pool.connect_all_parallel(Instant::now());
+        pool.handle_command(Instant::now(), Command::ConnectAllParallel)
+            .unwrap();
         let attempt = std::iter::from_fn(|| pool.poll_output())
             .find_map(|o| match o {
                 Output::Dial(d) => Some(d.attempt),

@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dirpool_core::{
-    Entropy, IsolationToken, OperationReport, PoolHealth, PoolState, RejectedEntry, Rejection,
-    RetryPolicy, ServerAddr, ServerStatus, SocksCredentials, StreamIsolation,
+    Command, Entropy, IsolationToken, OperationReport, PoolHealth, PoolState, RejectedEntry,
+    Rejection, RetryPolicy, ServerAddr, ServerId, ServerStatus, SocksCredentials, StreamIsolation,
 };
 use futures::channel::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::dialer::Dialer;
-use crate::driver::{Command, Driver, EVENT_BUFFER, OpCommand, OpOutcome, Shared, Subscriber};
+use crate::driver::{Driver, EVENT_BUFFER, OpOutcome, Request, Shared, Subscriber};
 use crate::error::{ConfigError, DialError, PoolError};
 use crate::event::{EventStream, PoolEvent};
 use crate::handshake::Handshake;
@@ -28,13 +28,26 @@ pub struct DirectoryPool<H: Handshake> {
 }
 
 struct Inner<H: Handshake> {
-    commands: mpsc::UnboundedSender<Command<H::Client>>,
+    commands: mpsc::UnboundedSender<Request<H::Client>>,
     shared: Arc<Shared<H::Client>>,
     dialer: Arc<Dialer<H>>,
     isolation: StreamIsolation,
     connection_timeout: Duration,
     servers: Vec<Arc<ServerAddr>>,
+    /// Server ids sorted by node id, for lookups by name.
+    by_node_id: Vec<ServerId>,
     rejected: Vec<RejectedEntry>,
+}
+
+impl<H: Handshake> Inner<H> {
+    /// The id of the configured server `addr` names.
+    fn server_id(&self, addr: &ServerAddr) -> Option<ServerId> {
+        let at = self
+            .by_node_id
+            .binary_search_by(|id| self.servers[id.index()].node_id().cmp(addr.node_id()))
+            .ok()?;
+        Some(self.by_node_id[at])
+    }
 }
 
 impl<H: Handshake> Clone for DirectoryPool<H> {
@@ -119,7 +132,13 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
         {
             validate_credentials(credentials.username(), credentials.password().expose())?;
         }
-        let servers = state.servers().map(|(_, a)| Arc::clone(a)).collect();
+        let servers: Vec<Arc<ServerAddr>> = state.servers().map(|(_, a)| Arc::clone(a)).collect();
+        let mut by_node_id: Vec<ServerId> = state.servers().map(|(id, _)| id).collect();
+        by_node_id.sort_by(|a, b| {
+            servers[a.index()]
+                .node_id()
+                .cmp(servers[b.index()].node_id())
+        });
         let rejected = state.rejected_entries().to_vec();
         let connection_timeout = state.connection_timeout();
         let dialer = Arc::new(
@@ -150,6 +169,7 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
                 isolation,
                 connection_timeout,
                 servers,
+                by_node_id,
                 rejected,
             }),
         })
@@ -191,16 +211,16 @@ fn os_entropy() -> Result<Entropy, ConfigError> {
 }
 
 impl<H: Handshake> DirectoryPool<H> {
-    async fn run(&self, op: OpCommand) -> Result<OpOutcome<H::Client>, PoolError> {
+    async fn run(&self, command: Command) -> Result<OpOutcome<H::Client>, PoolError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Run(op, tx))?;
+        self.send(Request::Command(command, Some(tx)))?;
         Ok(rx.await.map_err(|_| self.gone())??)
     }
 
-    fn send(&self, command: Command<H::Client>) -> Result<(), PoolError> {
+    fn send(&self, request: Request<H::Client>) -> Result<(), PoolError> {
         self.inner
             .commands
-            .unbounded_send(command)
+            .unbounded_send(request)
             .map_err(|_| self.gone())
     }
 
@@ -237,7 +257,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn connect_all_parallel(&self) -> Result<usize, PoolError> {
         Ok(self
-            .run(OpCommand::ConnectAllParallel)
+            .run(Command::ConnectAllParallel)
             .await?
             .report
             .connected)
@@ -251,7 +271,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// [`PoolError::Config`] for a policy out of range.
     pub async fn connect_all_with_retry(&self, policy: RetryPolicy) -> Result<usize, PoolError> {
         Ok(self
-            .run(OpCommand::ConnectAllWithRetry(policy))
+            .run(Command::ConnectAllWithRetry(policy))
             .await?
             .report
             .connected)
@@ -264,7 +284,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn reconnect_disconnected(&self) -> Result<Vec<(String, Arc<H::Client>)>, PoolError> {
         Ok(self
-            .run(OpCommand::ReconnectDisconnected)
+            .run(Command::ReconnectDisconnected)
             .await?
             .newly_connected)
     }
@@ -276,7 +296,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn close_all(&self) -> Result<OperationReport, PoolError> {
-        Ok(self.run(OpCommand::CloseAll).await?.report)
+        Ok(self.run(Command::CloseAll).await?.report)
     }
 
     /// Starts background maintenance: lost and unreached servers are
@@ -285,7 +305,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub fn start_maintenance(&self) -> Result<(), PoolError> {
-        self.send(Command::StartMaintenance)
+        self.send(Request::Command(Command::StartMaintenance, None))
     }
 
     /// Stops background maintenance.
@@ -293,7 +313,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub fn stop_maintenance(&self) -> Result<(), PoolError> {
-        self.send(Command::StopMaintenance)
+        self.send(Request::Command(Command::StopMaintenance, None))
     }
 
     /// A status snapshot of every server.
@@ -305,7 +325,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn status(&self) -> Result<Vec<ServerStatus>, PoolError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Statuses(tx))?;
+        self.send(Request::Statuses(tx))?;
         rx.await.map_err(|_| self.gone())
     }
 
@@ -339,7 +359,7 @@ impl<H: Handshake> DirectoryPool<H> {
     /// driver stopped.
     pub async fn health(&self) -> Result<PoolHealth, PoolError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Health(tx))?;
+        self.send(Request::Health(tx))?;
         rx.await.map_err(|_| self.gone())
     }
 
@@ -349,7 +369,17 @@ impl<H: Handshake> DirectoryPool<H> {
             .shared
             .clients
             .lock()
-            .map(|c| c.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect())
+            .map(|c| {
+                let mut clients: Vec<(String, Arc<H::Client>)> = c
+                    .iter()
+                    .filter_map(|(id, client)| {
+                        let addr = self.inner.servers.get(id.index())?;
+                        Some((addr.node_id().to_owned(), Arc::clone(client)))
+                    })
+                    .collect();
+                clients.sort_by(|a, b| a.0.cmp(&b.0));
+                clients
+            })
             .unwrap_or_default()
     }
 
@@ -357,13 +387,8 @@ impl<H: Handshake> DirectoryPool<H> {
     /// connected.
     pub fn client(&self, server: &str) -> Option<Arc<H::Client>> {
         let addr = ServerAddr::parse(server).ok()?;
-        self.inner
-            .shared
-            .clients
-            .lock()
-            .ok()?
-            .get(addr.node_id())
-            .cloned()
+        let id = self.inner.server_id(&addr)?;
+        self.inner.shared.clients.lock().ok()?.get(&id).cloned()
     }
 
     /// How many servers are connected.
@@ -382,11 +407,18 @@ impl<H: Handshake> DirectoryPool<H> {
         let Ok(clients) = self.inner.shared.clients.lock() else {
             return Vec::new();
         };
+        let mut connected = vec![false; self.inner.servers.len()];
+        for id in clients.keys() {
+            if let Some(up) = connected.get_mut(id.index()) {
+                *up = true;
+            }
+        }
         self.inner
             .servers
             .iter()
-            .filter(|a| !clients.contains_key(a.node_id()))
-            .cloned()
+            .zip(connected)
+            .filter(|(_, up)| !up)
+            .map(|(addr, _)| Arc::clone(addr))
             .collect()
     }
 

@@ -21,6 +21,9 @@
 //!   sign of life (`link_active`) after each answer, as a directory's next
 //!   line would: probe timer → probe → answer → sign of life → re-armed
 //!   timer.
+//! * cycle **keepalive_lost**: every dial succeeds, and no probe is ever
+//!   answered: probe timer → probe → probe deadline → link lost (silent) →
+//!   backoff timer → redial → connected.
 //!
 //! Each size is warmed up for 200 virtual seconds first (every server at
 //! its maximum backoff, every stale 120 s dial deadline in the timer heap at
@@ -48,8 +51,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dirpool_core::{
-    AttemptId, DialFailure, Entropy, IsolationScope, IsolationToken, LinkLoss, Notification,
-    Output, PoolConfig, PoolState, SocksReply,
+    AttemptId, Command, DialFailure, Entropy, Input, IsolationScope, IsolationToken, LinkLoss,
+    Notification, Output, PoolConfig, PoolState, SocksReply,
 };
 use sha3::{Digest, Sha3_256};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -65,16 +68,23 @@ enum Cycle {
     DialFail,
     ConnectLose,
     Keepalive,
+    KeepaliveLost,
 }
 
 impl Cycle {
-    const ALL: [Cycle; 3] = [Cycle::DialFail, Cycle::ConnectLose, Cycle::Keepalive];
+    const ALL: [Cycle; 4] = [
+        Cycle::DialFail,
+        Cycle::ConnectLose,
+        Cycle::Keepalive,
+        Cycle::KeepaliveLost,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Cycle::DialFail => "dial_fail",
             Cycle::ConnectLose => "connect_lose",
             Cycle::Keepalive => "keepalive",
+            Cycle::KeepaliveLost => "keepalive_lost",
         }
     }
 
@@ -155,7 +165,10 @@ impl World {
             // Never grows once built: at most one result per server is due.
             due: VecDeque::with_capacity(servers * 2 + 16),
         };
-        world.pool.start_maintenance(t0);
+        world
+            .pool
+            .handle_command(t0, Command::StartMaintenance)
+            .expect("a valid command");
         world
     }
 
@@ -166,14 +179,20 @@ impl World {
             match &output {
                 Output::Dial(dial) => self.due.push_back(match self.cycle {
                     Cycle::DialFail => Due::Failed(dial.attempt),
-                    Cycle::ConnectLose | Cycle::Keepalive => Due::Succeeded(dial.attempt),
+                    Cycle::ConnectLose | Cycle::Keepalive | Cycle::KeepaliveLost => {
+                        Due::Succeeded(dial.attempt)
+                    }
                 }),
                 Output::Notify(Notification::Connected { attempt, .. })
                     if self.cycle == Cycle::ConnectLose =>
                 {
                     self.due.push_back(Due::Lost(*attempt));
                 }
-                Output::Probe(probe) => self.due.push_back(Due::Answered(probe.attempt)),
+                // keepalive_lost: the probe goes unanswered and the link is
+                // declared lost at the probe's deadline.
+                Output::Probe(probe) if self.cycle == Cycle::Keepalive => {
+                    self.due.push_back(Due::Answered(probe.attempt));
+                }
                 Output::Notify(Notification::ProbeAnswered { attempt, .. }) => {
                     self.due.push_back(Due::Active(*attempt));
                 }
@@ -183,18 +202,31 @@ impl World {
         } else if let Some(due) = self.due.pop_front() {
             let now = self.now;
             let result = match due {
-                Due::Failed(attempt) => self.pool.dial_failed(
+                Due::Failed(attempt) => self.pool.handle_input(
                     now,
-                    attempt,
-                    DialFailure::Socks(SocksReply::OnionDescriptorNotFound),
+                    Input::DialFinished {
+                        attempt,
+                        result: Err(DialFailure::Socks(SocksReply::OnionDescriptorNotFound)),
+                    },
                 ),
-                Due::Succeeded(attempt) => self.pool.dial_succeeded(now, attempt),
-                Due::Lost(attempt) => {
-                    self.pool
-                        .connection_lost(now, attempt, LinkLoss::ClosedByPeer)
+                Due::Succeeded(attempt) => self.pool.handle_input(
+                    now,
+                    Input::DialFinished {
+                        attempt,
+                        result: Ok(()),
+                    },
+                ),
+                Due::Lost(attempt) => self.pool.handle_input(
+                    now,
+                    Input::LinkLost {
+                        attempt,
+                        loss: LinkLoss::ClosedByPeer,
+                    },
+                ),
+                Due::Answered(attempt) => {
+                    self.pool.handle_input(now, Input::ProbeAnswered(attempt))
                 }
-                Due::Answered(attempt) => self.pool.probe_answered(now, attempt),
-                Due::Active(attempt) => self.pool.link_active(now, attempt),
+                Due::Active(attempt) => self.pool.handle_input(now, Input::LinkActive(attempt)),
             };
             result.expect("the world only reports attempts the machine issued");
         } else {

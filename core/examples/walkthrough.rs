@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use dirpool_core::{
-    AttemptId, DialFailure, Entropy, IsolationScope, IsolationToken, LinkLoss, Notification,
-    Output, PoolConfig, PoolState, RetryPolicy, SocksReply,
+    AttemptId, Command, DialFailure, Entropy, Input, IsolationScope, IsolationToken, LinkLoss,
+    Notification, Output, PoolConfig, PoolState, RetryPolicy, SocksReply,
 };
 
 const HEALTHY: &str = "127.0.0.1:5222";
@@ -65,9 +65,14 @@ fn main() {
     };
 
     let mut now = t0;
-    pool.connect_all_with_retry(now, RetryPolicy::new(Duration::from_secs(60)))
-        .expect("valid policy");
-    pool.start_maintenance(now);
+    pool.handle_command(
+        now,
+        Command::ConnectAllWithRetry(RetryPolicy::new(Duration::from_secs(60))),
+    )
+    .map(|op| op.expect("an operation"))
+    .expect("valid policy");
+    pool.handle_command(now, Command::StartMaintenance)
+        .expect("a valid command");
     let mut closing = false;
     loop {
         // Drain every output, as a driver must after each input.
@@ -122,7 +127,8 @@ fn main() {
         if !closing && secs(next) >= 90.0 {
             now = t0 + Duration::from_secs(90);
             println!("{:7.3}s  --- close_all ---", secs(now));
-            pool.close_all(now);
+            pool.handle_command(now, Command::CloseAll)
+                .expect("a valid command");
             closing = true;
             continue;
         }
@@ -133,10 +139,34 @@ fn main() {
                 break;
             }
             let result = match entry.remove() {
-                Event::Result(a, Ok(())) => pool.dial_succeeded(now, a),
-                Event::Result(a, Err(why)) => pool.dial_failed(now, a, why),
-                Event::Lost(a) => pool.connection_lost(now, a, LinkLoss::ClosedByPeer),
-                Event::Closed(a) => pool.close_finished(now, a, Ok(())),
+                Event::Result(a, Ok(())) => pool.handle_input(
+                    now,
+                    Input::DialFinished {
+                        attempt: a,
+                        result: Ok(()),
+                    },
+                ),
+                Event::Result(a, Err(why)) => pool.handle_input(
+                    now,
+                    Input::DialFinished {
+                        attempt: a,
+                        result: Err(why),
+                    },
+                ),
+                Event::Lost(a) => pool.handle_input(
+                    now,
+                    Input::LinkLost {
+                        attempt: a,
+                        loss: LinkLoss::ClosedByPeer,
+                    },
+                ),
+                Event::Closed(a) => pool.handle_input(
+                    now,
+                    Input::CloseFinished {
+                        attempt: a,
+                        result: Ok(()),
+                    },
+                ),
             };
             // A loss for a link that was already closed is the only expected refusal.
             if let Err(e) = result {

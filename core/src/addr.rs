@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use crate::onion;
+pub use crate::onion::OnionError;
 
 /// Port used when an address has none: the JoinMarket directory-node port.
 pub const DEFAULT_PORT: u16 = 5222;
@@ -41,48 +42,6 @@ pub enum HostKind {
     Ipv4,
     /// An IPv6 address literal (written in brackets, stored compressed).
     Ipv6,
-}
-
-/// Why a string is not a valid v3 onion address.
-///
-/// Wrapped by [`AddrError::InvalidOnion`], whose message is this error's.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OnionError {
-    /// The part before `.onion` does not have the 56 characters of a v3
-    /// address (`len` counts characters).
-    #[error(
-        "onion address has {len} characters before \".onion\"; a v3 onion address has exactly 56"
-    )]
-    WrongLength {
-        /// Number of characters before `.onion`.
-        len: usize,
-    },
-    /// A 16-character (version 2) onion address.
-    #[error(
-        "v2 onion addresses are no longer supported by Tor; use the server's 56-character v3 address"
-    )]
-    V2NotSupported,
-    /// A character outside the base32 alphabet (`a-z`, `2-7`).
-    #[error(
-        "onion address contains {ch:?}, which is not a base32 character (only a-z and 2-7 are)"
-    )]
-    InvalidBase32 {
-        /// The first offending character.
-        ch: char,
-    },
-    /// The address decodes, but its version byte is not 3.
-    #[error("onion address has version {version}; only version 3 onion addresses are supported")]
-    UnsupportedVersion {
-        /// The version byte found.
-        version: u8,
-    },
-    /// The embedded checksum does not match the key: most likely a typo.
-    #[error("onion address checksum does not match (is there a typo in the address?)")]
-    BadChecksum,
-    /// A name below an onion address, like `www.<56 chars>.onion`.
-    #[error("onion addresses cannot have subdomains; use the bare <56 characters>.onion address")]
-    Subdomain,
 }
 
 /// Why a string is not a valid server address.

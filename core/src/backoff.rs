@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::config::ConfigError;
+use crate::errors::ConfigError;
 
 /// The longest duration any policy may use (one year). Keeps `Instant`
 /// arithmetic far from overflow.

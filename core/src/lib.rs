@@ -5,10 +5,11 @@
 //! proxy, written as a pure state machine. It is the Rust counterpart of
 //! joinmarket-ng's `DirectoryClientPool`.
 //!
-//! [`PoolState`] takes commands (`connect_all_parallel`,
-//! `connect_all_with_retry`, `reconnect_disconnected`, `close_all`,
-//! maintenance on/off), results (dial succeeded / failed, connection lost,
-//! close finished) and time (`handle_timeout`), every one with `now`. It
+//! [`PoolState`] takes [`Command`]s (connect all in parallel, connect all
+//! with retry, reconnect the disconnected, close all, maintenance on/off),
+//! [`Input`]s (dial finished with its failure class, link lost with its
+//! reason, sign of life, probe answered or unsupported, close finished) and
+//! time (`handle_timeout`), every one with `now`. It
 //! answers with [`Output`]s — dial this server with these SOCKS credentials
 //! and this timeout, abort that attempt, close that connection, tell the
 //! user this — and with [`PoolState::poll_timeout`], the next instant it
@@ -22,7 +23,10 @@
 
 pub mod addr;
 pub mod backoff;
+pub mod command;
 pub mod config;
+pub mod diagram;
+mod errors;
 pub mod failure;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -36,10 +40,12 @@ pub mod status;
 
 pub use addr::{AddrError, DEFAULT_PORT, HostKind, OnionError, ServerAddr};
 pub use backoff::{Backoff, JitterRng};
+pub use command::{Command, Input};
 pub use config::{
     ConfigError, Entropy, KeepalivePolicy, MIN_PROBE_INTERVAL, MaintenancePolicy, PoolConfig,
     RetryPolicy,
 };
+pub use errors::{RejectedEntry, Rejection};
 pub use failure::{CloseFailure, DialFailure, FailureScope, LinkLoss, SocksReply};
 pub use isolation::{
     IsolationCategory, IsolationScope, IsolationToken, Password, SocksCredentials, StreamIsolation,
@@ -48,7 +54,7 @@ pub use output::{
     AttemptId, CloseRequest, DialRequest, DisconnectReason, Notification, OperationEnd,
     OperationId, OperationKind, OperationReport, Output, ProbeRequest, ServerId,
 };
-pub use pool::{InputError, PoolState, RejectedEntry, Rejection};
+pub use pool::{InputError, PoolState};
 pub use status::{
     LastError, LinkCounts, PoolHealth, ProxyState, RecentError, ServerError, ServerHealth,
     ServerState, ServerStatus,

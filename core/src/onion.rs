@@ -9,7 +9,47 @@
 
 use sha3::{Digest, Sha3_256};
 
-use crate::addr::OnionError;
+/// Why a string is not a valid v3 onion address.
+///
+/// Wrapped by [`AddrError::InvalidOnion`](crate::AddrError::InvalidOnion), whose message is this error's.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OnionError {
+    /// The part before `.onion` does not have the 56 characters of a v3
+    /// address (`len` counts characters).
+    #[error(
+        "onion address has {len} characters before \".onion\"; a v3 onion address has exactly 56"
+    )]
+    WrongLength {
+        /// Number of characters before `.onion`.
+        len: usize,
+    },
+    /// A 16-character (version 2) onion address.
+    #[error(
+        "v2 onion addresses are no longer supported by Tor; use the server's 56-character v3 address"
+    )]
+    V2NotSupported,
+    /// A character outside the base32 alphabet (`a-z`, `2-7`).
+    #[error(
+        "onion address contains {ch:?}, which is not a base32 character (only a-z and 2-7 are)"
+    )]
+    InvalidBase32 {
+        /// The first offending character.
+        ch: char,
+    },
+    /// The address decodes, but its version byte is not 3.
+    #[error("onion address has version {version}; only version 3 onion addresses are supported")]
+    UnsupportedVersion {
+        /// The version byte found.
+        version: u8,
+    },
+    /// The embedded checksum does not match the key: most likely a typo.
+    #[error("onion address checksum does not match (is there a typo in the address?)")]
+    BadChecksum,
+    /// A name below an onion address, like `www.<56 chars>.onion`.
+    #[error("onion addresses cannot have subdomains; use the bare <56 characters>.onion address")]
+    Subdomain,
+}
 
 /// Number of base32 characters before `.onion` in a v3 address.
 pub(crate) const V3_LABEL_LEN: usize = 56;

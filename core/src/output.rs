@@ -78,9 +78,9 @@ pub enum Output {
     Close(CloseRequest),
     /// Send a liveness probe on a connected link (JoinMarket: PING 798).
     /// Report its answer with
-    /// [`PoolState::probe_answered`](crate::PoolState::probe_answered), or
-    /// [`PoolState::probe_unsupported`](crate::PoolState::probe_unsupported)
-    /// if the link cannot be probed.
+    /// [`Input::ProbeAnswered`](crate::Input::ProbeAnswered), or
+    /// [`Input::ProbeUnsupported`](crate::Input::ProbeUnsupported) if the
+    /// link cannot be probed.
     Probe(ProbeRequest),
     /// Something the user (hooks, notification stream, logs) should hear.
     Notify(Notification),
@@ -98,11 +98,10 @@ pub struct DialRequest {
     pub addr: Arc<ServerAddr>,
     /// SOCKS username/password, present exactly when isolation is on.
     pub credentials: Option<SocksCredentials>,
-    /// The whole dial's bound. The machine fails the attempt with
-    /// [`DialFailure::TimedOut`] and asks for an abort at `deadline`, so the
+    /// The whole dial's bound: the request's `now` plus the connection
+    /// timeout. The machine fails the attempt with
+    /// [`DialFailure::TimedOut`] and asks for an abort then, so the
     /// driver's own timer is only a safety net.
-    pub timeout: Duration,
-    /// `now + timeout` at the time of the request.
     pub deadline: Instant,
 }
 

@@ -5,18 +5,26 @@
 //! comes out of [`PoolState::poll_timeout`]. Nothing here reads a clock,
 //! draws randomness or touches the network.
 
+mod commands;
+mod dials;
 mod links;
+mod liveness;
+mod maintenance;
+mod operations;
+mod queries;
 mod timers;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::addr::{AddrError, ServerAddr};
+use crate::addr::ServerAddr;
 use crate::backoff::{Backoff, JitterRng};
+use crate::command::{Command, Input};
 use crate::config::{
     ConfigError, Entropy, KeepalivePolicy, MaintenancePolicy, PoolConfig, RetryPolicy,
 };
+pub use crate::errors::{RejectedEntry, Rejection};
 use crate::failure::{CloseFailure, DialFailure, FailureScope, LinkLoss};
 use crate::isolation::{SocksCredentials, StreamIsolation};
 use crate::output::{
@@ -28,7 +36,7 @@ use crate::status::{
     ServerStatus,
 };
 use links::{Link, LinkState, Links};
-use timers::{Timer, Timers};
+use timers::{TimerKey, Timers};
 
 /// A result or loss the machine cannot accept: the driver named an attempt
 /// it never got, or reported something impossible for it. The machine's
@@ -49,62 +57,70 @@ pub enum InputError {
     },
 }
 
-/// A configured entry that is not dialed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RejectedEntry {
-    /// Position in the configured list.
-    pub index: usize,
-    /// The entry as configured.
-    pub entry: String,
-    /// Why.
-    pub reason: Rejection,
-}
-
-/// Why a configured entry is not dialed.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq)]
-pub enum Rejection {
-    /// The address is malformed.
-    Malformed(AddrError),
-    /// It names a server listed earlier.
-    Duplicate(ServerId),
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Phase {
+/// Where a server stands: one variant per state, each carrying what that
+/// state needs, deadline included (the server's one timer, keyed
+/// [`TimerKey::Server`], is set to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing scheduled: dialed only when a command asks.
     Idle,
-    Dialing(AttemptId),
+    /// Maintenance spent its retry budget on this server: dialed only when
+    /// a command asks or maintenance restarts.
+    GaveUp,
+    /// Waits `until` before it is redialed.
+    BackingOff { until: Instant },
+    /// Queued for the proxy: dialed once a probe dial gets through.
+    WaitingForProxy,
+    /// Dial `attempt` in flight; abandoned at `until`.
+    Dialing { attempt: AttemptId, until: Instant },
+    /// Connected through `attempt`'s link since `since`.
     Connected {
         attempt: AttemptId,
         since: Instant,
         /// The last sign of life: a line read, a probe answered.
         last_active: Instant,
         watch: Watch,
-        /// The keepalive timer entry that counts; entries that fire before
-        /// it are stale (left behind when an answer moved the next probe
-        /// earlier than a pending probe deadline).
-        armed: Instant,
     },
+    /// Close of `attempt`'s link requested; given up on at `until`.
     Closing {
         attempt: AttemptId,
+        until: Instant,
         /// A connect command arrived while closing: dial as soon as the
         /// close ends (the command waits for that dial).
         redial: bool,
     },
 }
 
-impl Phase {
-    /// A connected server's keepalive state: its last sign of life, its
-    /// watch, and the keepalive entry that counts.
-    fn keepalive(&mut self) -> Option<(&mut Instant, &mut Watch, &mut Instant)> {
+impl State {
+    /// Not dialing, connected or closing: free to be dialed.
+    fn is_down(self) -> bool {
+        matches!(
+            self,
+            State::Idle | State::GaveUp | State::BackingOff { .. } | State::WaitingForProxy
+        )
+    }
+
+    /// A connected server's keepalive state: its last sign of life and its
+    /// watch.
+    fn keepalive(&mut self) -> Option<(&mut Instant, &mut Watch)> {
         match self {
-            Phase::Connected {
-                last_active,
-                watch,
-                armed,
-                ..
-            } => Some((last_active, watch, armed)),
+            State::Connected {
+                last_active, watch, ..
+            } => Some((last_active, watch)),
             _ => None,
+        }
+    }
+
+    /// What [`status`](PoolState::status) shows for it.
+    fn public(self) -> ServerState {
+        match self {
+            State::Idle => ServerState::Idle,
+            State::GaveUp => ServerState::GaveUp,
+            State::BackingOff { .. } => ServerState::WaitingRetry,
+            State::WaitingForProxy => ServerState::WaitingForProxy,
+            State::Dialing { .. } => ServerState::Dialing,
+            State::Connected { .. } => ServerState::Connected,
+            State::Closing { .. } => ServerState::Closing,
         }
     }
 }
@@ -125,10 +141,7 @@ enum Watch {
 struct Server {
     addr: Arc<ServerAddr>,
     credentials: Option<SocksCredentials>,
-    phase: Phase,
-    /// When the scheduled redial is due; its timer carries `retry_generation`.
-    retry_at: Option<Instant>,
-    retry_generation: u32,
+    state: State,
     /// Exponent of the next backoff delay.
     backoff_step: u32,
     consecutive_failures: u32,
@@ -138,15 +151,33 @@ struct Server {
     last_error: Option<LastError>,
     /// The current link's last probe round trip; cleared on connecting.
     last_probe_rtt: Option<Duration>,
+    /// Maintenance's retry budget for this server is spent (until a
+    /// success or a maintenance restart): it rests in [`State::GaveUp`]
+    /// rather than [`State::Idle`], and only a retry command redials it.
     gave_up: bool,
-    /// Queued in `ProxyHealth::waiters`.
-    waiting_for_proxy: bool,
 }
 
 impl Server {
-    fn cancel_retry(&mut self) {
-        self.retry_at = None;
-        self.retry_generation = self.retry_generation.wrapping_add(1);
+    /// The state it rests in when nothing is scheduled.
+    fn at_rest(&self) -> State {
+        if self.gave_up {
+            State::GaveUp
+        } else {
+            State::Idle
+        }
+    }
+
+    /// Moves to `next`: every change of state goes through here, so the
+    /// model checker can hold each one against [`crate::diagram::EDGES`].
+    fn enter(&mut self, next: State) {
+        #[cfg(feature = "fuzzing")]
+        crate::fuzzing::transitions::record(self.state.public(), next.public());
+        self.state = next;
+    }
+
+    /// Comes to rest: idle, or given up on.
+    fn rest(&mut self) {
+        self.enter(self.at_rest());
     }
 }
 
@@ -159,7 +190,6 @@ struct ProxyHealth {
     step: u32,
     probe: Option<AttemptId>,
     probe_at: Option<Instant>,
-    probe_generation: u32,
     waiters: VecDeque<ServerId>,
 }
 
@@ -189,15 +219,16 @@ struct RetrySpec {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use dirpool_core::{Entropy, IsolationToken, Output, PoolConfig, PoolState};
+/// use dirpool_core::{Command, Entropy, Input, IsolationToken, Output, PoolConfig, PoolState};
 ///
 /// let entropy = Entropy { isolation_token: IsolationToken::from_bytes([7; 16]), jitter_seed: 1 };
 /// let mut pool = PoolState::new(PoolConfig::new(["127.0.0.1:5222"]), entropy)?;
 /// let t0 = Instant::now();
-/// pool.connect_all_parallel(t0);
+/// pool.handle_command(t0, Command::ConnectAllParallel)?;
 /// let Some(Output::Dial(dial)) = pool.poll_output() else { panic!("expected a dial") };
 /// assert_eq!(dial.addr.node_id(), "127.0.0.1:5222");
-/// pool.dial_succeeded(t0 + Duration::from_millis(30), dial.attempt)?;
+/// let connected = Input::DialFinished { attempt: dial.attempt, result: Ok(()) };
+/// pool.handle_input(t0 + Duration::from_millis(30), connected)?;
 /// assert_eq!(pool.connected_count(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -283,9 +314,7 @@ impl PoolState {
             servers.push(Server {
                 addr: Arc::new(addr),
                 credentials,
-                phase: Phase::Idle,
-                retry_at: None,
-                retry_generation: 0,
+                state: State::Idle,
                 backoff_step: 0,
                 consecutive_failures: 0,
                 attempts: 0,
@@ -293,7 +322,6 @@ impl PoolState {
                 last_error: None,
                 last_probe_rtt: None,
                 gave_up: false,
-                waiting_for_proxy: false,
             });
         }
         for (index, keeper) in duplicates {
@@ -333,6 +361,7 @@ impl PoolState {
             }));
         }
 
+        let timers = Timers::with_servers(servers.len());
         Ok(Self {
             connection_timeout: config.connection_timeout,
             keepalive: config.keepalive,
@@ -343,7 +372,7 @@ impl PoolState {
             by_node_id,
             rejected,
             links: Links::default(),
-            timers: Timers::default(),
+            timers,
             operations: Vec::new(),
             next_operation: 0,
             outputs,
@@ -356,383 +385,63 @@ impl PoolState {
         })
     }
 
-    // ---- commands ---------------------------------------------------------
-
-    /// Dials every server that is neither connected nor being dialed, all at
-    /// once, and finishes when every attempt it started or joined has a
-    /// result. Its report's `connected` is the original's return value.
-    pub fn connect_all_parallel(&mut self, now: Instant) -> OperationId {
-        self.start_pass(now, OperationKind::ConnectAllParallel)
-    }
-
-    /// Like [`connect_all_parallel`](Self::connect_all_parallel); its report's
-    /// `newly_connected` is the original's return value.
-    pub fn reconnect_disconnected(&mut self, now: Instant) -> OperationId {
-        self.start_pass(now, OperationKind::ReconnectDisconnected)
-    }
-
-    /// Dials every disconnected server at once and redials each failed one on
-    /// the policy's backoff, until one server is connected (finishes at
-    /// once) or the deadline (`now + policy.timeout`) passes (finishes with
-    /// 0 exactly then). Dials still in flight go on and may connect later.
+    /// Carries out `command`. Commands that start an operation return its
+    /// id; its [`Notification::OperationFinished`] comes when it ends.
     ///
     /// # Errors
-    /// [`ConfigError`] for a policy out of range; nothing is started then.
-    pub fn connect_all_with_retry(
+    /// [`ConfigError`] for a [`Command::ConnectAllWithRetry`] whose policy
+    /// is out of range; nothing is started then.
+    pub fn handle_command(
         &mut self,
         now: Instant,
-        policy: RetryPolicy,
-    ) -> Result<OperationId, ConfigError> {
-        policy.validate()?;
-        let now = self.clock(now);
-        let id = self.new_operation_id();
-        let deadline = now + policy.timeout;
-        self.operations.push(Operation {
-            id,
-            kind: OperationKind::ConnectAllWithRetry,
-            waiting: BTreeSet::new(),
-            newly_connected: Vec::new(),
-            retry: Some(RetrySpec {
-                backoff: policy.backoff,
-            }),
-        });
-        for index in 0..self.servers.len() {
-            let server = &mut self.servers[index];
-            // An explicit command starts every server's backoff afresh.
-            if !matches!(server.phase, Phase::Connected { .. }) {
-                server.backoff_step = 0;
+        command: Command,
+    ) -> Result<Option<OperationId>, ConfigError> {
+        Ok(match command {
+            Command::ConnectAllParallel => Some(self.connect_all_parallel(now)),
+            Command::ReconnectDisconnected => Some(self.reconnect_disconnected(now)),
+            Command::ConnectAllWithRetry(policy) => Some(self.connect_all_with_retry(now, policy)?),
+            Command::CloseAll => Some(self.close_all(now)),
+            Command::StartMaintenance => {
+                self.start_maintenance(now);
+                None
             }
-            match server.phase {
-                Phase::Idle => {
-                    self.dial(now, server_id(index));
-                }
-                #[cfg(dirpool_planted_bugs)]
-                Phase::Closing { .. }
-                    if crate::planted::active(crate::planted::Bug::NoRedialAfterClose) => {}
-                Phase::Closing { attempt, .. } => {
-                    server.phase = Phase::Closing {
-                        attempt,
-                        redial: true,
-                    };
-                }
-                Phase::Dialing(_) | Phase::Connected { .. } => {}
+            Command::StopMaintenance => {
+                self.stop_maintenance(now);
+                None
             }
-        }
-        if self.connected > 0 {
-            self.finish_operation(id, OperationEnd::Connected);
-        } else if deadline <= now {
-            self.finish_operation(id, OperationEnd::DeadlineReached);
-        } else {
-            self.timers.push(deadline, Timer::OperationDeadline(id));
-        }
-        Ok(id)
+        })
     }
 
-    /// Closes every connection, aborts every dial in flight (a success that
-    /// arrives later is closed, never registered), stops maintenance and
-    /// ends the other operations. Finishes when every close has finished or
-    /// timed out; each connected server gets one
-    /// [`Notification::Disconnected`], whether its close succeeded or not.
-    pub fn close_all(&mut self, now: Instant) -> OperationId {
-        let now = self.clock(now);
-        let id = self.new_operation_id();
-        self.maintenance = false;
-        self.all_down = false;
-        let others: Vec<OperationId> = self
-            .operations
-            .iter()
-            .filter(|op| op.kind != OperationKind::CloseAll)
-            .map(|op| op.id)
-            .collect();
-        for other in others {
-            self.finish_operation(other, OperationEnd::Cancelled);
-        }
-        self.proxy.probe = None;
-        self.proxy.probe_at = None;
-        self.proxy.probe_generation = self.proxy.probe_generation.wrapping_add(1);
-        self.proxy.waiters.clear();
-
-        let mut waiting = BTreeSet::new();
-        for index in 0..self.servers.len() {
-            let server = &mut self.servers[index];
-            server.cancel_retry();
-            server.waiting_for_proxy = false;
-            match server.phase {
-                Phase::Idle => {}
-                #[cfg(dirpool_planted_bugs)]
-                Phase::Dialing(_)
-                    if crate::planted::active(crate::planted::Bug::ForgetToAbortDials) => {}
-                Phase::Dialing(attempt) => {
-                    server.phase = Phase::Idle;
-                    self.set_link_state(attempt, LinkState::Abandoned);
-                    self.outputs.push_back(Output::Abort(attempt));
-                }
-                Phase::Connected { attempt, .. } => {
-                    server.phase = Phase::Closing {
-                        attempt,
-                        redial: false,
-                    };
-                    self.connected -= 1;
-                    self.set_link_state(attempt, LinkState::Closing);
-                    self.request_close(now, attempt, server_id(index), false);
-                    waiting.insert(attempt);
-                }
-                Phase::Closing { attempt, .. } => {
-                    // close_all is the last word: no redial after this close.
-                    server.phase = Phase::Closing {
-                        attempt,
-                        redial: false,
-                    };
-                    waiting.insert(attempt);
-                }
-            }
-        }
-        let done = waiting.is_empty();
-        self.operations.push(Operation {
-            id,
-            kind: OperationKind::CloseAll,
-            waiting,
-            newly_connected: Vec::new(),
-            retry: None,
-        });
-        if done {
-            self.finish_operation(id, OperationEnd::Completed);
-        }
-        id
-    }
-
-    /// Starts (or restarts) background maintenance: every server that is
-    /// lost or not connected is redialed on its own backoff. A restart
-    /// forgets earlier give-ups. Servers with nothing scheduled are dialed
-    /// now if their last dial did not fail, else after their backoff (so a
-    /// server that failed a moment ago is not hit again at once).
-    pub fn start_maintenance(&mut self, now: Instant) {
-        let now = self.clock(now);
-        self.maintenance = true;
-        for index in 0..self.servers.len() {
-            let server = &mut self.servers[index];
-            server.gave_up = false;
-            if matches!(server.phase, Phase::Idle)
-                && server.retry_at.is_none()
-                && !server.waiting_for_proxy
-            {
-                if server.consecutive_failures == 0 {
-                    self.redial(now, server_id(index));
-                } else {
-                    self.schedule_retry(now, server_id(index));
-                }
-            }
-        }
-        self.keep_probing(now);
-    }
-
-    /// Stops background maintenance. Dials in flight go on; nothing new is
-    /// scheduled unless a `connect_all_with_retry` is running.
-    pub fn stop_maintenance(&mut self, now: Instant) {
-        self.clock(now);
-        self.maintenance = false;
-        self.forget_unwanted_retries();
-    }
-
-    // ---- results ----------------------------------------------------------
-
-    /// The dial `attempt` connected and finished its handshake.
+    /// Takes a result the driver reports.
     ///
     /// # Errors
-    /// [`InputError`] if `attempt` is unknown or already has a result.
-    pub fn dial_succeeded(&mut self, now: Instant, attempt: AttemptId) -> Result<(), InputError> {
-        let link = self.link(attempt)?;
-        let now = self.clock(now);
-        match link.state {
-            LinkState::Dialing => {
-                self.set_link_state(attempt, LinkState::Open);
-                let id = link.server;
-                if self.proxy.probe == Some(attempt) {
-                    self.proxy.probe = None;
-                }
-                let server = &mut self.servers[id.index()];
-                server.phase = Phase::Connected {
-                    attempt,
-                    since: now,
-                    last_active: now,
-                    watch: Watch::Quiet,
-                    armed: now + self.keepalive.idle,
-                };
-                server.consecutive_failures = 0;
-                server.gave_up = false;
-                server.last_probe_rtt = None;
-                self.connected += 1;
-                self.timers
-                    .push(now + self.keepalive.idle, Timer::Keepalive(attempt));
-                self.notify(Notification::Connected {
-                    server: id,
-                    attempt,
-                });
-                if self.all_down {
-                    self.all_down = false;
-                    self.notify(Notification::Recovered);
-                }
-                self.attempt_resolved(attempt, Some(id));
-                self.proxy_up(now);
-                Ok(())
-            }
-            #[cfg(dirpool_planted_bugs)]
-            LinkState::Abandoned
-                if crate::planted::active(crate::planted::Bug::RegisterLateSuccess)
-                    && matches!(self.servers[link.server.index()].phase, Phase::Idle) =>
-            {
-                self.set_link_state(attempt, LinkState::Dialing);
-                self.servers[link.server.index()].phase = Phase::Dialing(attempt);
-                self.dial_succeeded(now, attempt)
-            }
-            LinkState::Abandoned => {
-                self.set_link_state(attempt, LinkState::StrayClosing);
-                tracing::debug!(%attempt, "late success of an abandoned dial: closing it");
-                self.request_close(now, attempt, link.server, true);
-                self.proxy_up(now);
-                Ok(())
-            }
-            state => Err(unexpected(attempt, state)),
-        }
-    }
-
-    /// The dial `attempt` failed.
-    ///
-    /// # Errors
-    /// [`InputError`] if `attempt` is unknown or already has a result.
-    pub fn dial_failed(
-        &mut self,
-        now: Instant,
-        attempt: AttemptId,
-        failure: DialFailure,
-    ) -> Result<(), InputError> {
-        let link = self.link(attempt)?;
-        let now = self.clock(now);
-        match link.state {
-            LinkState::Dialing => {
-                self.links.remove(attempt);
-                self.fail_attempt(now, attempt, link.server, failure);
-                Ok(())
-            }
-            LinkState::Abandoned => {
-                self.links.remove(attempt);
-                Ok(())
-            }
-            state => Err(unexpected(attempt, state)),
-        }
-    }
-
-    /// The connection made by `attempt` is gone. A loss reported while the
-    /// connection is being closed is ignored (the close's result follows).
-    ///
-    /// # Errors
-    /// [`InputError`] if `attempt` is unknown or never connected.
-    pub fn connection_lost(
-        &mut self,
-        now: Instant,
-        attempt: AttemptId,
-        loss: LinkLoss,
-    ) -> Result<(), InputError> {
-        let link = self.link(attempt)?;
-        let now = self.clock(now);
-        match link.state {
-            LinkState::Open => {
-                self.lose(now, attempt, link.server, loss);
-                Ok(())
-            }
-            LinkState::Closing | LinkState::StrayClosing | LinkState::CloseAbandoned => Ok(()),
-            state => Err(unexpected(attempt, state)),
-        }
-    }
-
-    /// The connection made by `attempt` showed a sign of life (a line
-    /// arrived). Cheap: call it as often as the driver likes. A sign of life
-    /// also settles a probe that is out. Ignored for a link being closed.
-    ///
-    /// # Errors
-    /// [`InputError`] if `attempt` is unknown or never connected.
-    pub fn link_active(&mut self, now: Instant, attempt: AttemptId) -> Result<(), InputError> {
-        self.heard(now, attempt, false)
-    }
-
-    /// The answer to the probe on `attempt`'s connection arrived: a sign of
-    /// life, and [`Notification::ProbeAnswered`] with the round trip if a
-    /// probe was out.
-    ///
-    /// # Errors
-    /// [`InputError`] if `attempt` is unknown or never connected.
-    pub fn probe_answered(&mut self, now: Instant, attempt: AttemptId) -> Result<(), InputError> {
-        self.heard(now, attempt, true)
-    }
-
-    /// `attempt`'s connection cannot be probed (its peer answers no probe):
-    /// from now on it is watched only for its end, never declared lost for
-    /// silence.
-    ///
-    /// # Errors
-    /// [`InputError`] if `attempt` is unknown or never connected.
-    pub fn probe_unsupported(
-        &mut self,
-        now: Instant,
-        attempt: AttemptId,
-    ) -> Result<(), InputError> {
-        let link = self.link(attempt)?;
-        self.clock(now);
-        match link.state {
-            LinkState::Open => {
-                if let Phase::Connected { watch, .. } = &mut self.servers[link.server.index()].phase
-                {
-                    *watch = Watch::Passive;
-                }
-                Ok(())
-            }
-            LinkState::Closing | LinkState::StrayClosing | LinkState::CloseAbandoned => Ok(()),
-            state => Err(unexpected(attempt, state)),
-        }
-    }
-
-    /// The close of `attempt`'s connection finished, well or not.
-    ///
-    /// # Errors
-    /// [`InputError`] if `attempt` is unknown or was not being closed.
-    pub fn close_finished(
-        &mut self,
-        now: Instant,
-        attempt: AttemptId,
-        result: Result<(), CloseFailure>,
-    ) -> Result<(), InputError> {
-        let link = self.link(attempt)?;
-        let now = self.clock(now);
-        match link.state {
-            LinkState::Closing => {
-                self.links.remove(attempt);
-                let reason = match result {
-                    Ok(()) => DisconnectReason::Closed,
-                    Err(e) => DisconnectReason::CloseFailed(e),
-                };
-                self.closed(now, attempt, link.server, reason);
-                Ok(())
-            }
-            LinkState::StrayClosing | LinkState::CloseAbandoned => {
-                self.links.remove(attempt);
-                Ok(())
-            }
-            state => Err(unexpected(attempt, state)),
+    /// [`InputError`] if the attempt is unknown, already has this result, or
+    /// cannot take it in its current state; the machine is unchanged then.
+    pub fn handle_input(&mut self, now: Instant, input: Input) -> Result<(), InputError> {
+        match input {
+            Input::DialFinished {
+                attempt,
+                result: Ok(()),
+            } => self.dial_succeeded(now, attempt),
+            Input::DialFinished {
+                attempt,
+                result: Err(failure),
+            } => self.dial_failed(now, attempt, failure),
+            Input::LinkLost { attempt, loss } => self.connection_lost(now, attempt, loss),
+            Input::LinkActive(attempt) => self.heard(now, attempt, false),
+            Input::ProbeAnswered(attempt) => self.heard(now, attempt, true),
+            Input::ProbeUnsupported(attempt) => self.probe_unsupported(now, attempt),
+            Input::CloseFinished { attempt, result } => self.close_finished(now, attempt, result),
         }
     }
 
     /// Fires every timer due at `now`. Safe to call early or twice.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.clock(now);
-        let due = self.timers.due_at(now);
-        while let Some(timer) = self.timers.pop_due(&due) {
-            if self.timer_is_live(timer) {
-                self.fire(now, timer);
-            }
+        while let Some(key) = self.timers.pop_due(now) {
+            self.fire(now, key);
         }
     }
-
-    // ---- outputs ----------------------------------------------------------
 
     /// The next action or notification, in the order they arose.
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -740,186 +449,22 @@ impl PoolState {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
-        while let Some((timer, first)) = self.timers.peek() {
-            let at = self.timers.instant(first);
-            if self.timer_is_live(timer) && !self.keepalive_stale(timer, at) {
-                return Some(at);
-            }
-            self.timers.remove(first);
-        }
-        None
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
     }
-
-    // ---- queries ----------------------------------------------------------
-
-    /// The valid, distinct configured servers, in configured order.
-    pub fn servers(&self) -> impl ExactSizeIterator<Item = (ServerId, &Arc<ServerAddr>)> {
-        self.servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (server_id(i), &s.addr))
-    }
-
-    /// The address of `server`.
-    pub fn server_addr(&self, server: ServerId) -> Option<&Arc<ServerAddr>> {
-        self.servers.get(server.index()).map(|s| &s.addr)
-    }
-
-    /// The server named by `text` (`"host"` or `"host:port"`, any case), if
-    /// it is in the pool.
-    pub fn find_server(&self, text: &str) -> Option<ServerId> {
-        let addr = ServerAddr::parse(text).ok()?;
-        let at = self
-            .by_node_id
-            .binary_search_by(|id| self.servers[id.index()].addr.node_id().cmp(addr.node_id()))
-            .ok()?;
-        Some(self.by_node_id[at])
-    }
-
-    /// Connected servers and the attempts whose connections they use.
-    pub fn connected(&self) -> impl Iterator<Item = (ServerId, AttemptId)> + '_ {
-        self.servers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| match s.phase {
-                Phase::Connected { attempt, .. } => Some((server_id(i), attempt)),
-                _ => None,
-            })
-    }
-
-    /// How many servers are connected.
-    pub fn connected_count(&self) -> usize {
-        self.connected
-    }
-
-    /// Configured, valid servers that are not connected (malformed entries
-    /// are never listed).
-    pub fn list_disconnected(&self) -> impl Iterator<Item = (ServerId, &Arc<ServerAddr>)> {
-        self.servers()
-            .filter(|(id, _)| !matches!(self.servers[id.index()].phase, Phase::Connected { .. }))
-    }
-
-    /// A snapshot of `server`.
-    pub fn status(&self, server: ServerId) -> Option<ServerStatus> {
-        let s = self.servers.get(server.index())?;
-        let state = match s.phase {
-            Phase::Dialing(_) => ServerState::Dialing,
-            Phase::Connected { .. } => ServerState::Connected,
-            Phase::Closing { .. } => ServerState::Closing,
-            Phase::Idle if s.waiting_for_proxy => ServerState::WaitingForProxy,
-            Phase::Idle if s.retry_at.is_some() => ServerState::WaitingRetry,
-            Phase::Idle if s.gave_up => ServerState::GaveUp,
-            Phase::Idle => ServerState::Idle,
-        };
-        Some(ServerStatus {
-            server,
-            addr: Arc::clone(&s.addr),
-            state,
-            attempts: s.attempts,
-            consecutive_failures: s.consecutive_failures,
-            last_failure: s.last_failure,
-            last_error: s.last_error,
-            connected_since: match s.phase {
-                Phase::Connected { since, .. } => Some(since),
-                _ => None,
-            },
-            last_active: match s.phase {
-                Phase::Connected { last_active, .. } => Some(last_active),
-                _ => None,
-            },
-            last_probe_rtt: s.last_probe_rtt,
-            next_retry_at: s.retry_at,
-        })
-    }
-
-    /// The pool's health at `now`: how many servers stand where, the proxy
-    /// as the machine knows it, and each server's state, latest error, and
-    /// the ages of its connection and of its last sign of life. O(servers).
-    pub fn health(&self, now: Instant) -> PoolHealth {
-        let statuses: Vec<ServerStatus> = self.statuses().collect();
-        PoolHealth {
-            counts: statuses.iter().collect::<LinkCounts>(),
-            proxy: if self.proxy.down {
-                ProxyState::Unreachable
-            } else {
-                ProxyState::Reachable
-            },
-            maintenance: self.maintenance,
-            servers: statuses
-                .iter()
-                .map(|status| ServerHealth::new(status, now))
-                .collect(),
-        }
-    }
-
-    /// Snapshots of every server.
-    pub fn statuses(&self) -> impl Iterator<Item = ServerStatus> + '_ {
-        (0..self.servers.len()).filter_map(|i| self.status(server_id(i)))
-    }
-
-    /// Configured entries that are not in the pool, and why.
-    pub fn rejected_entries(&self) -> &[RejectedEntry] {
-        &self.rejected
-    }
-
-    /// The isolation settings; ask it for the peer credentials.
-    pub fn isolation(&self) -> &StreamIsolation {
-        &self.isolation
-    }
-
-    /// Whether maintenance is running.
-    pub fn maintenance_running(&self) -> bool {
-        self.maintenance
-    }
-
-    /// False from the first proxy failure until a dial gets through again.
-    pub fn proxy_reachable(&self) -> bool {
-        !self.proxy.down
-    }
-
-    /// Attempts still owed a result or a close result by the driver.
-    pub fn pending_attempts(&self) -> usize {
-        self.links.len()
-    }
-
-    /// Attempts the driver holds a live client for (registered, or stray and
-    /// being closed).
-    pub fn live_clients(&self) -> usize {
-        self.links
-            .iter()
-            .filter(|(_, l)| {
-                matches!(
-                    l.state,
-                    LinkState::Open | LinkState::Closing | LinkState::StrayClosing
-                )
-            })
-            .count()
-    }
-
-    /// Operations not finished yet.
-    pub fn operations_in_progress(&self) -> usize {
-        self.operations.len()
-    }
-
-    /// The connection timeout every dial gets.
-    pub fn connection_timeout(&self) -> Duration {
-        self.connection_timeout
-    }
-
-    /// How long a close may take; the driver bounds its own closes by it.
-    pub fn close_timeout(&self) -> Duration {
-        self.close_timeout
-    }
-
-    /// The maintenance policy.
-    pub fn maintenance_policy(&self) -> &MaintenancePolicy {
-        &self.maintenance_policy
-    }
-
-    // ---- internals --------------------------------------------------------
 
     /// Time only moves forward: an earlier `now` counts as the latest seen.
+    /// Drops `id`'s deadline if its state keeps none. A dial that failed or
+    /// a link that was lost leaves its deadline in the table until the
+    /// redial is scheduled, so the entry is moved rather than removed and
+    /// added again; this removes it when nothing was scheduled.
+    fn drop_unused_deadline(&mut self, id: ServerId) {
+        if let State::Idle | State::GaveUp | State::WaitingForProxy = self.servers[id.index()].state
+        {
+            self.timers.cancel(TimerKey::Server(id));
+        }
+    }
+
     fn clock(&mut self, now: Instant) -> Instant {
         let now = match self.now {
             Some(latest) if latest > now => latest,
@@ -927,137 +472,6 @@ impl PoolState {
         };
         self.now = Some(now);
         now
-    }
-
-    /// A registered link is gone without our asking.
-    fn lose(&mut self, now: Instant, attempt: AttemptId, id: ServerId, loss: LinkLoss) {
-        self.links.remove(attempt);
-        let stable_after = self.maintenance_policy.stable_after;
-        let server = &mut self.servers[id.index()];
-        if let Phase::Connected { since, .. } = server.phase {
-            // A link that stayed up long enough earns a fresh backoff; one
-            // that died young keeps climbing, so a flapping directory is not
-            // hammered.
-            if now.saturating_duration_since(since) >= stable_after {
-                server.backoff_step = 0;
-            }
-        }
-        server.phase = Phase::Idle;
-        server.last_error = Some(LastError {
-            error: ServerError::Link(loss),
-            at: now,
-        });
-        #[cfg(dirpool_planted_bugs)]
-        let miscount = crate::planted::active(crate::planted::Bug::MiscountLostLink);
-        #[cfg(not(dirpool_planted_bugs))]
-        let miscount = false;
-        if !miscount {
-            self.connected -= 1;
-        }
-        self.notify(Notification::Disconnected {
-            server: id,
-            attempt,
-            reason: DisconnectReason::Lost(loss),
-        });
-        if self.connected == 0 {
-            self.all_down = true;
-            self.notify(Notification::AllDown);
-        }
-        self.schedule_retry(now, id);
-    }
-
-    /// A sign of life on `attempt`'s link; `answer` when it answers a probe.
-    fn heard(&mut self, now: Instant, attempt: AttemptId, answer: bool) -> Result<(), InputError> {
-        let link = self.link(attempt)?;
-        let now = self.clock(now);
-        match link.state {
-            LinkState::Open => {
-                let id = link.server;
-                let idle = self.keepalive.idle;
-                let server = &mut self.servers[id.index()];
-                let Some((last_active, watch, armed)) = server.phase.keepalive() else {
-                    return Ok(());
-                };
-                *last_active = now;
-                if let Watch::Probing { sent, .. } = *watch {
-                    // Any sign of life settles the probe. The pending entry
-                    // (at the probe's deadline) re-arms itself from
-                    // `last_active` when it fires, unless the next probe is
-                    // due before that.
-                    *watch = Watch::Quiet;
-                    let due = now + idle;
-                    if due < *armed {
-                        *armed = due;
-                        self.timers.push(due, Timer::Keepalive(attempt));
-                    }
-                    if answer {
-                        let rtt = now.saturating_duration_since(sent);
-                        server.last_probe_rtt = Some(rtt);
-                        self.notify(Notification::ProbeAnswered {
-                            server: id,
-                            attempt,
-                            rtt,
-                        });
-                    }
-                }
-                Ok(())
-            }
-            LinkState::Closing | LinkState::StrayClosing | LinkState::CloseAbandoned => Ok(()),
-            state => Err(unexpected(attempt, state)),
-        }
-    }
-
-    /// The keepalive timer of an open link fired: probe it if it has been
-    /// quiet for `idle`, declare it lost if its probe went unanswered, else
-    /// re-arm at the link's next due instant.
-    fn keepalive_due(&mut self, now: Instant, attempt: AttemptId, id: ServerId) {
-        let keepalive = self.keepalive;
-        let Some((last_active, watch, armed)) = self.servers[id.index()].phase.keepalive() else {
-            return;
-        };
-        if now < *armed {
-            return; // a stale entry
-        }
-        #[cfg(dirpool_planted_bugs)]
-        if crate::planted::active(crate::planted::Bug::NoKeepalive) {
-            return;
-        }
-        match *watch {
-            Watch::Passive => {}
-            Watch::Quiet => {
-                let due = *last_active + keepalive.idle;
-                if now < due {
-                    *armed = due;
-                    self.timers.push(due, Timer::Keepalive(attempt));
-                    return;
-                }
-                let deadline = now + keepalive.probe_timeout;
-                *watch = Watch::Probing {
-                    sent: now,
-                    deadline,
-                };
-                *armed = deadline;
-                self.timers.push(deadline, Timer::Keepalive(attempt));
-                self.outputs.push_back(Output::Probe(ProbeRequest {
-                    attempt,
-                    server: id,
-                    deadline,
-                }));
-            }
-            Watch::Probing { deadline, .. } => {
-                if now < deadline {
-                    *armed = deadline;
-                    self.timers.push(deadline, Timer::Keepalive(attempt));
-                    return;
-                }
-                self.lose(now, attempt, id, LinkLoss::KeepaliveTimeout);
-            }
-        }
-    }
-
-    fn new_operation_id(&mut self) -> OperationId {
-        self.next_operation += 1;
-        OperationId(self.next_operation)
     }
 
     fn notify(&mut self, notification: Notification) {
@@ -1077,463 +491,40 @@ impl PoolState {
         }
     }
 
-    fn start_pass(&mut self, now: Instant, kind: OperationKind) -> OperationId {
-        let now = self.clock(now);
-        let id = self.new_operation_id();
-        let mut waiting = BTreeSet::new();
-        for index in 0..self.servers.len() {
-            match self.servers[index].phase {
-                Phase::Idle => {
-                    waiting.insert(self.dial(now, server_id(index)));
+    /// Acts on a deadline that has come.
+    fn fire(&mut self, now: Instant, key: TimerKey) {
+        match key {
+            TimerKey::Server(id) => match self.servers[id.index()].state {
+                State::Dialing { attempt, .. } => {
+                    self.set_link_state(attempt, LinkState::Abandoned);
+                    self.outputs.push_back(Output::Abort(attempt));
+                    self.fail_attempt(now, attempt, id, DialFailure::TimedOut);
                 }
-                #[cfg(dirpool_planted_bugs)]
-                Phase::Dialing(_)
-                    if crate::planted::active(crate::planted::Bug::DialInFlightAgain) =>
-                {
-                    self.servers[index].phase = Phase::Idle;
-                    waiting.insert(self.dial(now, server_id(index)));
+                State::Closing { attempt, .. } => {
+                    self.set_link_state(attempt, LinkState::CloseAbandoned);
+                    self.closed(now, attempt, id, DisconnectReason::CloseTimedOut);
                 }
-                Phase::Dialing(attempt) => {
-                    waiting.insert(attempt);
+                State::Connected { attempt, .. } => self.keepalive_due(now, attempt, id),
+                State::BackingOff { .. } => {
+                    let server = &mut self.servers[id.index()];
+                    server.rest();
+                    if self.backoff_for(id).is_some() {
+                        self.redial(now, id);
+                    }
                 }
-                #[cfg(dirpool_planted_bugs)]
-                Phase::Closing { .. }
-                    if crate::planted::active(crate::planted::Bug::NoRedialAfterClose) => {}
-                Phase::Closing { attempt, .. } => {
-                    // Asked for after a close_all that is still closing this
-                    // link: dial when the close ends; wait for that dial.
-                    self.servers[index].phase = Phase::Closing {
-                        attempt,
-                        redial: true,
-                    };
-                    waiting.insert(attempt);
-                }
-                Phase::Connected { .. } => {}
-            }
-        }
-        let done = waiting.is_empty();
-        self.operations.push(Operation {
-            id,
-            kind,
-            waiting,
-            newly_connected: Vec::new(),
-            retry: None,
-        });
-        if done {
-            self.finish_operation(id, OperationEnd::Completed);
-        }
-        id
-    }
-
-    fn dial(&mut self, now: Instant, id: ServerId) -> AttemptId {
-        let deadline = now + self.connection_timeout;
-        let attempt = self.links.insert(Link {
-            server: id,
-            state: LinkState::Dialing,
-        });
-        let server = &mut self.servers[id.index()];
-        debug_assert!(matches!(server.phase, Phase::Idle));
-        server.phase = Phase::Dialing(attempt);
-        server.cancel_retry();
-        server.waiting_for_proxy = false;
-        server.attempts += 1;
-        self.timers.push(deadline, Timer::DialDeadline(attempt));
-        self.outputs.push_back(Output::Dial(DialRequest {
-            attempt,
-            server: id,
-            addr: Arc::clone(&server.addr),
-            credentials: server.credentials.clone(),
-            timeout: self.connection_timeout,
-            deadline,
-        }));
-        self.compact_timers();
-        attempt
-    }
-
-    /// The newest running `connect_all_with_retry`, if any.
-    fn retry_operation(&self) -> Option<&RetrySpec> {
-        self.operations
-            .iter()
-            .rev()
-            .find_map(|op| op.retry.as_ref())
-    }
-
-    /// The backoff that applies to a server now, or `None` if nothing wants
-    /// it redialed.
-    fn backoff_for(&self, id: ServerId) -> Option<Backoff> {
-        if let Some(retry) = self.retry_operation() {
-            return Some(retry.backoff);
-        }
-        (self.maintenance && !self.servers[id.index()].gave_up)
-            .then_some(self.maintenance_policy.backoff)
-    }
-
-    /// Drops scheduled redials and proxy waits that nothing wants any more
-    /// (maintenance stopped, a retry operation ended), so the status never
-    /// promises a retry that will not happen.
-    fn forget_unwanted_retries(&mut self) {
-        for index in 0..self.servers.len() {
-            let id = server_id(index);
-            let server = &self.servers[index];
-            let scheduled = server.retry_at.is_some() || server.waiting_for_proxy;
-            if scheduled && self.backoff_for(id).is_none() {
-                let server = &mut self.servers[index];
-                server.cancel_retry();
-                server.waiting_for_proxy = false;
-            }
-        }
-        let servers = &self.servers;
-        self.proxy
-            .waiters
-            .retain(|id| servers[id.index()].waiting_for_proxy);
-        if self.proxy.waiters.is_empty() {
-            self.proxy.probe_at = None;
-            self.proxy.probe_generation = self.proxy.probe_generation.wrapping_add(1);
-        }
-    }
-
-    /// Dial now if the proxy is up, else queue for the proxy.
-    fn redial(&mut self, now: Instant, id: ServerId) {
-        if self.proxy.down {
-            self.wait_for_proxy(now, id);
-        } else {
-            self.dial(now, id);
-        }
-    }
-
-    /// Schedules the server's next dial on its backoff, if anything wants it.
-    fn schedule_retry(&mut self, now: Instant, id: ServerId) -> Option<Instant> {
-        let backoff = self.backoff_for(id)?;
-        if self.proxy.down {
-            return self.wait_for_proxy(now, id);
-        }
-        let server = &mut self.servers[id.index()];
-        let at = now + backoff.delay(server.backoff_step, &mut self.rng);
-        server.backoff_step = server.backoff_step.saturating_add(1);
-        server.cancel_retry();
-        server.retry_at = Some(at);
-        self.timers.push(
-            at,
-            Timer::Retry {
-                server: id,
-                generation: server.retry_generation,
+                state => debug_assert!(false, "a timer fired for a server {state:?}"),
             },
-        );
-        Some(at)
-    }
-
-    fn wait_for_proxy(&mut self, now: Instant, id: ServerId) -> Option<Instant> {
-        let server = &mut self.servers[id.index()];
-        server.cancel_retry();
-        if !server.waiting_for_proxy {
-            server.waiting_for_proxy = true;
-            self.proxy.waiters.push_back(id);
-        }
-        self.keep_probing(now);
-        // A probe already due fires in this same `handle_timeout` call.
-        self.proxy.probe_at.map(|at| at.max(now))
-    }
-
-    /// While the proxy is down and servers wait for it, keep exactly one
-    /// probe scheduled or in flight.
-    fn keep_probing(&mut self, now: Instant) {
-        if !self.proxy.down
-            || self.proxy.probe.is_some()
-            || self.proxy.probe_at.is_some()
-            || self.proxy.waiters.is_empty()
-        {
-            return;
-        }
-        let Some(backoff) = self
-            .retry_operation()
-            .map(|r| r.backoff)
-            .or(self.maintenance.then_some(self.maintenance_policy.backoff))
-        else {
-            return;
-        };
-        let at = now + backoff.delay(self.proxy.step, &mut self.rng);
-        self.proxy.probe_at = Some(at);
-        self.proxy.probe_generation = self.proxy.probe_generation.wrapping_add(1);
-        self.timers.push(
-            at,
-            Timer::ProxyProbe {
-                generation: self.proxy.probe_generation,
-            },
-        );
-    }
-
-    /// A dial got through the proxy: it is up. Servers that waited for it
-    /// are dialed now.
-    fn proxy_up(&mut self, now: Instant) {
-        if !self.proxy.down {
-            return;
-        }
-        self.proxy = ProxyHealth {
-            probe_generation: self.proxy.probe_generation.wrapping_add(1),
-            waiters: std::mem::take(&mut self.proxy.waiters),
-            ..ProxyHealth::default()
-        };
-        self.notify(Notification::ProxyRecovered);
-        while let Some(id) = self.proxy.waiters.pop_front() {
-            let server = &mut self.servers[id.index()];
-            if !std::mem::take(&mut server.waiting_for_proxy)
-                || !matches!(server.phase, Phase::Idle)
-            {
-                continue;
-            }
-            if self.backoff_for(id).is_some() {
-                self.dial(now, id);
-            }
-        }
-    }
-
-    fn fail_attempt(
-        &mut self,
-        now: Instant,
-        attempt: AttemptId,
-        id: ServerId,
-        failure: DialFailure,
-    ) {
-        let was_probe = self.proxy.probe == Some(attempt);
-        if was_probe {
-            self.proxy.probe = None;
-        }
-        let server = &mut self.servers[id.index()];
-        server.phase = Phase::Idle;
-        server.last_failure = Some(failure);
-        server.last_error = Some(LastError {
-            error: ServerError::Dial(failure),
-            at: now,
-        });
-
-        match failure.scope() {
-            FailureScope::Proxy => {
-                // Pool-wide: the server's own budget and backoff are untouched.
-                let newly_down = !self.proxy.down;
-                if newly_down {
-                    self.proxy.down = true;
-                    self.proxy.step = 0;
-                } else if was_probe {
-                    self.proxy.step = self.proxy.step.saturating_add(1);
-                }
-                let retry_at = if self.backoff_for(id).is_some() {
-                    self.wait_for_proxy(now, id)
-                } else {
-                    None
-                };
-                self.notify(Notification::DialFailed {
-                    server: id,
-                    attempt,
-                    failure,
-                    retry_at,
-                });
-                if newly_down {
-                    self.notify(Notification::ProxyUnreachable);
-                }
-            }
-            FailureScope::Server => {
-                if failure.proves_proxy_up() {
-                    self.proxy_up(now);
-                } else if was_probe && self.proxy.down {
-                    self.proxy.step = self.proxy.step.saturating_add(1);
-                }
-                let max = self.maintenance_policy.max_retries;
-                let server = &mut self.servers[id.index()];
-                let counts = failure.counts_towards_give_up();
-                if counts {
-                    server.consecutive_failures = server.consecutive_failures.saturating_add(1);
-                }
-                let failures = server.consecutive_failures;
-                let gives_up =
-                    counts && self.maintenance && max > 0 && !server.gave_up && failures >= max;
-                if gives_up {
-                    server.gave_up = true;
-                }
-                let retry_at = self.schedule_retry(now, id);
-                self.notify(Notification::DialFailed {
-                    server: id,
-                    attempt,
-                    failure,
-                    retry_at,
-                });
-                if gives_up {
-                    self.notify(Notification::GaveUp {
-                        server: id,
-                        failures,
-                    });
-                }
-            }
-        }
-        self.attempt_resolved(attempt, None);
-        self.keep_probing(now);
-    }
-
-    fn request_close(&mut self, now: Instant, attempt: AttemptId, server: ServerId, stray: bool) {
-        let deadline = now + self.close_timeout;
-        self.timers.push(deadline, Timer::CloseDeadline(attempt));
-        self.compact_timers();
-        self.outputs.push_back(Output::Close(CloseRequest {
-            attempt,
-            server,
-            stray,
-            deadline,
-        }));
-    }
-
-    /// A registered connection's close ended (done, failed or timed out).
-    fn closed(&mut self, now: Instant, attempt: AttemptId, id: ServerId, reason: DisconnectReason) {
-        let redial = matches!(
-            self.servers[id.index()].phase,
-            Phase::Closing { redial: true, .. }
-        );
-        self.servers[id.index()].phase = Phase::Idle;
-        self.notify(Notification::Disconnected {
-            server: id,
-            attempt,
-            reason,
-        });
-        if redial {
-            // A connect command came while this link was closing: its dial
-            // starts now, and the passes that waited for the close wait for
-            // the dial instead.
-            let dial = self.dial(now, id);
-            for op in &mut self.operations {
-                if op.kind != OperationKind::CloseAll && op.waiting.remove(&attempt) {
-                    op.waiting.insert(dial);
-                }
-            }
-            self.attempt_resolved(attempt, None);
-        } else {
-            self.attempt_resolved(attempt, None);
-            // Only if a command started since close_all wants the server back.
-            self.schedule_retry(now, id);
-        }
-    }
-
-    /// An attempt (or close) some operations may be waiting for has ended.
-    fn attempt_resolved(&mut self, attempt: AttemptId, connected: Option<ServerId>) {
-        let mut finished = Vec::new();
-        for op in &mut self.operations {
-            if op.retry.is_some() {
-                if let Some(server) = connected {
-                    op.newly_connected.push(server);
-                    finished.push((op.id, OperationEnd::Connected));
-                }
-            } else if op.waiting.remove(&attempt) {
-                if let Some(server) = connected {
-                    op.newly_connected.push(server);
-                }
-                if op.waiting.is_empty() {
-                    finished.push((op.id, OperationEnd::Completed));
-                }
-            }
-        }
-        for (id, end) in finished {
-            self.finish_operation(id, end);
-        }
-    }
-
-    fn finish_operation(&mut self, id: OperationId, end: OperationEnd) {
-        let Some(position) = self.operations.iter().position(|op| op.id == id) else {
-            return;
-        };
-        let op = self.operations.remove(position);
-        if op.retry.is_some() {
-            self.forget_unwanted_retries();
-        }
-        tracing::debug!(operation = %id, kind = ?op.kind, ?end, connected = self.connected, "operation finished");
-        self.notify(Notification::OperationFinished(OperationReport {
-            id,
-            kind: op.kind,
-            end,
-            connected: self.connected,
-            newly_connected: op.newly_connected,
-        }));
-    }
-
-    /// Drops stale deadline entries now and then (amortized O(1) per push),
-    /// so dials that end long before their deadline do not pile up.
-    fn compact_timers(&mut self) {
-        if self.timers.compaction_due() {
-            let mut timers = std::mem::take(&mut self.timers);
-            timers.compact(|timer| self.timer_is_live(timer));
-            self.timers = timers;
-        }
-    }
-
-    /// A keepalive entry set for before the one its link counts on: left
-    /// behind when an answer moved the link's next probe earlier.
-    fn keepalive_stale(&self, timer: Timer, at: Instant) -> bool {
-        let Timer::Keepalive(attempt) = timer else {
-            return false;
-        };
-        let Some(link) = self.links.get(attempt) else {
-            return true;
-        };
-        match self.servers[link.server.index()].phase {
-            Phase::Connected {
-                attempt: a, armed, ..
-            } if a == attempt => at < armed,
-            _ => true,
-        }
-    }
-
-    fn timer_is_live(&self, timer: Timer) -> bool {
-        match timer {
-            Timer::DialDeadline(attempt) => self
-                .links
-                .get(attempt)
-                .is_some_and(|l| l.state == LinkState::Dialing),
-            Timer::CloseDeadline(attempt) => self
-                .links
-                .get(attempt)
-                .is_some_and(|l| matches!(l.state, LinkState::Closing | LinkState::StrayClosing)),
-            Timer::Retry { server, generation } => {
-                let s = &self.servers[server.index()];
-                s.retry_generation == generation && matches!(s.phase, Phase::Idle)
-            }
-            Timer::ProxyProbe { generation } => {
-                self.proxy.down && self.proxy.probe_generation == generation
-            }
-            Timer::OperationDeadline(id) => self.operations.iter().any(|op| op.id == id),
-            Timer::Keepalive(attempt) => self
-                .links
-                .get(attempt)
-                .is_some_and(|l| l.state == LinkState::Open),
-        }
-    }
-
-    /// Acts on a live timer.
-    fn fire(&mut self, now: Instant, timer: Timer) {
-        match timer {
-            Timer::DialDeadline(attempt) => {
-                let Ok(link) = self.link(attempt) else { return };
-                self.set_link_state(attempt, LinkState::Abandoned);
-                self.outputs.push_back(Output::Abort(attempt));
-                self.fail_attempt(now, attempt, link.server, DialFailure::TimedOut);
-            }
-            Timer::CloseDeadline(attempt) => {
-                let Ok(link) = self.link(attempt) else { return };
+            TimerKey::StrayClose(attempt) => {
                 self.set_link_state(attempt, LinkState::CloseAbandoned);
-                if link.state == LinkState::Closing {
-                    self.closed(now, attempt, link.server, DisconnectReason::CloseTimedOut);
-                }
             }
-            Timer::Retry { server, .. } => {
-                self.servers[server.index()].retry_at = None;
-                if self.backoff_for(server).is_some() {
-                    self.redial(now, server);
-                }
-            }
-            Timer::ProxyProbe { .. } => {
+            TimerKey::ProxyProbe => {
                 self.proxy.probe_at = None;
                 while let Some(id) = self.proxy.waiters.pop_front() {
                     let server = &mut self.servers[id.index()];
-                    if !std::mem::take(&mut server.waiting_for_proxy)
-                        || !matches!(server.phase, Phase::Idle)
-                    {
+                    if server.state != State::WaitingForProxy {
                         continue;
                     }
+                    server.rest();
                     if self.backoff_for(id).is_some() {
                         let attempt = self.dial(now, id);
                         self.proxy.probe = Some(attempt);
@@ -1541,12 +532,8 @@ impl PoolState {
                     }
                 }
             }
-            Timer::OperationDeadline(id) => {
+            TimerKey::Operation(id) => {
                 self.finish_operation(id, OperationEnd::DeadlineReached);
-            }
-            Timer::Keepalive(attempt) => {
-                let Ok(link) = self.link(attempt) else { return };
-                self.keepalive_due(now, attempt, link.server);
             }
         }
     }

@@ -16,7 +16,7 @@ use crate::output::ServerId;
 
 /// Where a server stands.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ServerState {
     /// Not connected and nothing scheduled (never dialed, or no retry wanted).
     Idle,

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use dirpool_core::{
-    AttemptId, Backoff, CloseFailure, ConfigError, DialFailure, DialRequest, DisconnectReason,
-    Entropy, InputError, IsolationScope, IsolationToken, KeepalivePolicy, LinkLoss, Notification,
-    OperationEnd, OperationKind, OperationReport, Output, PoolConfig, PoolState, ProbeRequest,
-    RetryPolicy, ServerId, ServerState, SocksReply,
+    AttemptId, Backoff, CloseFailure, Command, ConfigError, DialFailure, DialRequest,
+    DisconnectReason, Entropy, Input, InputError, IsolationScope, IsolationToken, KeepalivePolicy,
+    LinkLoss, Notification, OperationEnd, OperationKind, OperationReport, Output, PoolConfig,
+    PoolState, ProbeRequest, RetryPolicy, ServerId, ServerState, SocksReply,
 };
 
 const A: &str = "127.0.0.1:5222";
@@ -71,14 +71,26 @@ impl Rig {
 
     fn succeed(&mut self, attempt: AttemptId) -> Vec<Output> {
         self.pool
-            .dial_succeeded(self.now, attempt)
+            .handle_input(
+                self.now,
+                Input::DialFinished {
+                    attempt,
+                    result: Ok(()),
+                },
+            )
             .expect("accepted");
         self.drain()
     }
 
     fn fail(&mut self, attempt: AttemptId, failure: DialFailure) -> Vec<Output> {
         self.pool
-            .dial_failed(self.now, attempt, failure)
+            .handle_input(
+                self.now,
+                Input::DialFinished {
+                    attempt,
+                    result: Err(failure),
+                },
+            )
             .expect("accepted");
         self.drain()
     }
@@ -133,14 +145,15 @@ fn no_jitter_retry(timeout: f64) -> RetryPolicy {
 #[test]
 fn a_pass_dials_every_server_at_once() {
     let mut rig = Rig::with(&[A, B, C]);
-    let op = rig.pool.connect_all_parallel(rig.now);
+    let op = rig
+        .pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command")
+        .expect("an operation");
     let out = rig.drain();
     let d = dials(&out);
     assert_eq!(d.len(), 3, "all three dialed before any result");
-    assert!(
-        d.iter()
-            .all(|d| d.timeout == secs(120.0) && d.deadline == rig.at(120.0))
-    );
+    assert!(d.iter().all(|d| d.deadline == rig.at(120.0)));
     assert!(
         d.iter().all(|d| d.credentials.is_none()),
         "isolation is off by default"
@@ -172,11 +185,17 @@ fn a_pass_dials_every_server_at_once() {
 #[test]
 fn a_pass_never_dials_a_connected_or_in_flight_server_twice() {
     let mut rig = Rig::with(&[A, B]);
-    rig.pool.connect_all_parallel(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
     let first = dials(&rig.drain());
     rig.succeed(first[0].attempt);
     // B is still in flight: a second command joins it instead of redialing.
-    let op = rig.pool.reconnect_disconnected(rig.now);
+    let op = rig
+        .pool
+        .handle_command(rig.now, Command::ReconnectDisconnected)
+        .expect("a valid command")
+        .expect("an operation");
     assert!(dials(&rig.drain()).is_empty());
     let out = rig.succeed(first[1].attempt);
     let reports: Vec<_> = notes(&out)
@@ -198,7 +217,9 @@ fn a_pass_never_dials_a_connected_or_in_flight_server_twice() {
     assert_eq!(report.kind, OperationKind::ReconnectDisconnected);
     assert_eq!(report.newly_connected, vec![rig.id(B)]);
     // Everything connected: nothing to dial, finishes at once with nothing new.
-    rig.pool.reconnect_disconnected(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ReconnectDisconnected)
+        .expect("a valid command");
     let out = rig.drain();
     assert!(dials(&out).is_empty());
     assert_eq!(finished(&out).map(|r| r.newly_connected), Some(vec![]));
@@ -207,7 +228,9 @@ fn a_pass_never_dials_a_connected_or_in_flight_server_twice() {
 #[test]
 fn list_disconnected_and_connected_queries() {
     let mut rig = Rig::with(&[A, B]);
-    rig.pool.connect_all_parallel(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
     let d = dials(&rig.drain());
     rig.succeed(d[0].attempt);
     let disconnected: Vec<_> = rig
@@ -229,7 +252,11 @@ fn list_disconnected_and_connected_queries() {
 fn retry_backs_off_exactly_like_the_original_without_jitter() {
     let mut rig = Rig::with(&[A]);
     rig.pool
-        .connect_all_with_retry(rig.now, no_jitter_retry(600.0))
+        .handle_command(
+            rig.now,
+            Command::ConnectAllWithRetry(no_jitter_retry(600.0)),
+        )
+        .map(|op| op.expect("an operation"))
         .expect("valid");
     let mut attempt = dial_to(&rig.drain(), rig.id(A));
     let mut t = 0.0;
@@ -266,7 +293,8 @@ fn retry_jitter_stays_within_its_bounds() {
     let mut policy = no_jitter_retry(3600.0);
     policy.backoff = Backoff::new(secs(5.0), secs(30.0), 1.5).with_jitter(0.5);
     rig.pool
-        .connect_all_with_retry(rig.now, policy)
+        .handle_command(rig.now, Command::ConnectAllWithRetry(policy))
+        .map(|op| op.expect("an operation"))
         .expect("valid");
     let mut attempt = dial_to(&rig.drain(), rig.id(A));
     let mut distinct = std::collections::BTreeSet::new();
@@ -297,7 +325,11 @@ fn retry_finishes_as_soon_as_one_server_connects() {
     let mut rig = Rig::with(&[A, B]);
     let op = rig
         .pool
-        .connect_all_with_retry(rig.now, no_jitter_retry(120.0))
+        .handle_command(
+            rig.now,
+            Command::ConnectAllWithRetry(no_jitter_retry(120.0)),
+        )
+        .map(|op| op.expect("an operation"))
         .expect("valid");
     let out = rig.drain();
     let (a, b) = (dial_to(&out, rig.id(A)), dial_to(&out, rig.id(B)));
@@ -324,7 +356,8 @@ fn retry_finishes_with_zero_exactly_at_its_deadline_and_late_dials_still_join() 
     let mut rig = Rig::with(&[A]);
     let op = rig
         .pool
-        .connect_all_with_retry(rig.now, no_jitter_retry(10.0))
+        .handle_command(rig.now, Command::ConnectAllWithRetry(no_jitter_retry(10.0)))
+        .map(|op| op.expect("an operation"))
         .expect("valid");
     let first = dial_to(&rig.drain(), rig.id(A));
     rig.now = rig.at(1.0);
@@ -355,12 +388,15 @@ fn retry_finishes_with_zero_exactly_at_its_deadline_and_late_dials_still_join() 
 #[test]
 fn retry_with_a_connected_server_finishes_at_once() {
     let mut rig = Rig::with(&[A, B]);
-    rig.pool.connect_all_parallel(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
     let d = dials(&rig.drain());
     rig.succeed(d[0].attempt);
     rig.fail(d[1].attempt, DialFailure::TimedOut);
     rig.pool
-        .connect_all_with_retry(rig.now, no_jitter_retry(60.0))
+        .handle_command(rig.now, Command::ConnectAllWithRetry(no_jitter_retry(60.0)))
+        .map(|op| op.expect("an operation"))
         .expect("valid");
     let out = rig.drain();
     assert_eq!(
@@ -380,7 +416,9 @@ fn invalid_retry_policy_is_an_error_at_the_call() {
     let mut policy = no_jitter_retry(60.0);
     policy.backoff.factor = 0.5;
     assert!(matches!(
-        rig.pool.connect_all_with_retry(rig.now, policy),
+        rig.pool
+            .handle_command(rig.now, Command::ConnectAllWithRetry(policy))
+            .map(|op| op.expect("an operation")),
         Err(ConfigError::InvalidFactor { .. })
     ));
     assert!(rig.drain().is_empty(), "nothing started");
@@ -393,7 +431,9 @@ fn the_machine_times_out_a_dial_and_closes_its_late_success() {
     let mut config = PoolConfig::new([A]);
     config.connection_timeout = secs(30.0);
     let mut rig = Rig::new(config);
-    rig.pool.connect_all_parallel(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
     let attempt = dial_to(&rig.drain(), rig.id(A));
     assert_eq!(rig.pool.poll_timeout(), Some(rig.at(30.0)));
     let out = rig.advance_to(30.0);
@@ -412,7 +452,13 @@ fn the_machine_times_out_a_dial_and_closes_its_late_success() {
     assert!(matches!(&out[..], [Output::Close(c)] if c.attempt == attempt && c.stray));
     assert_eq!(rig.pool.connected_count(), 0);
     rig.pool
-        .close_finished(rig.now, attempt, Ok(()))
+        .handle_input(
+            rig.now,
+            Input::CloseFinished {
+                attempt,
+                result: Ok(()),
+            },
+        )
         .expect("accepted");
     assert!(
         rig.drain().is_empty(),
@@ -424,35 +470,71 @@ fn the_machine_times_out_a_dial_and_closes_its_late_success() {
 #[test]
 fn wrong_inputs_are_errors_and_change_nothing() {
     let mut rig = Rig::with(&[A]);
-    rig.pool.connect_all_parallel(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
     let attempt = dial_to(&rig.drain(), rig.id(A));
     assert!(matches!(
-        rig.pool
-            .connection_lost(rig.now, attempt, LinkLoss::ClosedByPeer),
+        rig.pool.handle_input(
+            rig.now,
+            Input::LinkLost {
+                attempt,
+                loss: LinkLoss::ClosedByPeer
+            }
+        ),
         Err(InputError::UnexpectedInput { .. })
     ));
     rig.succeed(attempt);
     assert_eq!(
-        rig.pool.dial_succeeded(rig.now, attempt),
+        rig.pool.handle_input(
+            rig.now,
+            Input::DialFinished {
+                attempt,
+                result: Ok(())
+            }
+        ),
         Err(InputError::UnexpectedInput {
             attempt,
             state: "open"
         })
     );
     assert!(matches!(
-        rig.pool
-            .dial_failed(rig.now, attempt, DialFailure::TimedOut),
+        rig.pool.handle_input(
+            rig.now,
+            Input::DialFinished {
+                attempt,
+                result: Err(DialFailure::TimedOut)
+            }
+        ),
         Err(InputError::UnexpectedInput { .. })
     ));
     assert!(matches!(
-        rig.pool.close_finished(rig.now, attempt, Ok(())),
+        rig.pool.handle_input(
+            rig.now,
+            Input::CloseFinished {
+                attempt,
+                result: Ok(())
+            }
+        ),
         Err(InputError::UnexpectedInput { .. })
     ));
     rig.pool
-        .connection_lost(rig.now, attempt, LinkLoss::ClosedByPeer)
+        .handle_input(
+            rig.now,
+            Input::LinkLost {
+                attempt,
+                loss: LinkLoss::ClosedByPeer,
+            },
+        )
         .expect("accepted");
     assert_eq!(
-        rig.pool.dial_succeeded(rig.now, attempt),
+        rig.pool.handle_input(
+            rig.now,
+            Input::DialFinished {
+                attempt,
+                result: Ok(())
+            }
+        ),
         Err(InputError::UnknownAttempt(attempt))
     );
     assert_eq!(rig.pool.connected_count(), 0);
@@ -461,7 +543,9 @@ fn wrong_inputs_are_errors_and_change_nothing() {
 #[test]
 fn handle_timeout_early_twice_or_backwards_is_harmless() {
     let mut rig = Rig::with(&[A]);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     let attempt = dial_to(&rig.drain(), rig.id(A));
     rig.now = rig.at(2.0);
     rig.fail(attempt, DialFailure::Socks(SocksReply::ConnectionRefused));
@@ -500,7 +584,9 @@ fn duplicates_are_one_server_and_reported() {
             },
         ]
     );
-    rig.pool.connect_all_parallel(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
     assert_eq!(dials(&rig.drain()).len(), 2, "each server dialed once");
     assert_eq!(rig.pool.rejected_entries().len(), 2);
 }
@@ -520,10 +606,15 @@ fn malformed_entries_are_reported_once_and_never_dialed_or_listed() {
         })
         .collect();
     assert_eq!(rejected, [1, 2, 3, 4, 5, 6]);
-    rig.pool.start_maintenance(rig.now);
-    rig.pool.connect_all_parallel(rig.now);
     rig.pool
-        .connect_all_with_retry(rig.now, no_jitter_retry(5.0))
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllWithRetry(no_jitter_retry(5.0)))
+        .map(|op| op.expect("an operation"))
         .expect("valid");
     let out = rig.drain();
     assert!(dials(&out).iter().all(|d| d.addr.node_id() == A));
@@ -593,7 +684,9 @@ fn credentials_follow_the_isolation_scope() {
         let mut config = PoolConfig::new([A, B]);
         config.isolation = scope;
         let mut rig = Rig::new(config);
-        rig.pool.connect_all_parallel(rig.now);
+        rig.pool
+            .handle_command(rig.now, Command::ConnectAllParallel)
+            .expect("a valid command");
         let d = dials(&rig.drain());
         let creds: Vec<_> = d.iter().map(|d| d.credentials.clone()).collect();
         match scope {
@@ -638,13 +731,23 @@ fn credentials_follow_the_isolation_scope() {
 #[test]
 fn close_all_closes_everything_and_aborts_dials_in_flight() {
     let mut rig = Rig::with(&[A, B, C]);
-    let pass = rig.pool.connect_all_parallel(rig.now);
+    let pass = rig
+        .pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command")
+        .expect("an operation");
     let d = dials(&rig.drain());
     rig.succeed(d[0].attempt);
     rig.succeed(d[1].attempt);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     rig.drain();
-    let close = rig.pool.close_all(rig.now);
+    let close = rig
+        .pool
+        .handle_command(rig.now, Command::CloseAll)
+        .expect("a valid command")
+        .expect("an operation");
     let out = rig.drain();
     // The pass waiting for C is cancelled; C's dial is aborted; A and B close.
     let cancelled = finished(&out).expect("pass cancelled");
@@ -670,10 +773,12 @@ fn close_all_closes_everything_and_aborts_dials_in_flight() {
     // One close fails: the other still completes; both are disconnected.
     rig.now = rig.at(0.2);
     rig.pool
-        .close_finished(
+        .handle_input(
             rig.now,
-            closes[0].attempt,
-            Err(CloseFailure::Io(std::io::ErrorKind::BrokenPipe)),
+            Input::CloseFinished {
+                attempt: closes[0].attempt,
+                result: Err(CloseFailure::Io(std::io::ErrorKind::BrokenPipe)),
+            },
         )
         .expect("accepted");
     let out = rig.drain();
@@ -686,7 +791,13 @@ fn close_all_closes_everything_and_aborts_dials_in_flight() {
         }]
     ));
     rig.pool
-        .close_finished(rig.now, closes[1].attempt, Ok(()))
+        .handle_input(
+            rig.now,
+            Input::CloseFinished {
+                attempt: closes[1].attempt,
+                result: Ok(()),
+            },
+        )
         .expect("accepted");
     let out = rig.drain();
     let report = finished(&out).expect("close_all finished");
@@ -699,7 +810,13 @@ fn close_all_closes_everything_and_aborts_dials_in_flight() {
     let out = rig.succeed(d[2].attempt);
     assert!(matches!(&out[..], [Output::Close(c)] if c.stray && c.attempt == d[2].attempt));
     rig.pool
-        .close_finished(rig.now, d[2].attempt, Ok(()))
+        .handle_input(
+            rig.now,
+            Input::CloseFinished {
+                attempt: d[2].attempt,
+                result: Ok(()),
+            },
+        )
         .expect("accepted");
     assert_eq!(rig.pool.live_clients(), 0);
     assert_eq!(rig.pool.pending_attempts(), 0);
@@ -712,14 +829,24 @@ fn a_hanging_close_times_out_and_still_counts_as_disconnected() {
     let mut config = PoolConfig::new([A, B]);
     config.close_timeout = secs(5.0);
     let mut rig = Rig::new(config);
-    rig.pool.connect_all_parallel(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
     let d = dials(&rig.drain());
     rig.succeed(d[0].attempt);
     rig.succeed(d[1].attempt);
-    rig.pool.close_all(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::CloseAll)
+        .expect("a valid command");
     rig.drain();
     rig.pool
-        .close_finished(rig.now, d[0].attempt, Ok(()))
+        .handle_input(
+            rig.now,
+            Input::CloseFinished {
+                attempt: d[0].attempt,
+                result: Ok(()),
+            },
+        )
         .expect("accepted");
     assert!(finished(&rig.drain()).is_none());
     let out = rig.advance_to(5.0);
@@ -731,7 +858,13 @@ fn a_hanging_close_times_out_and_still_counts_as_disconnected() {
     assert_eq!(finished(&out).map(|r| r.end), Some(OperationEnd::Completed));
     // Its close finishing later is accepted quietly.
     rig.pool
-        .close_finished(rig.at(9.0), d[1].attempt, Ok(()))
+        .handle_input(
+            rig.at(9.0),
+            Input::CloseFinished {
+                attempt: d[1].attempt,
+                result: Ok(()),
+            },
+        )
         .expect("accepted");
     assert!(rig.drain().is_empty());
 }
@@ -739,7 +872,9 @@ fn a_hanging_close_times_out_and_still_counts_as_disconnected() {
 #[test]
 fn close_all_with_nothing_open_finishes_at_once() {
     let mut rig = Rig::with(&[A]);
-    rig.pool.close_all(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::CloseAll)
+        .expect("a valid command");
     assert_eq!(
         finished(&rig.drain()).map(|r| r.end),
         Some(OperationEnd::Completed)
@@ -769,14 +904,22 @@ fn fail_and_retry_in(rig: &mut Rig, attempt: AttemptId) -> Option<f64> {
 #[test]
 fn maintenance_redials_a_lost_server_after_its_backoff() {
     let mut rig = maintained(0);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     let out = rig.drain();
     let (a, b) = (dial_to(&out, rig.id(A)), dial_to(&out, rig.id(B)));
     rig.succeed(a);
     rig.succeed(b);
     rig.now = rig.at(100.0);
     rig.pool
-        .connection_lost(rig.now, a, LinkLoss::ClosedByPeer)
+        .handle_input(
+            rig.now,
+            Input::LinkLost {
+                attempt: a,
+                loss: LinkLoss::ClosedByPeer,
+            },
+        )
         .expect("accepted");
     let out = rig.drain();
     assert!(matches!(
@@ -799,7 +942,9 @@ fn maintenance_redials_a_lost_server_after_its_backoff() {
 #[test]
 fn a_stable_link_resets_the_backoff_and_a_flapping_one_does_not() {
     let mut rig = maintained(0);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     let out = rig.drain();
     let mut a = dial_to(&out, rig.id(A));
     rig.succeed(dial_to(&out, rig.id(B)));
@@ -815,7 +960,13 @@ fn a_stable_link_resets_the_backoff_and_a_flapping_one_does_not() {
     rig.succeed(a);
     rig.now = rig.at(t + 5.0);
     rig.pool
-        .connection_lost(rig.now, a, LinkLoss::ClosedByPeer)
+        .handle_input(
+            rig.now,
+            Input::LinkLost {
+                attempt: a,
+                loss: LinkLoss::ClosedByPeer,
+            },
+        )
         .expect("accepted");
     let status = rig.pool.status(rig.id(A)).expect("status");
     assert_eq!(
@@ -830,10 +981,12 @@ fn a_stable_link_resets_the_backoff_and_a_flapping_one_does_not() {
     rig.succeed(a);
     rig.now = rig.at(t + 60.0);
     rig.pool
-        .connection_lost(
+        .handle_input(
             rig.now,
-            a,
-            LinkLoss::Io(std::io::ErrorKind::ConnectionReset),
+            Input::LinkLost {
+                attempt: a,
+                loss: LinkLoss::Io(std::io::ErrorKind::ConnectionReset),
+            },
         )
         .expect("accepted");
     let status = rig.pool.status(rig.id(A)).expect("status");
@@ -844,7 +997,9 @@ fn a_stable_link_resets_the_backoff_and_a_flapping_one_does_not() {
 #[test]
 fn maintenance_gives_up_after_max_retries_until_restarted() {
     let mut rig = maintained(3);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     let out = rig.drain();
     rig.succeed(dial_to(&out, rig.id(B)));
     let mut a = dial_to(&out, rig.id(A));
@@ -864,10 +1019,14 @@ fn maintenance_gives_up_after_max_retries_until_restarted() {
     );
     assert!(dials(&rig.advance_to(10_000.0)).is_empty(), "no more dials");
     // An explicit command still dials it; a restart forgets the give-up.
-    rig.pool.reconnect_disconnected(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ReconnectDisconnected)
+        .expect("a valid command");
     let a = dial_to(&rig.drain(), rig.id(A));
     rig.fail(a, DialFailure::TimedOut);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     // It failed a moment ago: redialed after its backoff, not at once.
     assert!(dials(&rig.drain()).is_empty());
     let status = rig.pool.status(rig.id(A)).expect("status");
@@ -879,18 +1038,32 @@ fn maintenance_gives_up_after_max_retries_until_restarted() {
 #[test]
 fn all_down_and_recovered() {
     let mut rig = maintained(0);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     let out = rig.drain();
     let (a, b) = (dial_to(&out, rig.id(A)), dial_to(&out, rig.id(B)));
     rig.succeed(a);
     rig.succeed(b);
     rig.now = rig.at(100.0);
     rig.pool
-        .connection_lost(rig.now, a, LinkLoss::ClosedByPeer)
+        .handle_input(
+            rig.now,
+            Input::LinkLost {
+                attempt: a,
+                loss: LinkLoss::ClosedByPeer,
+            },
+        )
         .expect("accepted");
     assert!(!notes(&rig.drain()).contains(&Notification::AllDown));
     rig.pool
-        .connection_lost(rig.now, b, LinkLoss::KeepaliveTimeout)
+        .handle_input(
+            rig.now,
+            Input::LinkLost {
+                attempt: b,
+                loss: LinkLoss::KeepaliveTimeout,
+            },
+        )
         .expect("accepted");
     let out = rig.drain();
     assert_eq!(notes(&out).last(), Some(&Notification::AllDown));
@@ -915,10 +1088,14 @@ fn all_down_and_recovered() {
 #[test]
 fn stop_maintenance_stops_redials() {
     let mut rig = maintained(0);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     let out = rig.drain();
     rig.fail(dial_to(&out, rig.id(A)), DialFailure::TimedOut);
-    rig.pool.stop_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StopMaintenance)
+        .expect("a valid command");
     assert_eq!(
         rig.pool.status(rig.id(A)).map(|s| s.state),
         Some(ServerState::Idle)
@@ -934,7 +1111,9 @@ fn a_dead_proxy_is_one_pool_wide_state_not_every_servers_failure() {
     config.maintenance.backoff = Backoff::new(secs(1.0), secs(8.0), 2.0);
     config.maintenance.max_retries = 2;
     let mut rig = Rig::new(config);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     let d = dials(&rig.drain());
     let out = rig.fail(d[0].attempt, DialFailure::ProxyUnreachable);
     assert!(notes(&out).contains(&Notification::ProxyUnreachable));
@@ -980,7 +1159,9 @@ fn a_dead_proxy_is_one_pool_wide_state_not_every_servers_failure() {
 #[test]
 fn an_onion_error_proves_the_proxy_is_back() {
     let mut rig = maintained(0);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     let d = dials(&rig.drain());
     rig.fail(d[0].attempt, DialFailure::ProxyUnreachable);
     rig.fail(d[1].attempt, DialFailure::ProxyUnreachable);
@@ -1010,7 +1191,9 @@ fn connected_link() -> (Rig, AttemptId) {
     let mut config = PoolConfig::new([A]);
     config.keepalive = KeepalivePolicy::new(secs(30.0), secs(20.0));
     let mut rig = Rig::new(config);
-    rig.pool.connect_all_parallel(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
     let attempt = dials(&rig.drain())[0].attempt;
     rig.succeed(attempt);
     (rig, attempt)
@@ -1031,7 +1214,9 @@ fn a_quiet_link_is_probed_once_per_idle_interval_and_an_answer_keeps_it() {
     );
 
     rig.now = rig.at(40.5);
-    rig.pool.probe_answered(rig.now, attempt).unwrap();
+    rig.pool
+        .handle_input(rig.now, Input::ProbeAnswered(attempt))
+        .unwrap();
     let out = rig.drain();
     assert_eq!(
         notes(&out),
@@ -1041,9 +1226,9 @@ fn a_quiet_link_is_probed_once_per_idle_interval_and_an_answer_keeps_it() {
             rtt: secs(10.5)
         }]
     );
-    // The entry at the old probe deadline wakes the driver once and
-    // re-arms itself one idle interval after the answer.
-    assert_eq!(rig.pool.poll_timeout(), Some(rig.at(50.0)));
+    // The answer moves the link's one deadline to one idle interval after
+    // it: the old probe deadline no longer wakes the driver.
+    assert_eq!(rig.pool.poll_timeout(), Some(rig.at(70.5)));
     assert!(rig.advance_to(50.0).is_empty(), "not lost, not probed");
     assert_eq!(rig.pool.poll_timeout(), Some(rig.at(70.5)));
     assert_eq!(probes(&rig.advance_to(70.5)).len(), 1);
@@ -1055,7 +1240,9 @@ fn signs_of_life_postpone_the_probe() {
     let (mut rig, attempt) = connected_link();
     for t in [10.0, 25.0, 50.0] {
         rig.now = rig.at(t);
-        rig.pool.link_active(rig.now, attempt).unwrap();
+        rig.pool
+            .handle_input(rig.now, Input::LinkActive(attempt))
+            .unwrap();
         rig.drain();
     }
     // Stale entries may wake the driver early; they never probe early.
@@ -1065,7 +1252,9 @@ fn signs_of_life_postpone_the_probe() {
     assert_eq!(probes(&rig.advance_to(80.0)).len(), 1);
     // Any line settles the probe, without an RTT (it was no answer).
     rig.now = rig.at(85.0);
-    rig.pool.link_active(rig.now, attempt).unwrap();
+    rig.pool
+        .handle_input(rig.now, Input::LinkActive(attempt))
+        .unwrap();
     assert!(rig.drain().is_empty());
     assert!(notes(&rig.advance_to(100.0)).is_empty(), "not lost");
 }
@@ -1073,7 +1262,9 @@ fn signs_of_life_postpone_the_probe() {
 #[test]
 fn a_silent_link_is_lost_at_idle_plus_probe_timeout_and_redialed() {
     let (mut rig, attempt) = connected_link();
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     rig.drain();
     rig.advance_to(30.0);
     assert!(notes(&rig.advance_to(49.9)).is_empty());
@@ -1097,7 +1288,8 @@ fn a_silent_link_is_lost_at_idle_plus_probe_timeout_and_redialed() {
     );
     // The lost link's late signals and losses are harmless.
     assert_eq!(
-        rig.pool.probe_answered(rig.now, attempt),
+        rig.pool
+            .handle_input(rig.now, Input::ProbeAnswered(attempt)),
         Err(InputError::UnknownAttempt(attempt))
     );
 }
@@ -1106,7 +1298,9 @@ fn a_silent_link_is_lost_at_idle_plus_probe_timeout_and_redialed() {
 fn a_link_without_a_probe_is_watched_only_for_its_end() {
     let (mut rig, attempt) = connected_link();
     assert_eq!(probes(&rig.advance_to(30.0)).len(), 1);
-    rig.pool.probe_unsupported(rig.now, attempt).unwrap();
+    rig.pool
+        .handle_input(rig.now, Input::ProbeUnsupported(attempt))
+        .unwrap();
     for t in [50.0, 500.0, 86_400.0] {
         let out = rig.advance_to(t);
         assert!(out.is_empty(), "{out:#?}");
@@ -1142,11 +1336,17 @@ fn keepalive_settings_are_validated() {
 #[test]
 fn a_connect_right_after_close_all_waits_for_the_close_and_dials() {
     let mut rig = Rig::with(&[A, B]);
-    rig.pool.connect_all_parallel(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
     let d = dials(&rig.drain());
     rig.succeed(d[0].attempt);
     rig.succeed(d[1].attempt);
-    let close = rig.pool.close_all(rig.now);
+    let close = rig
+        .pool
+        .handle_command(rig.now, Command::CloseAll)
+        .expect("a valid command")
+        .expect("an operation");
     let closes: Vec<_> = rig
         .drain()
         .into_iter()
@@ -1157,19 +1357,35 @@ fn a_connect_right_after_close_all_waits_for_the_close_and_dials() {
         .collect();
     assert_eq!(closes.len(), 2);
     // The user asks for the pool again before the closes finished.
-    let op = rig.pool.connect_all_parallel(rig.now);
+    let op = rig
+        .pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command")
+        .expect("an operation");
     assert!(
         dials(&rig.drain()).is_empty(),
         "nothing dials a link still closing"
     );
     rig.now = rig.at(0.1);
     rig.pool
-        .close_finished(rig.now, closes[0].attempt, Ok(()))
+        .handle_input(
+            rig.now,
+            Input::CloseFinished {
+                attempt: closes[0].attempt,
+                result: Ok(()),
+            },
+        )
         .unwrap();
     let out = rig.drain();
     let first = dial_to(&out, closes[0].server);
     rig.pool
-        .close_finished(rig.now, closes[1].attempt, Ok(()))
+        .handle_input(
+            rig.now,
+            Input::CloseFinished {
+                attempt: closes[1].attempt,
+                result: Ok(()),
+            },
+        )
         .unwrap();
     let out = rig.drain();
     let second = dial_to(&out, closes[1].server);
@@ -1181,22 +1397,40 @@ fn a_connect_right_after_close_all_waits_for_the_close_and_dials() {
     // close_all is the last word: a close_all after the command cancels
     // the redial.
     let mut rig = Rig::with(&[A]);
-    rig.pool.connect_all_parallel(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
     let a = dials(&rig.drain())[0].attempt;
     rig.succeed(a);
-    rig.pool.close_all(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::CloseAll)
+        .expect("a valid command");
     rig.drain();
-    rig.pool.connect_all_parallel(rig.now);
-    rig.pool.close_all(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
+    rig.pool
+        .handle_command(rig.now, Command::CloseAll)
+        .expect("a valid command");
     rig.drain();
-    rig.pool.close_finished(rig.now, a, Ok(())).unwrap();
+    rig.pool
+        .handle_input(
+            rig.now,
+            Input::CloseFinished {
+                attempt: a,
+                result: Ok(()),
+            },
+        )
+        .unwrap();
     assert!(dials(&rig.drain()).is_empty());
 }
 
 #[test]
 fn a_nick_still_registered_is_retried_and_never_gives_up() {
     let mut rig = maintained(2);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     let a = rig.id(A);
     let mut attempt = dial_to(&rig.drain(), a);
     for _ in 0..5 {
@@ -1225,7 +1459,9 @@ fn health_reports_ages_errors_and_counts_against_the_given_now() {
     config.keepalive = KeepalivePolicy::new(secs(30.0), secs(20.0));
     config.maintenance.backoff = Backoff::new(secs(5.0), secs(5.0), 1.0);
     let mut rig = Rig::new(config);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     let out = rig.drain();
     let (a, b) = (dial_to(&out, rig.id(A)), dial_to(&out, rig.id(B)));
     rig.succeed(a);
@@ -1235,7 +1471,9 @@ fn health_reports_ages_errors_and_counts_against_the_given_now() {
     // A at t=30 is probed; answered 0.25 s later.
     rig.advance_to(30.0);
     rig.now = rig.at(30.25);
-    rig.pool.probe_answered(rig.now, a).unwrap();
+    rig.pool
+        .handle_input(rig.now, Input::ProbeAnswered(a))
+        .unwrap();
     rig.drain();
 
     let health = rig.pool.health(rig.at(40.0));
@@ -1265,7 +1503,13 @@ fn health_reports_ages_errors_and_counts_against_the_given_now() {
     // A's link is lost at t=41: its error is the loss; its probe figures go.
     rig.now = rig.at(41.0);
     rig.pool
-        .connection_lost(rig.now, a, LinkLoss::ClosedByPeer)
+        .handle_input(
+            rig.now,
+            Input::LinkLost {
+                attempt: a,
+                loss: LinkLoss::ClosedByPeer,
+            },
+        )
         .unwrap();
     rig.drain();
     let health = rig.pool.health(rig.at(42.5));
@@ -1294,9 +1538,13 @@ fn health_reports_ages_errors_and_counts_against_the_given_now() {
     assert_eq!(rig.pool.status(rig.id(A)).unwrap().last_probe_rtt, None);
 
     // A proxy failure is the pool's state, not the server's.
-    rig.pool.close_all(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::CloseAll)
+        .expect("a valid command");
     let mut rig = Rig::with(&[C]);
-    rig.pool.start_maintenance(rig.now);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
     let out = rig.drain();
     rig.fail(dial_to(&out, rig.id(C)), DialFailure::ProxyUnreachable);
     let health = rig.pool.health(rig.now);

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use dirpool_core::fuzzing::{Choices, RunReport, check_pool};
 use dirpool_core::{
-    AttemptId, Backoff, DialFailure, Entropy, IsolationToken, Notification, OperationEnd, Output,
-    PoolConfig, PoolState, RetryPolicy, ServerId, ServerState, SocksReply,
+    AttemptId, Backoff, Command, DialFailure, Entropy, Input, IsolationToken, Notification,
+    OperationEnd, Output, PoolConfig, PoolState, RetryPolicy, ServerId, ServerState, SocksReply,
 };
 
 const DEFAULT_SEEDS: u64 = 2_000;
@@ -185,12 +185,19 @@ fn a_timed_out_dial_never_reports_a_retry_at_in_the_past() {
         pool.find_server("127.0.0.2").expect("b"),
     );
     let t0 = Instant::now();
-    pool.start_maintenance(t0);
+    pool.handle_command(t0, Command::StartMaintenance)
+        .expect("a valid command");
     let out = drain_all(&mut pool);
     let (dial_a, _dial_b) = (dial_of(&out, a), dial_of(&out, b));
     // A meets a dead proxy: the pool waits for a probe at t0 + 5 s.
-    pool.dial_failed(t0, dial_a, DialFailure::ProxyUnreachable)
-        .expect("accepted");
+    pool.handle_input(
+        t0,
+        Input::DialFinished {
+            attempt: dial_a,
+            result: Err(DialFailure::ProxyUnreachable),
+        },
+    )
+    .expect("accepted");
     drain_all(&mut pool);
     assert_eq!(pool.poll_timeout(), Some(t0 + Duration::from_secs(2)));
     // The driver wakes late, at t0 + 10 s: B's dial timed out at 2 s, the probe
@@ -239,15 +246,32 @@ fn status_never_shows_a_retry_that_will_not_happen() {
         pool.find_server("127.0.0.2").expect("b"),
     );
     let t0 = Instant::now();
-    pool.connect_all_with_retry(t0, RetryPolicy::new(Duration::from_secs(60)))
-        .expect("valid");
+    pool.handle_command(
+        t0,
+        Command::ConnectAllWithRetry(RetryPolicy::new(Duration::from_secs(60))),
+    )
+    .map(|op| op.expect("an operation"))
+    .expect("valid");
     let out = drain_all(&mut pool);
     let (dial_a, dial_b) = (dial_of(&out, a), dial_of(&out, b));
-    pool.dial_failed(t0, dial_a, DialFailure::Socks(SocksReply::HostUnreachable))
-        .expect("accepted");
+    pool.handle_input(
+        t0,
+        Input::DialFinished {
+            attempt: dial_a,
+            result: Err(DialFailure::Socks(SocksReply::HostUnreachable)),
+        },
+    )
+    .expect("accepted");
     drain_all(&mut pool);
     // B connects: the operation is over, and maintenance is off.
-    pool.dial_succeeded(t0, dial_b).expect("accepted");
+    pool.handle_input(
+        t0,
+        Input::DialFinished {
+            attempt: dial_b,
+            result: Ok(()),
+        },
+    )
+    .expect("accepted");
     let out = drain_all(&mut pool);
     assert!(out.iter().any(|o| matches!(
         o,

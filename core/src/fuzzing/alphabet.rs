@@ -7,46 +7,32 @@
 //! when it is applied, from what is outstanding at that moment, so that a
 //! step always names an attempt the run has seen (a current or a stale one).
 
+use std::time::Duration;
+
 use arbitrary::{Arbitrary, Unstructured};
 
-/// A command of the pool's public API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    /// `connect_all_parallel`.
-    ConnectAllParallel,
-    /// `reconnect_disconnected`.
-    ReconnectDisconnected,
-    /// `connect_all_with_retry` with a policy drawn when it is applied.
-    ConnectAllWithRetry,
-    /// `close_all`.
-    CloseAll,
-    /// `start_maintenance`.
-    StartMaintenance,
-    /// `stop_maintenance`.
-    StopMaintenance,
-}
+use crate::{Command, RetryPolicy};
 
-impl<'a> Arbitrary<'a> for Command {
-    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
-        // Weighted so that runs spend their time connected and reconnecting
-        // rather than closing.
-        Ok(match u.int_in_range(0..=99u8)? {
-            0..=19 => Self::ConnectAllParallel,
-            20..=34 => Self::ReconnectDisconnected,
-            35..=54 => Self::ConnectAllWithRetry,
-            55..=63 => Self::CloseAll,
-            64..=84 => Self::StartMaintenance,
-            _ => Self::StopMaintenance,
-        })
-    }
-
-    fn size_hint(_depth: usize) -> (usize, Option<usize>) {
-        (1, Some(1))
-    }
+/// The pool's own [`Command`]: one vocabulary for the public API, the
+/// fuzz alphabet and the simulations. Drawn from one byte; a
+/// `ConnectAllWithRetry` carries a placeholder policy (the default with a
+/// 60 s timeout) that the model checker replaces with one drawn from the
+/// run's [`Choices`](super::Choices) when it applies the step.
+fn arbitrary_command(u: &mut Unstructured<'_>) -> arbitrary::Result<Command> {
+    // Weighted so that runs spend their time connected and reconnecting
+    // rather than closing.
+    Ok(match u.int_in_range(0..=99u8)? {
+        0..=19 => Command::ConnectAllParallel,
+        20..=34 => Command::ReconnectDisconnected,
+        35..=54 => Command::ConnectAllWithRetry(RetryPolicy::new(Duration::from_secs(60))),
+        55..=63 => Command::CloseAll,
+        64..=84 => Command::StartMaintenance,
+        _ => Command::StopMaintenance,
+    })
 }
 
 /// One step of a driver: an input to the machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Step {
     /// The result of an outstanding dial (an aborted one included): success
     /// or a failure.
@@ -79,7 +65,7 @@ impl<'a> Arbitrary<'a> for Step {
             40..=44 => Self::LoseLink,
             45..=51 => Self::LinkSignal,
             52..=69 | 95..=99 => Self::Time,
-            70..=89 => Self::Command(Command::arbitrary(u)?),
+            70..=89 => Self::Command(arbitrary_command(u)?),
             _ => Self::WrongInput,
         })
     }

@@ -6,17 +6,18 @@
 //! on nightly, and `core/tests/fuzz_corpus.rs` replays every corpus and
 //! regression file through them on stable. Not part of the stable API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 mod alphabet;
 mod choices;
 mod pool_ops;
+pub mod transitions;
 
-pub use alphabet::{Command, Step};
+pub use alphabet::Step;
 pub use choices::Choices;
 
-use crate::ServerAddr;
+use crate::{ServerAddr, ServerState};
 
 /// What a checked run of the pool that kept every invariant saw.
 #[derive(Debug, Clone)]
@@ -26,6 +27,9 @@ pub struct RunReport {
     pub counts: BTreeMap<&'static str, u64>,
     /// Every step, when asked for.
     pub trace: Option<String>,
+    /// Every distinct change of server state the run made (each one an
+    /// edge of [`crate::diagram::EDGES`], or the run fails).
+    pub transitions: BTreeSet<(ServerState, ServerState)>,
 }
 
 /// A checked run that broke an invariant, or panicked.
@@ -44,13 +48,25 @@ pub struct RunFailure {
 /// # Errors
 /// [`RunFailure`] naming the broken invariant, with the last steps.
 pub fn check_pool(choices: &mut Choices, full_trace: bool) -> Result<RunReport, RunFailure> {
-    match pool_ops::check(choices, full_trace) {
-        Ok((stats, trace)) => Ok(RunReport {
-            counts: stats.0,
-            trace: trace.full,
-        }),
-        Err(message) => Err(RunFailure { message }),
+    let watch = transitions::Watch::start();
+    let (stats, trace) =
+        pool_ops::check(choices, full_trace).map_err(|message| RunFailure { message })?;
+    let transitions = watch.seen();
+    if let Some((from, to)) = transitions
+        .iter()
+        .find(|(from, to)| !crate::diagram::is_edge(*from, *to))
+    {
+        return Err(RunFailure {
+            message: format!(
+                "a server went from {from:?} to {to:?}, which is not an edge of the state diagram"
+            ),
+        });
     }
+    Ok(RunReport {
+        counts: stats.0,
+        trace: trace.full,
+        transitions,
+    })
 }
 
 /// The `pool_ops` target: `data` decides a whole checked run.

@@ -20,12 +20,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use super::{Choices, Command, Step};
+use super::{Choices, Step};
 use crate::{
-    AttemptId, Backoff, CloseFailure, ConfigError, DialFailure, DisconnectReason, Entropy,
-    FailureScope, InputError, IsolationScope, IsolationToken, KeepalivePolicy, LinkLoss,
-    Notification, OperationEnd, OperationId, OperationKind, OperationReport, Output, PoolConfig,
-    PoolState, RetryPolicy, ServerAddr, ServerId, ServerState, ServerStatus, SocksReply,
+    AttemptId, Backoff, CloseFailure, Command, ConfigError, DialFailure, DisconnectReason, Entropy,
+    FailureScope, Input as PoolInput, InputError, IsolationScope, IsolationToken, KeepalivePolicy,
+    LinkLoss, Notification, OperationEnd, OperationId, OperationKind, OperationReport, Output,
+    PoolConfig, PoolState, RetryPolicy, ServerAddr, ServerId, ServerState, ServerStatus,
+    SocksReply,
 };
 
 const TRACE_TAIL: usize = 30;
@@ -357,12 +358,7 @@ impl Model {
 
 #[derive(Debug, Clone, Copy)]
 enum Input {
-    ConnectAll,
-    Reconnect,
-    Retry(RetryPolicy),
-    CloseAll,
-    StartMaintenance,
-    StopMaintenance,
+    Command(Command),
     Succeed(AttemptId),
     Fail(AttemptId, DialFailure),
     Lost(AttemptId, LinkLoss),
@@ -505,15 +501,15 @@ impl Sim<'_> {
 
     fn describe_input(&self, input: &Input) -> String {
         match input {
-            Input::ConnectAll => "connect_all_parallel".to_owned(),
-            Input::Reconnect => "reconnect_disconnected".to_owned(),
-            Input::Retry(p) => format!(
+            Input::Command(Command::ConnectAllParallel) => "connect_all_parallel".to_owned(),
+            Input::Command(Command::ReconnectDisconnected) => "reconnect_disconnected".to_owned(),
+            Input::Command(Command::ConnectAllWithRetry(p)) => format!(
                 "connect_all_with_retry timeout={:?} backoff={:?}/{:?}x{}~{}",
                 p.timeout, p.backoff.initial, p.backoff.max, p.backoff.factor, p.backoff.jitter
             ),
-            Input::CloseAll => "close_all".to_owned(),
-            Input::StartMaintenance => "start_maintenance".to_owned(),
-            Input::StopMaintenance => "stop_maintenance".to_owned(),
+            Input::Command(Command::CloseAll) => "close_all".to_owned(),
+            Input::Command(Command::StartMaintenance) => "start_maintenance".to_owned(),
+            Input::Command(Command::StopMaintenance) => "stop_maintenance".to_owned(),
             Input::Succeed(a) => format!("dial_succeeded {a}"),
             Input::Fail(a, f) => format!("dial_failed {a} {f:?}"),
             Input::Lost(a, l) => format!("connection_lost {a} {l:?}"),
@@ -656,40 +652,48 @@ impl Sim<'_> {
 
         let mut new_op = None;
         let result = match input {
-            Input::ConnectAll => {
-                new_op = Some(self.pool.connect_all_parallel(self.now));
-                Ok(())
-            }
-            Input::Reconnect => {
-                new_op = Some(self.pool.reconnect_disconnected(self.now));
-                Ok(())
-            }
-            Input::Retry(policy) => match self.pool.connect_all_with_retry(self.now, policy) {
-                Ok(id) => {
-                    new_op = Some(id);
+            Input::Command(command) => match self.pool.handle_command(self.now, command) {
+                Ok(op) => {
+                    new_op = op;
                     Ok(())
                 }
-                Err(e) => return Err(format!("a valid retry policy was refused: {e}")),
+                Err(e) => return Err(format!("a valid command was refused: {e}")),
             },
-            Input::CloseAll => {
-                new_op = Some(self.pool.close_all(self.now));
-                Ok(())
-            }
-            Input::StartMaintenance => {
-                self.pool.start_maintenance(self.now);
-                Ok(())
-            }
-            Input::StopMaintenance => {
-                self.pool.stop_maintenance(self.now);
-                Ok(())
-            }
-            Input::Succeed(a) => self.pool.dial_succeeded(self.now, a),
-            Input::Fail(a, f) => self.pool.dial_failed(self.now, a, f),
-            Input::Lost(a, l) => self.pool.connection_lost(self.now, a, l),
-            Input::CloseDone(a, r) => self.pool.close_finished(self.now, a, r),
-            Input::Active(a) => self.pool.link_active(self.now, a),
-            Input::Answer(a) => self.pool.probe_answered(self.now, a),
-            Input::Unsupported(a) => self.pool.probe_unsupported(self.now, a),
+            Input::Succeed(a) => self.pool.handle_input(
+                self.now,
+                PoolInput::DialFinished {
+                    attempt: a,
+                    result: Ok(()),
+                },
+            ),
+            Input::Fail(a, f) => self.pool.handle_input(
+                self.now,
+                PoolInput::DialFinished {
+                    attempt: a,
+                    result: Err(f),
+                },
+            ),
+            Input::Lost(a, l) => self.pool.handle_input(
+                self.now,
+                PoolInput::LinkLost {
+                    attempt: a,
+                    loss: l,
+                },
+            ),
+            Input::CloseDone(a, r) => self.pool.handle_input(
+                self.now,
+                PoolInput::CloseFinished {
+                    attempt: a,
+                    result: r,
+                },
+            ),
+            Input::Active(a) => self.pool.handle_input(self.now, PoolInput::LinkActive(a)),
+            Input::Answer(a) => self
+                .pool
+                .handle_input(self.now, PoolInput::ProbeAnswered(a)),
+            Input::Unsupported(a) => self
+                .pool
+                .handle_input(self.now, PoolInput::ProbeUnsupported(a)),
             Input::Advance(d) => {
                 self.now += d;
                 self.pool.handle_timeout(self.now);
@@ -712,23 +716,25 @@ impl Sim<'_> {
         }
 
         match input {
-            Input::StartMaintenance => {
+            Input::Command(Command::StartMaintenance) => {
                 self.m.maintenance = true;
                 self.m.gave_up.iter_mut().for_each(|g| *g = false);
             }
-            Input::StopMaintenance => {
+            Input::Command(Command::StopMaintenance) => {
                 self.m.maintenance = false;
             }
-            Input::CloseAll => {
+            Input::Command(Command::CloseAll) => {
                 self.m.maintenance = false;
                 self.m.all_down = false;
                 self.m.redial.clear();
             }
-            Input::ConnectAll | Input::Reconnect | Input::Retry(_) => {
+            Input::Command(Command::ConnectAllParallel)
+            | Input::Command(Command::ReconnectDisconnected)
+            | Input::Command(Command::ConnectAllWithRetry(_)) => {
                 self.m
                     .redial
                     .extend(closing_before.iter().map(|(a, s)| (*s, *a)));
-                if let Input::Retry(p) = input {
+                if let Input::Command(Command::ConnectAllWithRetry(p)) = input {
                     self.max_backoff = self.max_backoff.max(p.backoff.max);
                 }
             }
@@ -741,7 +747,8 @@ impl Sim<'_> {
                 "operation id {id} returned twice"
             );
             let op = match input {
-                Input::ConnectAll | Input::Reconnect => {
+                Input::Command(Command::ConnectAllParallel)
+                | Input::Command(Command::ReconnectDisconnected) => {
                     let mut waiting = active_before;
                     waiting.extend(closing_before.iter().map(|(a, _)| *a));
                     waiting.extend(outputs.iter().filter_map(|o| match o {
@@ -749,7 +756,7 @@ impl Sim<'_> {
                         _ => None,
                     }));
                     OpM::Pass {
-                        kind: if matches!(input, Input::ConnectAll) {
+                        kind: if matches!(input, Input::Command(Command::ConnectAllParallel)) {
                             OperationKind::ConnectAllParallel
                         } else {
                             OperationKind::ReconnectDisconnected
@@ -758,7 +765,7 @@ impl Sim<'_> {
                         newly: Vec::new(),
                     }
                 }
-                Input::Retry(p) => OpM::Retry {
+                Input::Command(Command::ConnectAllWithRetry(p)) => OpM::Retry {
                     deadline: self.now + p.timeout,
                     backoff: p.backoff,
                     started_connected,
@@ -913,12 +920,10 @@ impl Sim<'_> {
                     d.attempt
                 );
                 ensure!(
-                    d.timeout == self.conn_timeout && d.deadline == self.now + self.conn_timeout,
-                    "dial {} has timeout {:?} and deadline {}, want {:?} and {}",
+                    d.deadline == self.now + self.conn_timeout,
+                    "dial {} has deadline {}, want {}",
                     d.attempt,
-                    d.timeout,
                     self.off(d.deadline),
-                    self.conn_timeout,
                     self.off(self.now + self.conn_timeout)
                 );
                 let closed = match input {
@@ -941,10 +946,10 @@ impl Sim<'_> {
                 let wanted = redial
                     || matches!(
                         input,
-                        Input::ConnectAll
-                            | Input::Reconnect
-                            | Input::Retry(_)
-                            | Input::StartMaintenance
+                        Input::Command(Command::ConnectAllParallel)
+                            | Input::Command(Command::ReconnectDisconnected)
+                            | Input::Command(Command::ConnectAllWithRetry(_))
+                            | Input::Command(Command::StartMaintenance)
                     )
                     || self.m.maintenance
                     || self.m.has_retry_op();
@@ -973,7 +978,7 @@ impl Sim<'_> {
                 };
                 ensure!(!dial.aborted, "Abort of {a} twice");
                 match input {
-                    Input::CloseAll => dial.aborted = true,
+                    Input::Command(Command::CloseAll) => dial.aborted = true,
                     Input::Advance(_) => {
                         ensure!(dial.deadline <= now, "dial {a} aborted before its deadline");
                         dial.aborted = true;
@@ -1009,7 +1014,7 @@ impl Sim<'_> {
                     self.stats.bump("stray closes");
                 } else {
                     ensure!(
-                        matches!(input, Input::CloseAll),
+                        matches!(input, Input::Command(Command::CloseAll)),
                         "Close of registered {a} outside close_all"
                     );
                     let server = self
@@ -1386,7 +1391,7 @@ impl Sim<'_> {
         );
         if r.end == OperationEnd::Cancelled {
             ensure!(
-                matches!(input, Input::CloseAll)
+                matches!(input, Input::Command(Command::CloseAll))
                     && new_op != Some(r.id)
                     && !matches!(op, OpM::CloseAll { .. }),
                 "{} cancelled outside close_all",
@@ -1552,7 +1557,7 @@ impl Sim<'_> {
                 }
                 ensure!(!self.m.closes.contains_key(&a), "close of {a} not handled");
             }
-            Input::CloseAll => {
+            Input::Command(Command::CloseAll) => {
                 ensure!(
                     self.m.dials.values().all(|d| d.aborted),
                     "close_all left dials in flight: {:?}",
@@ -1648,7 +1653,7 @@ impl Sim<'_> {
                     "{id}: every close finished, but close_all has not"
                 ),
             }
-            if matches!(input, Input::CloseAll) {
+            if matches!(input, Input::Command(Command::CloseAll)) {
                 ensure!(
                     matches!(op, OpM::CloseAll { .. }),
                     "{id} survived close_all"
@@ -1934,15 +1939,15 @@ impl Sim<'_> {
     }
 
     fn command(&mut self, command: Command) -> Result<(), String> {
-        let input = match command {
-            Command::ConnectAllParallel => Input::ConnectAll,
-            Command::ReconnectDisconnected => Input::Reconnect,
-            Command::ConnectAllWithRetry => Input::Retry(random_retry_policy(self.choices)),
-            Command::CloseAll => Input::CloseAll,
-            Command::StartMaintenance => Input::StartMaintenance,
-            Command::StopMaintenance => Input::StopMaintenance,
+        // The alphabet's retry policy is a placeholder: the policy is drawn
+        // here, from the run's choices.
+        let command = match command {
+            Command::ConnectAllWithRetry(_) => {
+                Command::ConnectAllWithRetry(random_retry_policy(self.choices))
+            }
+            other => other,
         };
-        self.apply(input).map(drop)
+        self.apply(Input::Command(command)).map(drop)
     }
 
     fn random_time_step(&mut self) -> Result<(), String> {
@@ -2033,7 +2038,10 @@ impl Sim<'_> {
                 1 => policy.backoff.jitter = 1.5,
                 _ => policy.backoff.initial = Duration::ZERO,
             }
-            let result = self.pool.connect_all_with_retry(self.now, policy);
+            let result = self
+                .pool
+                .handle_command(self.now, Command::ConnectAllWithRetry(policy))
+                .map(|op| op.expect("an operation"));
             let verdict = match result {
                 Err(ConfigError::InvalidFactor { .. })
                 | Err(ConfigError::InvalidJitter { .. })
@@ -2046,16 +2054,46 @@ impl Sim<'_> {
             let call = *self.choices.pick(calls);
             let now = self.now;
             let (what, result) = match call {
-                0 => ("dial_succeeded", self.pool.dial_succeeded(now, a)),
+                0 => (
+                    "dial_succeeded",
+                    self.pool.handle_input(
+                        now,
+                        PoolInput::DialFinished {
+                            attempt: a,
+                            result: Ok(()),
+                        },
+                    ),
+                ),
                 1 => (
                     "dial_failed",
-                    self.pool.dial_failed(now, a, DialFailure::TimedOut),
+                    self.pool.handle_input(
+                        now,
+                        PoolInput::DialFinished {
+                            attempt: a,
+                            result: Err(DialFailure::TimedOut),
+                        },
+                    ),
                 ),
                 2 => (
                     "connection_lost",
-                    self.pool.connection_lost(now, a, LinkLoss::ClosedByPeer),
+                    self.pool.handle_input(
+                        now,
+                        PoolInput::LinkLost {
+                            attempt: a,
+                            loss: LinkLoss::ClosedByPeer,
+                        },
+                    ),
                 ),
-                _ => ("close_finished", self.pool.close_finished(now, a, Ok(()))),
+                _ => (
+                    "close_finished",
+                    self.pool.handle_input(
+                        now,
+                        PoolInput::CloseFinished {
+                            attempt: a,
+                            result: Ok(()),
+                        },
+                    ),
+                ),
             };
             let verdict = match result {
                 Err(InputError::UnknownAttempt(x)) if stale && x == a => Ok(()),
@@ -2196,7 +2234,7 @@ impl Sim<'_> {
             self.off(bound)
         ));
 
-        let mut pending: Vec<Output> = self.apply(Input::StartMaintenance)?;
+        let mut pending: Vec<Output> = self.apply(Input::Command(Command::StartMaintenance))?;
         for _ in 0..100_000 {
             for o in std::mem::take(&mut pending) {
                 let lat = self.choices.millis(0, as_millis(latency));
@@ -2224,17 +2262,17 @@ impl Sim<'_> {
             }
             if self.choices.chance(3) {
                 let input = match self.choices.below(4) {
-                    0 => Input::ConnectAll,
-                    1 => Input::Reconnect,
+                    0 => Input::Command(Command::ConnectAllParallel),
+                    1 => Input::Command(Command::ReconnectDisconnected),
                     2 => {
                         let mut p = random_retry_policy(self.choices);
                         if p.backoff.max > self.max_backoff {
                             p.backoff.max = self.max_backoff;
                             p.backoff.initial = p.backoff.initial.min(self.max_backoff);
                         }
-                        Input::Retry(p)
+                        Input::Command(Command::ConnectAllWithRetry(p))
                     }
-                    _ => Input::StartMaintenance,
+                    _ => Input::Command(Command::StartMaintenance),
                 };
                 pending = self.apply(input)?;
                 continue;
@@ -2308,7 +2346,7 @@ impl Sim<'_> {
             self.apply(Input::Advance(Duration::ZERO))?;
         }
         self.trace.push("-- close_all and quiescence".to_owned());
-        self.apply(Input::CloseAll)?;
+        self.apply(Input::Command(Command::CloseAll))?;
         for _ in 0..100_000 {
             if self.m.dials.is_empty() && self.m.closes.is_empty() {
                 break;

@@ -1,0 +1,103 @@
+//! The machine's vocabulary: what a user asks ([`Command`]) and what the
+//! driver reports ([`Input`]), each handed to
+//! [`PoolState::handle_command`](crate::PoolState::handle_command) or
+//! [`PoolState::handle_input`](crate::PoolState::handle_input) with the
+//! current time. Answers come out as [`Output`](crate::Output)s.
+
+use crate::config::RetryPolicy;
+use crate::failure::{CloseFailure, DialFailure, LinkLoss};
+use crate::output::AttemptId;
+
+/// Something the user asks of the pool.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Command {
+    /// Dial every server that is neither connected nor being dialed, all at
+    /// once; the operation finishes when every attempt it started or joined
+    /// has a result. Its report's `connected` is the original's return
+    /// value.
+    ConnectAllParallel,
+    /// Like [`ConnectAllParallel`](Self::ConnectAllParallel); its report's
+    /// `newly_connected` is the original's return value.
+    ReconnectDisconnected,
+    /// Dial every disconnected server at once and redial each failed one on
+    /// the policy's backoff, until one server is connected (finishes at
+    /// once) or the deadline (`now + policy.timeout`) passes (finishes with
+    /// 0 exactly then). Dials still in flight go on and may connect later.
+    /// A policy out of range is refused with a
+    /// [`ConfigError`](crate::ConfigError) and nothing starts.
+    ConnectAllWithRetry(RetryPolicy),
+    /// Close every connection, abort every dial in flight (a success that
+    /// arrives later is closed, never registered), stop maintenance and end
+    /// the other operations. Finishes when every close has finished or
+    /// timed out; each connected server gets one
+    /// [`Notification::Disconnected`](crate::Notification::Disconnected),
+    /// whether its close succeeded or not.
+    CloseAll,
+    /// Start (or restart) background maintenance: every server that is lost
+    /// or not connected is redialed on its own backoff. A restart forgets
+    /// earlier give-ups. Servers with nothing scheduled are dialed now if
+    /// their last dial did not fail, else after their backoff (so a server
+    /// that failed a moment ago is not hit again at once). Starts no
+    /// operation.
+    StartMaintenance,
+    /// Stop background maintenance. Dials in flight go on; nothing new is
+    /// scheduled unless a `ConnectAllWithRetry` is running. Starts no
+    /// operation.
+    StopMaintenance,
+}
+
+/// A result the driver reports about an attempt or its connection.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The dial `attempt` ended: connected and handshaken, or failed with
+    /// its failure class.
+    DialFinished {
+        /// The attempt, as the [`DialRequest`](crate::DialRequest) named it.
+        attempt: AttemptId,
+        /// `Ok` once connected and handshaken.
+        result: Result<(), DialFailure>,
+    },
+    /// The connection made by `attempt` is gone. A loss reported while the
+    /// connection is being closed is ignored (the close's result follows).
+    LinkLost {
+        /// The attempt whose connection ended.
+        attempt: AttemptId,
+        /// Why.
+        loss: LinkLoss,
+    },
+    /// The connection showed a sign of life (a line arrived). Cheap: report
+    /// it as often as the driver likes. It also settles a probe that is out.
+    /// Ignored for a link being closed.
+    LinkActive(AttemptId),
+    /// The answer to the probe on this connection arrived: a sign of life,
+    /// and [`Notification::ProbeAnswered`](crate::Notification::ProbeAnswered)
+    /// with the round trip if a probe was out.
+    ProbeAnswered(AttemptId),
+    /// This connection cannot be probed (its peer answers no probe): from
+    /// now on it is watched only for its end, never declared lost for
+    /// silence.
+    ProbeUnsupported(AttemptId),
+    /// The close of this connection finished, well or not.
+    CloseFinished {
+        /// The attempt whose connection was closed.
+        attempt: AttemptId,
+        /// How the close went.
+        result: Result<(), CloseFailure>,
+    },
+}
+
+impl Input {
+    /// The attempt the input is about.
+    pub fn attempt(&self) -> AttemptId {
+        match *self {
+            Input::DialFinished { attempt, .. }
+            | Input::LinkLost { attempt, .. }
+            | Input::LinkActive(attempt)
+            | Input::ProbeAnswered(attempt)
+            | Input::ProbeUnsupported(attempt)
+            | Input::CloseFinished { attempt, .. } => attempt,
+        }
+    }
+}
