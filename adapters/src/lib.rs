@@ -35,6 +35,9 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
+// docs.rs (nightly, `--cfg docsrs`): a badge on each item a feature gates.
+// `doc_cfg` shows them by itself since `doc_auto_cfg` was folded into it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
 mod dialer;
@@ -103,5 +106,5 @@ pub use tokio;
 
 /// The README's Rust examples, compiled as doctests.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
