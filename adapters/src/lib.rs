@@ -22,6 +22,8 @@
 //! use std::time::Duration;
 //! use dirpool::{Config, DirectoryPool, RawStream, RetryPolicy};
 //!
+//! # #[cfg(not(feature = "smol"))] fn main() {}
+//! # #[cfg(feature = "smol")]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! dirpool::smol::block_on(async {
 //!     let config = Config::new(["duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion"]);
@@ -48,6 +50,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod handshake;
 pub mod hooks;
+#[cfg(feature = "joinmarket")]
 pub mod joinmarket;
 #[cfg(feature = "loopback")]
 pub mod loopback;
@@ -104,7 +107,8 @@ pub use smol;
 #[cfg(feature = "tokio")]
 pub use tokio;
 
-/// The README's Rust examples, compiled as doctests.
-#[cfg(doctest)]
+/// The README's Rust examples, compiled as doctests (they use both
+/// runtimes and the JoinMarket layer).
+#[cfg(all(doctest, feature = "joinmarket", feature = "smol", feature = "tokio"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
