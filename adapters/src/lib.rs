@@ -22,6 +22,8 @@
 //! use std::time::Duration;
 //! use dirpool::{Config, DirectoryPool, RawStream, RetryPolicy};
 //!
+//! # #[cfg(not(feature = "smol"))] fn main() {}
+//! # #[cfg(feature = "smol")]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! dirpool::smol::block_on(async {
 //!     let config = Config::new(["duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion"]);
@@ -35,6 +37,9 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
+// docs.rs (nightly, `--cfg docsrs`): a badge on each item a feature gates.
+// `doc_cfg` shows them by itself since `doc_auto_cfg` was folded into it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
 mod dialer;
@@ -45,6 +50,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod handshake;
 pub mod hooks;
+#[cfg(feature = "joinmarket")]
 pub mod joinmarket;
 #[cfg(feature = "loopback")]
 pub mod loopback;
@@ -101,7 +107,8 @@ pub use smol;
 #[cfg(feature = "tokio")]
 pub use tokio;
 
-/// The README's Rust examples, compiled as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+/// The README's Rust examples, compiled as doctests (they use both
+/// runtimes and the JoinMarket layer).
+#[cfg(all(doctest, feature = "joinmarket", feature = "smol", feature = "tokio"))]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -433,8 +433,8 @@ impl<H: Handshake> DirectoryPool<H> {
     }
 
     /// The runtime the pool runs on, for companion tasks that must live as
-    /// long as the pool's links (e.g. [`Messaging`](crate::joinmarket::Messaging)'s
-    /// reader).
+    /// long as the pool's links (e.g. the reader of `joinmarket::Messaging`,
+    /// feature `joinmarket`).
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.inner.dialer.runtime
     }

@@ -20,6 +20,9 @@
 //!
 //! The `dirpool` crate runs it against real sockets on tokio or smol.
 #![forbid(unsafe_code)]
+// docs.rs (nightly, `--cfg docsrs`): a badge on each item a feature gates.
+// `doc_cfg` shows them by itself since `doc_auto_cfg` was folded into it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod addr;
 pub mod backoff;
