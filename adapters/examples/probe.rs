@@ -59,10 +59,10 @@ Options:
 
 Watch output: one line per event, `[SECONDS.MMMs] DIRECTORY  EVENT`, seconds since
 the start, e.g.
-  [   0.412s] abc...xyz.onion:5222  connected  nick J5..., features ping
+  [   0.412s] abc...xyz.onion:5222  connected  nick J5..., features ping, our nick NotOffered
   [  30.877s] abc...xyz.onion:5222  probe answered  rtt 812.4 ms
   [  61.290s] abc...xyz.onion:5222  lost: keepalive timed out (silent path)
-  [  63.101s] abc...xyz.onion:5222  reconnected  nick J5..., features ping
+  [  63.101s] abc...xyz.onion:5222  reconnected  nick J5..., features ping, our nick NotOffered
 
 Exit status: 0 if at least one directory was reached (with --watch: and no link
 was lost that its directory did not close on purpose, i.e. anything but a
@@ -348,7 +348,10 @@ fn watch_line(
                 } else {
                     info.features.join(", ")
                 };
-                format!("  nick {}, features {features}", info.nick)
+                format!(
+                    "  nick {}, features {features}, our nick {:?}",
+                    info.nick, info.nick_auth
+                )
             });
             (Some(node_id.clone()), format!("{what}{about}"))
         }

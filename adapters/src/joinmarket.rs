@@ -757,6 +757,9 @@ pub struct LinkStats {
     pub outbound_bytes: usize,
     /// Messages dropped since the user last heard of it.
     pub lagged: u64,
+    /// Whether the directory verified our nick (as in
+    /// [`DirectoryInfo::nick_auth`]).
+    pub nick_auth: NickAuthStatus,
 }
 
 /// The queues between the user and the link task.
@@ -1216,6 +1219,7 @@ impl DirectoryConnection {
             reader_bytes,
             outbound_bytes,
             lagged: link.lagged,
+            nick_auth: self.info.nick_auth,
         }
     }
 }
@@ -2228,6 +2232,7 @@ mod tests {
                 authenticate(pinned(mode), "test:directory-a", Verdict::Check).await;
             let connection = result.unwrap();
             assert_eq!(connection.info().nick_auth, NickAuthStatus::Verified);
+            assert_eq!(connection.stats().nick_auth, NickAuthStatus::Verified);
             assert!(connection.info().nick_auth.is_verified());
             let sent: Value = serde_json::from_str(&hello.line).unwrap();
             assert_eq!(sent["features"]["nick_auth"], true);

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::{DeadlineReader, Hub, LoopbackError, fake_onion, lock, write_all_within};
 use crate::joinmarket::lines::{PeerlistEntry, PrivateMessage, PublicMessage, peerlist_payload};
 use crate::joinmarket::nick_auth::{
-    FEATURE_NICK_AUTH, NickAuthChallenge, NickAuthResult, judge_answer,
+    FEATURE_NICK_AUTH, NickAuthChallenge, NickAuthProof, NickAuthResult, judge_answer,
 };
 use crate::joinmarket::wire::{self, Envelope, LineReader};
 use crate::joinmarket::{
@@ -142,7 +142,10 @@ impl DirectorySettings {
 /// [`DirectorySettings::nick_auth_timeout`]) close the link whatever the
 /// mode; in `require_verified` a client that does not advertise it gets
 /// `accepted: false` with the motd "Rejected: verified nick
-/// authentication required".
+/// authentication required". A verified client takes its nick from a link
+/// that holds it unverified (`peer_registry.py` `register`: that link is
+/// closed and announced as gone); a nick verified under another key is
+/// answered `policy`.
 ///
 /// ```
 /// use dirpool::joinmarket::Network;
@@ -288,6 +291,8 @@ struct Peer {
     location: Location,
     /// Features it advertised `true`, sorted.
     features: Vec<String>,
+    /// The key it proved to hold (JMP-0005), if it did.
+    verified: Option<[u8; 33]>,
     /// Registration order (peer lists keep it).
     arrival: u64,
     outbox: Outbox,
@@ -555,19 +560,23 @@ impl Directory {
             }
             _ => false,
         };
+        let mut verified = None;
         if challenged {
             let accepted = self.accepting_reply();
             write_all_within(&stream, &accepted.encode()?, settings.write_timeout)?;
-            let code = self.authenticate(&stream, &mut lines, &first.line, &hello.nick)?;
-            if code != NickAuthCode::Ok {
-                self.send_result(&stream, code)?;
-                return Err(Ended::Refused(format!("nick authentication: {code}")));
+            match self.authenticate(&stream, &mut lines, &first.line, &hello.nick)? {
+                Ok(key) => verified = Some(key),
+                Err(code) => {
+                    self.send_result(&stream, code)?;
+                    return Err(Ended::Refused(format!("nick authentication: {code}")));
+                }
             }
         }
         let peer = Peer {
             nick: hello.nick,
             location: hello.location,
             features: hello.features,
+            verified,
             arrival: 0,
             outbox: Outbox {
                 socket: stream.try_clone()?,
@@ -644,14 +653,15 @@ impl Directory {
         )
     }
 
-    /// Challenges the client and judges its answer.
+    /// Challenges the client and judges its answer: the key it proved to
+    /// hold, or the code to answer.
     fn authenticate(
         &self,
         stream: &TcpStream,
         lines: &mut LineReader<DeadlineReader>,
         handshake_line: &str,
         nick: &Nick,
-    ) -> Result<NickAuthCode, Ended> {
+    ) -> Result<Result<[u8; 33], NickAuthCode>, Ended> {
         let id = self.advertised_id().cloned().ok_or(Ended::Closed)?;
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|e| Ended::Io(io::Error::other(e)))?;
@@ -659,14 +669,27 @@ impl Directory {
         let message = Envelope::new(wire::NICK_AUTH_CHALLENGE, challenge.to_line());
         write_all_within(stream, &message.encode()?, self.settings.write_timeout)?;
         lines.get_mut().extend(self.settings.nick_auth_timeout);
-        Ok(match futures::executor::block_on(lines.next_line()) {
-            Ok(Some(answer)) => judge_answer(&challenge, handshake_line, nick.as_str(), &answer),
+        let answer = match futures::executor::block_on(lines.next_line()) {
+            Ok(Some(answer)) => answer,
             Ok(None) => return Err(Ended::Closed),
             Err(crate::joinmarket::JmError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                NickAuthCode::Expired
+                return Ok(Err(NickAuthCode::Expired));
             }
-            Err(_) => NickAuthCode::Malformed,
-        })
+            Err(_) => return Ok(Err(NickAuthCode::Malformed)),
+        };
+        Ok(
+            match judge_answer(&challenge, handshake_line, nick.as_str(), &answer) {
+                // `ok` means the answer is an 805 whose proof parses.
+                NickAuthCode::Ok => Envelope::parse(&answer)
+                    .and_then(|envelope| {
+                        NickAuthProof::parse(&envelope.line)
+                            .map_err(crate::joinmarket::JmError::NickAuth)
+                    })
+                    .map(|proof| *proof.public_key())
+                    .map_err(|_| NickAuthCode::Malformed),
+                code => Err(code),
+            },
+        )
     }
 
     fn send_result(&self, stream: &TcpStream, code: NickAuthCode) -> Result<(), Ended> {
@@ -677,12 +700,23 @@ impl Directory {
 
     /// Registers `peer` and queues `first` (the accepting reply, or the
     /// nick-auth result) ahead of anything relayed to it, or says why not.
+    ///
+    /// As joinmarket-ng's `peer_registry.py` `register`: an unverified
+    /// peer cannot take a nick a live link holds; a verified one displaces
+    /// the holder unless the holder proved another key ("Verified nick
+    /// already registered"). A displaced link is closed and announced to
+    /// the others as disconnected.
     fn register(&self, mut peer: Peer, first: &Envelope) -> Result<Arc<Peer>, String> {
         let mut registry = lock(&self.registry);
-        if registry.peers.contains_key(&peer.nick) {
-            return Err(format!("Peer nick already registered: {}", peer.nick));
-        }
-        if registry.peers.len() >= self.settings.max_peers {
+        let displaced = match (registry.peers.get(&peer.nick), peer.verified) {
+            (None, _) => None,
+            (Some(_), None) => return Err(format!("Peer nick already registered: {}", peer.nick)),
+            (Some(holder), Some(key)) if holder.verified.is_some_and(|theirs| theirs != key) => {
+                return Err(format!("Verified nick already registered: {}", peer.nick));
+            }
+            (Some(holder), Some(_)) => Some(Arc::clone(holder)),
+        };
+        if registry.peers.len() - usize::from(displaced.is_some()) >= self.settings.max_peers {
             return Err(format!(
                 "Maximum peers reached: {}",
                 self.settings.max_peers
@@ -693,6 +727,16 @@ impl Directory {
         peer.send(first);
         let peer = Arc::new(peer);
         registry.peers.insert(peer.nick.clone(), Arc::clone(&peer));
+        drop(registry);
+        if let Some(old) = displaced {
+            old.outbox.close();
+            let gone = Envelope::new(wire::PEERLIST, peerlist_payload(&[old.entry(false, true)]));
+            for other in self.peers() {
+                if !Arc::ptr_eq(&other, &peer) {
+                    other.send(&gone);
+                }
+            }
+        }
         Ok(peer)
     }
 
@@ -974,6 +1018,30 @@ mod tests {
             assert_eq!(forger.recv(), None);
             assert_eq!(directory.peers(), [ours.nick().clone()]);
         }
+    }
+
+    #[test]
+    fn a_verified_client_displaces_an_unverified_holder_of_its_nick() {
+        // peer_registry.py: "A verified registration may replace legacy
+        // owners"; the displaced link is closed and announced as gone.
+        let ours = crate::joinmarket::NickIdentity::from_secret_bytes(&[0x11; 32]).unwrap();
+        let directory = regtest();
+        let mut watcher = Client::join(&directory, &nick(9));
+        let mut squatter = Client::join(&directory, ours.nick());
+        // Unverified, the nick stays taken.
+        let (mut refused, reply) =
+            Client::join_as(&directory, ours.nick(), "NOT-SERVING-ONION", &["ping"]);
+        assert_eq!(reply["accepted"], false);
+        assert_eq!(refused.recv(), None);
+        let (mut client, code) = authenticate(&directory, &ours, &ours);
+        assert_eq!(code, NickAuthCode::Ok);
+        assert_eq!(squatter.recv(), None, "the holder's link is closed");
+        assert_eq!(directory.peers(), [nick(9), ours.nick().clone()]);
+        let gone = watcher.recv().unwrap();
+        assert_eq!(gone.kind, wire::PEERLIST);
+        assert_eq!(gone.line, format!("{};NOT-SERVING-ONION;D", ours.nick()));
+        client.expect_nothing_queued();
+        watcher.expect_nothing_queued();
     }
 
     #[test]
