@@ -519,12 +519,8 @@ impl PoolState {
             }
             TimerKey::ProxyProbe => {
                 self.proxy.probe_at = None;
-                while let Some(id) = self.proxy.waiters.pop_front() {
-                    let server = &mut self.servers[id.index()];
-                    if server.state != State::WaitingForProxy {
-                        continue;
-                    }
-                    server.rest();
+                // The first waiter its backoff lets dial is the probe.
+                while let Some(id) = self.next_proxy_waiter() {
                     if self.backoff_for(id).is_some() {
                         let attempt = self.dial(now, id);
                         self.proxy.probe = Some(attempt);

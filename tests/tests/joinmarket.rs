@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{entropy, eventually, next_matching, on_both_runtimes, wait_for};
+use common::{entropy, eventually, jm_error, next_matching, on_both_runtimes, wait_for};
 use dirpool::joinmarket::{
     DirectoryConnection, Envelope, JmConfig, JmError, JoinMarketHandshake, Network, wire,
 };
@@ -72,13 +71,6 @@ async fn first_failure(
     })
     .await
     .expect("a dial failure")
-}
-
-fn jm_error(error: &DialError) -> &JmError {
-    error
-        .source()
-        .and_then(|s| s.downcast_ref::<JmError>())
-        .unwrap_or_else(|| panic!("not a JoinMarket error: {error:?}"))
 }
 
 #[test]

@@ -11,19 +11,18 @@
 
 mod common;
 
-use std::error::Error as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{entropy, next_matching, run_on_smol};
+use common::{entropy, jm_error, next_matching, run_on_smol};
 use dirpool::joinmarket::nick_auth::{NickAuthChallenge, NickAuthProof, NickAuthResult};
 use dirpool::joinmarket::{
     DirectoryId, Envelope, JmConfig, JmError, JoinMarketHandshake, Network, NickAuthCode,
     NickAuthError, NickAuthMode, NickAuthStatus, NickIdentity, wire,
 };
-use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
+use dirpool::{Config, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{Backoff, DialFailure, IsolationScope, ServerAddr};
 use dirpool_tests::directory_model::{DirectoryConfig, DirectoryProfile};
 use dirpool_tests::{
@@ -136,13 +135,6 @@ fn expected(mode: NickAuthMode, server: Server) -> Expected {
         (NickAuthMode::RequireVerified, _) => Expected::NotOffered,
         _ => Expected::Connected(NickAuthStatus::NotOffered),
     }
-}
-
-fn jm_error(error: &DialError) -> &JmError {
-    error
-        .source()
-        .and_then(|s| s.downcast_ref::<JmError>())
-        .unwrap_or_else(|| panic!("not a JoinMarket error: {error:?}"))
 }
 
 #[test]

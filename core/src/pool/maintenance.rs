@@ -117,16 +117,24 @@ impl PoolState {
             ..ProxyHealth::default()
         };
         self.notify(Notification::ProxyRecovered);
-        while let Some(id) = self.proxy.waiters.pop_front() {
-            let server = &mut self.servers[id.index()];
-            if server.state != State::WaitingForProxy {
-                continue;
-            }
-            server.rest();
+        while let Some(id) = self.next_proxy_waiter() {
             if self.backoff_for(id).is_some() {
                 self.dial(now, id);
             }
         }
+    }
+
+    /// Takes the next server still waiting for the proxy off the queue (a
+    /// queued server may have moved on since) and brings it to rest.
+    pub(super) fn next_proxy_waiter(&mut self) -> Option<ServerId> {
+        while let Some(id) = self.proxy.waiters.pop_front() {
+            let server = &mut self.servers[id.index()];
+            if server.state == State::WaitingForProxy {
+                server.rest();
+                return Some(id);
+            }
+        }
+        None
     }
 
     /// Drops `id`'s scheduled redial or proxy wait, if it has one (a server

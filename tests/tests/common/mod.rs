@@ -336,3 +336,15 @@ pub fn assert_links_held(seen: &[PoolEvent]) {
         "{seen:#?}"
     );
 }
+
+/// The JoinMarket error under a dial error (its source).
+///
+/// # Panics
+/// If the dial failed for another reason.
+pub fn jm_error(error: &dirpool::DialError) -> &dirpool::joinmarket::JmError {
+    use std::error::Error as _;
+    error
+        .source()
+        .and_then(|s| s.downcast_ref::<dirpool::joinmarket::JmError>())
+        .unwrap_or_else(|| panic!("not a JoinMarket error: {error:?}"))
+}
