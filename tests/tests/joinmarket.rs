@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{entropy, eventually, jm_error, next_matching, on_both_runtimes, wait_for};
+use common::{entropy, eventually, first_failure, jm_error, on_both_runtimes, wait_for};
 use dirpool::joinmarket::{
     DirectoryConnection, Envelope, JmConfig, JmError, JoinMarketHandshake, Network, wire,
 };
@@ -59,18 +59,6 @@ fn accept(f: impl FnOnce(&mut JmAccept)) -> JmBehaviour {
     let mut accept = JmAccept::default();
     f(&mut accept);
     JmBehaviour::Accept(accept)
-}
-
-async fn first_failure(
-    rt: &Arc<dyn Runtime>,
-    events: &mut (impl futures::Stream<Item = PoolEvent> + Unpin),
-) -> Arc<DialError> {
-    next_matching(rt, events, SHORT, |e| match e {
-        PoolEvent::DialFailed { error, .. } => Some(Arc::clone(error)),
-        _ => None,
-    })
-    .await
-    .expect("a dial failure")
 }
 
 #[test]
@@ -248,7 +236,7 @@ fn refusals_are_typed_and_say_why() {
             let pool = jm_pool(&[&addr], &tor, &rt);
             let mut events = pool.events();
             assert_eq!(pool.connect_all_parallel().await.unwrap(), 0);
-            let error = first_failure(&rt, &mut events).await;
+            let error = first_failure(&rt, &mut events, SHORT).await;
             assert!(expected(jm_error(&error)), "{shown}: {error:?}");
             assert_eq!(error.failure(), failure, "{shown}");
         }
@@ -264,7 +252,7 @@ fn a_silent_directory_is_bounded_by_the_connection_timeout() {
         let pool = jm_pool(&[&addr], &tor, &rt);
         let mut events = pool.events();
         assert_eq!(pool.connect_all_parallel().await.unwrap(), 0);
-        let error = first_failure(&rt, &mut events).await;
+        let error = first_failure(&rt, &mut events, SHORT).await;
         assert!(matches!(*error, DialError::TimedOut(_)), "{error:?}");
         assert!(
             eventually(&rt, SHORT, || dir.open_connections() == 0).await,

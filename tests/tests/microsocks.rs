@@ -15,11 +15,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    TOKEN_HEX, assert_links_held, config, drain, eventually, expect_keepalive_loss, line_pool,
-    next_matching, on_both_runtimes, on_both_runtimes_within,
+    TOKEN_HEX, assert_links_held, config, drain, eventually, expect_keepalive_loss, first_failure,
+    line_pool, on_both_runtimes, on_both_runtimes_within,
 };
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network};
-use dirpool::{DialError, DirectoryPool, PoolEvent, Runtime};
+use dirpool::{DialError, DirectoryPool, Runtime};
 use dirpool_core::{Entropy, IsolationScope, IsolationToken, KeepalivePolicy};
 use dirpool_tests::directory_model::{DirectoryConfig, DirectoryProfile, HeartbeatTimings};
 use dirpool_tests::{
@@ -123,12 +123,7 @@ fn wrong_credentials_fail_with_the_typed_auth_error() {
             .unwrap();
         let mut events = pool.events();
         assert_eq!(pool.connect_all_parallel().await.unwrap(), 0);
-        let error = next_matching(&rt, &mut events, Duration::from_secs(5), |e| match e {
-            PoolEvent::DialFailed { error, .. } => Some(Arc::clone(error)),
-            _ => None,
-        })
-        .await
-        .expect("a failure");
+        let error = first_failure(&rt, &mut events, Duration::from_secs(5)).await;
         assert!(
             matches!(&*error, DialError::ProxyAuthRejected { username, .. } if username == "jm-directory"),
             "{error:?}"
@@ -487,12 +482,7 @@ fn a_wrong_fixed_proxy_password_is_the_typed_auth_error_without_the_password() {
         let pool = fixed_auth_pool(&dir, proxy.addr, PROXY_USER, wrong, &rt);
         let mut events = pool.events();
         assert_eq!(pool.connect_all_parallel().await.unwrap(), 0);
-        let error = next_matching(&rt, &mut events, Duration::from_secs(5), |e| match e {
-            PoolEvent::DialFailed { error, .. } => Some(Arc::clone(error)),
-            _ => None,
-        })
-        .await
-        .expect("a failure");
+        let error = first_failure(&rt, &mut events, Duration::from_secs(5)).await;
         assert!(
             matches!(&*error, DialError::ProxyAuthRejected { username, proxy: p } if username == PROXY_USER && *p == proxy.addr),
             "{error:?}"

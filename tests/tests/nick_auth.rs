@@ -16,7 +16,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{entropy, jm_error, next_matching, run_on_smol};
+use common::{entropy, first_failure, jm_error, next_matching, run_on_smol};
 use dirpool::joinmarket::nick_auth::{NickAuthChallenge, NickAuthProof, NickAuthResult};
 use dirpool::joinmarket::{
     DirectoryId, Envelope, JmConfig, JmError, JoinMarketHandshake, Network, NickAuthCode,
@@ -323,12 +323,7 @@ fn a_dirpool_client_pinned_to_another_id_refuses_the_challenge() {
             .unwrap();
         let mut events = pool.events();
         assert_eq!(pool.connect_all_parallel().await.unwrap(), 0);
-        let error = next_matching(&rt, &mut events, SHORT, |e| match e {
-            PoolEvent::DialFailed { error, .. } => Some(Arc::clone(error)),
-            _ => None,
-        })
-        .await
-        .unwrap();
+        let error = first_failure(&rt, &mut events, SHORT).await;
         assert!(
             matches!(
                 jm_error(&error),

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    LineClient, LineHandshake, TOKEN_HEX, config, dns, entropy, eventually, healthy_behind_proxy,
-    line_pool, next_matching, on_both_runtimes, sleep, wait_for,
+    LineClient, LineHandshake, TOKEN_HEX, config, dns, entropy, eventually, first_failure,
+    healthy_behind_proxy, line_pool, next_matching, on_both_runtimes, sleep, wait_for,
 };
 use dirpool::{DialError, DirectoryPool, PoolEvent, PoolHooks};
 use dirpool_core::{DisconnectReason, IsolationScope, RetryPolicy, ServerState, SocksReply};
@@ -302,12 +302,7 @@ fn a_proxy_that_drops_isolation_is_refused_before_any_dial() {
         let pool = line_pool(cfg, &rt);
         let mut events = pool.events();
         assert_eq!(pool.connect_all_parallel().await.unwrap(), 0);
-        let error = next_matching(&rt, &mut events, SHORT, |e| match e {
-            PoolEvent::DialFailed { error, .. } => Some(Arc::clone(error)),
-            _ => None,
-        })
-        .await
-        .expect("a dial failure");
+        let error = first_failure(&rt, &mut events, SHORT).await;
         assert!(
             matches!(*error, DialError::IsolationUnsupported { .. }),
             "{error:?}"

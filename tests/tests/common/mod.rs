@@ -348,3 +348,20 @@ pub fn jm_error(error: &dirpool::DialError) -> &dirpool::joinmarket::JmError {
         .and_then(|s| s.downcast_ref::<dirpool::joinmarket::JmError>())
         .unwrap_or_else(|| panic!("not a JoinMarket error: {error:?}"))
 }
+
+/// The error of the first dial failure among `events`, within `timeout`.
+///
+/// # Panics
+/// If no dial fails in time.
+pub async fn first_failure(
+    rt: &Arc<dyn Runtime>,
+    events: &mut (impl futures::Stream<Item = PoolEvent> + Unpin),
+    timeout: Duration,
+) -> Arc<dirpool::DialError> {
+    next_matching(rt, events, timeout, |e| match e {
+        PoolEvent::DialFailed { error, .. } => Some(Arc::clone(error)),
+        _ => None,
+    })
+    .await
+    .expect("a dial failure in time")
+}
