@@ -2317,6 +2317,11 @@ mod tests {
         assert_eq!(error.kind(), HandshakeErrorKind::Rejected);
     }
 
+    /// The handshake we sent, as JSON (`sent` holds only its line).
+    fn sent_hello(sent: &str) -> Value {
+        serde_json::from_str(&Envelope::parse(sent.trim_end()).unwrap().line).unwrap()
+    }
+
     #[tokio::test]
     async fn prefer_uses_a_directory_without_the_feature_or_identity_unverified() {
         let (result, sent, _side) = exchange(
@@ -2326,8 +2331,7 @@ mod tests {
         )
         .await;
         assert_eq!(result.unwrap().info().nick_auth, NickAuthStatus::NotOffered);
-        let hello: Value =
-            serde_json::from_str(&Envelope::parse(sent.trim_end()).unwrap().line).unwrap();
+        let hello = sent_hello(&sent);
         assert_eq!(hello["features"]["nick_auth"], true, "advertised");
         // No identity for 127.0.0.1: not advertised, not attempted.
         let (result, sent, _side) =
@@ -2336,8 +2340,7 @@ mod tests {
             result.unwrap().info().nick_auth,
             NickAuthStatus::NoDirectoryId
         );
-        let hello: Value =
-            serde_json::from_str(&Envelope::parse(sent.trim_end()).unwrap().line).unwrap();
+        let hello = sent_hello(&sent);
         assert!(hello["features"].get("nick_auth").is_none());
     }
 
@@ -2351,8 +2354,7 @@ mod tests {
         .await;
         let connection = result.unwrap();
         assert_eq!(connection.info().nick_auth, NickAuthStatus::Disabled);
-        let hello: Value =
-            serde_json::from_str(&Envelope::parse(sent.trim_end()).unwrap().line).unwrap();
+        let hello = sent_hello(&sent);
         assert!(hello["features"].get("nick_auth").is_none(), "{hello}");
         // The user may not send nick-auth types either.
         for kind in [803, 805, 807] {
