@@ -1,7 +1,8 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 //! A JoinMarket taker's first step: ask every directory for the orderbook
 //! (`!orderbook`), collect the offers makers send back for a few seconds,
-//! and print them, each once, with the directories that relayed it.
+//! and print each once (`Messaging` drops the copies other directories
+//! relay) with the directories its maker was seen through (its routes).
 //!
 //! By default it runs without Tor in a loopback world of its own: three
 //! in-process directories behind an in-process SOCKS5 proxy, and three
@@ -15,13 +16,13 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::error::Error;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dirpool::joinmarket::{Message, Network, RecvError};
+use dirpool::joinmarket::{Message, Network, Nick, RecvError};
 use futures::future::{Either, select};
 use support::{
     CommandLine, LoopbackWorld, Maker, Offer, Participant, directory_numbers, example_offers,
@@ -32,7 +33,8 @@ const USAGE: &str = "\
 Usage: cargo run -p dirpool --features loopback --example taker -- [OPTIONS] [DIRECTORY...]
 
 Sends !orderbook to every directory, collects the offers makers answer with,
-and prints each offer once with the directories that relayed it. Exits 0 if
+and prints each offer once with the directories its maker was seen through.
+Exits 0 if
 it collected at least one offer.
 
 Without --socks it starts three loopback directories, a loopback SOCKS5 proxy
@@ -124,8 +126,9 @@ async fn run(line: CommandLine) -> Result<bool, Box<dyn Error>> {
         .count();
     println!("!orderbook sent through {asked} directories; collecting offers for {wait:?}");
 
-    // (maker, offer) → the directories that relayed it.
-    let mut book: BTreeMap<(String, Offer), BTreeSet<String>> = BTreeMap::new();
+    // Each offer once: `Messaging` delivers one copy however many
+    // directories relay it.
+    let mut book: BTreeSet<(Nick, Offer)> = BTreeSet::new();
     let deadline = Instant::now() + wait;
     loop {
         let next = Box::pin(taker.messaging.recv());
@@ -144,9 +147,7 @@ async fn run(line: CommandLine) -> Result<bool, Box<dyn Error>> {
             _ => continue,
         };
         for offer in commands.iter().flatten().filter_map(Offer::from_command) {
-            book.entry((from.to_string(), offer))
-                .or_default()
-                .insert(incoming.directory.node_id().to_owned());
+            book.insert((from.clone(), offer));
         }
     }
 
@@ -155,18 +156,30 @@ async fn run(line: CommandLine) -> Result<bool, Box<dyn Error>> {
     for (i, server) in servers.iter().enumerate() {
         println!("  [{}] {server}", i + 1);
     }
-    println!("\n{:<18}{:<50}relayed by", "maker", "offer");
-    for ((maker, offer), relayed) in &book {
+    // Every directory a maker's messages came through is a route to it.
+    let via = |maker: &Nick| -> BTreeSet<String> {
+        taker
+            .messaging
+            .routes(maker)
+            .iter()
+            .map(|route| route.directory.node_id().to_owned())
+            .collect()
+    };
+    println!("\n{:<18}{:<50}via", "maker", "offer");
+    let mut relaying = BTreeSet::new();
+    for (maker, offer) in &book {
+        let through = via(maker);
         println!(
-            "{maker:<18}{:<50}{}",
+            "{:<18}{:<50}{}",
+            maker.as_str(),
             offer.to_string(),
-            directory_numbers(servers, relayed)
+            directory_numbers(servers, &through)
         );
+        relaying.extend(through);
     }
-    let makers_seen: BTreeSet<&String> = book.keys().map(|(maker, _)| maker).collect();
-    let relaying: BTreeSet<&String> = book.values().flatten().collect();
+    let makers_seen: BTreeSet<&Nick> = book.iter().map(|(maker, _)| maker).collect();
     println!(
-        "\n{} offers from {} makers, relayed by {} directories",
+        "\n{} offers from {} makers, seen through {} directories",
         book.len(),
         makers_seen.len(),
         relaying.len()

@@ -9,22 +9,23 @@ use std::process::{Command, Output, Stdio};
 use dirpool::joinmarket::{Network, Nick, parse_commands};
 use dirpool::loopback::{LoopbackDirectory, LoopbackProxy};
 
-/// One row of the taker's table: maker, offer, directories that relayed it.
+/// One row of the taker's table: maker, offer, directories the maker was
+/// seen through.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Row {
     /// A valid nick.
     maker: String,
     offer: String,
-    relayed_by: BTreeSet<usize>,
+    via: BTreeSet<usize>,
 }
 
-/// The rows of the taker's table (after its `maker offer relayed by`
+/// The rows of the taker's table (after its `maker offer via`
 /// header), each checked for shape: a nick, one offer command with five
 /// arguments, directory numbers.
 fn table(stdout: &str) -> Vec<Row> {
     let header = stdout
         .lines()
-        .position(|l| l.starts_with("maker") && l.ends_with("relayed by"))
+        .position(|l| l.starts_with("maker") && l.ends_with("via"))
         .unwrap_or_else(|| panic!("no table in\n{stdout}"));
     stdout
         .lines()
@@ -32,7 +33,7 @@ fn table(stdout: &str) -> Vec<Row> {
         .take_while(|l| !l.trim().is_empty())
         .map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let [maker, offer @ .., relayed_by] = fields.as_slice() else {
+            let [maker, offer @ .., via] = fields.as_slice() else {
                 panic!("row {line:?}");
             };
             let offer = offer.join(" ");
@@ -43,7 +44,7 @@ fn table(stdout: &str) -> Vec<Row> {
             Row {
                 maker: Nick::parse(maker).unwrap().to_string(),
                 offer,
-                relayed_by: relayed_by.split(',').map(|n| n.parse().unwrap()).collect(),
+                via: via.split(',').map(|n| n.parse().unwrap()).collect(),
             }
         })
         .collect()
@@ -61,7 +62,7 @@ fn assert_success(output: &Output) -> String {
 }
 
 #[test]
-fn the_taker_example_lists_each_offer_once_with_the_directories_that_relayed_it() {
+fn the_taker_example_lists_each_offer_once_with_the_directories_its_maker_is_seen_through() {
     let output = Command::new(env!("CARGO_BIN_EXE_taker")).output().unwrap();
     let stdout = assert_success(&output);
     assert!(stdout.contains("3 of 3 directories connected"), "{stdout}");
@@ -71,15 +72,15 @@ fn the_taker_example_lists_each_offer_once_with_the_directories_that_relayed_it(
     assert_eq!(offers.len(), rows.len(), "each offer once:\n{stdout}");
     let makers: BTreeSet<&str> = rows.iter().map(|r| &*r.maker).collect();
     assert!(makers.len() >= 2, "offers from several makers:\n{stdout}");
-    let directories: BTreeSet<usize> = rows.iter().flat_map(|r| r.relayed_by.clone()).collect();
+    let directories: BTreeSet<usize> = rows.iter().flat_map(|r| r.via.clone()).collect();
     assert!(
         directories.len() >= 2,
         "offers through several directories:\n{stdout}"
     );
     assert!(directories.iter().all(|d| (1..=3).contains(d)), "{stdout}");
     assert!(
-        rows.iter().any(|r| r.relayed_by.len() >= 2),
-        "an offer relayed by more than one directory is listed once:\n{stdout}"
+        rows.iter().any(|r| r.via.len() >= 2),
+        "a maker seen through more than one directory has its offers listed once:\n{stdout}"
     );
 }
 
@@ -143,7 +144,7 @@ fn the_maker_example_answers_a_taker_through_every_directory_until_stopped() {
             .map(|offer| Row {
                 maker: nick.to_string(),
                 offer: offer.clone(),
-                relayed_by: BTreeSet::from([1, 2]),
+                via: BTreeSet::from([1, 2]),
             })
             .collect();
         rows.sort();

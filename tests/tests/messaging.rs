@@ -681,3 +681,66 @@ fn private_messages_through_a_directory_are_verified_before_delivery() {
         world.pool.close_all().await.unwrap();
     });
 }
+
+/// joinmarket-ng's maker sends each offer and answer to a taker through
+/// every directory: the taker gets it once, and a message its author
+/// really sent twice, twice.
+#[test]
+fn a_private_message_relayed_by_every_directory_arrives_once() {
+    on_both_runtimes(|rt| async move {
+        let world = World::start(&rt, vec![JmBehaviour::default(); 3]);
+        let messaging = world.messaging(&rt, |_| {}).await;
+        let maker = NickIdentity::from_secret_bytes(&[0x22; 32]).unwrap();
+        let offer = maker
+            .sign_private(ours(), "!sw0reloffer 0 27300 9000000 0 0.00002")
+            .unwrap()
+            .to_line();
+        let pubkey = maker.sign_private(ours(), "!pubkey abc").unwrap().to_line();
+        for dir in &world.dirs {
+            assert_eq!(dir.broadcast(JM_PRIVMSG, &offer), 1);
+        }
+        // The same answer twice, each time through every directory.
+        for _ in 0..2 {
+            for dir in &world.dirs {
+                assert_eq!(dir.broadcast(JM_PRIVMSG, &pubkey), 1);
+            }
+        }
+        for (i, dir) in world.dirs.iter().enumerate() {
+            let last = maker
+                .sign_private(ours(), format!("!last{i}"))
+                .unwrap()
+                .to_line();
+            assert_eq!(dir.broadcast(JM_PRIVMSG, &last), 1);
+        }
+        let mut bodies = Vec::new();
+        while bodies
+            .iter()
+            .filter(|b: &&String| b.starts_with("!last"))
+            .count()
+            < 3
+        {
+            let incoming = next(&rt, &messaging).await;
+            let Message::Private(verified) = &incoming.message else {
+                panic!("not a verified private message: {incoming:?}");
+            };
+            assert_eq!(verified.sender(), maker.nick());
+            bodies.push(verified.message().body().to_owned());
+        }
+        let count = |body: &str| bodies.iter().filter(|b| *b == body).count();
+        assert_eq!(
+            count("!sw0reloffer 0 27300 9000000 0 0.00002"),
+            1,
+            "{bodies:?}"
+        );
+        assert_eq!(
+            count("!pubkey abc"),
+            2,
+            "sent twice, delivered twice: {bodies:?}"
+        );
+        assert_eq!(bodies.len(), 6, "{bodies:?}");
+        let stats = messaging.stats();
+        assert_eq!((stats.received, stats.duplicates), (12, 6), "{stats:?}");
+        assert!(messaging.recv().now_or_never().is_none(), "nothing more");
+        world.pool.close_all().await.unwrap();
+    });
+}

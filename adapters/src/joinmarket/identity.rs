@@ -30,7 +30,7 @@ const NICK_HASH_LEN: usize = 10;
 ///
 /// so: `J5`, then base58 followed only by `O` padding, the base58 part
 /// decoding to at most 10 bytes (as rs; ng's rule is wider).
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Nick(String);
 
 /// Why a nick is not of the JoinMarket shape.

@@ -54,15 +54,20 @@
 //! because its own queue was full. [`Messaging::recv`] reports the sum as
 //! [`RecvError::Lagged`] before the next message: loss is never silent.
 //!
-//! # De-duplication of public messages
+//! # De-duplication of relayed messages
 //!
 //! An author sends a public message to every directory it is connected to,
 //! and each relays it unchanged (joinmarket-ng
 //! `directory_server/message_router.py::_handle_public_message` forwards the
 //! envelope's bytes; the reference `src/jmdaemon/onionmc.py::_pubmsg` sends
 //! to every directory in one go), so with N shared directories every public
-//! message arrives N times. We remember, per message (a 128-bit keyed hash
-//! of its `<from>!PUBLIC!<body>` line), how many copies each directory
+//! message arrives N times. Private messages too: joinmarket-ng's maker
+//! sends its offers and its answers to a taker through every directory it
+//! is connected to (`maker/protocol_handlers.py::_send_offers_to_taker` and
+//! `_send_response` loop over `directory_clients`), and the copies are
+//! byte for byte the same (the signature covers the body and the fixed
+//! onion host id, not the directory). We remember, per message (a 128-bit
+//! keyed hash of its whole line, the signature included), how many copies each directory
 //! delivered, and deliver a copy only when one directory has delivered more
 //! copies than we delivered so far. So three directories relaying one
 //! message give one delivery, and a message its author really sent twice
@@ -287,7 +292,8 @@ pub enum Message {
     /// directories relayed it.
     Public(PublicMessage),
     /// A private message to us (PRIVMSG 685) whose signature proves its
-    /// sender holds the key its nick derives from.
+    /// sender holds the key its nick derives from; delivered once however
+    /// many directories relayed it.
     Private(VerifiedPrivateMessage),
     /// A private message to us whose signature is missing or does not
     /// verify. joinmarket-ng's maker and taker drop these
@@ -444,7 +450,7 @@ pub struct MessagingStats {
     pub queued_charged: usize,
     /// Messages taken from the links so far.
     pub received: u64,
-    /// Relayed copies of public messages not delivered again.
+    /// Relayed copies of public and private messages not delivered again.
     pub duplicates: u64,
     /// Messages dropped because the merged queue was full.
     pub dropped_full: u64,
@@ -877,18 +883,10 @@ impl State {
             Message::Public(public) => {
                 self.routes
                     .learn(public.from(), directory, RouteSource::Message, now);
-                if !self.dedup.is_new(&public.to_line(), index, now) {
-                    self.duplicates = self.duplicates.saturating_add(1);
-                    return;
-                }
             }
             Message::Private(private) => {
                 self.routes
                     .learn(private.sender(), directory, RouteSource::Message, now);
-            }
-            Message::Unverified { message, error } => {
-                tracing::debug!(%directory, from = %message.from(), %error, "unverified private message");
-                self.unverified = self.unverified.saturating_add(1);
             }
             Message::Peerlist(entries) => {
                 for entry in entries {
@@ -900,7 +898,28 @@ impl State {
                     }
                 }
             }
-            Message::Malformed { .. } | Message::Other(_) => {}
+            Message::Unverified { .. } | Message::Malformed { .. } | Message::Other(_) => {}
+        }
+        // Every directory relays a public message, and joinmarket-ng's maker
+        // sends its offers and answers to a taker through every directory
+        // (`maker/protocol_handlers.py::_send_offers_to_taker`,
+        // `_send_response`): both arrive once per directory, byte for byte
+        // (a private message's signature covers the fixed onion host id).
+        let relayed = match &message {
+            Message::Public(public) => Some(public.to_line()),
+            Message::Private(private) => Some(private.message().to_line()),
+            Message::Unverified { message, .. } => Some(message.to_line()),
+            _ => None,
+        };
+        if let Some(line) = relayed {
+            if !self.dedup.is_new(&line, index, now) {
+                self.duplicates = self.duplicates.saturating_add(1);
+                return;
+            }
+        }
+        if let Message::Unverified { message, error } = &message {
+            tracing::debug!(%directory, from = %message.from(), %error, "unverified private message");
+            self.unverified = self.unverified.saturating_add(1);
         }
         let entries = match &message {
             Message::Peerlist(entries) => entries.len(),
@@ -963,7 +982,7 @@ fn classify(envelope: Envelope, ours: &Nick) -> Option<Message> {
     Some(parsed.unwrap_or_else(|error| Message::Malformed { envelope, error }))
 }
 
-/// Public messages seen recently: per message, how many copies each
+/// Relayed (public and private) messages seen recently: per message, how many copies each
 /// directory delivered and how many we delivered.
 struct Dedup {
     keys: (RandomState, RandomState),
