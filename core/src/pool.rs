@@ -170,8 +170,8 @@ impl Server {
     /// Moves to `next`: every change of state goes through here, so the
     /// model checker can hold each one against [`crate::diagram::EDGES`].
     fn enter(&mut self, next: State) {
-        #[cfg(feature = "fuzzing")]
-        crate::fuzzing::transitions::record(self.state.public(), next.public());
+        #[cfg(feature = "test-kit")]
+        crate::test_kit::record(self.state.public(), next.public());
         self.state = next;
     }
 

@@ -2,8 +2,8 @@
 //! regression file of `fuzz/` replayed through the same target bodies
 //! `cargo +nightly fuzz run` calls.
 
-use dirpool::fuzzing::{handshake_reply, socks_reply};
-use dirpool_core::fuzzing::replay_checked_in;
+use dirpool_adapters_kit::{handshake_reply, jm_lines, nick_auth, socks_reply};
+use dirpool_core_kit::replay_checked_in;
 
 #[test]
 fn socks_reply_corpus_and_regressions() {
@@ -17,10 +17,10 @@ fn handshake_reply_corpus_and_regressions() {
 
 #[test]
 fn jm_lines_corpus_and_regressions() {
-    assert!(replay_checked_in("jm_lines", dirpool::fuzzing::jm_lines) > 0);
+    assert!(replay_checked_in("jm_lines", jm_lines) > 0);
 }
 
 #[test]
 fn nick_auth_corpus_and_regressions() {
-    assert!(replay_checked_in("nick_auth", dirpool::fuzzing::nick_auth) > 0);
+    assert!(replay_checked_in("nick_auth", nick_auth) > 0);
 }

@@ -1,10 +1,9 @@
-//! Fuzz target bodies for the bytes a proxy or a directory sends us
-//! (feature `fuzzing`).
+//! Fuzz target bodies for the bytes a proxy or a directory sends us.
 //!
 //! Each function takes one fuzzer input and panics when a property is
 //! broken; the cargo-fuzz targets in `fuzz/` call them on nightly, and
-//! `adapters/tests/fuzz_corpus.rs` replays every corpus and regression file
-//! through them on stable. Not part of the stable API.
+//! `tests/fuzz_corpus.rs` of this crate replays every corpus and regression
+//! file through them on stable.
 //!
 //! The untrusted bytes arrive through [`ScriptRuntime`], a [`Runtime`]
 //! whose every TCP connection reads from one script: the input after its
@@ -27,14 +26,13 @@ use dirpool_core::{IsolationScope, IsolationToken, ServerAddr, StreamIsolation};
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use crate::dialer::Dialer;
-use crate::error::{DialError, every_text};
-use crate::handshake::{Client, Handshake, HandshakeContext, RawStream};
-use crate::joinmarket::wire::LineReader;
-use crate::joinmarket::{
+use dirpool::DialError;
+use dirpool::handshake::{Client, Handshake, HandshakeContext};
+use dirpool::joinmarket::{
     JmConfig, JoinMarketHandshake, MESSAGE_OVERHEAD, Network, NickIdentity, RecvError,
 };
-use crate::runtime::{BoxedStream, Runtime, before};
+use dirpool::runtime::{BoxedStream, Runtime};
+use dirpool::test_kit::{LineReader, before, dial_raw, every_text};
 
 /// Polls after which a run that has not ended counts as a hang. Every
 /// script read is ready at once, so a live run needs a few per byte.
@@ -80,14 +78,15 @@ pub fn socks_reply(data: &[u8]) {
     let timeout = Duration::from_secs(120);
     let deadline = rt.now() + timeout;
     let runtime: Arc<dyn Runtime> = Arc::new(rt.clone());
-    let dialer = Dialer::new(
+    let result = rt.run(dial_raw(
         runtime,
         SocketAddr::from((Ipv4Addr::LOCALHOST, 9050)),
         Duration::from_secs(10),
-        false,
-        RawStream,
-    );
-    let result = rt.run(dialer.dial_until(&target, credentials.as_ref(), deadline, timeout));
+        &target,
+        credentials.as_ref(),
+        deadline,
+        timeout,
+    ));
     let written = rt.script().written;
     assert!(
         written <= MAX_DIAL_WRITE,
@@ -188,6 +187,7 @@ pub fn handshake_reply(data: &[u8]) {
                     }
                     Err(RecvError::Lagged(n)) => assert!(n > 0, "a lag of nothing"),
                     Err(RecvError::Closed) => break,
+                    Err(other) => panic!("recv failed with {other:?}"),
                 }
             }
         };
@@ -418,12 +418,12 @@ impl AsyncWrite for ScriptStream {
 /// # Panics
 /// When a property is broken.
 pub fn jm_lines(data: &[u8]) {
-    use crate::joinmarket::lines::{
+    use dirpool::joinmarket::lines::{
         Command, LineError, PeerlistEntry, PrivateMessage, PrivmsgSignature, PublicMessage,
         commands_body, parse_commands, parse_peerlist, peerlist_payload,
     };
-    use crate::joinmarket::wire::MAX_SEND_LINE;
-    use crate::joinmarket::{Envelope, JmError, SignatureError};
+    use dirpool::joinmarket::wire::MAX_SEND_LINE;
+    use dirpool::joinmarket::{Envelope, JmError, SignatureError};
 
     /// A builder refused `line` only because its envelope is too long.
     fn refused_as_too_long(error: &LineError, envelope: &Envelope) {
@@ -553,10 +553,10 @@ pub fn jm_lines(data: &[u8]) {
 /// # Panics
 /// When a property is broken.
 pub fn nick_auth(data: &[u8]) {
-    use crate::joinmarket::nick_auth::{
+    use dirpool::joinmarket::nick_auth::{
         NickAuthChallenge, NickAuthProof, NickAuthResult, judge_answer, transcript,
     };
-    use crate::joinmarket::{DirectoryId, Envelope, NickAuthCode, PrivateMessage, wire};
+    use dirpool::joinmarket::{DirectoryId, Envelope, NickAuthCode, PrivateMessage, wire};
 
     let Some((&selector, rest)) = data.split_first() else {
         return;
@@ -656,7 +656,7 @@ mod tests {
     fn dial(
         script: &[u8],
         with_credentials: bool,
-    ) -> (ScriptRuntime, Result<crate::RawConnection, DialError>) {
+    ) -> (ScriptRuntime, Result<dirpool::RawConnection, DialError>) {
         let rt = ScriptRuntime::new(script);
         let target = ServerAddr::parse("127.0.0.1:5222").expect("valid");
         let isolation = StreamIsolation::new(
@@ -668,14 +668,15 @@ mod tests {
             .flatten();
         let timeout = Duration::from_secs(120);
         let deadline = rt.now() + timeout;
-        let dialer = Dialer::new(
+        let result = rt.run(dial_raw(
             Arc::new(rt.clone()),
             SocketAddr::from((Ipv4Addr::LOCALHOST, 9050)),
             Duration::from_secs(10),
-            false,
-            RawStream,
-        );
-        let result = rt.run(dialer.dial_until(&target, credentials.as_ref(), deadline, timeout));
+            &target,
+            credentials.as_ref(),
+            deadline,
+            timeout,
+        ));
         (rt, result)
     }
 

@@ -10,7 +10,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use crate::JitterRng;
+use dirpool_core::JitterRng;
 
 /// Mixed into a seed so that seed `n` here and jitter seed `n` in a pool
 /// draw different streams.

@@ -2,7 +2,8 @@
 //! regression file of `fuzz/` replayed through the same target bodies
 //! `cargo +nightly fuzz run` calls.
 
-use dirpool_core::fuzzing::{addr_parse, pool_ops, replay_checked_in};
+use dirpool_core_kit::fuzz::{addr_parse, pool_ops};
+use dirpool_core_kit::replay_checked_in;
 
 #[test]
 fn addr_parse_corpus_and_regressions() {

@@ -1,6 +1,6 @@
 //! The operation alphabet shared by the seeded core simulation
-//! (`core/tests/random_ops.rs`) and the `pool_ops` fuzz target: what a
-//! driver can do next to a [`PoolState`](crate::PoolState).
+//! (`tests/core-kit/tests/random_ops.rs`) and the `pool_ops` fuzz target: what a
+//! driver can do next to a [`PoolState`](dirpool_core::PoolState).
 //!
 //! Each step is one of these; its details (which attempt, which failure,
 //! how far the clock moves) are drawn from the same [`Choices`](super::Choices)
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use crate::{Command, RetryPolicy};
+use dirpool_core::{Command, RetryPolicy};
 
 /// The pool's own [`Command`]: one vocabulary for the public API, the
 /// fuzz alphabet and the simulations. Drawn from one byte; a

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use dirpool_core::ServerState;
 use dirpool_core::diagram::EDGES;
-use dirpool_core::fuzzing::{Choices, check_pool};
+use dirpool_core_kit::{Choices, check_pool};
 
 fn state(name: &str) -> ServerState {
     match name {
@@ -24,7 +24,7 @@ fn state(name: &str) -> ServerState {
 /// The edges drawn between the `state-diagram` markers of ARCHITECTURE.md,
 /// one `From -> To : cause` line each.
 fn drawn() -> Vec<(ServerState, ServerState, String)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../ARCHITECTURE.md");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ARCHITECTURE.md");
     let text = std::fs::read_to_string(path).expect("ARCHITECTURE.md");
     let start = text
         .find("<!-- state-diagram -->")

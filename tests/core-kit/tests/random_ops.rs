@@ -1,12 +1,12 @@
 //! The seeded core simulation: the model checker of
-//! `dirpool_core::fuzzing` (a driver playing random commands, results,
+//! `dirpool_core_kit::model` (a driver playing random commands, results,
 //! losses, close results, time steps and wrong inputs against `PoolState`,
 //! every invariant of `ARCHITECTURE.md` checked after every step), run from
 //! seeds.
 //!
 //! A seed names a byte string, and the `pool_ops` fuzz target runs the same
 //! checker on a fuzzer's bytes with the same alphabet
-//! (`dirpool_core::fuzzing::Step`), so each finding moves to the other side:
+//! (`dirpool_core_kit::Step`), so each finding moves to the other side:
 //! `DIRPOOL_CORE_SEED=N DIRPOOL_CORE_SAVE=FILE` (an absolute path) writes seed N as a fuzz
 //! input (put it in `fuzz/regressions/pool_ops/` and the corpus replay
 //! keeps it), and `DIRPOOL_CORE_INPUT=FILE` replays a fuzzer's file here with
@@ -22,11 +22,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use dirpool_core::fuzzing::{Choices, RunReport, check_pool};
 use dirpool_core::{
     AttemptId, Backoff, Command, DialFailure, Entropy, Input, IsolationToken, Notification,
     OperationEnd, Output, PoolConfig, PoolState, RetryPolicy, ServerId, ServerState, SocksReply,
 };
+use dirpool_core_kit::{Choices, RunReport, check_pool};
 
 const DEFAULT_SEEDS: u64 = 2_000;
 
@@ -48,8 +48,8 @@ fn run_seed(seed: u64, full_trace: bool) -> RunReport {
     }
     outcome.unwrap_or_else(|failure| {
         panic!(
-            "seed {seed} failed: {failure}\nreplay: DIRPOOL_CORE_SEED={seed} cargo test -p dirpool-core --test random_ops\n\
-             as a fuzz input: DIRPOOL_CORE_SEED={seed} DIRPOOL_CORE_SAVE=$PWD/fuzz/regressions/pool_ops/seed-{seed} cargo test -p dirpool-core --test random_ops"
+            "seed {seed} failed: {failure}\nreplay: DIRPOOL_CORE_SEED={seed} cargo test -p dirpool-core-kit --test random_ops\n\
+             as a fuzz input: DIRPOOL_CORE_SEED={seed} DIRPOOL_CORE_SAVE=$PWD/fuzz/regressions/pool_ops/seed-{seed} cargo test -p dirpool-core-kit --test random_ops"
         )
     })
 }

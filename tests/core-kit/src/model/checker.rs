@@ -1,5 +1,5 @@
 //! The model checker behind the `pool_ops` fuzz target and the seeded core
-//! simulation (`core/tests/random_ops.rs`).
+//! simulation (`tests/core-kit/tests/random_ops.rs`).
 //!
 //! A run builds a configuration (valid, duplicate and malformed entries,
 //! random timeouts, maintenance policy and isolation scope), then plays a
@@ -21,7 +21,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use super::{Choices, Step};
-use crate::{
+use dirpool_core::{
     AttemptId, Backoff, CloseFailure, Command, ConfigError, DialFailure, DisconnectReason, Entropy,
     FailureScope, Input as PoolInput, InputError, IsolationScope, IsolationToken, KeepalivePolicy,
     LinkLoss, Notification, OperationEnd, OperationId, OperationKind, OperationReport, Output,
@@ -403,7 +403,7 @@ struct Setup {
     entropy: Entropy,
     token_hex: String,
     /// Per entry: `Err` if malformed, else the node id.
-    parsed: Vec<Result<String, crate::AddrError>>,
+    parsed: Vec<Result<String, dirpool_core::AddrError>>,
 }
 
 fn random_setup(choices: &mut Choices) -> Setup {
@@ -510,6 +510,7 @@ impl Sim<'_> {
             Input::Command(Command::CloseAll) => "close_all".to_owned(),
             Input::Command(Command::StartMaintenance) => "start_maintenance".to_owned(),
             Input::Command(Command::StopMaintenance) => "stop_maintenance".to_owned(),
+            Input::Command(other) => format!("{other:?}"),
             Input::Succeed(a) => format!("dial_succeeded {a}"),
             Input::Fail(a, f) => format!("dial_failed {a} {f:?}"),
             Input::Lost(a, l) => format!("connection_lost {a} {l:?}"),
@@ -578,6 +579,7 @@ impl Sim<'_> {
                 }
                 other => format!("{other:?}"),
             },
+            other => format!("{other:?}"),
         }
     }
 
@@ -1037,6 +1039,7 @@ impl Sim<'_> {
                 }
             }
             Output::Notify(n) => self.on_notification(input, pre_dial, new_op, n)?,
+            other => bail!("an output the checker does not know: {other:?}"),
         }
         Ok(())
     }
@@ -1044,7 +1047,7 @@ impl Sim<'_> {
     fn check_credentials(
         &mut self,
         s: usize,
-        credentials: Option<&crate::SocksCredentials>,
+        credentials: Option<&dirpool_core::SocksCredentials>,
     ) -> Result<(), String> {
         // Invariant 9.
         match (self.scope, credentials) {
@@ -1259,6 +1262,7 @@ impl Sim<'_> {
                         close.timed_out = true;
                         self.stats.bump("close timeouts");
                     }
+                    other => bail!("a disconnect reason the checker does not know: {other:?}"),
                 }
                 ensure!(
                     self.m.live[s] == Some(*attempt),
@@ -1312,6 +1316,7 @@ impl Sim<'_> {
                 return Err(format!("unexpected {n:?}"));
             }
             Notification::OperationFinished(r) => self.on_finished(input, new_op, r)?,
+            other => bail!("a notification the checker does not know: {other:?}"),
         }
         Ok(())
     }
@@ -2428,7 +2433,7 @@ fn run(choices: &mut Choices, trace: &mut Trace) -> Result<Stats, String> {
 
     // Expected servers and rejections, from the public parser.
     let mut node_ids: Vec<String> = Vec::new();
-    let mut rejections: Vec<(usize, Result<usize, crate::AddrError>)> = Vec::new();
+    let mut rejections: Vec<(usize, Result<usize, dirpool_core::AddrError>)> = Vec::new();
     for (index, parsed) in setup.parsed.iter().enumerate() {
         match parsed {
             Err(e) => rejections.push((index, Err(e.clone()))),
@@ -2595,7 +2600,7 @@ fn run_traced(choices: &mut Choices, on: bool, full: bool) -> Result<(Stats, Tra
     let error = match outcome {
         Ok(Ok(stats)) => return Ok((stats, trace)),
         Ok(Err(message)) => message,
-        Err(payload) => format!("panic: {}", super::panic_text(&*payload)),
+        Err(payload) => format!("panic: {}", crate::corpus::panic_text(&*payload)),
     };
     Err(format!(
         "{error}\nlast {} steps:\n{}",
