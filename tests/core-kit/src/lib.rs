@@ -12,7 +12,7 @@
 //!   or a seed), and checks the invariants of `ARCHITECTURE.md` after
 //!   every step.
 //! * [`fuzz`]: the bodies of the core's cargo-fuzz targets (`addr_parse`,
-//!   `pool_ops`); `fuzz/fuzz_targets/*.rs` call them.
+//!   `pool_ops`, `pool_model`); `fuzz/fuzz_targets/*.rs` call them.
 //! * [`corpus`]: the checked-in corpus and regression files of `fuzz/`,
 //!   replayed on stable by this crate's tests and by the adapters' kit.
 #![forbid(unsafe_code)]
@@ -22,4 +22,4 @@ pub mod fuzz;
 pub mod model;
 
 pub use corpus::{checked_in_inputs, replay_checked_in};
-pub use model::{Choices, RunFailure, RunReport, Step, check_pool};
+pub use model::{Choices, QuickCounts, RunFailure, RunReport, Step, check_pool, check_steps};

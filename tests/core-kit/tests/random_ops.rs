@@ -4,11 +4,11 @@
 //! every invariant of `ARCHITECTURE.md` checked after every step), run from
 //! seeds.
 //!
-//! A seed names a byte string, and the `pool_ops` fuzz target runs the same
+//! A seed names a byte string, and the `pool_model` fuzz target runs the same
 //! checker on a fuzzer's bytes with the same alphabet
 //! (`dirpool_core_kit::Step`), so each finding moves to the other side:
 //! `DIRPOOL_CORE_SEED=N DIRPOOL_CORE_SAVE=FILE` (an absolute path) writes seed N as a fuzz
-//! input (put it in `fuzz/regressions/pool_ops/` and the corpus replay
+//! input (put it in `fuzz/regressions/pool_model/` and the corpus replay
 //! keeps it), and `DIRPOOL_CORE_INPUT=FILE` replays a fuzzer's file here with
 //! its whole trace.
 //!
@@ -49,7 +49,7 @@ fn run_seed(seed: u64, full_trace: bool) -> RunReport {
     outcome.unwrap_or_else(|failure| {
         panic!(
             "seed {seed} failed: {failure}\nreplay: DIRPOOL_CORE_SEED={seed} cargo test -p dirpool-core-kit --test random_ops\n\
-             as a fuzz input: DIRPOOL_CORE_SEED={seed} DIRPOOL_CORE_SAVE=$PWD/fuzz/regressions/pool_ops/seed-{seed} cargo test -p dirpool-core-kit --test random_ops"
+             as a fuzz input: DIRPOOL_CORE_SEED={seed} DIRPOOL_CORE_SAVE=$PWD/fuzz/regressions/pool_model/seed-{seed} cargo test -p dirpool-core-kit --test random_ops"
         )
     })
 }

@@ -1,5 +1,5 @@
 //! The operation alphabet shared by the seeded core simulation
-//! (`tests/core-kit/tests/random_ops.rs`) and the `pool_ops` fuzz target: what a
+//! (`tests/core-kit/tests/random_ops.rs`) and the `pool_ops` and `pool_model` fuzz targets: what a
 //! driver can do next to a [`PoolState`](dirpool_core::PoolState).
 //!
 //! Each step is one of these; its details (which attempt, which failure,

@@ -1,4 +1,4 @@
-//! The model checker behind the `pool_ops` fuzz target and the seeded core
+//! The model checker behind the `pool_model` fuzz target and the seeded core
 //! simulation (`tests/core-kit/tests/random_ops.rs`).
 //!
 //! A run builds a configuration (valid, duplicate and malformed entries,
@@ -82,7 +82,7 @@ fn as_millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn random_backoff(choices: &mut Choices) -> Backoff {
+pub(super) fn random_backoff(choices: &mut Choices) -> Backoff {
     if choices.chance(8) {
         // Extremes: tiny or constant delays, huge factors.
         let initial = Duration::from_nanos(1 + choices.below(2_000_000));
@@ -110,7 +110,7 @@ fn random_backoff(choices: &mut Choices) -> Backoff {
     Backoff::new(initial, max, factor).with_jitter(jitter)
 }
 
-fn random_retry_policy(choices: &mut Choices) -> RetryPolicy {
+pub(super) fn random_retry_policy(choices: &mut Choices) -> RetryPolicy {
     let timeout = if choices.chance(10) {
         Duration::ZERO
     } else {
@@ -123,7 +123,7 @@ fn random_retry_policy(choices: &mut Choices) -> RetryPolicy {
     policy
 }
 
-fn random_failure(choices: &mut Choices, proxy_pct: u64) -> DialFailure {
+pub(super) fn random_failure(choices: &mut Choices, proxy_pct: u64) -> DialFailure {
     if choices.chance(proxy_pct) {
         return *choices.pick(&[
             DialFailure::ProxyUnreachable,
@@ -164,7 +164,7 @@ fn random_io_kind(choices: &mut Choices) -> std::io::ErrorKind {
     ])
 }
 
-fn random_loss(choices: &mut Choices) -> LinkLoss {
+pub(super) fn random_loss(choices: &mut Choices) -> LinkLoss {
     match choices.below(7) {
         0 => LinkLoss::ClosedByPeer,
         1 => LinkLoss::Io(random_io_kind(choices)),

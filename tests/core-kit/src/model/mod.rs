@@ -10,9 +10,11 @@ use dirpool_core::test_kit::TransitionWatch;
 mod alphabet;
 mod checker;
 mod choices;
+mod quick;
 
 pub use alphabet::Step;
 pub use choices::Choices;
+pub use quick::{MAX_STEPS, QuickCounts, check_steps};
 
 /// What a checked run of the pool that kept every invariant saw.
 #[derive(Debug, Clone)]
