@@ -49,7 +49,7 @@ pub use config::{
     RetryPolicy,
 };
 pub use errors::{RejectedEntry, Rejection};
-pub use failure::{CloseFailure, DialFailure, FailureScope, LinkLoss, SocksReply};
+pub use failure::{CloseFailure, DialDetail, DialFailure, FailureScope, LinkLoss, SocksReply};
 pub use isolation::{
     IsolationCategory, IsolationScope, IsolationToken, Password, SocksCredentials, StreamIsolation,
 };

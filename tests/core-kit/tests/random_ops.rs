@@ -195,6 +195,7 @@ fn a_timed_out_dial_never_reports_a_retry_at_in_the_past() {
         Input::DialFinished {
             attempt: dial_a,
             result: Err(DialFailure::ProxyUnreachable),
+            detail: None,
         },
     )
     .expect("accepted");
@@ -259,6 +260,7 @@ fn status_never_shows_a_retry_that_will_not_happen() {
         Input::DialFinished {
             attempt: dial_a,
             result: Err(DialFailure::Socks(SocksReply::HostUnreachable)),
+            detail: None,
         },
     )
     .expect("accepted");
@@ -269,6 +271,7 @@ fn status_never_shows_a_retry_that_will_not_happen() {
         Input::DialFinished {
             attempt: dial_b,
             result: Ok(()),
+            detail: None,
         },
     )
     .expect("accepted");

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use super::{Choices, Step};
 use dirpool_core::{
-    AttemptId, Backoff, CloseFailure, Command, ConfigError, DialFailure, DisconnectReason, Entropy,
-    FailureScope, Input as PoolInput, InputError, IsolationScope, IsolationToken, KeepalivePolicy,
-    LinkLoss, Notification, OperationEnd, OperationId, OperationKind, OperationReport, Output,
-    PoolConfig, PoolState, RetryPolicy, ServerAddr, ServerId, ServerState, ServerStatus,
-    SocksReply,
+    AttemptId, Backoff, CloseFailure, Command, ConfigError, DialDetail, DialFailure,
+    DisconnectReason, Entropy, FailureScope, Input as PoolInput, InputError, IsolationScope,
+    IsolationToken, KeepalivePolicy, LinkLoss, Notification, OperationEnd, OperationId,
+    OperationKind, OperationReport, Output, PoolConfig, PoolState, RetryPolicy, ServerAddr,
+    ServerId, ServerState, ServerStatus, SocksReply,
 };
 
 const TRACE_TAIL: usize = 30;
@@ -533,12 +533,7 @@ impl Sim<'_> {
                 d.credentials.is_some()
             ),
             Output::Abort(a) => format!("Abort {a}"),
-            Output::Probe(p) => format!(
-                "Probe {} {} until {}",
-                p.server,
-                p.attempt,
-                self.off(p.deadline)
-            ),
+            Output::Probe(p) => format!("Probe {} {}", p.server, p.attempt),
             Output::Close(c) => format!(
                 "Close {} {}{}",
                 c.server,
@@ -551,6 +546,7 @@ impl Sim<'_> {
                     attempt,
                     failure,
                     retry_at,
+                    ..
                 } => format!(
                     "DialFailed {server} {attempt} {failure:?} retry_at={}",
                     retry_at.map_or_else(|| "-".to_owned(), |t| self.off(t))
@@ -666,13 +662,16 @@ impl Sim<'_> {
                 PoolInput::DialFinished {
                     attempt: a,
                     result: Ok(()),
+                    detail: None,
                 },
             ),
+            // The attempt as the detail: its DialFailed must hand it back.
             Input::Fail(a, f) => self.pool.handle_input(
                 self.now,
                 PoolInput::DialFinished {
                     attempt: a,
                     result: Err(f),
+                    detail: Some(DialDetail::new(a)),
                 },
             ),
             Input::Lost(a, l) => self.pool.handle_input(
@@ -878,15 +877,11 @@ impl Sim<'_> {
                     self.keepalive.idle
                 );
                 ensure!(
-                    p.deadline == self.now + self.keepalive.probe_timeout,
-                    "Probe of {a} with deadline {}",
-                    self.off(p.deadline)
-                );
-                ensure!(
                     self.m.open.get(&a) == Some(&p.server.index()),
                     "Probe names the wrong server"
                 );
-                w.probe = Some((self.now, p.deadline));
+                // The machine loses the link at this deadline (invariant 11).
+                w.probe = Some((self.now, self.now + self.keepalive.probe_timeout));
                 self.stats.bump("probes");
             }
             Output::Dial(d) => {
@@ -1140,10 +1135,19 @@ impl Sim<'_> {
                 attempt,
                 failure,
                 retry_at,
+                detail,
             } => {
                 let s = server.index();
                 let reported = matches!(input, Input::Fail(x, f) if x == *attempt && f == *failure)
                     && pre_dial.is_some_and(|d| !d.aborted);
+                // The driver's detail comes back with its own failure only.
+                let handed_back = detail
+                    .as_ref()
+                    .map(|d| d.downcast::<AttemptId>().map(|a| *a));
+                ensure!(
+                    handed_back == reported.then_some(Some(*attempt)),
+                    "DialFailed {attempt} carries detail {handed_back:?} (reported: {reported})"
+                );
                 if reported {
                     let dial = self.m.dials.remove(attempt).ok_or("failed no dial")?;
                     ensure!(dial.server == s, "DialFailed names the wrong server");
@@ -2066,6 +2070,7 @@ impl Sim<'_> {
                         PoolInput::DialFinished {
                             attempt: a,
                             result: Ok(()),
+                            detail: None,
                         },
                     ),
                 ),
@@ -2076,6 +2081,7 @@ impl Sim<'_> {
                         PoolInput::DialFinished {
                             attempt: a,
                             result: Err(DialFailure::TimedOut),
+                            detail: None,
                         },
                     ),
                 ),

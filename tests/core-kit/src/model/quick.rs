@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use dirpool_core::{
-    AttemptId, Command, Entropy, Input, IsolationToken, KeepalivePolicy, Notification, Output,
-    PoolConfig, PoolState,
+    AttemptId, Command, DialDetail, DialFailure, Entropy, Input, IsolationToken, KeepalivePolicy,
+    Notification, Output, PoolConfig, PoolState,
 };
 
 use super::checker::{random_backoff, random_failure, random_loss, random_retry_policy};
@@ -159,7 +159,7 @@ impl Run {
                 };
                 let taken = self
                     .pool
-                    .handle_input(self.now, Input::DialFinished { attempt, result });
+                    .handle_input(self.now, dial_finished(attempt, result));
                 ensure!(
                     taken.is_ok(),
                     "the result of dial {attempt} refused: {taken:?}"
@@ -227,11 +227,11 @@ impl Run {
                 let Some((&attempt, _)) = nth(&self.held.open, choices) else {
                     return self.advance(choices);
                 };
-                let input = *choices.pick(&[
-                    Input::LinkActive(attempt),
-                    Input::ProbeAnswered(attempt),
-                    Input::ProbeUnsupported(attempt),
-                ]);
+                let input = match choices.below(3) {
+                    0 => Input::LinkActive(attempt),
+                    1 => Input::ProbeAnswered(attempt),
+                    _ => Input::ProbeUnsupported(attempt),
+                };
                 let refused = self.pool.handle_input(self.now, input).is_err();
                 self.drain(Taken::Input(attempt), refused)
             }
@@ -245,14 +245,11 @@ impl Run {
                         result: Ok(()),
                     }
                 } else if let Some((&attempt, _)) = nth(&self.held.open, choices) {
-                    Input::DialFinished {
-                        attempt,
-                        result: Ok(()),
-                    }
+                    dial_finished(attempt, Ok(()))
                 } else {
                     return self.advance(choices);
                 };
-                let taken = self.pool.handle_input(self.now, input);
+                let taken = self.pool.handle_input(self.now, input.clone());
                 ensure!(taken.is_err(), "a wrong input {input:?} was taken");
                 self.counts.refused += 1;
                 self.drain(Taken::Wrong, true)
@@ -397,6 +394,21 @@ impl Run {
             | Output::Notify(Notification::DuplicateAddress { .. }) => {
                 return Err("an address rejected after construction".to_owned());
             }
+            Output::Notify(Notification::DialFailed {
+                attempt, detail, ..
+            }) => {
+                // The driver's detail comes back with the failure it
+                // reported, and none with the machine's own timeout.
+                let handed_back = detail.map(|d| d.downcast::<AttemptId>().map(|a| *a));
+                let want = match taken {
+                    Taken::Input(a) if a == attempt => Some(Some(attempt)),
+                    _ => None,
+                };
+                ensure!(
+                    handed_back == want,
+                    "DialFailed {attempt} hands back {handed_back:?} after {taken:?}"
+                );
+            }
             // Timing, backoff and reports are the deep checker's.
             Output::Notify(_) => {}
             other => {
@@ -422,7 +434,7 @@ impl Run {
                 let result = Err(random_failure(choices, 0));
                 let taken = self
                     .pool
-                    .handle_input(self.now, Input::DialFinished { attempt, result });
+                    .handle_input(self.now, dial_finished(attempt, result));
                 ensure!(
                     taken.is_ok(),
                     "the result of dial {attempt} refused: {taken:?}"
@@ -479,6 +491,16 @@ enum Taken {
     Input(AttemptId),
     Timeout,
     Wrong,
+}
+
+/// The result of dial `attempt`; a failure carries the attempt as its
+/// detail, which its `DialFailed` must hand back.
+fn dial_finished(attempt: AttemptId, result: Result<(), DialFailure>) -> Input {
+    Input::DialFinished {
+        attempt,
+        result,
+        detail: result.is_err().then(|| DialDetail::new(attempt)),
+    }
 }
 
 /// The entry `choices` picks, if there is any.
