@@ -62,22 +62,6 @@ const MALFORMED_ENTRIES: &[&str] = &[
     "1.2.3.4.5",
 ];
 
-/// Fails the current run with a message (the caller adds seed and trace).
-macro_rules! ensure {
-    ($cond:expr, $($arg:tt)+) => {
-        if !$cond {
-            return Err(format!($($arg)+));
-        }
-    };
-}
-
-/// Fails the current run unconditionally.
-macro_rules! bail {
-    ($($arg:tt)+) => {
-        return Err(format!($($arg)+))
-    };
-}
-
 fn as_millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -1,11 +1,28 @@
 //! The pool's model checker: a driver played against a `PoolState`, every
 //! decision drawn from [`Choices`], the invariants of `ARCHITECTURE.md`
-//! checked after every step.
+//! checked after every step ([`check_pool`], deep; [`check_steps`], a short
+//! run with the cheap invariants only).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use dirpool_core::ServerState;
 use dirpool_core::test_kit::TransitionWatch;
+
+/// Fails the current run with a message (the callers add where it broke).
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err(format!($($arg)+));
+        }
+    };
+}
+
+/// Fails the current run unconditionally.
+macro_rules! bail {
+    ($($arg:tt)+) => {
+        return Err(format!($($arg)+))
+    };
+}
 
 mod alphabet;
 mod checker;

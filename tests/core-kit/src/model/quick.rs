@@ -34,15 +34,6 @@ pub const MAX_STEPS: usize = 16;
 /// onion's checksum would cost more than a step).
 const SERVERS: &[&str] = &["127.0.0.1:5222", "127.0.0.2", "[::1]:5223", "dir.example"];
 
-/// Fails the run with a message.
-macro_rules! ensure {
-    ($cond:expr, $($arg:tt)+) => {
-        if !$cond {
-            return Err(format!($($arg)+));
-        }
-    };
-}
-
 /// What the driver holds, as the outputs told it.
 #[derive(Default)]
 struct Held {
