@@ -81,16 +81,17 @@ impl<H: Handshake> Dialer<H> {
         deadline: Instant,
         signals: LinkSignals,
     ) -> Result<H::Client, DialError> {
-        let direct = self.direct_clearnet && !addr.is_onion() && addr.ip().is_some();
+        // The route, decided once: the isolation check is for proxied dials.
+        let direct = socks::route(self.direct_clearnet, addr);
         let credentials = self.proxy_auth.as_ref().or(credentials);
-        if credentials.is_some() && !direct {
+        if credentials.is_some() && direct.is_none() {
             self.verify_isolation().await?;
         }
         let stream = socks::dial(
             &*self.runtime,
             self.proxy,
             self.proxy_timeout,
-            self.direct_clearnet,
+            direct,
             addr,
             credentials,
         )

@@ -15,9 +15,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use dirpool_core::{
-    AttemptId, CloseFailure, CloseRequest, Command, DialRequest, DisconnectReason, Input, LinkLoss,
-    Notification, OperationId, OperationReport, Output, PoolHealth, PoolState, ServerId,
-    ServerStatus,
+    AttemptId, CloseFailure, CloseRequest, Command, DialDetail, DialFailure, DialRequest,
+    DisconnectReason, Input, LinkLoss, Notification, OperationId, OperationReport, Output,
+    PoolHealth, PoolState, ServerAddr, ServerId, ServerStatus,
 };
 use futures::channel::{mpsc, oneshot};
 use futures::future::{AbortHandle, Abortable, BoxFuture};
@@ -46,7 +46,7 @@ pub(crate) enum Request<C> {
 /// A finished operation, with the clients it connected.
 pub(crate) struct OpOutcome<C> {
     pub(crate) report: OperationReport,
-    pub(crate) newly_connected: Vec<(String, Arc<C>)>,
+    pub(crate) newly_connected: Vec<(ServerId, Arc<C>)>,
 }
 
 /// What the handles read without asking the driver.
@@ -154,8 +154,8 @@ enum Event<C> {
 /// gone by its turn is skipped (with its disconnected hook), so a slow or
 /// hung hook never keeps a closed link's socket open.
 enum HookCall<C> {
-    Connected(AttemptId, String, std::sync::Weak<C>, Span),
-    Disconnected(AttemptId, String, DisconnectReason, Span),
+    Connected(AttemptId, ServerId, std::sync::Weak<C>, Span),
+    Disconnected(AttemptId, ServerId, DisconnectReason, Span),
 }
 
 /// A client the driver holds: awaiting registration, registered, or stray.
@@ -188,8 +188,9 @@ pub(crate) struct Driver<H: Handshake> {
     dials: HashMap<AttemptId, AbortHandle>,
     held: HashMap<AttemptId, Held<H::Client>>,
     waiters: HashMap<OperationId, OpReply<H::Client>>,
-    /// The rich error of the dial result being fed to the machine.
-    last_error: Option<(AttemptId, Arc<DialError>)>,
+    /// The configured servers, by `ServerId` (events and hooks name them
+    /// by node id).
+    servers: Arc<[Arc<ServerAddr>]>,
     timer: Option<(Instant, BoxFuture<'static, ()>)>,
     /// The pool's span, and one per server (by `ServerId`) under it: every
     /// log line about a server, from the driver or its tasks, is in its span.
@@ -219,10 +220,12 @@ impl<H: Handshake> Driver<H> {
             .collect();
         crate::metrics::describe();
         let gauges = crate::metrics::Gauges::new(state.servers().len());
+        let servers: Arc<[Arc<ServerAddr>]> = state.servers().map(|(_, a)| Arc::clone(a)).collect();
         runtime.spawn(
             run_hooks(
                 hooks,
                 hook_calls,
+                Arc::clone(&servers),
                 Arc::clone(&runtime),
                 hook_timeout,
                 Arc::clone(&shared),
@@ -245,7 +248,7 @@ impl<H: Handshake> Driver<H> {
             dials: HashMap::new(),
             held: HashMap::new(),
             waiters: HashMap::new(),
-            last_error: None,
+            servers,
             timer: None,
             span: span.clone(),
             server_spans,
@@ -421,20 +424,20 @@ impl<H: Handshake> Driver<H> {
                             Input::DialFinished {
                                 attempt,
                                 result: Ok(()),
+                                detail: None,
                             },
                         )
                     }
-                    Err(error) => {
-                        let failure = error.failure();
-                        self.last_error = Some((attempt, Arc::new(error)));
-                        self.state.handle_input(
-                            now,
-                            Input::DialFinished {
-                                attempt,
-                                result: Err(failure),
-                            },
-                        )
-                    }
+                    // The error rides through the machine and comes back in
+                    // its DialFailed notification.
+                    Err(error) => self.state.handle_input(
+                        now,
+                        Input::DialFinished {
+                            attempt,
+                            result: Err(error.failure()),
+                            detail: Some(DialDetail::new(error)),
+                        },
+                    ),
                 }
             }
             Event::Lost(attempt, loss) => self
@@ -596,10 +599,8 @@ impl<H: Handshake> Driver<H> {
     }
 
     /// `server`'s node id, as events and hooks name it.
-    fn node_id(&self, server: ServerId) -> String {
-        self.state
-            .server_addr(server)
-            .map_or_else(String::new, |a| a.node_id().to_owned())
+    fn node_id(&self, server: ServerId) -> &str {
+        node_id(&self.servers, server)
     }
 
     fn unregister(&self, server: ServerId) {
@@ -619,7 +620,6 @@ impl<H: Handshake> Driver<H> {
                 attempt,
                 reason,
             } => {
-                let node_id = self.node_id(server);
                 if let DisconnectReason::Lost(loss) = reason {
                     crate::metrics::link_lost(loss);
                 }
@@ -642,32 +642,32 @@ impl<H: Handshake> Driver<H> {
                     );
                 }
                 let span = self.server_span(server).clone();
-                let _ = self.hooks_tx.unbounded_send(HookCall::Disconnected(
-                    attempt,
-                    node_id.clone(),
-                    reason,
-                    span,
-                ));
+                let _ = self
+                    .hooks_tx
+                    .unbounded_send(HookCall::Disconnected(attempt, server, reason, span));
+                let node_id = self.node_id(server).to_owned();
                 self.publish(Some(server), PoolEvent::Disconnected { node_id, reason });
             }
             Notification::DialFailed {
                 server,
-                attempt,
                 failure,
                 retry_at,
+                detail,
+                ..
             } => {
                 crate::metrics::dial_failed(failure);
-                let error = match self.last_error.take() {
-                    Some((a, error)) if a == attempt => error,
+                let error = detail
+                    .and_then(|detail| detail.downcast::<DialError>())
                     // The machine's own timeout: no driver error behind it.
-                    _ => Arc::new(match failure {
-                        dirpool_core::DialFailure::TimedOut => {
-                            DialError::TimedOut(self.state.connection_timeout())
-                        }
-                        _ => DialError::Aborted,
-                    }),
-                };
-                let node_id = self.node_id(server);
+                    .unwrap_or_else(|| {
+                        Arc::new(match failure {
+                            DialFailure::TimedOut => {
+                                DialError::TimedOut(self.state.connection_timeout())
+                            }
+                            _ => DialError::Aborted,
+                        })
+                    });
+                let node_id = self.node_id(server).to_owned();
                 self.publish(
                     Some(server),
                     PoolEvent::DialFailed {
@@ -679,11 +679,11 @@ impl<H: Handshake> Driver<H> {
             }
             Notification::ProbeAnswered { server, rtt, .. } => {
                 crate::metrics::probe_answered(rtt);
-                let node_id = self.node_id(server);
+                let node_id = self.node_id(server).to_owned();
                 self.publish(Some(server), PoolEvent::ProbeAnswered { node_id, rtt });
             }
             Notification::GaveUp { server, failures } => {
-                let node_id = self.node_id(server);
+                let node_id = self.node_id(server).to_owned();
                 self.publish(Some(server), PoolEvent::GaveUp { node_id, failures });
             }
             Notification::AllDown => self.publish(None, PoolEvent::AllDown),
@@ -732,17 +732,14 @@ impl<H: Handshake> Driver<H> {
             }
         };
         let hook_client = Arc::downgrade(&held.client);
-        let node_id = self.node_id(server);
         let link_span = tracing::info_span!(parent: &span, "link", %attempt);
         self.spawn_guarded("link", watch.instrument(link_span), move || {
             Some(Event::Lost(attempt, LinkLoss::Panicked))
         });
-        let _ = self.hooks_tx.unbounded_send(HookCall::Connected(
-            attempt,
-            node_id.clone(),
-            hook_client,
-            span,
-        ));
+        let _ =
+            self.hooks_tx
+                .unbounded_send(HookCall::Connected(attempt, server, hook_client, span));
+        let node_id = self.node_id(server).to_owned();
         self.publish(Some(server), PoolEvent::Connected { node_id });
     }
 
@@ -756,7 +753,7 @@ impl<H: Handshake> Driver<H> {
             .iter()
             .filter_map(|&server| {
                 let client = clients.as_ref()?.get(&server)?;
-                Some((self.node_id(server), Arc::clone(client)))
+                Some((server, Arc::clone(client)))
             })
             .collect();
         drop(clients);
@@ -772,6 +769,13 @@ impl<H: Handshake> Driver<H> {
         let span = server.map_or(&self.span, |server| self.server_span(server));
         self.shared.publish(span, self.runtime.now(), event);
     }
+}
+
+/// `server`'s node id in `servers` (empty for an id the pool never gave).
+fn node_id(servers: &[Arc<ServerAddr>], server: ServerId) -> &str {
+    servers
+        .get(server.index())
+        .map_or("", |addr| addr.node_id())
 }
 
 /// The server a notification is about, if it is about one.
@@ -794,6 +798,7 @@ fn notification_server(notification: &Notification) -> Option<ServerId> {
 async fn run_hooks<C: Client, K: PoolHooks<C>>(
     hooks: K,
     mut calls: mpsc::UnboundedReceiver<HookCall<C>>,
+    servers: Arc<[Arc<ServerAddr>]>,
     runtime: Arc<dyn Runtime>,
     timeout: Duration,
     shared: Arc<Shared<C>>,
@@ -810,7 +815,8 @@ async fn run_hooks<C: Client, K: PoolHooks<C>>(
             };
         let deadline = runtime.sleep_until(runtime.now() + timeout);
         let (node_id, hook, span, result) = match call {
-            HookCall::Connected(attempt, node_id, client, span) => {
+            HookCall::Connected(attempt, server, client, span) => {
+                let node_id = node_id(&servers, server);
                 let Some(client) = client.upgrade() else {
                     span.in_scope(|| {
                         tracing::debug!(
@@ -820,15 +826,16 @@ async fn run_hooks<C: Client, K: PoolHooks<C>>(
                     skipped.insert(attempt);
                     continue;
                 };
-                let run = AssertUnwindSafe(hooks.on_connected(&node_id, &client)).catch_unwind();
+                let run = AssertUnwindSafe(hooks.on_connected(node_id, &client)).catch_unwind();
                 let result = before(deadline, run.instrument(span.clone())).await;
                 (node_id, "connected", span, result)
             }
-            HookCall::Disconnected(attempt, node_id, reason, span) => {
+            HookCall::Disconnected(attempt, server, reason, span) => {
                 if skipped.remove(&attempt) {
                     continue;
                 }
-                let run = AssertUnwindSafe(hooks.on_disconnected(&node_id, reason)).catch_unwind();
+                let node_id = node_id(&servers, server);
+                let run = AssertUnwindSafe(hooks.on_disconnected(node_id, reason)).catch_unwind();
                 let result = before(deadline, run.instrument(span.clone())).await;
                 (node_id, "disconnected", span, result)
             }
@@ -844,7 +851,10 @@ async fn run_hooks<C: Client, K: PoolHooks<C>>(
                 };
                 shared.publish(&span, now, event);
             }
-            None => shared.publish(&span, now, PoolEvent::HookTimedOut { node_id, hook }),
+            None => {
+                let node_id = node_id.to_owned();
+                shared.publish(&span, now, PoolEvent::HookTimedOut { node_id, hook });
+            }
         }
     }
 }

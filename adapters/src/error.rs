@@ -14,7 +14,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// Every way a user can print `error`: its Display and Debug, then each
 /// cause's Display (what the no-secrets checks look through).
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, feature = "test-kit"))]
 pub(crate) fn every_text(error: &(dyn StdError + 'static)) -> Vec<String> {
     let mut texts = vec![error.to_string(), format!("{error:?}")];
     texts.extend(std::iter::successors(error.source(), |&e| e.source()).map(ToString::to_string));

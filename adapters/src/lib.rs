@@ -46,8 +46,6 @@ mod dialer;
 mod driver;
 pub mod error;
 pub mod event;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 pub mod handshake;
 pub mod hooks;
 #[cfg(feature = "joinmarket")]
@@ -61,6 +59,8 @@ mod metrics;
 mod pool;
 pub mod runtime;
 mod socks;
+#[cfg(feature = "test-kit")]
+pub mod test_kit;
 
 pub use config::{Config, DEFAULT_PROXY, MAX_TIMEOUT};
 pub use error::{

@@ -283,10 +283,19 @@ impl<H: Handshake> DirectoryPool<H> {
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn reconnect_disconnected(&self) -> Result<Vec<(String, Arc<H::Client>)>, PoolError> {
-        Ok(self
+        let newly_connected = self
             .run(Command::ReconnectDisconnected)
             .await?
-            .newly_connected)
+            .newly_connected;
+        Ok(newly_connected
+            .into_iter()
+            .map(|(server, client)| {
+                (
+                    self.inner.servers[server.index()].node_id().to_owned(),
+                    client,
+                )
+            })
+            .collect())
     }
 
     /// Closes every connection (each bounded by the close timeout), aborts

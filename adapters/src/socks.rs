@@ -62,16 +62,35 @@ const MAX_CREDENTIAL_LEN: usize = 255;
 /// Username prefix that Tor and arti parse as extended SOCKS parameters.
 const TOR_EXTENDED_PREFIX: &str = "<torS0X>";
 
-/// Opens a stream to `target`, ready for the directory handshake.
+/// The route of a dial to `target`, decided once per dial: `Some(ip)`, a
+/// plain TCP connection to the target, when `direct_clearnet` is set and
+/// `target` is an IP address (never an onion); `None`, through the SOCKS5
+/// proxy, otherwise. A DNS-name target goes through the proxy even with
+/// `direct_clearnet`: resolving it here would need the blocking system
+/// resolver (the [`Runtime`] has no asynchronous one) and would leak the
+/// name to the local DNS server.
+pub(crate) fn route(direct_clearnet: bool, target: &ServerAddr) -> Option<IpAddr> {
+    if !direct_clearnet || target.is_onion() {
+        return None;
+    }
+    let ip = target.ip();
+    if ip.is_none() {
+        debug!(
+            target = %target,
+            "direct route asked for a DNS name; going through the proxy (no local resolution)"
+        );
+    }
+    ip
+}
+
+/// Opens a stream to `target` on the route [`route`] decided, ready for
+/// the directory handshake.
 ///
-/// - `route_direct` and `target` is an IP address (never an onion): a plain
-///   TCP connection to the target; the proxy is not used.
-/// - Otherwise, through the SOCKS5 proxy at `proxy`: onion and DNS hosts by
+/// - `direct` is `Some(ip)`: a plain TCP connection to `ip` at the
+///   target's port; the proxy is not used.
+/// - `None`: through the SOCKS5 proxy at `proxy`: onion and DNS hosts by
 ///   name (Tor resolves them; nothing goes to the local resolver), IP hosts
-///   by address. A DNS-name target goes through the proxy even with
-///   `route_direct`: resolving it here would need the blocking system
-///   resolver (the [`Runtime`] has no asynchronous one) and would leak the
-///   name to the local DNS server.
+///   by address.
 ///
 /// With `credentials`, the proxy must take them (RFC 1929): a proxy that
 /// picks "no authentication" instead would drop stream isolation, so the
@@ -99,20 +118,14 @@ pub(crate) async fn dial(
     rt: &dyn Runtime,
     proxy: SocketAddr,
     proxy_timeout: Duration,
-    route_direct: bool,
+    direct: Option<IpAddr>,
     target: &ServerAddr,
     credentials: Option<&SocksCredentials>,
 ) -> Result<BoxedStream, DialError> {
-    if route_direct && !target.is_onion() {
-        match target.ip() {
-            Some(ip) => return dial_direct(rt, ip, target).await,
-            None => debug!(
-                target = %target,
-                "direct route asked for a DNS name; going through the proxy (no local resolution)"
-            ),
-        }
+    match direct {
+        Some(ip) => dial_direct(rt, ip, target).await,
+        None => dial_via_proxy(rt, proxy, proxy_timeout, target, credentials).await,
     }
-    dial_via_proxy(rt, proxy, proxy_timeout, target, credentials).await
 }
 
 /// Connects to the proxy, bounded by `proxy_timeout`: a proxy address that
@@ -790,7 +803,7 @@ mod tests {
     ) -> (Result<BoxedStream, DialError>, JoinHandle<Seen>) {
         let rt = TokioRuntime::current();
         let (proxy_addr, seen) = proxy(script).await;
-        let result = dial(&rt, proxy_addr, PROXY_TIMEOUT, false, &addr(target), creds).await;
+        let result = dial(&rt, proxy_addr, PROXY_TIMEOUT, None, &addr(target), creds).await;
         (result, seen)
     }
 
@@ -892,16 +905,32 @@ mod tests {
         let target = addr(&format!("127.0.0.1:{port}"));
         let proxy_addr = dead_addr().await;
         let creds = credentials();
-        let stream = dial(&rt, proxy_addr, PROXY_TIMEOUT, true, &target, Some(&creds))
-            .await
-            .unwrap();
+        let stream = dial(
+            &rt,
+            proxy_addr,
+            PROXY_TIMEOUT,
+            route(true, &target),
+            &target,
+            Some(&creds),
+        )
+        .await
+        .unwrap();
         converse(stream).await;
         assert_eq!(task.await.unwrap(), PING);
 
         // Nothing listening: an I/O error about the target, not the proxy.
         let port = dead_addr().await.port();
         let target = addr(&format!("127.0.0.1:{port}"));
-        let err = match dial(&rt, proxy_addr, PROXY_TIMEOUT, true, &target, None).await {
+        let err = match dial(
+            &rt,
+            proxy_addr,
+            PROXY_TIMEOUT,
+            route(true, &target),
+            &target,
+            None,
+        )
+        .await
+        {
             Ok(_) => panic!("dial succeeded"),
             Err(e) => e,
         };
@@ -914,9 +943,16 @@ mod tests {
         let rt = TokioRuntime::current();
         for (target, atyp) in [(ONION, 0x03), ("localhost:5222", 0x03)] {
             let (proxy_addr, seen) = proxy(Script::picking(METHOD_NO_AUTH)).await;
-            let stream = dial(&rt, proxy_addr, PROXY_TIMEOUT, true, &addr(target), None)
-                .await
-                .unwrap();
+            let stream = dial(
+                &rt,
+                proxy_addr,
+                PROXY_TIMEOUT,
+                route(true, &addr(target)),
+                &addr(target),
+                None,
+            )
+            .await
+            .unwrap();
             converse(stream).await;
             let seen = seen.await.unwrap();
             let (got_atyp, host, _) = seen.connect.unwrap();
@@ -1016,7 +1052,7 @@ mod tests {
             &rt,
             proxy_addr,
             PROXY_TIMEOUT,
-            false,
+            None,
             &addr(ONION),
             Some(&creds),
         )

@@ -207,6 +207,7 @@ impl World {
                     Input::DialFinished {
                         attempt,
                         result: Err(DialFailure::Socks(SocksReply::OnionDescriptorNotFound)),
+                        detail: None,
                     },
                 ),
                 Due::Succeeded(attempt) => self.pool.handle_input(
@@ -214,6 +215,7 @@ impl World {
                     Input::DialFinished {
                         attempt,
                         result: Ok(()),
+                        detail: None,
                     },
                 ),
                 Due::Lost(attempt) => self.pool.handle_input(

@@ -144,6 +144,7 @@ fn main() {
                     Input::DialFinished {
                         attempt: a,
                         result: Ok(()),
+                        detail: None,
                     },
                 ),
                 Event::Result(a, Err(why)) => pool.handle_input(
@@ -151,6 +152,7 @@ fn main() {
                     Input::DialFinished {
                         attempt: a,
                         result: Err(why),
+                        detail: None,
                     },
                 ),
                 Event::Lost(a) => pool.handle_input(

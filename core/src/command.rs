@@ -5,7 +5,7 @@
 //! current time. Answers come out as [`Output`](crate::Output)s.
 
 use crate::config::RetryPolicy;
-use crate::failure::{CloseFailure, DialFailure, LinkLoss};
+use crate::failure::{CloseFailure, DialDetail, DialFailure, LinkLoss};
 use crate::output::AttemptId;
 
 /// Something the user asks of the pool.
@@ -49,7 +49,7 @@ pub enum Command {
 
 /// A result the driver reports about an attempt or its connection.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// The dial `attempt` ended: connected and handshaken, or failed with
     /// its failure class.
@@ -58,6 +58,11 @@ pub enum Input {
         attempt: AttemptId,
         /// `Ok` once connected and handshaken.
         result: Result<(), DialFailure>,
+        /// The driver's own error for a failure, handed back untouched in
+        /// the [`Notification::DialFailed`](crate::Notification::DialFailed)
+        /// it causes (`None`: nothing to hand back; ignored on success and
+        /// for a dial the machine already gave up on).
+        detail: Option<DialDetail>,
     },
     /// The connection made by `attempt` is gone. A loss reported while the
     /// connection is being closed is ignored (the close's result follows).

@@ -2,7 +2,7 @@
 //! [`ServerState`] the pool can make, with what causes it.
 //!
 //! ARCHITECTURE.md draws the same table; a test holds the two together, and
-//! the model checker (feature `fuzzing`) checks every change of state it
+//! the model checker (in dirpool's test kit, through feature `test-kit`) checks every change of state it
 //! sees against [`EDGES`]. The pool's internal states map one to one onto
 //! [`ServerState`] (`WaitingRetry` is "backing off until T").
 

@@ -6,7 +6,9 @@
 //! must not burn every server's retry budget, while a refused handshake is
 //! that server's own business.
 
+use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 
 /// Why a dial attempt failed.
 #[non_exhaustive]
@@ -301,3 +303,46 @@ mod tests {
         assert!(!DialFailure::TimedOut.proves_proxy_up());
     }
 }
+
+/// The driver's own account of a dial failure (its rich error, whatever
+/// its type), carried through the machine untouched: the driver hands it
+/// in with [`Input::DialFinished`](crate::Input::DialFinished) and gets it
+/// back in the [`Notification::DialFailed`](crate::Notification::DialFailed)
+/// the failure causes, so it keeps nothing beside the machine. The machine
+/// decides on the [`DialFailure`] class alone and never looks inside.
+///
+/// Cheap to clone (one `Arc`); two details are equal when they are the
+/// same allocation.
+#[derive(Clone)]
+pub struct DialDetail(Arc<dyn Any + Send + Sync>);
+
+impl DialDetail {
+    /// Wraps the driver's error (or anything else it wants back).
+    pub fn new<T: Any + Send + Sync>(detail: T) -> Self {
+        Self(Arc::new(detail))
+    }
+
+    /// Wraps an error the driver already shares.
+    pub fn from_arc<T: Any + Send + Sync>(detail: Arc<T>) -> Self {
+        Self(detail)
+    }
+
+    /// The detail as the driver's type, if it is one.
+    pub fn downcast<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        Arc::clone(&self.0).downcast().ok()
+    }
+}
+
+impl fmt::Debug for DialDetail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DialDetail(..)")
+    }
+}
+
+impl PartialEq for DialDetail {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for DialDetail {}

@@ -31,8 +31,6 @@ pub mod config;
 pub mod diagram;
 mod errors;
 pub mod failure;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 pub mod isolation;
 mod onion;
 pub mod output;
@@ -40,6 +38,8 @@ pub mod output;
 pub mod planted;
 pub mod pool;
 pub mod status;
+#[cfg(feature = "test-kit")]
+pub mod test_kit;
 
 pub use addr::{AddrError, DEFAULT_PORT, HostKind, OnionError, ServerAddr};
 pub use backoff::{Backoff, JitterRng};
@@ -49,7 +49,7 @@ pub use config::{
     RetryPolicy,
 };
 pub use errors::{RejectedEntry, Rejection};
-pub use failure::{CloseFailure, DialFailure, FailureScope, LinkLoss, SocksReply};
+pub use failure::{CloseFailure, DialDetail, DialFailure, FailureScope, LinkLoss, SocksReply};
 pub use isolation::{
     IsolationCategory, IsolationScope, IsolationToken, Password, SocksCredentials, StreamIsolation,
 };

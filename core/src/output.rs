@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::addr::{AddrError, ServerAddr};
-use crate::failure::{CloseFailure, DialFailure, LinkLoss};
+use crate::failure::{CloseFailure, DialDetail, DialFailure, LinkLoss};
 use crate::isolation::SocksCredentials;
 
 /// A configured, valid server: an index into the pool's server table.
@@ -111,10 +111,9 @@ pub struct DialRequest {
 pub struct ProbeRequest {
     /// The attempt whose connection to probe.
     pub attempt: AttemptId,
-    /// Its server.
+    /// Its server. (The machine keeps the probe's deadline itself and
+    /// declares the link lost when nothing is heard by then.)
     pub server: ServerId,
-    /// When the link is declared lost if nothing has been heard by then.
-    pub deadline: Instant,
 }
 
 /// A connection to close.
@@ -172,6 +171,10 @@ pub enum Notification {
         /// waiting for the proxy, when the proxy is next probed (one waiter
         /// is dialed then; the others as soon as the probe gets through).
         retry_at: Option<Instant>,
+        /// The driver's detail from the failed
+        /// [`Input::DialFinished`](crate::Input::DialFinished), handed back;
+        /// `None` when the machine itself ended the dial (its timeout).
+        detail: Option<DialDetail>,
     },
     /// A registered connection is gone (the disconnected hook).
     Disconnected {

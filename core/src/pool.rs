@@ -25,7 +25,7 @@ use crate::config::{
     ConfigError, Entropy, KeepalivePolicy, MaintenancePolicy, PoolConfig, RetryPolicy,
 };
 pub use crate::errors::{RejectedEntry, Rejection};
-use crate::failure::{CloseFailure, DialFailure, FailureScope, LinkLoss};
+use crate::failure::{CloseFailure, DialDetail, DialFailure, FailureScope, LinkLoss};
 use crate::isolation::{SocksCredentials, StreamIsolation};
 use crate::output::{
     AttemptId, CloseRequest, DialRequest, DisconnectReason, Notification, OperationEnd,
@@ -170,8 +170,8 @@ impl Server {
     /// Moves to `next`: every change of state goes through here, so the
     /// model checker can hold each one against [`crate::diagram::EDGES`].
     fn enter(&mut self, next: State) {
-        #[cfg(feature = "fuzzing")]
-        crate::fuzzing::transitions::record(self.state.public(), next.public());
+        #[cfg(feature = "test-kit")]
+        crate::test_kit::record(self.state.public(), next.public());
         self.state = next;
     }
 
@@ -227,7 +227,7 @@ struct RetrySpec {
 /// pool.handle_command(t0, Command::ConnectAllParallel)?;
 /// let Some(Output::Dial(dial)) = pool.poll_output() else { panic!("expected a dial") };
 /// assert_eq!(dial.addr.node_id(), "127.0.0.1:5222");
-/// let connected = Input::DialFinished { attempt: dial.attempt, result: Ok(()) };
+/// let connected = Input::DialFinished { attempt: dial.attempt, result: Ok(()), detail: None };
 /// pool.handle_input(t0 + Duration::from_millis(30), connected)?;
 /// assert_eq!(pool.connected_count(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -422,11 +422,13 @@ impl PoolState {
             Input::DialFinished {
                 attempt,
                 result: Ok(()),
+                ..
             } => self.dial_succeeded(now, attempt),
             Input::DialFinished {
                 attempt,
                 result: Err(failure),
-            } => self.dial_failed(now, attempt, failure),
+                detail,
+            } => self.dial_failed(now, attempt, failure, detail),
             Input::LinkLost { attempt, loss } => self.connection_lost(now, attempt, loss),
             Input::LinkActive(attempt) => self.heard(now, attempt, false),
             Input::ProbeAnswered(attempt) => self.heard(now, attempt, true),
@@ -498,7 +500,7 @@ impl PoolState {
                 State::Dialing { attempt, .. } => {
                     self.set_link_state(attempt, LinkState::Abandoned);
                     self.outputs.push_back(Output::Abort(attempt));
-                    self.fail_attempt(now, attempt, id, DialFailure::TimedOut);
+                    self.fail_attempt(now, attempt, id, DialFailure::TimedOut, None);
                 }
                 State::Closing { attempt, .. } => {
                     self.set_link_state(attempt, LinkState::CloseAbandoned);

@@ -1,5 +1,5 @@
-//! `addr_parse`: the body is `dirpool_core::fuzzing::addr_parse`, which the stable
+//! `addr_parse`: the body is `dirpool_core_kit::fuzz::addr_parse`, which the stable
 //! tests also run on every corpus and regression file.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| dirpool_core::fuzzing::addr_parse(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| dirpool_core_kit::fuzz::addr_parse(data));

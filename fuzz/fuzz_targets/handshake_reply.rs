@@ -1,5 +1,5 @@
-//! `handshake_reply`: the body is `dirpool::fuzzing::handshake_reply`, which the stable tests
+//! `handshake_reply`: the body is `dirpool_adapters_kit::handshake_reply`, which the stable tests
 //! also run on every corpus and regression file.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| dirpool::fuzzing::handshake_reply(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| dirpool_adapters_kit::handshake_reply(data));

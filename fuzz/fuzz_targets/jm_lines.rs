@@ -1,5 +1,5 @@
-//! `jm_lines`: the body is `dirpool::fuzzing::jm_lines`, which the stable tests
+//! `jm_lines`: the body is `dirpool_adapters_kit::jm_lines`, which the stable tests
 //! also run on every corpus and regression file.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| dirpool::fuzzing::jm_lines(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| dirpool_adapters_kit::jm_lines(data));

@@ -1,5 +1,5 @@
-//! `socks_reply`: the body is `dirpool::fuzzing::socks_reply`, which the stable tests
+//! `socks_reply`: the body is `dirpool_adapters_kit::socks_reply`, which the stable tests
 //! also run on every corpus and regression file.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| dirpool::fuzzing::socks_reply(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| dirpool_adapters_kit::socks_reply(data));

@@ -3,8 +3,8 @@
 //! alone) is caught within 1,000 seeds.
 #![cfg(dirpool_planted_bugs)]
 
-use dirpool_core::fuzzing::{Choices, check_pool};
 use dirpool_core::planted::{Bug, plant};
+use dirpool_core_kit::{Choices, check_pool};
 use dirpool_tests::sim::{liveness, world};
 
 /// The planted bug is process-wide: the tests of this binary take turns.

@@ -105,13 +105,14 @@ impl PoolState {
         now: Instant,
         attempt: AttemptId,
         failure: DialFailure,
+        detail: Option<DialDetail>,
     ) -> Result<(), InputError> {
         let link = self.link(attempt)?;
         let now = self.clock(now);
         match link.state {
             LinkState::Dialing => {
                 self.links.remove(attempt);
-                self.fail_attempt(now, attempt, link.server, failure);
+                self.fail_attempt(now, attempt, link.server, failure, detail);
                 Ok(())
             }
             LinkState::Abandoned => {
@@ -128,6 +129,8 @@ impl PoolState {
         attempt: AttemptId,
         id: ServerId,
         failure: DialFailure,
+        // The driver's detail, handed back in the notification.
+        detail: Option<DialDetail>,
     ) {
         let was_probe = self.proxy.probe == Some(attempt);
         if was_probe {
@@ -161,6 +164,7 @@ impl PoolState {
                     attempt,
                     failure,
                     retry_at,
+                    detail,
                 });
                 if newly_down {
                     self.notify(Notification::ProxyUnreachable);
@@ -191,6 +195,7 @@ impl PoolState {
                     attempt,
                     failure,
                     retry_at,
+                    detail,
                 });
                 if gives_up {
                     self.notify(Notification::GaveUp {

@@ -75,7 +75,6 @@ impl PoolState {
                 self.outputs.push_back(Output::Probe(ProbeRequest {
                     attempt,
                     server: id,
-                    deadline,
                 }));
             }
             Watch::Probing { deadline, .. } => {

@@ -45,6 +45,9 @@ impl PoolState {
 
     /// Configured, valid servers that are not connected (malformed entries
     /// are never listed).
+    ///
+    /// (Feature `test-kit`: for dirpool's own test kit, not covered by semver.)
+    #[cfg(feature = "test-kit")]
     pub fn list_disconnected(&self) -> impl Iterator<Item = (ServerId, &Arc<ServerAddr>)> {
         self.servers()
             .filter(|(id, _)| !matches!(self.servers[id.index()].state, State::Connected { .. }))
@@ -113,22 +116,34 @@ impl PoolState {
     }
 
     /// Whether maintenance is running.
+    ///
+    /// (Feature `test-kit`: for dirpool's own test kit, not covered by semver.)
+    #[cfg(feature = "test-kit")]
     pub fn maintenance_running(&self) -> bool {
         self.maintenance
     }
 
     /// False from the first proxy failure until a dial gets through again.
+    ///
+    /// (Feature `test-kit`: for dirpool's own test kit, not covered by semver.)
+    #[cfg(feature = "test-kit")]
     pub fn proxy_reachable(&self) -> bool {
         !self.proxy.down
     }
 
     /// Attempts still owed a result or a close result by the driver.
+    ///
+    /// (Feature `test-kit`: for dirpool's own test kit, not covered by semver.)
+    #[cfg(feature = "test-kit")]
     pub fn pending_attempts(&self) -> usize {
         self.links.len()
     }
 
     /// Attempts the driver holds a live client for (registered, or stray and
     /// being closed).
+    ///
+    /// (Feature `test-kit`: for dirpool's own test kit, not covered by semver.)
+    #[cfg(feature = "test-kit")]
     pub fn live_clients(&self) -> usize {
         self.links
             .iter()
@@ -157,6 +172,9 @@ impl PoolState {
     }
 
     /// The maintenance policy.
+    ///
+    /// (Feature `test-kit`: for dirpool's own test kit, not covered by semver.)
+    #[cfg(feature = "test-kit")]
     pub fn maintenance_policy(&self) -> &MaintenancePolicy {
         &self.maintenance_policy
     }

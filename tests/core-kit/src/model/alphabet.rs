@@ -1,0 +1,76 @@
+//! The operation alphabet shared by the seeded core simulation
+//! (`tests/core-kit/tests/random_ops.rs`) and the `pool_ops` and `pool_model` fuzz targets: what a
+//! driver can do next to a [`PoolState`](dirpool_core::PoolState).
+//!
+//! Each step is one of these; its details (which attempt, which failure,
+//! how far the clock moves) are drawn from the same [`Choices`](super::Choices)
+//! when it is applied, from what is outstanding at that moment, so that a
+//! step always names an attempt the run has seen (a current or a stale one).
+
+use std::time::Duration;
+
+use arbitrary::{Arbitrary, Unstructured};
+
+use dirpool_core::{Command, RetryPolicy};
+
+/// The pool's own [`Command`]: one vocabulary for the public API, the
+/// fuzz alphabet and the simulations. Drawn from one byte; a
+/// `ConnectAllWithRetry` carries a placeholder policy (the default with a
+/// 60 s timeout) that the model checker replaces with one drawn from the
+/// run's [`Choices`](super::Choices) when it applies the step.
+fn arbitrary_command(u: &mut Unstructured<'_>) -> arbitrary::Result<Command> {
+    // Weighted so that runs spend their time connected and reconnecting
+    // rather than closing.
+    Ok(match u.int_in_range(0..=99u8)? {
+        0..=19 => Command::ConnectAllParallel,
+        20..=34 => Command::ReconnectDisconnected,
+        35..=54 => Command::ConnectAllWithRetry(RetryPolicy::new(Duration::from_secs(60))),
+        55..=63 => Command::CloseAll,
+        64..=84 => Command::StartMaintenance,
+        _ => Command::StopMaintenance,
+    })
+}
+
+/// One step of a driver: an input to the machine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Step {
+    /// The result of an outstanding dial (an aborted one included): success
+    /// or a failure.
+    DialResult,
+    /// The result of an outstanding close: done, failed, or (by never
+    /// coming) a close timeout.
+    CloseResult,
+    /// A registered link, or one being closed, is lost.
+    LoseLink,
+    /// A registered link shows life, answers its probe, or turns out to
+    /// have no probe.
+    LinkSignal,
+    /// Time passes: a small or large step, a jump to `poll_timeout`, a
+    /// `handle_timeout` too early or in the past, or a clock that moves
+    /// before the machine is told.
+    Time,
+    /// A command.
+    Command(Command),
+    /// An input the machine must refuse without changing anything: a stale
+    /// attempt id, a result that does not fit the attempt's state, or an
+    /// invalid retry policy.
+    WrongInput,
+}
+
+impl<'a> Arbitrary<'a> for Step {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(match u.int_in_range(0..=99u8)? {
+            0..=29 => Self::DialResult,
+            30..=39 => Self::CloseResult,
+            40..=44 => Self::LoseLink,
+            45..=51 => Self::LinkSignal,
+            52..=69 | 95..=99 => Self::Time,
+            70..=89 => Self::Command(arbitrary_command(u)?),
+            _ => Self::WrongInput,
+        })
+    }
+
+    fn size_hint(_depth: usize) -> (usize, Option<usize>) {
+        (1, Some(2))
+    }
+}
