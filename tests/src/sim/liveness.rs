@@ -7,8 +7,10 @@
 //! [`Plan`] by the seed: healthy, a path that goes silent, a flood the
 //! user never reads, a DISCONNECT (801). On top: a proxy that hangs for a
 //! while (accepts TCP, never answers the SOCKS greeting), hooks that never
-//! return, and user commands at random instants (`close_all` immediately
-//! followed by a connect among them).
+//! return, and user commands at random instants: the core's own
+//! [`Command`]s, drawn by the fuzz alphabet's chooser
+//! ([`command_from`]), alone or right after a `close_all` in the same
+//! instant.
 //!
 //! Checked from the outside after every step (every timer instant):
 //!

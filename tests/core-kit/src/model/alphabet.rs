@@ -1,6 +1,8 @@
 //! The operation alphabet shared by the seeded core simulation
 //! (`tests/core-kit/tests/random_ops.rs`) and the `pool_ops` and `pool_model` fuzz targets: what a
-//! driver can do next to a [`PoolState`](dirpool_core::PoolState).
+//! driver can do next to a [`PoolState`](dirpool_core::PoolState). Its
+//! commands come from [`command_from`], which the adapters' simulations
+//! (`dirpool-tests`) draw theirs with too.
 //!
 //! Each step is one of these; its details (which attempt, which failure,
 //! how far the clock moves) are drawn from the same [`Choices`](super::Choices)
