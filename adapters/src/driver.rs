@@ -31,13 +31,15 @@ use crate::handshake::{Client, Handshake, LinkSignal, LinkSignals, ProbeStatus};
 use crate::hooks::PoolHooks;
 use crate::runtime::{Runtime, before};
 
-/// Where an operation's outcome goes.
-pub(crate) type OpReply<C> = oneshot::Sender<Result<OpOutcome<C>, dirpool_core::ConfigError>>;
+/// Where a command's outcome goes: the operation's, once it finishes, or
+/// `None` at once for a command that starts no operation.
+pub(crate) type OpReply<C> =
+    oneshot::Sender<Result<Option<OpOutcome<C>>, dirpool_core::ConfigError>>;
 
 /// A user request, from a `DirectoryPool` handle.
 pub(crate) enum Request<C> {
-    /// A pool command; the reply, for one that starts an operation, gets
-    /// the operation's outcome.
+    /// A pool command; the reply gets the outcome of the operation it
+    /// starts, or `None` at once if it starts none.
     Command(Command, Option<OpReply<C>>),
     Statuses(oneshot::Sender<Vec<ServerStatus>>),
     Health(oneshot::Sender<PoolHealth>),
@@ -383,7 +385,11 @@ impl<H: Handshake> Driver<H> {
                         self.waiters.insert(id, reply);
                     }
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(None));
+                    }
+                }
                 Err(e) => {
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(e));
@@ -757,10 +763,10 @@ impl<H: Handshake> Driver<H> {
             })
             .collect();
         drop(clients);
-        let _ = reply.send(Ok(OpOutcome {
+        let _ = reply.send(Ok(Some(OpOutcome {
             report,
             newly_connected,
-        }));
+        })));
     }
 
     /// Logs `event` once, in `server`'s span (the pool's for pool-wide

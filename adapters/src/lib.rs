@@ -90,12 +90,12 @@ pub use dirpool_core as sans_io;
 /// [`ConfigError::Pool`] and [`PoolError::Config`].
 pub use dirpool_core::ConfigError as PoolConfigError;
 pub use dirpool_core::{
-    AddrError, Backoff, CloseFailure, DEFAULT_PORT, DialFailure, DisconnectReason, Entropy,
-    FailureScope, HostKind, IsolationCategory, IsolationScope, IsolationToken, KeepalivePolicy,
-    LastError, LinkCounts, LinkLoss, MIN_PROBE_INTERVAL, MaintenancePolicy, OnionError,
-    OperationEnd, OperationId, OperationKind, OperationReport, Password, PoolConfig, PoolHealth,
-    ProxyState, RecentError, RejectedEntry, Rejection, RetryPolicy, ServerAddr, ServerError,
-    ServerHealth, ServerId, ServerState, ServerStatus, SocksCredentials, SocksReply,
+    AddrError, Backoff, CloseFailure, Command, DEFAULT_PORT, DialFailure, DisconnectReason,
+    Entropy, FailureScope, HostKind, IsolationCategory, IsolationScope, IsolationToken,
+    KeepalivePolicy, LastError, LinkCounts, LinkLoss, MIN_PROBE_INTERVAL, MaintenancePolicy,
+    OnionError, OperationEnd, OperationId, OperationKind, OperationReport, Password, PoolConfig,
+    PoolHealth, ProxyState, RecentError, RejectedEntry, Rejection, RetryPolicy, ServerAddr,
+    ServerError, ServerHealth, ServerId, ServerState, ServerStatus, SocksCredentials, SocksReply,
     StreamIsolation,
 };
 /// The smol runtime crate the pool runs on (feature `smol`), for

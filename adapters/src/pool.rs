@@ -211,10 +211,51 @@ fn os_entropy() -> Result<Entropy, ConfigError> {
 }
 
 impl<H: Handshake> DirectoryPool<H> {
-    async fn run(&self, command: Command) -> Result<OpOutcome<H::Client>, PoolError> {
+    /// The one path of every command: hands it to the driver and waits for
+    /// the outcome of the operation it starts (`None`, at once, if it
+    /// starts none).
+    async fn run(&self, command: Command) -> Result<Option<OpOutcome<H::Client>>, PoolError> {
         let (tx, rx) = oneshot::channel();
         self.send(Request::Command(command, Some(tx)))?;
         Ok(rx.await.map_err(|_| self.gone())??)
+    }
+
+    /// [`run`](Self::run) for a command that starts an operation (every one
+    /// but the maintenance switches; see [`Command`]).
+    async fn operation(&self, command: Command) -> Result<OpOutcome<H::Client>, PoolError> {
+        // The core starts an operation for each of these commands; a driver
+        // that answers without one has stopped being the pool's.
+        self.run(command).await?.ok_or(PoolError::DriverGone)
+    }
+
+    /// Runs one of the pool's [`Command`]s and returns the report of the
+    /// operation it starts, once that operation has finished, or `None` at
+    /// once for a command that starts none (`StartMaintenance`,
+    /// `StopMaintenance`: `None` means the driver has applied it). Every
+    /// other method that changes the pool is a shorthand for this one
+    /// (same path through the driver), so a command added to the core
+    /// needs nothing new here.
+    ///
+    /// Cancel-safe in that dropping the future loses only the report: once
+    /// polled, the command is with the driver and runs to its end (a
+    /// dropped connect still dials, a dropped `CloseAll` still closes).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: dirpool::DirectoryPool<impl dirpool::Handshake>) -> Result<(), dirpool::PoolError> {
+    /// use dirpool::Command;
+    /// let report = pool.command(Command::ConnectAllParallel).await?;
+    /// let connected = report.map_or(0, |r| r.connected);
+    /// # let _ = connected;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`PoolError::Config`] for a command the core refuses (a retry policy
+    /// out of range; nothing starts then), [`PoolError::DriverGone`] or
+    /// [`PoolError::Panicked`] if the driver stopped.
+    pub async fn command(&self, command: Command) -> Result<Option<OperationReport>, PoolError> {
+        Ok(self.run(command).await?.map(|outcome| outcome.report))
     }
 
     fn send(&self, request: Request<H::Client>) -> Result<(), PoolError> {
@@ -253,11 +294,14 @@ impl<H: Handshake> DirectoryPool<H> {
     /// Dials every server not connected, all at once, and waits for every
     /// result. Returns how many servers are connected then.
     ///
+    /// Shorthand for [`command`](Self::command)`(`[`Command::ConnectAllParallel`]`)`
+    /// (its report's `connected`); cancel-safe as that one.
+    ///
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn connect_all_parallel(&self) -> Result<usize, PoolError> {
         Ok(self
-            .run(Command::ConnectAllParallel)
+            .operation(Command::ConnectAllParallel)
             .await?
             .report
             .connected)
@@ -267,11 +311,14 @@ impl<H: Handshake> DirectoryPool<H> {
     /// backoff, until one server is connected (returns at once) or
     /// `policy.timeout` passes (returns 0). Dials still in flight go on.
     ///
+    /// Shorthand for [`command`](Self::command)`(`[`Command::ConnectAllWithRetry`]`(policy))`
+    /// (its report's `connected`); cancel-safe as that one.
+    ///
     /// # Errors
     /// [`PoolError::Config`] for a policy out of range.
     pub async fn connect_all_with_retry(&self, policy: RetryPolicy) -> Result<usize, PoolError> {
         Ok(self
-            .run(Command::ConnectAllWithRetry(policy))
+            .operation(Command::ConnectAllWithRetry(policy))
             .await?
             .report
             .connected)
@@ -280,11 +327,15 @@ impl<H: Handshake> DirectoryPool<H> {
     /// Dials the disconnected servers once, at once, and returns the newly
     /// connected `(node_id, client)` pairs.
     ///
+    /// Shorthand for [`command`](Self::command)`(`[`Command::ReconnectDisconnected`]`)`,
+    /// with the clients of its report's `newly_connected`; cancel-safe as
+    /// that one.
+    ///
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn reconnect_disconnected(&self) -> Result<Vec<(String, Arc<H::Client>)>, PoolError> {
         let newly_connected = self
-            .run(Command::ReconnectDisconnected)
+            .operation(Command::ReconnectDisconnected)
             .await?
             .newly_connected;
         Ok(newly_connected
@@ -302,14 +353,20 @@ impl<H: Handshake> DirectoryPool<H> {
     /// dials in flight and stops maintenance. Close errors are reported in
     /// the events and logs and never stop the shutdown.
     ///
+    /// Shorthand for [`command`](Self::command)`(`[`Command::CloseAll`]`)`;
+    /// cancel-safe as that one.
+    ///
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.
     pub async fn close_all(&self) -> Result<OperationReport, PoolError> {
-        Ok(self.run(Command::CloseAll).await?.report)
+        Ok(self.operation(Command::CloseAll).await?.report)
     }
 
     /// Starts background maintenance: lost and unreached servers are
     /// redialed on their own backoff.
+    ///
+    /// Shorthand for [`command`](Self::command)`(`[`Command::StartMaintenance`]`)`
+    /// without waiting for the driver to apply it.
     ///
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.
@@ -318,6 +375,9 @@ impl<H: Handshake> DirectoryPool<H> {
     }
 
     /// Stops background maintenance.
+    ///
+    /// Shorthand for [`command`](Self::command)`(`[`Command::StopMaintenance`]`)`
+    /// without waiting for the driver to apply it.
     ///
     /// # Errors
     /// [`PoolError::DriverGone`] if the driver stopped.

@@ -11,8 +11,10 @@ use common::{
     LineClient, LineHandshake, TOKEN_HEX, config, dns, entropy, eventually, first_failure,
     healthy_behind_proxy, line_pool, next_matching, on_both_runtimes, sleep, wait_for,
 };
-use dirpool::{DialError, DirectoryPool, PoolEvent, PoolHooks};
-use dirpool_core::{DisconnectReason, IsolationScope, RetryPolicy, ServerState, SocksReply};
+use dirpool::{Command, DialError, DirectoryPool, PoolError, PoolEvent, PoolHooks};
+use dirpool_core::{
+    DisconnectReason, IsolationScope, OperationKind, RetryPolicy, ServerState, SocksReply,
+};
 use dirpool_tests::{AuthMode, LineBehaviour, LineServer, Reply, SocksConfig, SocksServer};
 
 const SHORT: Duration = Duration::from_secs(5);
@@ -133,6 +135,55 @@ fn connect_all_with_retry_returns_zero_at_the_deadline_while_dials_hang() {
             eventually(&rt, SHORT, || tor.open_connections() == 0).await,
             "sockets left open"
         );
+    });
+}
+
+#[test]
+fn command_is_the_path_of_the_named_methods() {
+    on_both_runtimes(|rt| async move {
+        let live = LineServer::start(LineBehaviour::Healthy).unwrap();
+        let tor = SocksServer::start(
+            SocksConfig::new().with_reply("live.example", Reply::Forward(live.addr())),
+        )
+        .unwrap();
+        let pool = line_pool(config(&[dns("live")], tor.addr()), &rt);
+        // A policy out of range: the same typed error either way, and
+        // nothing dialed.
+        let bad = RetryPolicy::new(Duration::from_secs(2 * 365 * 24 * 3600));
+        let named = pool.connect_all_with_retry(bad).await.unwrap_err();
+        let direct = pool
+            .command(Command::ConnectAllWithRetry(bad))
+            .await
+            .unwrap_err();
+        let (PoolError::Config(named), PoolError::Config(direct)) = (named, direct) else {
+            panic!("a policy out of range is a PoolError::Config");
+        };
+        assert_eq!(named, direct);
+        assert!(tor.connect_requests().is_empty(), "nothing was dialed");
+        // A switch starts no operation; an operation comes back with its
+        // report.
+        assert!(
+            pool.command(Command::StopMaintenance)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let report = pool
+            .command(Command::ConnectAllParallel)
+            .await
+            .unwrap()
+            .expect("an operation");
+        assert_eq!(report.kind, OperationKind::ConnectAllParallel);
+        assert_eq!(report.connected, 1);
+        assert_eq!(report.newly_connected.len(), 1);
+        assert_eq!(pool.connect_all_parallel().await.unwrap(), 1);
+        let closed = pool
+            .command(Command::CloseAll)
+            .await
+            .unwrap()
+            .expect("an operation");
+        assert_eq!(closed.kind, OperationKind::CloseAll);
+        assert_eq!(pool.connected_count(), 0);
     });
 }
 

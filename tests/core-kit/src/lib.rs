@@ -10,7 +10,8 @@
 //! * [`model`]: the model checker: [`check_pool`] plays a driver against a
 //!   `PoolState`, every decision drawn from [`Choices`] (a fuzzer's bytes
 //!   or a seed), and checks the invariants of `ARCHITECTURE.md` after
-//!   every step.
+//!   every step. Its commands come from [`command_from`], the one chooser
+//!   the adapters' simulation (`dirpool-tests`) draws its commands with too.
 //! * [`fuzz`]: the bodies of the core's cargo-fuzz targets (`addr_parse`,
 //!   `pool_ops`, `pool_model`); `fuzz/fuzz_targets/*.rs` call them.
 //! * [`corpus`]: the checked-in corpus and regression files of `fuzz/`,
@@ -22,4 +23,6 @@ pub mod fuzz;
 pub mod model;
 
 pub use corpus::{checked_in_inputs, replay_checked_in};
-pub use model::{Choices, QuickCounts, RunFailure, RunReport, Step, check_pool, check_steps};
+pub use model::{
+    Choices, QuickCounts, RunFailure, RunReport, Step, check_pool, check_steps, command_from,
+};

@@ -7,8 +7,10 @@
 //! [`Plan`] by the seed: healthy, a path that goes silent, a flood the
 //! user never reads, a DISCONNECT (801). On top: a proxy that hangs for a
 //! while (accepts TCP, never answers the SOCKS greeting), hooks that never
-//! return, and user commands at random instants (`close_all` immediately
-//! followed by a connect among them).
+//! return, and user commands at random instants: the core's own
+//! [`Command`]s, drawn by the fuzz alphabet's chooser
+//! ([`command_from`]), alone or right after a `close_all` in the same
+//! instant.
 //!
 //! Checked from the outside after every step (every timer instant):
 //!
@@ -48,9 +50,10 @@ use dirpool::joinmarket::{
 };
 use dirpool::{Config, DirectoryPool, PoolEvent, PoolHooks, Runtime};
 use dirpool_core::{
-    Backoff, DisconnectReason, Entropy, IsolationScope, IsolationToken, KeepalivePolicy, LinkLoss,
-    MIN_PROBE_INTERVAL, RetryPolicy, ServerAddr,
+    Backoff, Command, DisconnectReason, Entropy, IsolationScope, IsolationToken, KeepalivePolicy,
+    LinkLoss, MIN_PROBE_INTERVAL, OperationReport, RetryPolicy, ServerAddr,
 };
+use dirpool_core_kit::command_from;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
@@ -138,25 +141,16 @@ impl Plan {
     }
 }
 
-/// A user command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    /// `connect_all_parallel`.
-    ConnectAll,
-    /// `connect_all_with_retry` with this timeout.
-    ConnectWithRetry(Duration),
-    /// `close_all`.
-    CloseAll,
-    /// `close_all`, and in the same instant `connect_all_parallel`.
-    CloseThenConnect,
-    /// `close_all`, and in the same instant `connect_all_with_retry`.
-    CloseThenRetry(Duration),
-    /// `reconnect_disconnected`.
-    Reconnect,
-    /// `start_maintenance`.
-    StartMaintenance,
-    /// `stop_maintenance`.
-    StopMaintenance,
+/// What the user does at one instant: the pool's own [`Command`]s (drawn
+/// by the core kit's [`command_from`], the fuzz alphabet's chooser), so a
+/// command added to the core is exercised here without being written
+/// here again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UserStep {
+    /// The command.
+    Command(Command),
+    /// `close_all`, and in the same instant the command.
+    CloseThen(Command),
     /// One `recv` on every client that has dropped messages.
     Recv,
 }
@@ -177,8 +171,8 @@ pub struct Scenario {
     pub hook_hang_percent: u8,
     /// The proxy hangs (accepts TCP, never answers) from `.0` for `.1`.
     pub proxy_hang: Option<(Duration, Duration)>,
-    /// User commands and when.
-    pub commands: Vec<(Duration, Command)>,
+    /// User steps and when.
+    pub commands: Vec<(Duration, UserStep)>,
     /// The links' `max_line`.
     pub max_line: usize,
     /// The links' `inbound_bytes`.
@@ -277,33 +271,29 @@ pub fn scenario(seed: u64) -> Scenario {
         let start = Duration::from_millis(rng.u64(0..millis(duration)));
         (start, Duration::from_secs(rng.u64(5..=300)))
     });
-    let mut commands: Vec<(Duration, Command)> = (0..rng.usize(0..=12))
+    let mut commands: Vec<(Duration, UserStep)> = (0..rng.usize(0..=12))
         .map(|_| {
             let at = Duration::from_millis(rng.u64(0..millis(duration)));
             let retry = Duration::from_secs(rng.u64(1..=60));
-            let command = match rng.u8(..100) {
-                0..=14 => Command::ConnectAll,
-                15..=24 => Command::ConnectWithRetry(retry),
-                25..=34 => Command::CloseAll,
-                35..=54 => Command::CloseThenConnect,
-                55..=64 => Command::CloseThenRetry(retry),
-                65..=74 => Command::Reconnect,
-                75..=82 => Command::StartMaintenance,
-                83..=87 => Command::StopMaintenance,
-                _ => Command::Recv,
+            let command = command_from(rng.u8(..100), retry);
+            let step = match rng.u8(..100) {
+                0..=57 => UserStep::Command(command),
+                58..=87 => UserStep::CloseThen(command),
+                _ => UserStep::Recv,
             };
-            (at, command)
+            (at, step)
         })
         .collect();
     // Someone asks for connections while the proxy hangs.
     if let Some((start, length)) = proxy_hang {
         let at = start + Duration::from_millis(rng.u64(0..millis(length)));
         let command = if rng.bool() {
-            Command::CloseThenConnect
+            Command::ConnectAllParallel
         } else {
-            Command::CloseThenRetry(Duration::from_secs(rng.u64(1..=60)))
+            let timeout = Duration::from_secs(rng.u64(1..=60));
+            Command::ConnectAllWithRetry(RetryPolicy::new(timeout))
         };
-        commands.push((at, command));
+        commands.push((at, UserStep::CloseThen(command)));
     }
     Scenario {
         plans,
@@ -334,8 +324,14 @@ pub fn short_connection_timeout_scenario(servers: usize, connection_timeout: Dur
     Scenario {
         proxy_hang: Some((Duration::from_secs(60), Duration::from_secs(300))),
         commands: vec![
-            (Duration::from_secs(61), Command::CloseThenConnect),
-            (Duration::from_secs(120), Command::ConnectAll),
+            (
+                Duration::from_secs(61),
+                UserStep::CloseThen(Command::ConnectAllParallel),
+            ),
+            (
+                Duration::from_secs(120),
+                UserStep::Command(Command::ConnectAllParallel),
+            ),
         ],
         connection_timeout,
         ..base_scenario(plans, Duration::from_secs(900))
@@ -920,8 +916,18 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
     }
 
     // Start: connect, maintenance on.
-    user(&tasks, &pool, &state, Command::ConnectAll);
-    user(&tasks, &pool, &state, Command::StartMaintenance);
+    user(
+        &tasks,
+        &pool,
+        &state,
+        UserStep::Command(Command::ConnectAllParallel),
+    );
+    user(
+        &tasks,
+        &pool,
+        &state,
+        UserStep::Command(Command::StartMaintenance),
+    );
 
     // The run: step from timer to timer, with the commands and the hang
     // at their instants.
@@ -992,7 +998,12 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
         s.log("final: close_all + connect_all_parallel");
     }
     let settle = redial_bound * 2 + scenario.hook_timeout;
-    user(&tasks, &pool, &state, Command::CloseThenConnect);
+    user(
+        &tasks,
+        &pool,
+        &state,
+        UserStep::CloseThen(Command::ConnectAllParallel),
+    );
     let until = sim.now() + settle;
     advance_checked(&sim, &state, &pool, until).map_err(|m| failure(seed, &state, m))?;
     let connected = pool.connected_count();
@@ -1014,7 +1025,7 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
         "final: close_all ({open} sockets open, {} tasks of the pool)",
         sim.pending_tasks().saturating_sub(tasks.live())
     ));
-    user(&tasks, &pool, &state, Command::CloseAll);
+    user(&tasks, &pool, &state, UserStep::Command(Command::CloseAll));
     let mut waited = 0;
     loop {
         let until = sim.now() + scenario.hook_timeout + Duration::from_secs(5);
@@ -1063,7 +1074,7 @@ pub fn run_scenario(seed: u64, scenario: &Scenario) -> Result<Report, Failure> {
 }
 
 enum Step {
-    User(Command),
+    User(UserStep),
     Hang(bool),
 }
 
@@ -1100,56 +1111,90 @@ fn advance_checked(
     }
 }
 
-/// Issues one user command (as a task when it waits).
+/// Issues one user step. Every command runs as a task, in the order
+/// issued (the executor is FIFO), so that a `close_all` reaches the driver
+/// before the command issued in the same instant after it.
 fn user(
+    tasks: &Tasks,
+    pool: &DirectoryPool<LiveHandshake>,
+    state: &Arc<Mutex<State>>,
+    step: UserStep,
+) {
+    match step {
+        UserStep::Command(command) => user_command(tasks, pool, state, command),
+        UserStep::CloseThen(command) => {
+            user_command(tasks, pool, state, Command::CloseAll);
+            user_command(tasks, pool, state, command);
+        }
+        UserStep::Recv => {
+            lock(state).log("user: recv on every link that dropped messages");
+            for (node, client) in pool.clients() {
+                read_lagged(state, &node, &client, None);
+            }
+        }
+    }
+}
+
+/// Issues one command: the commands the checks know get their own arm
+/// (what they promise, through the named shorthands of
+/// [`DirectoryPool::command`]); any other goes through `command` itself
+/// with the checks every command owes (a report within bounds; the
+/// invariants are checked after every step anyway).
+fn user_command(
     tasks: &Tasks,
     pool: &DirectoryPool<LiveHandshake>,
     state: &Arc<Mutex<State>>,
     command: Command,
 ) {
-    let close = matches!(
-        command,
-        Command::CloseAll | Command::CloseThenConnect | Command::CloseThenRetry(_)
-    );
-    if close {
-        let mut s = lock(state);
-        s.quiet_after_close = true;
-        s.maintenance = false;
-        s.redial_due.clear();
-        s.log("user: close_all");
-        drop(s);
-        let pool2 = pool.clone();
-        let state2 = Arc::clone(state);
-        tasks.spawn(async move {
-            let r = pool2.close_all().await.map(|r| r.connected);
-            lock(&state2).log(format!("user: close_all -> {r:?}"));
-        });
-    }
     let pool2 = pool.clone();
     let state2 = Arc::clone(state);
+    let servers = pool.servers().len();
     match command {
-        Command::CloseAll => {}
-        Command::ConnectAll | Command::CloseThenConnect => {
+        Command::CloseAll => {
+            let mut s = lock(state);
+            s.quiet_after_close = true;
+            s.maintenance = false;
+            s.redial_due.clear();
+            s.log("user: close_all");
+            drop(s);
+            tasks.spawn(async move {
+                let r = pool2.close_all().await;
+                let mut s = lock(&state2);
+                s.log(format!(
+                    "user: close_all -> {:?}",
+                    r.as_ref().map(|r| r.connected)
+                ));
+                check_outcome(&mut s, "close_all", r.map(Some), servers);
+            });
+        }
+        Command::ConnectAllParallel => {
             lock(state).asked("user: connect_all_parallel");
             tasks.spawn(async move {
                 let n = pool2.connect_all_parallel().await;
-                lock(&state2).log(format!("user: connect_all_parallel -> {n:?}"));
+                let mut s = lock(&state2);
+                s.log(format!("user: connect_all_parallel -> {n:?}"));
+                check_count(&mut s, "connect_all_parallel", n, servers);
             });
         }
-        Command::ConnectWithRetry(timeout) | Command::CloseThenRetry(timeout) => {
-            lock(state).asked(format!("user: connect_all_with_retry({timeout:?})"));
+        Command::ConnectAllWithRetry(policy) => {
+            lock(state).asked(format!(
+                "user: connect_all_with_retry({:?})",
+                policy.timeout
+            ));
             tasks.spawn(async move {
-                let n = pool2
-                    .connect_all_with_retry(RetryPolicy::new(timeout))
-                    .await;
-                lock(&state2).log(format!("user: connect_all_with_retry -> {n:?}"));
+                let n = pool2.connect_all_with_retry(policy).await;
+                let mut s = lock(&state2);
+                s.log(format!("user: connect_all_with_retry -> {n:?}"));
+                check_count(&mut s, "connect_all_with_retry", n, servers);
             });
         }
-        Command::Reconnect => {
+        Command::ReconnectDisconnected => {
             lock(state).asked("user: reconnect_disconnected");
             tasks.spawn(async move {
                 let n = pool2.reconnect_disconnected().await.map(|v| v.len());
-                lock(&state2).log(format!("user: reconnect_disconnected -> {n:?}"));
+                let mut s = lock(&state2);
+                s.log(format!("user: reconnect_disconnected -> {n:?}"));
+                check_count(&mut s, "reconnect_disconnected", n, servers);
             });
         }
         Command::StartMaintenance => {
@@ -1169,7 +1214,10 @@ fn user(
                 }
             }
             drop(s);
-            let _ = pool.start_maintenance();
+            tasks.spawn(async move {
+                let r = pool2.command(command).await;
+                no_operation(&mut lock(&state2), "start_maintenance", r);
+            });
         }
         Command::StopMaintenance => {
             let mut s = lock(state);
@@ -1177,14 +1225,79 @@ fn user(
             s.redial_due.clear();
             s.log("user: stop_maintenance");
             drop(s);
-            let _ = pool.stop_maintenance();
+            tasks.spawn(async move {
+                let r = pool2.command(command).await;
+                no_operation(&mut lock(&state2), "stop_maintenance", r);
+            });
         }
-        Command::Recv => {
-            lock(state).log("user: recv on every link that dropped messages");
-            for (node, client) in pool.clients() {
-                read_lagged(state, &node, &client, None);
+        // A command these checks do not know yet: it may connect, so it
+        // ends the quiet after a close_all.
+        other => {
+            let what = format!("{other:?}");
+            lock(state).asked(format!("user: command {what}"));
+            tasks.spawn(async move {
+                let r = pool2.command(other).await;
+                let mut s = lock(&state2);
+                s.log(format!(
+                    "user: command {what} -> {:?}",
+                    r.as_ref().map(|r| r.as_ref().map(|r| r.connected))
+                ));
+                check_outcome(&mut s, &what, r, servers);
+            });
+        }
+    }
+}
+
+/// What every command owes: no error (the simulation's commands are all
+/// valid), and a report within the pool's bounds.
+fn check_outcome(
+    s: &mut State,
+    what: &str,
+    outcome: Result<Option<OperationReport>, dirpool::PoolError>,
+    servers: usize,
+) {
+    match outcome {
+        Ok(Some(report)) => {
+            let mut newly = report.newly_connected.clone();
+            newly.sort_unstable();
+            newly.dedup();
+            if report.connected > servers
+                || newly.len() != report.newly_connected.len()
+                || newly.iter().any(|id| id.index() >= servers)
+            {
+                s.violation(format!(
+                    "{what}: report out of bounds for {servers} servers: {report:?}"
+                ));
             }
         }
+        Ok(None) => {}
+        Err(e) => s.violation(format!("{what} failed: {e}")),
+    }
+}
+
+/// [`check_outcome`] for a shorthand that returns a count of servers.
+fn check_count(
+    s: &mut State,
+    what: &str,
+    count: Result<usize, dirpool::PoolError>,
+    servers: usize,
+) {
+    match count {
+        Ok(n) if n > servers => s.violation(format!("{what}: {n} of {servers} servers")),
+        Ok(_) => {}
+        Err(e) => s.violation(format!("{what} failed: {e}")),
+    }
+}
+
+/// A maintenance switch starts no operation: `command` answers `None`.
+fn no_operation(
+    s: &mut State,
+    what: &str,
+    outcome: Result<Option<OperationReport>, dirpool::PoolError>,
+) {
+    match outcome {
+        Ok(None) => {}
+        other => s.violation(format!("{what}: expected no operation, got {other:?}")),
     }
 }
 

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network};
 use dirpool::{Config, DirectoryPool, PoolEvent, Runtime};
-use dirpool_core::{Backoff, Entropy, IsolationScope, IsolationToken, RetryPolicy, ServerAddr};
+use dirpool_core::{
+    Backoff, Command, Entropy, IsolationScope, IsolationToken, RetryPolicy, ServerAddr,
+};
+use dirpool_core_kit::command_from;
 
 use super::peers::{DirectoryFate, PeerEvent, ProxyFate, SimWorld, serve_proxy_connection};
 use super::runtime::SimRuntime;
@@ -414,87 +417,110 @@ pub fn run(seed: u64) -> Result<Trace, Failure> {
         let pool2 = pool.clone();
         let state2 = Arc::clone(&state);
         match action {
-            0..=9 => {
-                state
-                    .lock()
-                    .expect("world state")
-                    .asked("user: connect_all_parallel");
-                rt.spawn(Box::pin(async move {
-                    let n = pool2.connect_all_parallel().await;
-                    state2
+            // A command, drawn by the fuzz alphabet's chooser.
+            0..=33 => match command_from(rng.u8(..100), Duration::ZERO) {
+                Command::ConnectAllParallel => {
+                    state
                         .lock()
                         .expect("world state")
-                        .log(format!("user: connect_all_parallel -> {n:?}"));
-                }));
-            }
-            10..=17 => {
-                let mut policy = RetryPolicy::new(Duration::from_millis(rng.u64(0..20_000)));
-                policy.backoff = Backoff::new(
-                    Duration::from_millis(rng.u64(50..1_000)),
-                    Duration::from_secs(2),
-                    1.5,
-                )
-                .with_jitter(rng.f64() * 0.5);
-                let started = sim.now();
-                let deadline = started + policy.timeout;
-                state.lock().expect("world state").asked(format!(
-                    "user: connect_all_with_retry({:?})",
-                    policy.timeout
-                ));
-                let rt3 = Arc::clone(&rt);
-                rt.spawn(Box::pin(async move {
-                    let n = pool2.connect_all_with_retry(policy).await;
-                    let finished = rt3.now();
-                    let mut s = state2.lock().expect("world state");
-                    s.log(format!("user: connect_all_with_retry -> {n:?}"));
-                    // Invariant 5: a retry operation ends no later than its deadline.
-                    if finished > deadline {
-                        let late = finished.duration_since(deadline);
-                        s.violation(format!("inv 5: retry ended {late:?} after its deadline"));
-                    }
-                }));
-            }
-            18..=23 => {
-                state
-                    .lock()
-                    .expect("world state")
-                    .asked("user: reconnect_disconnected");
-                rt.spawn(Box::pin(async move {
-                    let new = pool2.reconnect_disconnected().await.map(|v| v.len());
-                    state2
-                        .lock()
-                        .expect("world state")
-                        .log(format!("user: reconnect_disconnected -> {new:?}"));
-                }));
-            }
-            24..=27 => {
-                {
-                    let mut s = state.lock().expect("world state");
-                    s.quiet_after_close = true;
-                    s.log("user: close_all");
+                        .asked("user: connect_all_parallel");
+                    rt.spawn(Box::pin(async move {
+                        let n = pool2.connect_all_parallel().await;
+                        state2
+                            .lock()
+                            .expect("world state")
+                            .log(format!("user: connect_all_parallel -> {n:?}"));
+                    }));
                 }
-                rt.spawn(Box::pin(async move {
-                    let r = pool2.close_all().await.map(|r| r.connected);
-                    state2
+                Command::ConnectAllWithRetry(_) => {
+                    let mut policy = RetryPolicy::new(Duration::from_millis(rng.u64(0..20_000)));
+                    policy.backoff = Backoff::new(
+                        Duration::from_millis(rng.u64(50..1_000)),
+                        Duration::from_secs(2),
+                        1.5,
+                    )
+                    .with_jitter(rng.f64() * 0.5);
+                    let started = sim.now();
+                    let deadline = started + policy.timeout;
+                    state.lock().expect("world state").asked(format!(
+                        "user: connect_all_with_retry({:?})",
+                        policy.timeout
+                    ));
+                    let rt3 = Arc::clone(&rt);
+                    rt.spawn(Box::pin(async move {
+                        let n = pool2.connect_all_with_retry(policy).await;
+                        let finished = rt3.now();
+                        let mut s = state2.lock().expect("world state");
+                        s.log(format!("user: connect_all_with_retry -> {n:?}"));
+                        // Invariant 5: a retry operation ends no later than its deadline.
+                        if finished > deadline {
+                            let late = finished.duration_since(deadline);
+                            s.violation(format!("inv 5: retry ended {late:?} after its deadline"));
+                        }
+                    }));
+                }
+                Command::ReconnectDisconnected => {
+                    state
                         .lock()
                         .expect("world state")
-                        .log(format!("user: close_all -> {r:?}"));
-                }));
-            }
-            28..=31 => {
-                state
-                    .lock()
-                    .expect("world state")
-                    .asked("user: start_maintenance");
-                let _ = pool.start_maintenance();
-            }
-            32..=33 => {
-                state
-                    .lock()
-                    .expect("world state")
-                    .log("user: stop_maintenance");
-                let _ = pool.stop_maintenance();
-            }
+                        .asked("user: reconnect_disconnected");
+                    rt.spawn(Box::pin(async move {
+                        let new = pool2.reconnect_disconnected().await.map(|v| v.len());
+                        state2
+                            .lock()
+                            .expect("world state")
+                            .log(format!("user: reconnect_disconnected -> {new:?}"));
+                    }));
+                }
+                Command::CloseAll => {
+                    {
+                        let mut s = state.lock().expect("world state");
+                        s.quiet_after_close = true;
+                        s.log("user: close_all");
+                    }
+                    rt.spawn(Box::pin(async move {
+                        let r = pool2.close_all().await.map(|r| r.connected);
+                        state2
+                            .lock()
+                            .expect("world state")
+                            .log(format!("user: close_all -> {r:?}"));
+                    }));
+                }
+                Command::StartMaintenance => {
+                    state
+                        .lock()
+                        .expect("world state")
+                        .asked("user: start_maintenance");
+                    let _ = pool.start_maintenance();
+                }
+                Command::StopMaintenance => {
+                    state
+                        .lock()
+                        .expect("world state")
+                        .log("user: stop_maintenance");
+                    let _ = pool.stop_maintenance();
+                }
+                // A command this world does not know yet: through
+                // `DirectoryPool::command`, and it may connect.
+                other => {
+                    let what = format!("{other:?}");
+                    state
+                        .lock()
+                        .expect("world state")
+                        .asked(format!("user: command {what}"));
+                    rt.spawn(Box::pin(async move {
+                        let r = pool2.command(other).await;
+                        let mut s = state2.lock().expect("world state");
+                        s.log(format!(
+                            "user: command {what} -> {:?}",
+                            r.as_ref().map(|r| r.as_ref().map(|r| r.connected))
+                        ));
+                        if let Err(e) = r {
+                            s.violation(format!("{what} failed: {e}"));
+                        }
+                    }));
+                }
+            },
             34..=36 => {
                 tor_up = !tor_up;
                 listener.set_up(tor_up);

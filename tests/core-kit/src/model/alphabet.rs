@@ -1,6 +1,8 @@
 //! The operation alphabet shared by the seeded core simulation
 //! (`tests/core-kit/tests/random_ops.rs`) and the `pool_ops` and `pool_model` fuzz targets: what a
-//! driver can do next to a [`PoolState`](dirpool_core::PoolState).
+//! driver can do next to a [`PoolState`](dirpool_core::PoolState). Its
+//! commands come from [`command_from`], which the adapters' simulations
+//! (`dirpool-tests`) draw theirs with too.
 //!
 //! Each step is one of these; its details (which attempt, which failure,
 //! how far the clock moves) are drawn from the same [`Choices`](super::Choices)
@@ -13,22 +15,32 @@ use arbitrary::{Arbitrary, Unstructured};
 
 use dirpool_core::{Command, RetryPolicy};
 
-/// The pool's own [`Command`]: one vocabulary for the public API, the
-/// fuzz alphabet and the simulations. Drawn from one byte; a
+/// The one chooser of a [`Command`], shared by the fuzz alphabet (here)
+/// and the adapters' seeded simulation (`tests/src/sim/liveness.rs`), so
+/// that a command added to the core is drawn by both once it is added
+/// here. `selector` picks the command (taken modulo 100, weighted so that
+/// runs spend their time connected and reconnecting rather than closing);
+/// a `ConnectAllWithRetry` gets the default policy with `retry_timeout`.
+pub fn command_from(selector: u8, retry_timeout: Duration) -> Command {
+    match selector % 100 {
+        0..=19 => Command::ConnectAllParallel,
+        20..=34 => Command::ReconnectDisconnected,
+        35..=54 => Command::ConnectAllWithRetry(RetryPolicy::new(retry_timeout)),
+        55..=63 => Command::CloseAll,
+        64..=84 => Command::StartMaintenance,
+        _ => Command::StopMaintenance,
+    }
+}
+
+/// The pool's own [`Command`] from one byte, by [`command_from`]; a
 /// `ConnectAllWithRetry` carries a placeholder policy (the default with a
 /// 60 s timeout) that the model checker replaces with one drawn from the
 /// run's [`Choices`](super::Choices) when it applies the step.
 fn arbitrary_command(u: &mut Unstructured<'_>) -> arbitrary::Result<Command> {
-    // Weighted so that runs spend their time connected and reconnecting
-    // rather than closing.
-    Ok(match u.int_in_range(0..=99u8)? {
-        0..=19 => Command::ConnectAllParallel,
-        20..=34 => Command::ReconnectDisconnected,
-        35..=54 => Command::ConnectAllWithRetry(RetryPolicy::new(Duration::from_secs(60))),
-        55..=63 => Command::CloseAll,
-        64..=84 => Command::StartMaintenance,
-        _ => Command::StopMaintenance,
-    })
+    Ok(command_from(
+        u.int_in_range(0..=99u8)?,
+        Duration::from_secs(60),
+    ))
 }
 
 /// One step of a driver: an input to the machine.

@@ -29,7 +29,7 @@ mod checker;
 mod choices;
 mod quick;
 
-pub use alphabet::Step;
+pub use alphabet::{Step, command_from};
 pub use choices::Choices;
 pub use quick::{MAX_STEPS, QuickCounts, check_steps};
 
