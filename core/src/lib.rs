@@ -36,8 +36,6 @@ pub mod fuzzing;
 pub mod isolation;
 mod onion;
 pub mod output;
-#[cfg(dirpool_planted_bugs)]
-pub mod planted;
 pub mod pool;
 pub mod status;
 
