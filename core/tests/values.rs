@@ -14,3 +14,52 @@ fn an_onion_key_keeps_its_port_and_only_port_0_means_the_default() {
     assert_eq!(default.port(), DEFAULT_PORT);
     assert!(default.is_onion());
 }
+
+#[test]
+fn a_policy_may_last_one_year_and_not_a_second_more() {
+    use dirpool_core::{Backoff, ConfigError};
+    use std::time::Duration;
+    // The documented bound of every policy duration (MAX_POLICY_DURATION).
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let start = Duration::from_secs(5);
+    assert_eq!(Backoff::new(start, year, 1.5).validate("b"), Ok(()));
+    assert!(matches!(
+        Backoff::new(start, year + Duration::from_secs(1), 1.5).validate("b"),
+        Err(ConfigError::DurationTooLong { field: "b" })
+    ));
+}
+
+#[test]
+fn the_jitter_source_is_splitmix64() {
+    use dirpool_core::JitterRng;
+    // The reference generator's published outputs (Vigna's splitmix64.c:
+    // seed 1234567 gives 6457827717110365317, 3203168211198807973, ...).
+    let mut rng = JitterRng::new(1_234_567);
+    let got: Vec<u64> = (0..3).map(|_| rng.next_u64()).collect();
+    assert_eq!(
+        got,
+        [
+            6_457_827_717_110_365_317,
+            3_203_168_211_198_807_973,
+            9_817_491_932_198_370_423
+        ]
+    );
+    let mut rng = JitterRng::new(0);
+    assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
+    assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+}
+
+#[test]
+fn a_saturated_delay_is_max_to_the_nanosecond() {
+    use dirpool_core::Backoff;
+    use std::time::Duration;
+    // 10^7 s and 1 ns: more digits than an f64 of seconds keeps, so a delay
+    // that went through f64 would lose the nanosecond.
+    let max = Duration::new(10_000_000, 1);
+    let flat = Backoff::new(max, max, 1.0);
+    assert_eq!(flat.base_delay(0), max);
+    assert_eq!(flat.base_delay(5), max);
+    let growing = Backoff::new(Duration::from_secs(1), max, 2.0);
+    assert_eq!(growing.base_delay(40), max);
+    assert_eq!(growing.bounds(40).1, max);
+}
