@@ -295,9 +295,12 @@ fn isolation_is_what_tor_sees() {
             let (a, b) = (alpha.clone(), beta.clone());
             let gone = blocking(move || {
                 let mut control = net.control(TorClient::First).unwrap();
-                dirpool_tests::wait_until(Duration::from_secs(10), || {
-                    streams_to(&mut control, &[&a, &b]).is_empty()
-                })
+                // Tor's streams: another process's state, with no event.
+                dirpool_tests::poll_until(
+                    Duration::from_secs(10),
+                    Duration::from_millis(20),
+                    || streams_to(&mut control, &[&a, &b]).is_empty(),
+                )
             })
             .await;
             assert!(gone, "Tor still lists streams to the directories");
