@@ -63,3 +63,46 @@ fn a_saturated_delay_is_max_to_the_nanosecond() {
     assert_eq!(growing.base_delay(40), max);
     assert_eq!(growing.bounds(40).1, max);
 }
+
+#[test]
+fn every_policy_duration_may_be_one_year_and_not_a_second_more() {
+    use dirpool_core::{
+        ConfigError, KeepalivePolicy, MaintenancePolicy, PoolConfig, RetryPolicy,
+    };
+    use std::time::Duration;
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let over = year + Duration::from_secs(1);
+    let too_long = |result: Result<(), ConfigError>, name: &str| {
+        assert!(
+            matches!(result, Err(ConfigError::DurationTooLong { field }) if field == name),
+            "{name}: {result:?}"
+        );
+    };
+
+    assert_eq!(RetryPolicy::new(year).validate(), Ok(()));
+    too_long(RetryPolicy::new(over).validate(), "retry.timeout");
+
+    let mut maintenance = MaintenancePolicy::default();
+    maintenance.stable_after = year;
+    assert_eq!(maintenance.validate(), Ok(()));
+    maintenance.stable_after = over;
+    too_long(maintenance.validate(), "maintenance.stable_after");
+
+    let mut config = PoolConfig::new(["a.example"]);
+    config.connection_timeout = year;
+    config.close_timeout = year;
+    config.keepalive = KeepalivePolicy::new(year, year);
+    assert_eq!(config.validate(), Ok(()));
+    config.close_timeout = over;
+    too_long(config.validate(), "close_timeout");
+}
+
+#[test]
+fn the_loss_bound_is_idle_plus_probe_timeout() {
+    use dirpool_core::KeepalivePolicy;
+    use std::time::Duration;
+    let policy = KeepalivePolicy::new(Duration::from_secs(20), Duration::from_secs(7));
+    assert_eq!(policy.loss_bound(), Duration::from_secs(27));
+    let huge = KeepalivePolicy::new(Duration::MAX, Duration::from_secs(1));
+    assert_eq!(huge.loss_bound(), Duration::MAX, "saturates");
+}
