@@ -106,3 +106,24 @@ fn the_loss_bound_is_idle_plus_probe_timeout() {
     let huge = KeepalivePolicy::new(Duration::MAX, Duration::from_secs(1));
     assert_eq!(huge.loss_bound(), Duration::MAX, "saturates");
 }
+
+#[test]
+fn is_edge_holds_for_the_diagram_s_edges_only() {
+    use dirpool_core::ServerState::{
+        Closing, Connected, Dialing, GaveUp, Idle, WaitingForProxy, WaitingRetry,
+    };
+    use dirpool_core::diagram::{EDGES, is_edge};
+    let all = [Idle, GaveUp, WaitingRetry, WaitingForProxy, Dialing, Connected, Closing];
+    let mut edges = 0;
+    for from in all {
+        for to in all {
+            let drawn = EDGES.iter().any(|e| e.from == from && e.to == to);
+            assert_eq!(is_edge(from, to), drawn, "{from:?} -> {to:?}");
+            edges += usize::from(drawn);
+        }
+    }
+    assert_eq!(edges, EDGES.len(), "no edge drawn twice");
+    // A link cannot connect without a dial, nor come back from a close.
+    assert!(!is_edge(Idle, Connected));
+    assert!(!is_edge(Closing, Connected));
+}
