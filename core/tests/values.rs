@@ -66,9 +66,7 @@ fn a_saturated_delay_is_max_to_the_nanosecond() {
 
 #[test]
 fn every_policy_duration_may_be_one_year_and_not_a_second_more() {
-    use dirpool_core::{
-        ConfigError, KeepalivePolicy, MaintenancePolicy, PoolConfig, RetryPolicy,
-    };
+    use dirpool_core::{ConfigError, KeepalivePolicy, MaintenancePolicy, PoolConfig, RetryPolicy};
     use std::time::Duration;
     let year = Duration::from_secs(365 * 24 * 3600);
     let over = year + Duration::from_secs(1);
@@ -113,7 +111,15 @@ fn is_edge_holds_for_the_diagram_s_edges_only() {
         Closing, Connected, Dialing, GaveUp, Idle, WaitingForProxy, WaitingRetry,
     };
     use dirpool_core::diagram::{EDGES, is_edge};
-    let all = [Idle, GaveUp, WaitingRetry, WaitingForProxy, Dialing, Connected, Closing];
+    let all = [
+        Idle,
+        GaveUp,
+        WaitingRetry,
+        WaitingForProxy,
+        Dialing,
+        Connected,
+        Closing,
+    ];
     let mut edges = 0;
     for from in all {
         for to in all {
@@ -126,4 +132,96 @@ fn is_edge_holds_for_the_diagram_s_edges_only() {
     // A link cannot connect without a dial, nor come back from a close.
     assert!(!is_edge(Idle, Connected));
     assert!(!is_edge(Closing, Connected));
+}
+
+#[test]
+fn only_a_directory_s_goodbye_is_a_deliberate_loss() {
+    use dirpool_core::LinkLoss;
+    let losses = [
+        LinkLoss::ClosedByPeer,
+        LinkLoss::Io(std::io::ErrorKind::ConnectionReset),
+        LinkLoss::Protocol,
+        LinkLoss::KeepaliveTimeout,
+        LinkLoss::WriteTimedOut,
+        LinkLoss::DisconnectedByPeer,
+        LinkLoss::Panicked,
+    ];
+    let deliberate: Vec<_> = losses.into_iter().filter(|l| l.is_deliberate()).collect();
+    assert_eq!(deliberate, [LinkLoss::DisconnectedByPeer]);
+}
+
+#[test]
+fn every_loss_failure_and_reason_says_what_it_is() {
+    use dirpool_core::{
+        CloseFailure, DialFailure, DisconnectReason, LinkLoss, ServerError, SocksReply,
+    };
+    use std::collections::BTreeSet;
+    let losses = [
+        LinkLoss::ClosedByPeer,
+        LinkLoss::Io(std::io::ErrorKind::ConnectionReset),
+        LinkLoss::Protocol,
+        LinkLoss::KeepaliveTimeout,
+        LinkLoss::WriteTimedOut,
+        LinkLoss::DisconnectedByPeer,
+        LinkLoss::Panicked,
+    ];
+    let replies: Vec<SocksReply> = (1..=9).map(SocksReply::from_code).collect();
+    let mut texts: Vec<String> = Vec::new();
+    texts.extend(losses.iter().map(ToString::to_string));
+    texts.extend(replies.iter().map(ToString::to_string));
+    texts.extend(
+        losses
+            .iter()
+            .map(|l| DisconnectReason::Lost(*l).to_string()),
+    );
+    texts.extend(
+        [
+            DisconnectReason::Closed,
+            DisconnectReason::CloseTimedOut,
+            DisconnectReason::CloseFailed(CloseFailure::Client),
+        ]
+        .iter()
+        .map(ToString::to_string),
+    );
+    texts.extend(losses.iter().map(|l| ServerError::Link(*l).to_string()));
+    texts.push(ServerError::Dial(DialFailure::TimedOut).to_string());
+    texts.push(ServerError::Dial(DialFailure::Socks(SocksReply::from_code(4))).to_string());
+    // Each names its case: none empty, no two alike.
+    assert!(texts.iter().all(|t| !t.is_empty()), "{texts:#?}");
+    let distinct: BTreeSet<&String> = texts.iter().collect();
+    assert_eq!(distinct.len(), texts.len(), "{texts:#?}");
+    let addr = dirpool_core::ServerAddr::parse("[::1]:99").unwrap();
+    assert_eq!(addr.to_string(), addr.node_id());
+    assert!(format!("{addr:?}").contains("[::1]:99"));
+}
+
+#[test]
+fn the_no_valid_servers_message_is_bounded() {
+    use dirpool_core::{ConfigError, Entropy, IsolationToken, PoolConfig, PoolState};
+    let entropy = || Entropy {
+        isolation_token: IsolationToken::from_bytes([1; 16]),
+        jitter_seed: 1,
+    };
+    let message = |servers: Vec<String>| match PoolState::new(PoolConfig::new(servers), entropy()) {
+        Err(error @ ConfigError::NoValidServers { .. }) => error.to_string(),
+        other => panic!("{other:?}"),
+    };
+    // Eight shown, each entry cut to 80 characters, and a count of the rest.
+    let mut servers: Vec<String> = (0..10).map(|i| format!("bad entry {i}")).collect();
+    servers[1] = format!("x y{}", "z".repeat(200));
+    let text = message(servers);
+    assert!(text.starts_with("none of the 10 configured"), "{text}");
+    assert!(text.contains(": #0 \"bad entry 0\": "), "{text}");
+    assert!(text.contains("; #1 \"x y"), "{text}");
+    assert!(text.contains(&format!("{}…\"", "z".repeat(77))), "{text}");
+    assert!(!text.contains(&"z".repeat(79)), "{text}");
+    assert!(text.contains("; #7 "), "{text}");
+    assert!(!text.contains("#8"), "{text}");
+    assert!(text.ends_with("; and 2 more"), "{text}");
+    // Exactly eight: all shown, nothing more to count.
+    let text = message((0..8).map(|i| format!("bad entry {i}")).collect());
+    assert!(text.contains("; #7 ") && !text.contains("more"), "{text}");
+    // One entry: introduced by ": ", no "; " after it.
+    let text = message(vec!["bad entry".into()]);
+    assert!(text.contains(": #0 ") && !text.contains("; #"), "{text}");
 }
