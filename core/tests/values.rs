@@ -225,3 +225,39 @@ fn the_no_valid_servers_message_is_bounded() {
     let text = message(vec!["bad entry".into()]);
     assert!(text.contains(": #0 ") && !text.contains("; #"), "{text}");
 }
+
+#[test]
+fn ids_are_distinct_in_value_and_in_print() {
+    use dirpool_core::{Command, Entropy, IsolationToken, Output, PoolConfig, PoolState};
+    use std::collections::BTreeSet;
+    use std::time::Instant;
+    let entropy = Entropy {
+        isolation_token: IsolationToken::from_bytes([2; 16]),
+        jitter_seed: 3,
+    };
+    let servers = ["127.0.0.1:1", "127.0.0.2:1", "127.0.0.3:1"];
+    let mut pool = PoolState::new(PoolConfig::new(servers), entropy).unwrap();
+    let now = Instant::now();
+    let first = pool
+        .handle_command(now, Command::ConnectAllParallel)
+        .unwrap();
+    let second = pool
+        .handle_command(now, Command::ReconnectDisconnected)
+        .unwrap();
+    let ops: Vec<_> = [first, second].into_iter().flatten().collect();
+    assert_eq!(ops.len(), 2);
+    assert_ne!(ops[0].get(), ops[1].get());
+    assert_ne!(ops[0].to_string(), ops[1].to_string());
+    let dials: Vec<_> = std::iter::from_fn(|| pool.poll_output())
+        .filter_map(|output| match output {
+            Output::Dial(dial) => Some(dial),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dials.len(), 3);
+    let attempts: BTreeSet<u64> = dials.iter().map(|d| d.attempt.get()).collect();
+    let printed: BTreeSet<String> = dials.iter().map(|d| d.attempt.to_string()).collect();
+    let servers: BTreeSet<String> = dials.iter().map(|d| d.server.to_string()).collect();
+    assert_eq!((attempts.len(), printed.len(), servers.len()), (3, 3, 3));
+    assert!(printed.iter().chain(&servers).all(|text| !text.is_empty()));
+}
