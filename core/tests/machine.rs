@@ -1552,3 +1552,106 @@ fn health_reports_ages_errors_and_counts_against_the_given_now() {
     assert_eq!(health.servers[0].state, ServerState::WaitingForProxy);
     assert_eq!(health.counts.backing_off, 1);
 }
+
+// ---- edges found by mutation testing (scripts/mutants) ----------------------
+
+#[test]
+fn a_command_with_an_earlier_now_is_timed_from_the_latest_now() {
+    let mut rig = Rig::with(&[A]);
+    rig.pool.handle_timeout(rig.at(10.0));
+    rig.pool
+        .handle_command(rig.at(5.0), Command::ConnectAllParallel)
+        .expect("a valid command");
+    let dial = dials(&rig.drain()).remove(0);
+    // Connection timeout 120 s, from t=10 (the clock never goes back).
+    assert_eq!(rig.elapsed(dial.deadline), 130.0);
+}
+
+#[test]
+fn connect_all_with_retry_restarts_a_failing_server_s_backoff() {
+    let mut config = PoolConfig::new([A]);
+    config.maintenance.backoff = Backoff::new(secs(1.0), secs(64.0), 2.0);
+    let mut rig = Rig::new(config);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
+    let mut attempt = dial_to(&rig.drain(), rig.id(A));
+    // Maintenance's backoff grows: 1, 2, 4 s.
+    for (t, expected) in [(0.0, 1.0), (1.0, 2.0), (3.0, 4.0)] {
+        rig.now = rig.at(t);
+        assert_eq!(fail_and_retry_in(&mut rig, attempt), Some(expected));
+        let out = rig.advance_to(t + expected);
+        attempt = dial_to(&out, rig.id(A));
+    }
+    // The user's retry starts the server's backoff over: 5 s (the policy's
+    // first delay), not maintenance's step 3 on the retry policy (16.9 s).
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllWithRetry(no_jitter_retry(60.0)))
+        .expect("a valid command");
+    rig.drain();
+    assert_eq!(fail_and_retry_in(&mut rig, attempt), Some(5.0));
+}
+
+#[test]
+fn a_retry_right_after_close_all_waits_for_the_close_and_dials() {
+    let mut rig = Rig::with(&[A]);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
+    let a = dials(&rig.drain())[0].attempt;
+    rig.succeed(a);
+    rig.pool
+        .handle_command(rig.now, Command::CloseAll)
+        .expect("a valid command");
+    rig.drain();
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllWithRetry(no_jitter_retry(60.0)))
+        .expect("a valid command");
+    assert!(dials(&rig.drain()).is_empty(), "not while it closes");
+    rig.pool
+        .handle_input(
+            rig.now,
+            Input::CloseFinished {
+                attempt: a,
+                result: Ok(()),
+            },
+        )
+        .unwrap();
+    dial_to(&rig.drain(), rig.id(A));
+}
+
+#[test]
+fn link_counts_add_up_to_the_servers_and_never_go_below_zero() {
+    use dirpool_core::LinkCounts;
+    let states = [
+        ServerState::Connected,
+        ServerState::Dialing,
+        ServerState::WaitingRetry,
+        ServerState::WaitingForProxy,
+        ServerState::GaveUp,
+        ServerState::Idle,
+        ServerState::Closing,
+    ];
+    let mut counts = LinkCounts::default();
+    for (n, state) in states.into_iter().enumerate() {
+        for _ in 0..=n {
+            counts.add(state);
+        }
+    }
+    // 1 + 2 + ... + 7 servers, each in one count.
+    assert_eq!(counts.total(), 28);
+    assert_eq!(
+        (counts.up, counts.connecting, counts.backing_off),
+        (1, 2, 3 + 4)
+    );
+    assert_eq!((counts.given_up, counts.idle, counts.closing), (5, 6, 7));
+    counts.remove(ServerState::Closing);
+    counts.remove(ServerState::WaitingForProxy);
+    assert_eq!(
+        (counts.closing, counts.backing_off, counts.total()),
+        (6, 6, 26)
+    );
+    let mut empty = LinkCounts::default();
+    empty.remove(ServerState::Connected);
+    assert_eq!((empty.up, empty.total()), (0, 0));
+}
