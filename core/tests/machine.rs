@@ -1655,3 +1655,32 @@ fn link_counts_add_up_to_the_servers_and_never_go_below_zero() {
     empty.remove(ServerState::Connected);
     assert_eq!((empty.up, empty.total()), (0, 0));
 }
+
+#[test]
+fn only_the_probe_s_failures_slow_the_probing() {
+    let mut config = PoolConfig::new([A, B, C]);
+    config.maintenance.backoff = Backoff::new(secs(1.0), secs(8.0), 2.0);
+    let mut rig = Rig::new(config);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
+    let d = dials(&rig.drain());
+    rig.fail(d[0].attempt, DialFailure::ProxyUnreachable);
+    // A dial from before the proxy went down times out: the server's own
+    // failure, not a probe's; the probes keep their pace.
+    rig.fail(d[1].attempt, DialFailure::TimedOut);
+    rig.fail(d[2].attempt, DialFailure::ProxyUnreachable);
+    let mut t = 0.0;
+    for want in [1.0, 2.0, 4.0] {
+        let due = rig.elapsed(rig.pool.poll_timeout().expect("probe scheduled"));
+        assert!(
+            (due - t - want).abs() < 1e-9,
+            "probe after {} s, want {want}",
+            due - t
+        );
+        t = due;
+        let probe = dials(&rig.advance_to(t));
+        assert_eq!(probe.len(), 1, "exactly one probe");
+        rig.fail(probe[0].attempt, DialFailure::ProxyUnreachable);
+    }
+}
