@@ -1684,3 +1684,61 @@ fn only_the_probe_s_failures_slow_the_probing() {
         rig.fail(probe[0].attempt, DialFailure::ProxyUnreachable);
     }
 }
+
+/// Three servers under maintenance (backoff 1 s, ×2, at most 8 s), their
+/// first dials in flight.
+fn three_maintained() -> (Rig, Vec<DialRequest>) {
+    let mut config = PoolConfig::new([A, B, C]);
+    config.maintenance.backoff = Backoff::new(secs(1.0), secs(8.0), 2.0);
+    let mut rig = Rig::new(config);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
+    let d = dials(&rig.drain());
+    (rig, d)
+}
+
+#[test]
+fn a_proxy_failure_while_the_probe_is_in_flight_adds_no_probe() {
+    let (mut rig, d) = three_maintained();
+    rig.fail(d[0].attempt, DialFailure::ProxyUnreachable);
+    let probe = dials(&rig.advance_to(1.0));
+    assert_eq!(probe.len(), 1);
+    // The other first dials fail on the proxy while the probe is out.
+    rig.fail(d[1].attempt, DialFailure::ProxyUnreachable);
+    rig.fail(d[2].attempt, DialFailure::ProxyUnreachable);
+    // Nothing more until the probe's own deadline (connection timeout).
+    let next = rig.pool.poll_timeout().expect("the probe's deadline");
+    assert_eq!(rig.elapsed(next), 121.0);
+    assert!(
+        dials(&rig.advance_to(60.0)).is_empty(),
+        "one probe at a time"
+    );
+}
+
+#[test]
+fn a_proxy_failure_while_a_probe_is_scheduled_keeps_its_time() {
+    let (mut rig, d) = three_maintained();
+    rig.fail(d[0].attempt, DialFailure::ProxyUnreachable);
+    let due = rig.pool.poll_timeout().expect("a probe");
+    assert_eq!(rig.elapsed(due), 1.0);
+    rig.now = rig.at(0.5);
+    rig.fail(d[1].attempt, DialFailure::ProxyUnreachable);
+    assert_eq!(rig.pool.poll_timeout(), Some(due), "not pushed back");
+    assert_eq!(dials(&rig.advance_to(1.0)).len(), 1);
+}
+
+#[test]
+fn stopping_maintenance_cancels_the_proxy_probe() {
+    let (mut rig, d) = three_maintained();
+    for dial in &d {
+        rig.fail(dial.attempt, DialFailure::ProxyUnreachable);
+    }
+    assert!(rig.pool.poll_timeout().is_some(), "a probe is scheduled");
+    rig.pool
+        .handle_command(rig.now, Command::StopMaintenance)
+        .expect("a valid command");
+    rig.drain();
+    assert_eq!(rig.pool.poll_timeout(), None, "nothing left to do");
+    assert!(dials(&rig.advance_to(10.0)).is_empty());
+}
