@@ -1742,3 +1742,23 @@ fn stopping_maintenance_cancels_the_proxy_probe() {
     assert_eq!(rig.pool.poll_timeout(), None, "nothing left to do");
     assert!(dials(&rig.advance_to(10.0)).is_empty());
 }
+
+#[test]
+fn each_server_s_address_is_found_by_its_id_and_by_its_name() {
+    let rig = Rig::with(&[B, A, "Example.COM"]);
+    let listed: Vec<_> = rig
+        .pool
+        .servers()
+        .map(|(id, addr)| (id, addr.clone()))
+        .collect();
+    assert_eq!(listed.len(), 3);
+    for (id, addr) in &listed {
+        assert_eq!(rig.pool.server_addr(*id), Some(addr));
+        assert_eq!(rig.pool.find_server(addr.node_id()), Some(*id));
+    }
+    let example = rig.id("example.com");
+    assert_eq!(
+        rig.pool.server_addr(example).map(|a| a.node_id()),
+        Some("example.com:5222")
+    );
+}
