@@ -1762,3 +1762,15 @@ fn each_server_s_address_is_found_by_its_id_and_by_its_name() {
         Some("example.com:5222")
     );
 }
+
+#[test]
+fn the_pool_reports_the_timeouts_it_was_configured_with() {
+    let mut config = PoolConfig::new([A]);
+    config.connection_timeout = secs(7.0);
+    config.close_timeout = secs(3.0);
+    config.maintenance.max_retries = 4;
+    let rig = Rig::new(config.clone());
+    assert_eq!(rig.pool.connection_timeout(), secs(7.0));
+    assert_eq!(rig.pool.close_timeout(), secs(3.0));
+    assert_eq!(rig.pool.maintenance_policy(), &config.maintenance);
+}
