@@ -1777,40 +1777,52 @@ fn the_pool_reports_the_timeouts_it_was_configured_with() {
 
 #[test]
 fn many_jittered_retries_fire_in_time_order() {
-    // Twenty servers fail at once; jitter spreads their retries, so the
-    // timer table holds twenty deadlines in no particular order.
-    let servers: Vec<String> = (1..=20).map(|i| format!("10.0.0.{i}:5222")).collect();
-    let mut config = PoolConfig::new(servers.iter().map(String::as_str));
-    config.maintenance.backoff = Backoff::new(secs(10.0), secs(60.0), 2.0).with_jitter(0.9);
-    let mut rig = Rig::new(config);
-    rig.pool
-        .handle_command(rig.now, Command::StartMaintenance)
-        .expect("a valid command");
-    let mut due: Vec<(Instant, ServerId)> = Vec::new();
-    for dial in dials(&rig.drain()) {
-        let out = rig.fail(
-            dial.attempt,
-            DialFailure::Socks(SocksReply::HostUnreachable),
-        );
-        for note in notes(&out) {
-            if let Notification::DialFailed {
-                server,
-                retry_at: Some(at),
-                ..
-            } = note
-            {
-                due.push((at, server));
+    // Forty servers fail at once; jitter spreads their retries, so the
+    // timer table holds forty deadlines in no particular order (a new
+    // order for each jitter seed).
+    let servers: Vec<String> = (1..=40).map(|i| format!("10.0.0.{i}:5222")).collect();
+    for seed in 0..40 {
+        let mut config = PoolConfig::new(servers.iter().map(String::as_str));
+        config.maintenance.backoff = Backoff::new(secs(10.0), secs(60.0), 2.0).with_jitter(0.9);
+        let entropy = Entropy {
+            isolation_token: IsolationToken::from_bytes(TOKEN),
+            jitter_seed: seed,
+        };
+        let t0 = Instant::now();
+        let mut rig = Rig {
+            pool: PoolState::new(config, entropy).expect("valid config"),
+            t0,
+            now: t0,
+        };
+        rig.pool
+            .handle_command(rig.now, Command::StartMaintenance)
+            .expect("a valid command");
+        let mut due: Vec<(Instant, ServerId)> = Vec::new();
+        for dial in dials(&rig.drain()) {
+            let out = rig.fail(
+                dial.attempt,
+                DialFailure::Socks(SocksReply::HostUnreachable),
+            );
+            for note in notes(&out) {
+                if let Notification::DialFailed {
+                    server,
+                    retry_at: Some(at),
+                    ..
+                } = note
+                {
+                    due.push((at, server));
+                }
             }
         }
-    }
-    assert_eq!(due.len(), 20);
-    due.sort();
-    // Each wake-up is the earliest retry left, and dials exactly it.
-    for (at, server) in due {
-        assert_eq!(rig.pool.poll_timeout(), Some(at));
-        rig.now = at;
-        rig.pool.handle_timeout(at);
-        let redialed: Vec<_> = dials(&rig.drain()).iter().map(|d| d.server).collect();
-        assert_eq!(redialed, [server]);
+        assert_eq!(due.len(), 40);
+        due.sort();
+        // Each wake-up is the earliest retry left, and dials exactly it.
+        for (at, server) in due {
+            assert_eq!(rig.pool.poll_timeout(), Some(at), "seed {seed}");
+            rig.now = at;
+            rig.pool.handle_timeout(at);
+            let redialed: Vec<_> = dials(&rig.drain()).iter().map(|d| d.server).collect();
+            assert_eq!(redialed, [server], "seed {seed}");
+        }
     }
 }
