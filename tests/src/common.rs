@@ -101,7 +101,8 @@ pub(crate) fn changed() {
 }
 
 /// The number of changes so far: read it before checking a condition, then
-/// wait for a change after it ([`wait_for_change`], [`ChangeAfter`]).
+/// wait for a change after it ([`wait_until`](crate::wait_until) blocks,
+/// [`ChangeAfter`] is the async wait).
 pub fn change_generation() -> u64 {
     *CHANGES
         .generation
