@@ -812,13 +812,6 @@ async fn run_hooks<C: Client, K: PoolHooks<C>>(
     // Links whose connected hook was skipped: their disconnected hook is too.
     let mut skipped = std::collections::HashSet::new();
     while let Some(call) = calls.next().await {
-        #[cfg(dirpool_planted_bugs)]
-        let timeout =
-            if dirpool_core::planted::active(dirpool_core::planted::Bug::HooksWithoutDeadline) {
-                dirpool_core::backoff::MAX_POLICY_DURATION * 100
-            } else {
-                timeout
-            };
         let deadline = runtime.sleep_until(runtime.now() + timeout);
         let (node_id, hook, span, result) = match call {
             HookCall::Connected(attempt, server, client, span) => {

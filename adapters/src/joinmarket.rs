@@ -803,15 +803,6 @@ impl Wakers {
     }
 }
 
-/// The message type answered with a PONG.
-fn ping_type() -> u32 {
-    #[cfg(dirpool_planted_bugs)]
-    if dirpool_core::planted::active(dirpool_core::planted::Bug::OldPingNumber) {
-        return 797;
-    }
-    wire::PING
-}
-
 /// What a kept message counts against `inbound_bytes`.
 fn cost(envelope: &Envelope) -> usize {
     envelope.line.capacity().saturating_add(MESSAGE_OVERHEAD)
@@ -1098,12 +1089,6 @@ impl DirectoryConnection {
             if self.deliver(envelope, reader) {
                 return LinkLoss::DisconnectedByPeer;
             }
-            #[cfg(dirpool_planted_bugs)]
-            if dirpool_core::planted::active(dirpool_core::planted::Bug::ReaderParksWhenFull)
-                && self.link().lagged > 0
-            {
-                futures::future::pending::<()>().await;
-            }
         }
     }
 
@@ -1112,7 +1097,7 @@ impl DirectoryConnection {
         let mut link = self.link();
         link.reader_held = reader.held_capacity();
         match envelope.kind {
-            kind if kind == ping_type() && self.answers_ping => {
+            wire::PING if self.answers_ping => {
                 tracing::trace!("PING received");
                 link.pongs_owed = link.pongs_owed.saturating_add(1);
                 if let Some(writer) = link.writer.take() {
@@ -1127,14 +1112,6 @@ impl DirectoryConnection {
             _ => {
                 let cost = cost(&envelope);
                 let held = link.inbound_held.saturating_add(cost);
-                #[cfg(dirpool_planted_bugs)]
-                let held = if dirpool_core::planted::active(
-                    dirpool_core::planted::Bug::UnboundedInbound,
-                ) {
-                    0
-                } else {
-                    held
-                };
                 if held > self.inbound_bytes {
                     link.lagged = link.lagged.saturating_add(1);
                     if link.lagged == 1 {

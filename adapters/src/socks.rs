@@ -161,10 +161,6 @@ async fn proxy_must_answer<T>(
     exchange: impl std::future::Future<Output = T>,
 ) -> Result<T, DialError> {
     let exchange = std::pin::pin!(exchange);
-    #[cfg(dirpool_planted_bugs)]
-    if dirpool_core::planted::active(dirpool_core::planted::Bug::NoProxyTimeout) {
-        return Ok(exchange.await);
-    }
     let Some(deadline) = rt.now().checked_add(proxy_timeout) else {
         return Ok(exchange.await);
     };

@@ -34,8 +34,6 @@ pub mod failure;
 pub mod isolation;
 mod onion;
 pub mod output;
-#[cfg(dirpool_planted_bugs)]
-pub mod planted;
 pub mod pool;
 pub mod status;
 #[cfg(feature = "test-kit")]

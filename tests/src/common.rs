@@ -10,7 +10,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -32,9 +33,121 @@ const LINGER: Duration = Duration::from_millis(500);
 const DROP_ALL_WAIT: Duration = Duration::from_secs(2);
 
 /// Locks a mutex, ignoring poisoning (a panicking test thread must not turn
-/// every later call into a second panic).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+/// every later call into a second panic). A guard written through signals
+/// [`changed`] when it is released: the servers' state lives behind these
+/// locks, so waiting for a condition on it is waiting for that signal.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> Locked<'_, T> {
+    Locked {
+        guard: mutex.lock().unwrap_or_else(PoisonError::into_inner),
+        written: false,
+    }
+}
+
+/// A locked mutex (see [`lock`]).
+pub(crate) struct Locked<'a, T> {
+    guard: MutexGuard<'a, T>,
+    written: bool,
+}
+
+impl<T> std::ops::Deref for Locked<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> std::ops::DerefMut for Locked<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.written = true;
+        &mut self.guard
+    }
+}
+
+impl<T> Drop for Locked<'_, T> {
+    fn drop(&mut self) {
+        if self.written {
+            changed();
+        }
+    }
+}
+
+/// The process-wide "some test server's state changed" signal: a counter
+/// bumped by every change, with the threads and tasks waiting for it.
+struct Changes {
+    generation: Mutex<u64>,
+    bumped: Condvar,
+    tasks: Mutex<Vec<Waker>>,
+}
+
+static CHANGES: Changes = Changes {
+    generation: Mutex::new(0),
+    bumped: Condvar::new(),
+    tasks: Mutex::new(Vec::new()),
+};
+
+/// Signals that a server's observable state changed (a connection opened
+/// or closed, a line received, the listener bound...). State behind
+/// [`lock`] signals by itself; counters kept in atomics call this.
+pub(crate) fn changed() {
+    *CHANGES
+        .generation
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) += 1;
+    CHANGES.bumped.notify_all();
+    let tasks = std::mem::take(&mut *CHANGES.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+    for task in tasks {
+        task.wake();
+    }
+}
+
+/// The number of changes so far: read it before checking a condition, then
+/// wait for a change after it ([`wait_until`](crate::wait_until) blocks,
+/// [`ChangeAfter`] is the async wait).
+pub fn change_generation() -> u64 {
+    *CHANGES
+        .generation
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Blocks until a change after `seen` (`true`) or `deadline` (`false`).
+pub(crate) fn wait_for_change(seen: u64, deadline: Instant) -> bool {
+    let mut generation = CHANGES
+        .generation
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    while *generation == seen {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return false;
+        };
+        generation = CHANGES
+            .bumped
+            .wait_timeout(generation, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    true
+}
+
+/// A future that is ready once there was a change after `seen`.
+#[derive(Debug)]
+pub struct ChangeAfter(pub u64);
+
+impl std::future::Future for ChangeAfter {
+    type Output = ();
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the check: a change between the two wakes it.
+        let mut tasks = CHANGES.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        if !tasks.iter().any(|task| task.will_wake(cx.waker())) {
+            tasks.push(cx.waker().clone());
+        }
+        drop(tasks);
+        if change_generation() == self.0 {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
 }
 
 /// The loopback address with `port`.
@@ -300,18 +413,22 @@ impl Shared {
             }
             sockets.keys().copied().collect()
         };
+        // Each thread's unregistering (under `lock`) signals a change.
         let deadline = Instant::now() + DROP_ALL_WAIT;
-        while Instant::now() < deadline {
-            if !ids.iter().any(|id| lock(&self.sockets).contains_key(id)) {
+        loop {
+            let seen = change_generation();
+            if !ids.iter().any(|id| lock(&self.sockets).contains_key(id))
+                || !wait_for_change(seen, deadline)
+            {
                 break;
             }
-            thread::sleep(Duration::from_millis(1));
         }
     }
 
     /// Starts a thread handling one accepted connection.
     fn spawn_connection(self: &Arc<Self>, stream: TcpStream, handler: &Handler) {
         self.accepted.fetch_add(1, Ordering::SeqCst);
+        changed();
         if prepare(&stream).is_err() {
             return; // dropped: closed
         }
@@ -379,6 +496,7 @@ impl Drop for OpenGuard {
         let mut sockets = lock(&self.shared.sockets);
         drop(sockets.remove(&self.id));
         self.shared.open.fetch_sub(1, Ordering::SeqCst);
+        // (The guard's release signals the change, after the count.)
     }
 }
 
@@ -544,6 +662,7 @@ impl Server {
     /// accept (if it is bound), and joins its thread.
     fn end(&self, incarnation: Incarnation) {
         incarnation.cancel.store(true, Ordering::SeqCst);
+        changed();
         // Refused (harmlessly) if not bound.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
         let _ = incarnation.thread.join();
@@ -611,12 +730,16 @@ impl Server {
                     let listener = match listener {
                         Some(listener) => listener,
                         None => {
+                            // Until the start, or a cancel (which signals).
                             let start = Instant::now() + delay;
-                            while Instant::now() < start {
+                            loop {
+                                let seen = change_generation();
                                 if cancel.load(Ordering::SeqCst) {
                                     return;
                                 }
-                                thread::sleep(POLL.min(start - Instant::now()));
+                                if !wait_for_change(seen, start) {
+                                    break;
+                                }
                             }
                             match bind_with_retry(addr, Some(&cancel)) {
                                 Ok(listener) => listener,
@@ -625,8 +748,10 @@ impl Server {
                         }
                     };
                     bound.store(true, Ordering::SeqCst);
+                    changed();
                     accept_loop(&listener, &cancel, &shared, &handler);
                     bound.store(false, Ordering::SeqCst);
+                    changed();
                 })?
         };
         Ok(Incarnation {
@@ -684,6 +809,8 @@ fn bind_with_retry(addr: SocketAddr, cancel: Option<&AtomicBool>) -> io::Result<
                 if cancelled || Instant::now() >= deadline {
                     return Err(e);
                 }
+                // The kernel frees the port with no event to wait for:
+                // retry now and then, up to the deadline above.
                 thread::sleep(Duration::from_millis(10));
             }
         }
@@ -708,7 +835,8 @@ fn accept_loop(
                 shared.spawn_connection(stream, handler);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // E.g. too many open files: back off a little.
+            // E.g. too many open files: no event says when a descriptor
+            // is free again, so back off a little (until cancelled).
             Err(_) => thread::sleep(Duration::from_millis(5)),
         }
     }
@@ -720,12 +848,20 @@ mod tests {
     use crate::wait_until;
 
     #[test]
-    fn wait_until_polls_until_true_or_timeout() {
-        let mut calls = 0;
-        assert!(wait_until(Duration::from_secs(1), || {
-            calls += 1;
-            calls == 3
-        }));
+    fn wait_until_wakes_on_each_change_until_true_or_timeout() {
+        // Another thread changes the state three times, signalling each.
+        let state = Arc::new(Mutex::new(0u32));
+        let writer = {
+            let state = Arc::clone(&state);
+            thread::spawn(move || {
+                for _ in 0..3 {
+                    *lock(&state) += 1;
+                }
+            })
+        };
+        assert!(wait_until(Duration::from_secs(10), || *lock(&state) == 3));
+        writer.join().unwrap();
+        // Nothing changes: false once the timeout has passed, not before.
         let started = Instant::now();
         assert!(!wait_until(Duration::from_millis(30), || false));
         assert!(started.elapsed() >= Duration::from_millis(30));

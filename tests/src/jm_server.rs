@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::common::{Ctx, Handler, POLL, ReadEvent, Server, is_timeout, lock, send};
+use crate::common::{Ctx, Handler, POLL, ReadEvent, Server, changed, is_timeout, lock, send};
 use crate::directory_model::{
     DirectoryConfig, DirectoryLink, DirectoryProfile, DuplicateNick, LineLimit, LinkClose,
     LinkOutput, LinkPeer, LinkRecord, NickAuthServer, WrongNetwork,
@@ -633,6 +633,7 @@ impl JmDirectory {
         lock(&self.state.received).clear();
         lock(&self.state.rejections).clear();
         self.state.pongs.store(0, Ordering::SeqCst);
+        changed();
     }
 
     /// What every [`JmBehaviour::Modelled`] link did (open or closed), in
@@ -674,6 +675,7 @@ impl JmDirectory {
     /// [`JmModelled::silent_after`]); later connections are not affected.
     pub fn silence_links(&self) {
         self.state.silence.fetch_add(1, Ordering::SeqCst);
+        changed();
     }
 
     /// Modelled connections that have gone silent so far (by
@@ -1055,7 +1057,8 @@ fn pause(stream: &TcpStream, ctx: &Ctx, duration: Duration) -> bool {
         }
         match stream.peek(&mut byte) {
             Ok(0) => break false,
-            // Bytes wait to be read later: just sleep.
+            // Bytes wait to be read later, and a close behind them raises
+            // nothing a peek can see: look again after `wait` (up to `end`).
             Ok(_) => thread::sleep(wait),
             Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => break false,
@@ -1121,6 +1124,7 @@ impl Session<'_> {
                         lock(&self.state.received).push((msg_type, text));
                         if msg_type == JM_PONG {
                             self.state.pongs.fetch_add(1, Ordering::SeqCst);
+                            changed();
                             if awaiting_pong {
                                 awaiting_pong = false;
                                 pong_deadline = None;
@@ -1316,6 +1320,7 @@ fn serve_modelled(
         if silent_at.is_some_and(|at| now >= at) || state.silence.load(Ordering::SeqCst) != silence
         {
             state.silenced.fetch_add(1, Ordering::SeqCst);
+            changed();
             hold_silently(&stream, &dropped);
             drop(session);
             return;
@@ -1330,6 +1335,7 @@ fn serve_modelled(
                 if let Ok((msg_type, text)) = parse_message(&line) {
                     if msg_type == JM_PONG {
                         state.pongs.fetch_add(1, Ordering::SeqCst);
+                        changed();
                     }
                     lock(&state.received).push((msg_type, text));
                 }
@@ -1431,8 +1437,8 @@ fn hold_silently(stream: &TcpStream, dropped: &dyn Fn() -> bool) {
         }
         match stream.peek(&mut byte) {
             Ok(0) => return,
-            // Unread bytes: the client may have closed after them; only
-            // `dropped` can tell now.
+            // Unread bytes: the client may have closed after them, which
+            // no peek can see; only `dropped` (checked every POLL) ends it.
             Ok(_) => thread::sleep(POLL),
             Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,
@@ -1462,6 +1468,7 @@ fn flood(state: &State, writer: &Mutex<TcpStream>, len: usize, dropped: &dyn Fn(
             }
         }
         state.flood_lines.fetch_add(1, Ordering::SeqCst);
+        changed();
     }
 }
 
@@ -1633,11 +1640,22 @@ mod tests {
         }))
         .unwrap();
         let mut client = handshaked(&directory);
-        // Wait until everything has arrived, then read it in one go.
-        let mut byte = [0u8; 1];
-        client.peek(&mut byte).unwrap();
-        std::thread::sleep(Duration::from_millis(30));
+        // The four lines are one write, already on its way over loopback:
+        // peek (which blocks for the first byte, then returns what has
+        // arrived) until all four are in, then read them in one go.
+        let deadline = std::time::Instant::now() + WAIT;
         let mut buf = vec![0u8; 65536];
+        loop {
+            let peeked = client.peek(&mut buf).unwrap();
+            if buf[..peeked].windows(2).filter(|w| w == b"\r\n").count() >= 4 {
+                break;
+            }
+            assert!(peeked > 0, "closed early");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "incomplete: {peeked} bytes"
+            );
+        }
         let n = client.read(&mut buf).unwrap();
         let text = std::str::from_utf8(&buf[..n]).unwrap();
         let lines: Vec<_> = text.split_inclusive("\r\n").map(parse).collect();

@@ -75,7 +75,7 @@ mod test_client;
 
 use std::time::{Duration, Instant};
 
-pub use common::{Server, free_loopback_port};
+pub use common::{ChangeAfter, Server, change_generation, free_loopback_port};
 pub use jm_server::{
     ClientHandshake, JM_DEFAULT_MOTD, JM_DEFAULT_NETWORK, JM_DIRECTORY_NICK, JM_DN_HANDSHAKE,
     JM_GETPEERLIST, JM_HANDSHAKE, JM_MAX_LINE, JM_PEERLIST, JM_PING, JM_PONG, JM_PRIVMSG,
@@ -85,8 +85,10 @@ pub use jm_server::{
 pub use line_server::{LineBehaviour, LineServer};
 pub use socks_server::{AuthMode, Reply, SocksConfig, SocksOutcome, SocksRequest, SocksServer};
 
-/// Polls `condition` every millisecond until it holds (`true`) or `timeout`
-/// has passed (`false`; checked one last time at the end).
+/// Waits until `condition` on the test servers' state holds (`true`) or
+/// `timeout` has passed (`false`; checked one last time at the end). The
+/// condition is checked again after each change of a server's state (see
+/// [`change_generation`]), so it must read only that state.
 ///
 /// It blocks the calling thread: call it from a test's own thread or from a
 /// blocking context (`tokio::task::spawn_blocking`, `smol::unblock`), never
@@ -94,13 +96,36 @@ pub use socks_server::{AuthMode, Reply, SocksConfig, SocksOutcome, SocksRequest,
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
+        let seen = change_generation();
         if condition() {
             return true;
         }
-        if Instant::now() >= deadline {
-            return false;
+        if !common::wait_for_change(seen, deadline) {
+            return condition();
         }
-        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Polls `condition` every `interval` until it holds (`true`) or `timeout`
+/// has passed (`false`; checked one last time at the end): only for a
+/// condition outside this process's test servers that sends no signal
+/// (another process's state, such as Tor's streams read over its control
+/// port). For the test servers' state, [`wait_until`] waits for changes.
+pub fn poll_until(
+    timeout: Duration,
+    interval: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return condition();
+        }
+        std::thread::sleep(interval.min(deadline - now));
     }
 }
 

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{LineHandshake, config, dns, entropy, eventually, next_matching, on_both_runtimes};
+use common::{
+    LineHandshake, config, dns, entropy, eventually, next_matching, on_both_runtimes, poll_until,
+};
 use dirpool::{DirectoryPool, PoolEvent, PoolHooks};
 use dirpool_core::{Backoff, DisconnectReason};
 use dirpool_tests::{LineBehaviour, LineServer, Reply, SocksConfig, SocksServer};
@@ -103,7 +105,7 @@ fn hung_hooks_under_churn_are_dropped_and_hold_no_socket() {
         // And the process's descriptors come back to where they were (give
         // or take the runtime's own).
         assert!(
-            eventually(&rt, SHORT, || open_fds() <= before + 8).await,
+            poll_until(&rt, SHORT, || open_fds() <= before + 8).await,
             "{} fds open, {before} before",
             open_fds()
         );

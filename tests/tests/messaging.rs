@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{entropy, eventually, on_both_runtimes, wait_for};
+use common::{entropy, eventually, on_both_runtimes, poll_until, wait_for};
 use dirpool::joinmarket::{
     DirectoryOutcome, Envelope, Incoming, JmConfig, JoinMarketHandshake, Message, Messaging,
     MessagingConfig, Network, Nick, NickIdentity, PublicMessage, RecvError, Route, RouteFallback,
@@ -105,7 +105,7 @@ impl World {
         let all = self.dirs.len();
         assert_eq!(self.pool.connect_all_parallel().await.unwrap(), all);
         assert!(
-            eventually(rt, SHORT, || messaging.stats().links_read == all).await,
+            poll_until(rt, SHORT, || messaging.stats().links_read == all).await,
             "{:?}",
             messaging.stats()
         );
@@ -364,7 +364,7 @@ fn a_flood_nobody_reads_is_dropped_counted_and_bounded_while_routes_are_learned(
         assert_eq!(world.dirs[0].broadcast(JM_PEERLIST, &entry), 1);
         let sent = FLOOD + 1;
         assert!(
-            eventually(&rt, SHORT, || {
+            poll_until(&rt, SHORT, || {
                 let stats = messaging.stats();
                 most = most.max(stats.queued_charged);
                 stats.received + stats.dropped_by_links == sent
@@ -671,7 +671,7 @@ fn private_messages_through_a_directory_are_verified_before_delivery() {
         }
         seen.sort_unstable();
         assert_eq!(seen, ["forged", "unsigned", "verified"]);
-        assert!(eventually(&rt, SHORT, || messaging.stats().misaddressed == 1).await);
+        assert!(poll_until(&rt, SHORT, || messaging.stats().misaddressed == 1).await);
         let stats = messaging.stats();
         assert_eq!((stats.unverified, stats.received), (2, 4));
         assert_eq!(

@@ -59,14 +59,13 @@ impl Microsocks {
                 )
             });
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "microsocks did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // Another process starting to listen sends us no event: poll.
+        assert!(
+            dirpool_tests::poll_until(Duration::from_secs(5), Duration::from_millis(10), || {
+                TcpStream::connect(addr).is_ok()
+            }),
+            "microsocks did not listen on {addr}"
+        );
         Self { child, addr }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     LineClient, LineHandshake, TOKEN_HEX, config, dns, entropy, eventually, first_failure,
-    healthy_behind_proxy, line_pool, next_matching, on_both_runtimes, sleep, wait_for,
+    healthy_behind_proxy, line_pool, next_matching, on_both_runtimes, until_event, wait_for,
 };
 use dirpool::{Command, DialError, DirectoryPool, PoolError, PoolEvent, PoolHooks};
 use dirpool_core::{
@@ -427,7 +427,15 @@ fn proxy_down_is_reported_as_such_and_recovers_by_itself() {
             .await,
             "proxy unreachable reported"
         );
-        sleep(&rt, Duration::from_millis(500)).await;
+        // Maintenance probes the dead proxy: two more failed probes (each a
+        // DialFailed event) and still no directory may be blamed.
+        let mut probes = 0;
+        let probed = next_matching(&rt, &mut events, SHORT, |e| {
+            probes += usize::from(matches!(e, PoolEvent::DialFailed { .. }));
+            (probes == 2).then_some(())
+        })
+        .await;
+        assert!(probed.is_some(), "maintenance probes the proxy");
         for status in pool.status().await.unwrap() {
             assert_eq!(status.consecutive_failures, 0, "no directory is blamed");
             assert!(matches!(
@@ -444,7 +452,7 @@ fn proxy_down_is_reported_as_such_and_recovers_by_itself() {
             .await,
             "recovered"
         );
-        assert!(eventually(&rt, SHORT, || pool.connected_count() == 2).await);
+        assert!(until_event(&rt, &mut events, SHORT, || pool.connected_count() == 2).await);
         pool.close_all().await.unwrap();
     });
 }
@@ -473,16 +481,19 @@ fn connect_to_directory_is_not_registered() {
     });
 }
 
-/// A hook that takes its time on one server.
+/// A hook that, on one server, says it started and then waits until the
+/// test opens the gate.
 struct SlowHook {
+    started: futures::channel::mpsc::UnboundedSender<()>,
+    gate: Arc<futures::lock::Mutex<()>>,
     slow_done: Arc<AtomicBool>,
-    rt: Arc<dyn dirpool::Runtime>,
 }
 
 impl PoolHooks<LineClient> for SlowHook {
     async fn on_connected(&self, node_id: &str, _client: &Arc<LineClient>) {
         if node_id.starts_with("slow") {
-            sleep(&self.rt, Duration::from_secs(2)).await;
+            let _ = self.started.unbounded_send(());
+            let _open = self.gate.lock().await;
             self.slow_done.store(true, Ordering::SeqCst);
         }
     }
@@ -501,21 +512,29 @@ fn a_slow_hook_does_not_delay_other_dials() {
         )
         .unwrap();
         let slow_done = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(futures::lock::Mutex::new(()));
+        let closed_gate = gate.lock().await;
+        let (started, mut hook_started) = futures::channel::mpsc::unbounded();
         let pool = DirectoryPool::builder(
             config(&[dns("slow"), dns("other")], tor.addr()),
             LineHandshake,
         )
         .entropy(entropy())
         .hooks(SlowHook {
+            started,
+            gate: Arc::clone(&gate),
             slow_done: Arc::clone(&slow_done),
-            rt: Arc::clone(&rt),
         })
         .spawn(Arc::clone(&rt))
         .unwrap();
         let mut events = pool.events();
         pool.start_maintenance().unwrap();
         // "other" fails first (not listening yet), is redialed and connects
-        // while the slow hook of "slow" is still running.
+        // while the slow hook of "slow" waits at the closed gate.
+        assert!(
+            futures::StreamExt::next(&mut hook_started).await.is_some(),
+            "the slow hook ran"
+        );
         next_matching(&rt, &mut events, SHORT, |e| match e {
             PoolEvent::Connected { node_id } if node_id.starts_with("other") => Some(()),
             _ => None,
@@ -526,6 +545,7 @@ fn a_slow_hook_does_not_delay_other_dials() {
             !slow_done.load(Ordering::SeqCst),
             "the slow hook had already finished"
         );
+        drop(closed_gate);
         pool.close_all().await.unwrap();
     });
 }

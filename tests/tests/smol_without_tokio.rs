@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{LineClient, LineHandshake, config, entropy, eventually, run_on_smol, wait_for};
+use common::{LineClient, LineHandshake, config, entropy, poll_until, run_on_smol, wait_for};
 use dirpool::{DirectoryPool, PoolEvent, PoolHooks};
 use dirpool_core::RetryPolicy;
 use dirpool_tests::{LineBehaviour, LineServer, Reply, SocksConfig, SocksServer};
@@ -71,7 +71,7 @@ fn the_smol_adapter_runs_without_any_tokio_runtime() {
             "loss"
         );
         assert!(
-            eventually(&rt, Duration::from_secs(5), || hooks.load(Ordering::SeqCst)
+            poll_until(&rt, Duration::from_secs(5), || hooks.load(Ordering::SeqCst)
                 == 2)
             .await,
             "redialed"

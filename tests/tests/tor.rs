@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     assert_links_held, drain, eventually, expect_keepalive_loss, next_matching,
-    on_both_runtimes_within, sleep, wait_for,
+    on_both_runtimes_within, until_event, wait_for,
 };
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
@@ -160,7 +160,7 @@ fn connect_all_with_retry_reaches_both_onions_and_types_the_unpublished_one() {
             policy.backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(2), 2.0);
             assert!(pool.connect_all_with_retry(policy).await.unwrap() >= 1);
             assert!(
-                eventually(&rt, ONION, || pool.connected_count() == 2).await,
+                until_event(&rt, &mut events, ONION, || pool.connected_count() == 2).await,
                 "both live onion directories connect: {:?}",
                 pool.status().await.unwrap()
             );
@@ -295,9 +295,12 @@ fn isolation_is_what_tor_sees() {
             let (a, b) = (alpha.clone(), beta.clone());
             let gone = blocking(move || {
                 let mut control = net.control(TorClient::First).unwrap();
-                dirpool_tests::wait_until(Duration::from_secs(10), || {
-                    streams_to(&mut control, &[&a, &b]).is_empty()
-                })
+                // Tor's streams: another process's state, with no event.
+                dirpool_tests::poll_until(
+                    Duration::from_secs(10),
+                    Duration::from_millis(20),
+                    || streams_to(&mut control, &[&a, &b]).is_empty(),
+                )
             })
             .await;
             assert!(gone, "Tor still lists streams to the directories");
@@ -428,7 +431,7 @@ fn a_restarted_tor_client_is_proxy_unreachable_then_recovers() {
             let mut events = pool.events();
             pool.start_maintenance().unwrap();
             assert!(
-                eventually(&rt, ONION, || pool.connected_count() == 2).await,
+                until_event(&rt, &mut events, ONION, || pool.connected_count() == 2).await,
                 "both connect: {:?}",
                 pool.status().await.unwrap()
             );
@@ -443,8 +446,19 @@ fn a_restarted_tor_client_is_proxy_unreachable_then_recovers() {
             })
             .await;
             assert!(unreachable.is_some(), "ProxyUnreachable; events: {down:#?}");
-            // Let maintenance try a while against the dead proxy.
-            sleep(&rt, Duration::from_secs(3)).await;
+            // Maintenance probes the dead proxy: two more failed probes
+            // (each a DialFailed event), then no directory may be blamed.
+            let mut probes = 0;
+            let probed = next_matching(&rt, &mut events, ONION, |e| {
+                down.push(e.clone());
+                probes += usize::from(matches!(e, PoolEvent::DialFailed { .. }));
+                (probes == 2).then_some(())
+            })
+            .await;
+            assert!(
+                probed.is_some(),
+                "maintenance probes the proxy; events: {down:#?}"
+            );
             for status in pool.status().await.unwrap() {
                 assert_eq!(status.consecutive_failures, 0, "{status:?}");
                 assert_eq!(

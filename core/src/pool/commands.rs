@@ -52,9 +52,6 @@ impl PoolState {
                 state if state.is_down() => {
                     self.dial(now, server_id(index));
                 }
-                #[cfg(dirpool_planted_bugs)]
-                State::Closing { .. }
-                    if crate::planted::active(crate::planted::Bug::NoRedialAfterClose) => {}
                 State::Closing { redial, .. } => *redial = true,
                 _ => {}
             }
@@ -98,9 +95,6 @@ impl PoolState {
             self.cancel_retry(id);
             let server = &mut self.servers[index];
             match server.state {
-                #[cfg(dirpool_planted_bugs)]
-                State::Dialing { .. }
-                    if crate::planted::active(crate::planted::Bug::ForgetToAbortDials) => {}
                 State::Dialing { attempt, .. } => {
                     server.rest();
                     self.timers.cancel(TimerKey::Server(id));
@@ -181,19 +175,9 @@ impl PoolState {
                 state if state.is_down() => {
                     waiting.insert(self.dial(now, server_id(index)));
                 }
-                #[cfg(dirpool_planted_bugs)]
-                State::Dialing { .. }
-                    if crate::planted::active(crate::planted::Bug::DialInFlightAgain) =>
-                {
-                    self.servers[index].enter(State::Idle);
-                    waiting.insert(self.dial(now, server_id(index)));
-                }
                 State::Dialing { attempt, .. } => {
                     waiting.insert(*attempt);
                 }
-                #[cfg(dirpool_planted_bugs)]
-                State::Closing { .. }
-                    if crate::planted::active(crate::planted::Bug::NoRedialAfterClose) => {}
                 State::Closing {
                     attempt, redial, ..
                 } => {

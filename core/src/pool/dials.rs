@@ -73,18 +73,6 @@ impl PoolState {
                 self.proxy_up(now);
                 Ok(())
             }
-            #[cfg(dirpool_planted_bugs)]
-            LinkState::Abandoned
-                if crate::planted::active(crate::planted::Bug::RegisterLateSuccess)
-                    && self.servers[link.server.index()].state.is_down() =>
-            {
-                self.set_link_state(attempt, LinkState::Dialing);
-                self.servers[link.server.index()].enter(State::Dialing {
-                    attempt,
-                    until: now,
-                });
-                self.dial_succeeded(now, attempt)
-            }
             LinkState::Abandoned => {
                 self.set_link_state(attempt, LinkState::StrayClosing);
                 tracing::debug!(%attempt, "late success of an abandoned dial: closing it");
@@ -251,13 +239,7 @@ impl PoolState {
             error: ServerError::Link(loss),
             at: now,
         });
-        #[cfg(dirpool_planted_bugs)]
-        let miscount = crate::planted::active(crate::planted::Bug::MiscountLostLink);
-        #[cfg(not(dirpool_planted_bugs))]
-        let miscount = false;
-        if !miscount {
-            self.connected -= 1;
-        }
+        self.connected -= 1;
         self.notify(Notification::Disconnected {
             server: id,
             attempt,

@@ -54,10 +54,6 @@ impl PoolState {
         let Some((last_active, watch)) = self.servers[id.index()].state.keepalive() else {
             return;
         };
-        #[cfg(dirpool_planted_bugs)]
-        if crate::planted::active(crate::planted::Bug::NoKeepalive) {
-            return;
-        }
         match *watch {
             Watch::Passive => {}
             Watch::Quiet => {

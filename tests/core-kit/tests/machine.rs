@@ -1559,3 +1559,277 @@ fn health_reports_ages_errors_and_counts_against_the_given_now() {
     assert_eq!(health.servers[0].state, ServerState::WaitingForProxy);
     assert_eq!(health.counts.backing_off, 1);
 }
+
+// ---- edges found by mutation testing (scripts/mutants) ----------------------
+
+#[test]
+fn a_command_with_an_earlier_now_is_timed_from_the_latest_now() {
+    let mut rig = Rig::with(&[A]);
+    rig.pool.handle_timeout(rig.at(10.0));
+    rig.pool
+        .handle_command(rig.at(5.0), Command::ConnectAllParallel)
+        .expect("a valid command");
+    let dial = dials(&rig.drain()).remove(0);
+    // Connection timeout 120 s, from t=10 (the clock never goes back).
+    assert_eq!(rig.elapsed(dial.deadline), 130.0);
+}
+
+#[test]
+fn connect_all_with_retry_restarts_a_failing_server_s_backoff() {
+    let mut config = PoolConfig::new([A]);
+    config.maintenance.backoff = Backoff::new(secs(1.0), secs(64.0), 2.0);
+    let mut rig = Rig::new(config);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
+    let mut attempt = dial_to(&rig.drain(), rig.id(A));
+    // Maintenance's backoff grows: 1, 2, 4 s.
+    for (t, expected) in [(0.0, 1.0), (1.0, 2.0), (3.0, 4.0)] {
+        rig.now = rig.at(t);
+        assert_eq!(fail_and_retry_in(&mut rig, attempt), Some(expected));
+        let out = rig.advance_to(t + expected);
+        attempt = dial_to(&out, rig.id(A));
+    }
+    // The user's retry starts the server's backoff over: 5 s (the policy's
+    // first delay), not maintenance's step 3 on the retry policy (16.9 s).
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllWithRetry(no_jitter_retry(60.0)))
+        .expect("a valid command");
+    rig.drain();
+    assert_eq!(fail_and_retry_in(&mut rig, attempt), Some(5.0));
+}
+
+#[test]
+fn a_retry_right_after_close_all_waits_for_the_close_and_dials() {
+    let mut rig = Rig::with(&[A]);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
+    let a = dials(&rig.drain())[0].attempt;
+    rig.succeed(a);
+    rig.pool
+        .handle_command(rig.now, Command::CloseAll)
+        .expect("a valid command");
+    rig.drain();
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllWithRetry(no_jitter_retry(60.0)))
+        .expect("a valid command");
+    assert!(dials(&rig.drain()).is_empty(), "not while it closes");
+    rig.pool
+        .handle_input(
+            rig.now,
+            Input::CloseFinished {
+                attempt: a,
+                result: Ok(()),
+            },
+        )
+        .unwrap();
+    dial_to(&rig.drain(), rig.id(A));
+}
+
+#[test]
+fn link_counts_add_up_to_the_servers_and_never_go_below_zero() {
+    use dirpool_core::LinkCounts;
+    let states = [
+        ServerState::Connected,
+        ServerState::Dialing,
+        ServerState::WaitingRetry,
+        ServerState::WaitingForProxy,
+        ServerState::GaveUp,
+        ServerState::Idle,
+        ServerState::Closing,
+    ];
+    let mut counts = LinkCounts::default();
+    for (n, state) in states.into_iter().enumerate() {
+        for _ in 0..=n {
+            counts.add(state);
+        }
+    }
+    // 1 + 2 + ... + 7 servers, each in one count.
+    assert_eq!(counts.total(), 28);
+    assert_eq!(
+        (counts.up, counts.connecting, counts.backing_off),
+        (1, 2, 3 + 4)
+    );
+    assert_eq!((counts.given_up, counts.idle, counts.closing), (5, 6, 7));
+    counts.remove(ServerState::Closing);
+    counts.remove(ServerState::WaitingForProxy);
+    assert_eq!(
+        (counts.closing, counts.backing_off, counts.total()),
+        (6, 6, 26)
+    );
+    let mut empty = LinkCounts::default();
+    empty.remove(ServerState::Connected);
+    assert_eq!((empty.up, empty.total()), (0, 0));
+}
+
+#[test]
+fn only_the_probe_s_failures_slow_the_probing() {
+    let mut config = PoolConfig::new([A, B, C]);
+    config.maintenance.backoff = Backoff::new(secs(1.0), secs(8.0), 2.0);
+    let mut rig = Rig::new(config);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
+    let d = dials(&rig.drain());
+    rig.fail(d[0].attempt, DialFailure::ProxyUnreachable);
+    // A dial from before the proxy went down times out: the server's own
+    // failure, not a probe's; the probes keep their pace.
+    rig.fail(d[1].attempt, DialFailure::TimedOut);
+    rig.fail(d[2].attempt, DialFailure::ProxyUnreachable);
+    let mut t = 0.0;
+    for want in [1.0, 2.0, 4.0] {
+        let due = rig.elapsed(rig.pool.poll_timeout().expect("probe scheduled"));
+        assert!(
+            (due - t - want).abs() < 1e-9,
+            "probe after {} s, want {want}",
+            due - t
+        );
+        t = due;
+        let probe = dials(&rig.advance_to(t));
+        assert_eq!(probe.len(), 1, "exactly one probe");
+        rig.fail(probe[0].attempt, DialFailure::ProxyUnreachable);
+    }
+}
+
+/// Three servers under maintenance (backoff 1 s, ×2, at most 8 s), their
+/// first dials in flight.
+fn three_maintained() -> (Rig, Vec<DialRequest>) {
+    let mut config = PoolConfig::new([A, B, C]);
+    config.maintenance.backoff = Backoff::new(secs(1.0), secs(8.0), 2.0);
+    let mut rig = Rig::new(config);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
+    let d = dials(&rig.drain());
+    (rig, d)
+}
+
+#[test]
+fn a_proxy_failure_while_the_probe_is_in_flight_adds_no_probe() {
+    let (mut rig, d) = three_maintained();
+    rig.fail(d[0].attempt, DialFailure::ProxyUnreachable);
+    let probe = dials(&rig.advance_to(1.0));
+    assert_eq!(probe.len(), 1);
+    // The other first dials fail on the proxy while the probe is out.
+    rig.fail(d[1].attempt, DialFailure::ProxyUnreachable);
+    rig.fail(d[2].attempt, DialFailure::ProxyUnreachable);
+    // Nothing more until the probe's own deadline (connection timeout).
+    let next = rig.pool.poll_timeout().expect("the probe's deadline");
+    assert_eq!(rig.elapsed(next), 121.0);
+    assert!(
+        dials(&rig.advance_to(60.0)).is_empty(),
+        "one probe at a time"
+    );
+}
+
+#[test]
+fn a_proxy_failure_while_a_probe_is_scheduled_keeps_its_time() {
+    let (mut rig, d) = three_maintained();
+    rig.fail(d[0].attempt, DialFailure::ProxyUnreachable);
+    let due = rig.pool.poll_timeout().expect("a probe");
+    assert_eq!(rig.elapsed(due), 1.0);
+    rig.now = rig.at(0.5);
+    rig.fail(d[1].attempt, DialFailure::ProxyUnreachable);
+    assert_eq!(rig.pool.poll_timeout(), Some(due), "not pushed back");
+    assert_eq!(dials(&rig.advance_to(1.0)).len(), 1);
+}
+
+#[test]
+fn stopping_maintenance_cancels_the_proxy_probe() {
+    let (mut rig, d) = three_maintained();
+    for dial in &d {
+        rig.fail(dial.attempt, DialFailure::ProxyUnreachable);
+    }
+    assert!(rig.pool.poll_timeout().is_some(), "a probe is scheduled");
+    rig.pool
+        .handle_command(rig.now, Command::StopMaintenance)
+        .expect("a valid command");
+    rig.drain();
+    assert_eq!(rig.pool.poll_timeout(), None, "nothing left to do");
+    assert!(dials(&rig.advance_to(10.0)).is_empty());
+}
+
+#[test]
+fn each_server_s_address_is_found_by_its_id_and_by_its_name() {
+    let rig = Rig::with(&[B, A, "Example.COM"]);
+    let listed: Vec<_> = rig
+        .pool
+        .servers()
+        .map(|(id, addr)| (id, addr.clone()))
+        .collect();
+    assert_eq!(listed.len(), 3);
+    for (id, addr) in &listed {
+        assert_eq!(rig.pool.server_addr(*id), Some(addr));
+        assert_eq!(rig.pool.find_server(addr.node_id()), Some(*id));
+    }
+    let example = rig.id("example.com");
+    assert_eq!(
+        rig.pool.server_addr(example).map(|a| a.node_id()),
+        Some("example.com:5222")
+    );
+}
+
+#[test]
+fn the_pool_reports_the_timeouts_it_was_configured_with() {
+    let mut config = PoolConfig::new([A]);
+    config.connection_timeout = secs(7.0);
+    config.close_timeout = secs(3.0);
+    config.maintenance.max_retries = 4;
+    let rig = Rig::new(config.clone());
+    assert_eq!(rig.pool.connection_timeout(), secs(7.0));
+    assert_eq!(rig.pool.close_timeout(), secs(3.0));
+    assert_eq!(rig.pool.maintenance_policy(), &config.maintenance);
+}
+
+#[test]
+fn many_jittered_retries_fire_in_time_order() {
+    // Forty servers fail at once; jitter spreads their retries, so the
+    // timer table holds forty deadlines in no particular order (a new
+    // order for each jitter seed).
+    let servers: Vec<String> = (1..=40).map(|i| format!("10.0.0.{i}:5222")).collect();
+    for seed in 0..40 {
+        let mut config = PoolConfig::new(servers.iter().map(String::as_str));
+        config.maintenance.backoff = Backoff::new(secs(10.0), secs(60.0), 2.0).with_jitter(0.9);
+        let entropy = Entropy {
+            isolation_token: IsolationToken::from_bytes(TOKEN),
+            jitter_seed: seed,
+        };
+        let t0 = Instant::now();
+        let mut rig = Rig {
+            pool: PoolState::new(config, entropy).expect("valid config"),
+            t0,
+            now: t0,
+        };
+        rig.pool
+            .handle_command(rig.now, Command::StartMaintenance)
+            .expect("a valid command");
+        let mut due: Vec<(Instant, ServerId)> = Vec::new();
+        for dial in dials(&rig.drain()) {
+            let out = rig.fail(
+                dial.attempt,
+                DialFailure::Socks(SocksReply::HostUnreachable),
+            );
+            for note in notes(&out) {
+                if let Notification::DialFailed {
+                    server,
+                    retry_at: Some(at),
+                    ..
+                } = note
+                {
+                    due.push((at, server));
+                }
+            }
+        }
+        assert_eq!(due.len(), 40);
+        due.sort();
+        // Each wake-up is the earliest retry left, and dials exactly it.
+        for (at, server) in due {
+            assert_eq!(rig.pool.poll_timeout(), Some(at), "seed {seed}");
+            rig.now = at;
+            rig.pool.handle_timeout(at);
+            let redialed: Vec<_> = dials(&rig.drain()).iter().map(|d| d.server).collect();
+            assert_eq!(redialed, [server], "seed {seed}");
+        }
+    }
+}

@@ -195,8 +195,50 @@ pub async fn sleep(rt: &Arc<dyn Runtime>, d: Duration) {
     rt.sleep_until(rt.now() + d).await;
 }
 
-/// Polls `condition` every 5 ms until it holds or `timeout` passes.
+/// Waits until `condition` on the test servers' state (their connections,
+/// the lines and pongs they received, their link records) holds, checking
+/// it again after each change of that state; `false` if `timeout` passes
+/// first. For the pool's own state, wait on its events
+/// ([`until_event`]); for state that signals nothing, [`poll_until`].
 pub async fn eventually(
+    rt: &Arc<dyn Runtime>,
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
+    let deadline = rt.sleep_until(rt.now() + timeout).fuse();
+    let mut deadline = std::pin::pin!(deadline);
+    loop {
+        let seen = dirpool_tests::change_generation();
+        if condition() {
+            return true;
+        }
+        let mut change = dirpool_tests::ChangeAfter(seen).fuse();
+        futures::select! {
+            () = change => {}
+            () = deadline => return condition(),
+        }
+    }
+}
+
+/// Waits until `condition` on the pool's state holds, checking it now and
+/// after each of the pool's events (the state changes before the event
+/// that reports it is sent); `false` if `timeout` passes first.
+pub async fn until_event(
+    rt: &Arc<dyn Runtime>,
+    events: &mut (impl futures::Stream<Item = PoolEvent> + Unpin),
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
+    condition()
+        || next_matching(rt, events, timeout, |_| condition().then_some(()))
+            .await
+            .is_some()
+}
+
+/// Polls `condition` every 5 ms until it holds or `timeout` passes: only
+/// for state that signals no change (the `Messaging` counters, a hook's own
+/// counter, the process's file descriptors).
+pub async fn poll_until(
     rt: &Arc<dyn Runtime>,
     timeout: Duration,
     mut condition: impl FnMut() -> bool,
