@@ -471,6 +471,7 @@ impl PoolState {
             _ => now,
         };
         self.now = Some(now);
+        self.timers.start(now);
         now
     }
 
