@@ -5,23 +5,26 @@
 //! table never holds an entry that no longer counts (no generations, no lazy
 //! deletion, no compaction).
 //!
-//! The table is a hierarchical timer wheel: setting, moving and cancelling
-//! cost O(1) whatever the number of keys, so the cost per input stays flat
-//! from 10 to 100,000 servers. Deadlines are bucketed by tick (2^16 ns, about
-//! 65 µs) in [`LEVELS`] wheels of 64 slots, each slot 64 times wider than one
-//! a level below; a slot is a list in the order set. A deadline keeps its
-//! exact `Instant`: buckets only group them. The earliest deadline is kept at
-//! hand (found by scanning one slot, the first occupied one of the lowest
-//! occupied level), so [`Timers::next`] is O(1) and deadlines fire at
-//! exactly their instants, equal instants in the order they were set, so
-//! runs are deterministic.
+//! The table is a hierarchical timer wheel: setting, moving, cancelling
+//! and finding the earliest cost O(1) whatever the number of keys, so the
+//! cost per input stays flat from 10 to 100,000 servers. Deadlines are
+//! bucketed by tick (2^16 ns, about 65 µs) in [`LEVELS`] wheels of 64 slots,
+//! each slot 64 times wider than one a level below; a slot is a list. A
+//! deadline keeps its exact `Instant`: buckets only group them.
 //!
-//! The wheel stands at the tick of the last deadline it fired, and every
-//! deadline lies at or after it (the machine only sets deadlines at or after
-//! its `now`). A deadline sits at the level of the highest 6-bit digit in
-//! which its tick differs from that tick; when the wheel moves on, the slot
-//! it moves into is spread one level down at each level (each deadline
-//! moves down at most [`LEVELS`] times in its life).
+//! The wheel stands at a tick no deadline in it lies before. A deadline
+//! sits at the level of the highest 6-bit digit in which its tick differs
+//! from the wheel's. When level 0 runs empty the wheel moves on to the first
+//! occupied slot of the lowest occupied level and spreads that slot over
+//! the levels below, until level 0 holds deadlines again; each deadline
+//! moves down at most [`LEVELS`] times in its life. Level-0 lists are kept
+//! in order of instant (equal instants in the order set; a new deadline
+//! rarely walks, as deadlines mostly come in order), so the earliest is the
+//! head of the first occupied level-0 slot. A deadline set before the
+//! wheel's tick (the wheel moved on to a later one) goes in the overdue
+//! list, also in order, which comes before the wheel. Deadlines therefore
+//! fire at exactly their instants, equal instants in the order they were
+//! set, so runs are deterministic.
 //!
 //! Per-server keys (the hot path) use node `i` for server `i`; the rare
 //! pool-wide ones (proxy probe, operation deadlines, closes of connections
@@ -53,9 +56,11 @@ const TICK_SHIFT: u32 = 16;
 const SLOT_BITS: u32 = 6;
 const SLOTS: usize = 1 << SLOT_BITS;
 /// Levels: 8 × 6 bits cover every tick (48 bits, 584 years).
-const LEVELS: usize = 8;
+const LEVELS: u32 = 8;
 /// The last tick; later deadlines share it (and keep their order).
-const MAX_TICK: u64 = (1 << (SLOT_BITS as usize * LEVELS)) - 1;
+const MAX_TICK: u64 = (1 << (SLOT_BITS * LEVELS)) - 1;
+/// The overdue list's index, after the wheel's.
+const OVERDUE: usize = LEVELS as usize * SLOTS;
 /// No node.
 const NONE: u32 = u32::MAX;
 
@@ -91,15 +96,14 @@ pub(crate) struct Timers {
     other_keys: Vec<Option<TimerKey>>,
     other_nodes: BTreeMap<TimerKey, u32>,
     free: Vec<u32>,
-    /// `LEVELS` × `SLOTS` lists, and per level which slots are not empty.
-    slots: Box<[List]>,
-    occupied: [u64; LEVELS],
+    /// `LEVELS` × `SLOTS` lists, then the overdue list; per level, which
+    /// slots are not empty.
+    lists: Box<[List]>,
+    occupied: [u64; LEVELS as usize],
     /// The tick the wheel stands at.
     elapsed: u64,
     /// Instant of tick 0: the first `now` the machine was given.
     origin: Option<Instant>,
-    /// The earliest deadline's node.
-    first: Option<u32>,
     len: usize,
 }
 
@@ -118,11 +122,10 @@ impl Timers {
             other_keys: Vec::new(),
             other_nodes: BTreeMap::new(),
             free: Vec::new(),
-            slots: vec![EMPTY; LEVELS * SLOTS].into_boxed_slice(),
-            occupied: [0; LEVELS],
+            lists: vec![EMPTY; OVERDUE + 1].into_boxed_slice(),
+            occupied: [0; LEVELS as usize],
             elapsed: 0,
             origin: None,
-            first: None,
             len: 0,
         }
     }
@@ -142,22 +145,14 @@ impl Timers {
             Some(node) => node,
             None => self.new_node(key),
         };
-        let old = self.nodes[node as usize].at;
-        match old {
-            Some(_) => self.unlink(node),
-            None => self.len += 1,
+        if self.nodes[node as usize].at.is_some() {
+            self.unlink(node);
+        } else {
+            self.len += 1;
         }
         let tick = self.tick(at);
         self.link(node, at, tick);
-        self.first = match self.first {
-            // Moved later, or to an instant it now shares with keys set
-            // before it: look again.
-            Some(first) if first == node && old.is_none_or(|old| at >= old) => self.earliest(),
-            Some(first) if first != node && self.nodes[first as usize].at <= Some(at) => {
-                Some(first)
-            }
-            _ => Some(node),
-        };
+        self.settle();
     }
 
     /// Removes `key`'s deadline, if it has one.
@@ -170,9 +165,7 @@ impl Timers {
         }
         self.unlink(node);
         self.release(node);
-        if self.first == Some(node) {
-            self.first = self.earliest();
-        }
+        self.settle();
     }
 
     /// `key`'s deadline, if it has one.
@@ -184,19 +177,18 @@ impl Timers {
     /// The earliest deadline.
     #[inline]
     pub(crate) fn next(&self) -> Option<Instant> {
-        self.nodes[self.first? as usize].at
+        self.nodes[self.earliest()? as usize].at
     }
 
     /// Removes and returns the earliest key if its deadline is at or before
     /// `now`.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<TimerKey> {
-        let node = self.first?;
-        let Node { at, tick, .. } = self.nodes[node as usize];
-        at.filter(|&at| at <= now)?;
-        self.advance(tick);
+        let node = self.earliest()?;
+        self.nodes[node as usize].at.filter(|&at| at <= now)?;
         self.unlink(node);
-        self.first = self.earliest();
-        Some(self.release(node))
+        let key = self.release(node);
+        self.settle();
+        Some(key)
     }
 
     /// How many deadlines are set.
@@ -253,32 +245,45 @@ impl Timers {
         u64::try_from(since.as_nanos() >> TICK_SHIFT).map_or(MAX_TICK, |t| t.min(MAX_TICK))
     }
 
-    /// The list (level, slot) a deadline at `tick` belongs in: the level
-    /// of the highest 6-bit digit in which it differs from the wheel's tick.
-    fn list_of(&self, tick: u64) -> (usize, usize) {
-        // A tick before the wheel's (never set by the machine) goes in the
-        // current slot, whose deadlines come first.
-        let tick = tick.max(self.elapsed);
+    /// The list a deadline at `tick` belongs in: overdue before the wheel's
+    /// tick, else the slot of the highest 6-bit digit in which it differs
+    /// from the wheel's tick.
+    fn list_of(&self, tick: u64) -> usize {
+        if tick < self.elapsed {
+            return OVERDUE;
+        }
         let level = level(tick, self.elapsed);
-        (level as usize, digit(tick, level))
+        level as usize * SLOTS + digit(tick, level)
     }
 
-    /// Appends `node` to the list of its deadline `at` (tick `tick`).
+    /// Puts `node` in the list of its deadline `at` (tick `tick`): at the
+    /// end, or in a kept-in-order list after the last deadline not later
+    /// than `at`.
     fn link(&mut self, node: u32, at: Instant, tick: u64) {
-        let (level, slot) = self.list_of(tick);
-        let list = &mut self.slots[level * SLOTS + slot];
-        let tail = std::mem::replace(&mut list.tail, node);
-        if tail == NONE {
-            list.head = node;
-            self.occupied[level] |= 1 << slot;
-        } else {
-            self.nodes[tail as usize].next = node;
+        let index = self.list_of(tick);
+        let list = &mut self.lists[index];
+        let mut prev = list.tail;
+        if index < SLOTS || index == OVERDUE {
+            while prev != NONE && self.nodes[prev as usize].at > Some(at) {
+                prev = self.nodes[prev as usize].prev;
+            }
+        }
+        let next = match prev {
+            NONE => std::mem::replace(&mut list.head, node),
+            prev => std::mem::replace(&mut self.nodes[prev as usize].next, node),
+        };
+        match next {
+            NONE => list.tail = node,
+            next => self.nodes[next as usize].prev = node,
+        }
+        if index < OVERDUE {
+            self.occupied[index / SLOTS] |= 1 << (index % SLOTS);
         }
         self.nodes[node as usize] = Node {
             at: Some(at),
             tick,
-            prev: tail,
-            next: NONE,
+            prev,
+            next,
         };
     }
 
@@ -287,8 +292,8 @@ impl Timers {
         let Node {
             tick, prev, next, ..
         } = self.nodes[node as usize];
-        let (level, slot) = self.list_of(tick);
-        let list = &mut self.slots[level * SLOTS + slot];
+        let index = self.list_of(tick);
+        let list = &mut self.lists[index];
         match prev {
             NONE => list.head = next,
             prev => self.nodes[prev as usize].next = next,
@@ -297,29 +302,28 @@ impl Timers {
             NONE => list.tail = prev,
             next => self.nodes[next as usize].prev = prev,
         }
-        if list.head == NONE {
-            self.occupied[level] &= !(1 << slot);
+        if list.head == NONE && index < OVERDUE {
+            self.occupied[index / SLOTS] &= !(1 << (index % SLOTS));
         }
         self.nodes[node as usize].at = None;
     }
 
-    /// Moves the wheel on to `tick`, the earliest deadline's: at each level
-    /// the slot holding `tick` is spread over the levels below.
-    fn advance(&mut self, tick: u64) {
-        if tick <= self.elapsed {
-            return;
-        }
-        // Levels above the highest digit that changes keep their slots.
-        let top = level(tick, self.elapsed);
-        self.elapsed = tick;
-        for level in (1..=top).rev() {
-            let slot = digit(tick, level);
+    /// While level 0 is empty, moves the wheel on to the start of the first
+    /// occupied slot of the lowest occupied level and spreads that slot
+    /// over the levels below (no deadline lies before that slot).
+    fn settle(&mut self) {
+        while self.occupied[0] == 0 {
+            let Some(level) = (1..LEVELS).find(|&l| self.occupied[l as usize] != 0) else {
+                return;
+            };
+            let shift = level * SLOT_BITS;
             let level = level as usize;
-            if self.occupied[level] & (1 << slot) == 0 {
-                continue;
-            }
+            let slot = self.occupied[level].trailing_zeros();
+            let above = self.elapsed >> (shift + SLOT_BITS) << (shift + SLOT_BITS);
+            self.elapsed = above | u64::from(slot) << shift;
             self.occupied[level] &= !(1 << slot);
-            let mut node = std::mem::replace(&mut self.slots[level * SLOTS + slot], EMPTY).head;
+            let index = level * SLOTS + slot as usize;
+            let mut node = std::mem::replace(&mut self.lists[index], EMPTY).head;
             while node != NONE {
                 let Node { at, tick, next, .. } = self.nodes[node as usize];
                 self.link(node, at.expect("a listed node has a deadline"), tick);
@@ -328,23 +332,16 @@ impl Timers {
         }
     }
 
-    /// The earliest deadline's node: the first occupied slot of the lowest
-    /// occupied level holds it (every deadline in a lower level or an
-    /// earlier slot comes before any in a higher one); the first of that
-    /// slot's earliest instants, in the order set.
+    /// The earliest deadline's node: the first overdue one, else the head
+    /// of the first occupied level-0 slot.
+    #[inline]
     fn earliest(&self) -> Option<u32> {
-        let level = self.occupied.iter().position(|&slots| slots != 0)?;
-        let slot = self.occupied[level].trailing_zeros() as usize;
-        let mut node = self.slots[level * SLOTS + slot].head;
-        let mut best = (self.nodes[node as usize].at, node);
-        while node != NONE {
-            let Node { at, next, .. } = self.nodes[node as usize];
-            if at < best.0 {
-                best = (at, node);
-            }
-            node = next;
+        let overdue = self.lists[OVERDUE].head;
+        if overdue != NONE {
+            return Some(overdue);
         }
-        Some(best.1)
+        let slots = self.occupied[0];
+        (slots != 0).then(|| self.lists[slots.trailing_zeros() as usize].head)
     }
 }
 
