@@ -38,9 +38,6 @@ use crate::status::{
 use links::{Link, LinkState, Links};
 use timers::{TimerKey, Timers};
 
-/// Room for outputs kept once the queue is drained.
-const OUTPUTS_KEPT: usize = 1024;
-
 /// A result or loss the machine cannot accept: the driver named an attempt
 /// it never got, or reported something impossible for it. The machine's
 /// state is unchanged.
@@ -474,13 +471,7 @@ impl PoolState {
 
     /// The next action or notification, in the order they arose.
     pub fn poll_output(&mut self) -> Option<Output> {
-        let output = self.outputs.pop_front();
-        if output.is_none() && self.outputs.capacity() > OUTPUTS_KEPT {
-            // A burst (every server dialed at once) is over: do not hold
-            // its peak for the pool's life.
-            self.outputs.shrink_to(OUTPUTS_KEPT);
-        }
-        output
+        self.outputs.pop_front()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
@@ -506,7 +497,6 @@ impl PoolState {
             _ => now,
         };
         self.now = Some(now);
-        self.timers.start(now);
         now
     }
 
