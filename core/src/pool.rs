@@ -26,7 +26,7 @@ use crate::config::{
 };
 pub use crate::errors::{RejectedEntry, Rejection};
 use crate::failure::{CloseFailure, DialDetail, DialFailure, FailureScope, LinkLoss};
-use crate::isolation::{SocksCredentials, StreamIsolation};
+use crate::isolation::{IsolationCategory, IsolationScope, SocksCredentials, StreamIsolation};
 use crate::output::{
     AttemptId, CloseRequest, DialRequest, DisconnectReason, Notification, OperationEnd,
     OperationId, OperationKind, OperationReport, Output, ProbeRequest, ServerId,
@@ -130,9 +130,9 @@ impl State {
 enum Watch {
     /// Nothing outstanding: probed once quiet for `keepalive.idle`.
     Quiet,
-    /// A probe is out since `sent`; without a sign of life by `deadline`
-    /// the link is lost.
-    Probing { sent: Instant, deadline: Instant },
+    /// A probe is out since `sent`; without a sign of life by `sent +
+    /// keepalive.probe_timeout` the link is lost.
+    Probing { sent: Instant },
     /// The link has no probe its peer answers: watched only for its end.
     Passive,
 }
@@ -140,7 +140,6 @@ enum Watch {
 #[derive(Debug)]
 struct Server {
     addr: Arc<ServerAddr>,
-    credentials: Option<SocksCredentials>,
     state: State,
     /// Exponent of the next backoff delay.
     backoff_step: u32,
@@ -178,6 +177,24 @@ impl Server {
     /// Comes to rest: idle, or given up on.
     fn rest(&mut self) {
         self.enter(self.at_rest());
+    }
+}
+
+/// The SOCKS credentials of directory dials: one pair shared by every
+/// server (kept once, not per server), or with per-server isolation each
+/// server's own, made once when the pool is built.
+#[derive(Debug)]
+enum DialCredentials {
+    Shared(Option<SocksCredentials>),
+    PerServer(Vec<Option<SocksCredentials>>),
+}
+
+impl DialCredentials {
+    fn of(&self, id: ServerId) -> Option<SocksCredentials> {
+        match self {
+            Self::Shared(credentials) => credentials.clone(),
+            Self::PerServer(each) => each[id.index()].clone(),
+        }
     }
 }
 
@@ -239,6 +256,7 @@ pub struct PoolState {
     close_timeout: Duration,
     maintenance_policy: MaintenancePolicy,
     isolation: StreamIsolation,
+    credentials: DialCredentials,
     servers: Vec<Server>,
     /// Server ids sorted by node_id, for lookups by name.
     by_node_id: Vec<ServerId>,
@@ -302,6 +320,7 @@ impl PoolState {
         }
         let mut server_of = vec![ServerId(u32::MAX); parsed.len()];
         let mut servers = Vec::with_capacity(parsed.len());
+        let mut per_server_credentials = Vec::new();
         let mut duplicates = Vec::new();
         for (i, (index, addr)) in parsed.into_iter().enumerate() {
             if keeper_of[i] != usize::MAX {
@@ -310,10 +329,11 @@ impl PoolState {
             }
             let id = ServerId(u32::try_from(servers.len()).expect("more than 2^32 servers"));
             server_of[i] = id;
-            let credentials = isolation.directory_credentials(&addr);
+            if isolation.scope() == IsolationScope::PerServer {
+                per_server_credentials.push(isolation.directory_credentials(&addr));
+            }
             servers.push(Server {
                 addr: Arc::new(addr),
-                credentials,
                 state: State::Idle,
                 backoff_step: 0,
                 consecutive_failures: 0,
@@ -362,12 +382,18 @@ impl PoolState {
         }
 
         let timers = Timers::with_servers(servers.len());
+        let credentials = if per_server_credentials.is_empty() {
+            DialCredentials::Shared(isolation.credentials(IsolationCategory::Directory))
+        } else {
+            DialCredentials::PerServer(per_server_credentials)
+        };
         Ok(Self {
             connection_timeout: config.connection_timeout,
             keepalive: config.keepalive,
             close_timeout: config.close_timeout,
             maintenance_policy: config.maintenance,
             isolation,
+            credentials,
             servers,
             by_node_id,
             rejected,

@@ -24,7 +24,7 @@ impl PoolState {
             attempt,
             server: id,
             addr: Arc::clone(&server.addr),
-            credentials: server.credentials.clone(),
+            credentials: self.credentials.of(id),
             deadline,
         }));
         attempt

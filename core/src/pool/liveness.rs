@@ -63,17 +63,15 @@ impl PoolState {
                     return;
                 }
                 let deadline = now + keepalive.probe_timeout;
-                *watch = Watch::Probing {
-                    sent: now,
-                    deadline,
-                };
+                *watch = Watch::Probing { sent: now };
                 self.timers.set(TimerKey::Server(id), deadline);
                 self.outputs.push_back(Output::Probe(ProbeRequest {
                     attempt,
                     server: id,
                 }));
             }
-            Watch::Probing { deadline, .. } => {
+            Watch::Probing { sent } => {
+                let deadline = sent + keepalive.probe_timeout;
                 if now < deadline {
                     self.timers.set(TimerKey::Server(id), deadline);
                     return;
