@@ -120,12 +120,12 @@ impl Links {
     }
 
     // Read only by the test kit's queries (`pending_attempts`, `live_clients`).
-    #[cfg(feature = "test-kit")]
+    #[cfg(any(test, feature = "test-kit"))]
     pub(crate) fn len(&self) -> usize {
         self.live
     }
 
-    #[cfg(feature = "test-kit")]
+    #[cfg(any(test, feature = "test-kit"))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (AttemptId, &Link)> {
         self.slots.iter().enumerate().filter_map(|(index, slot)| {
             let link = slot.link.as_ref()?;
