@@ -2,7 +2,7 @@
 //! JoinMarket handshake) on [`SimRuntime`], talking to simulated Tor and
 //! directories ([`peers`](super::peers)) whose every choice comes from one
 //! seeded PRNG, while random user commands arrive at random moments.
-//! The invariants of DESIGN.md are checked from the outside — the pool's
+//! The invariants of ARCHITECTURE.md are checked from the outside — the pool's
 //! events, its registered clients, and what the proxy and directories saw —
 //! after every step.
 
