@@ -300,6 +300,13 @@ mod tests {
                 }
             }
             assert_eq!(timers.len(), reference.len());
+            // A key without a deadline keeps no entry: the position map
+            // would otherwise grow with every stray close and operation.
+            let others = reference
+                .keys()
+                .filter(|k| !matches!(k, TimerKey::Server(_)))
+                .count();
+            assert_eq!(timers.other_pos.len(), others, "round {round}");
         }
     }
 }
