@@ -1191,6 +1191,7 @@ mod tests {
             &format!("{}AA==", "A".repeat(96)), // 73 bytes
             "AAAAAAAAAAB=",                     // unused bits set
             "AAAAAAAAAAA",                      // unpadded
+            "AAAAAAAAAAAAA",                    // 13 characters: 9 bytes, but no multiple of 4
             "AAAAAAAAAA=A",                     // padding inside
             "AAAAAAAA====",                     // three pads
             "AAAAAAAAAA-_",                     // URL-safe alphabet
@@ -1213,6 +1214,12 @@ mod tests {
         assert_eq!(
             PrivmsgSignature::new([4; 33], SIG),
             Err(LineError::InvalidPublicKey)
+        );
+        // Debug shows what Display shows (a signature is public).
+        let parsed = PrivmsgSignature::parse(PUBKEY, SIG).unwrap();
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("PrivmsgSignature({PUBKEY} {SIG})")
         );
     }
 
