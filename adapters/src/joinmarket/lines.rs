@@ -1186,6 +1186,10 @@ mod tests {
         assert!(PrivmsgSignature::parse(PUBKEY, "AAAAAAAAAAA=").is_ok());
         let max = "A".repeat(96);
         assert!(PrivmsgSignature::parse(PUBKEY, &max).is_ok());
+        // Only the bits past the data must be zero: none without padding,
+        // two with one pad.
+        assert!(PrivmsgSignature::parse(PUBKEY, &format!("{}B", "A".repeat(95))).is_ok());
+        assert!(PrivmsgSignature::parse(PUBKEY, "AAAAAAAAAAE=").is_ok());
         for bad in [
             "AAAAAAAAAA==",                     // 7 bytes
             &format!("{}AA==", "A".repeat(96)), // 73 bytes
