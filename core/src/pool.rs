@@ -36,7 +36,7 @@ use crate::status::{
     ServerStatus,
 };
 use links::{Link, LinkState, Links};
-use timers::{TimerKey, Timers};
+use timers::{Lane, TimerKey, Timers};
 
 /// A result or loss the machine cannot accept: the driver named an attempt
 /// it never got, or reported something impossible for it. The machine's
@@ -494,6 +494,9 @@ impl PoolState {
     }
 
     fn clock(&mut self, now: Instant) -> Instant {
+        if self.now.is_none() {
+            self.timers.start(now);
+        }
         let now = match self.now {
             Some(latest) if latest > now => latest,
             _ => now,

@@ -19,7 +19,7 @@ impl PoolState {
         server.attempts += 1;
         // Replaces a pending redial, if any. A server waiting for the proxy
         // stays in its queue; the queue skips it when its turn comes.
-        self.timers.set(TimerKey::Server(id), deadline);
+        self.timers.set_in(Lane::Dial, id, deadline);
         self.outputs.push_back(Output::Dial(DialRequest {
             attempt,
             server: id,
@@ -60,7 +60,7 @@ impl PoolState {
                 server.last_probe_rtt = None;
                 self.connected += 1;
                 self.timers
-                    .set(TimerKey::Server(id), now + self.keepalive.idle);
+                    .set_in(Lane::Idle, id, now + self.keepalive.idle);
                 self.notify(Notification::Connected {
                     server: id,
                     attempt,
@@ -349,7 +349,10 @@ impl PoolState {
         deadline: Instant,
         stray: bool,
     ) {
-        self.timers.set(key, deadline);
+        match key {
+            TimerKey::Server(id) => self.timers.set_in(Lane::Close, id, deadline),
+            key => self.timers.set(key, deadline),
+        }
         self.outputs.push_back(Output::Close(CloseRequest {
             attempt,
             server,

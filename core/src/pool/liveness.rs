@@ -28,7 +28,7 @@ impl PoolState {
                     // quiet, a sign of life only moves `last_active`: the
                     // timer re-arms from it when it fires.
                     *watch = Watch::Quiet;
-                    self.timers.set(TimerKey::Server(id), now + idle);
+                    self.timers.set_in(Lane::Idle, id, now + idle);
                     if answer {
                         let rtt = now.saturating_duration_since(sent);
                         server.last_probe_rtt = Some(rtt);
@@ -59,12 +59,12 @@ impl PoolState {
             Watch::Quiet => {
                 let due = *last_active + keepalive.idle;
                 if now < due {
-                    self.timers.set(TimerKey::Server(id), due);
+                    self.timers.set_in(Lane::Idle, id, due);
                     return;
                 }
                 let deadline = now + keepalive.probe_timeout;
                 *watch = Watch::Probing { sent: now };
-                self.timers.set(TimerKey::Server(id), deadline);
+                self.timers.set_in(Lane::Probe, id, deadline);
                 self.outputs.push_back(Output::Probe(ProbeRequest {
                     attempt,
                     server: id,
@@ -73,7 +73,7 @@ impl PoolState {
             Watch::Probing { sent } => {
                 let deadline = sent + keepalive.probe_timeout;
                 if now < deadline {
-                    self.timers.set(TimerKey::Server(id), deadline);
+                    self.timers.set_in(Lane::Probe, id, deadline);
                     return;
                 }
                 self.lose(now, attempt, id, LinkLoss::KeepaliveTimeout);

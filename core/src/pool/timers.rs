@@ -3,18 +3,31 @@
 //! Every deadline the machine keeps names what it is for ([`TimerKey`]);
 //! setting a key again moves its deadline, cancelling it removes it, so the
 //! table never holds an entry that no longer counts (no generations, no lazy
-//! deletion, no compaction). The earliest deadline is the root of an
-//! indexed 4-ary min-heap: each key knows its position, so moving or
-//! removing one is O(log n) and finding the earliest is O(1). Equal
-//! instants fire in the order they were set, so runs are deterministic.
+//! deletion, no compaction). Equal instants fire in the order they were
+//! set, so runs are deterministic.
 //!
-//! Per-server keys (the hot path) find their position in a flat vector
-//! indexed by server; the rare pool-wide ones (proxy probe, operation
-//! deadlines, closes of connections that were never registered) in a small
-//! ordered map. Once warm, setting and cancelling allocate nothing.
+//! Most of a server's deadlines are a fixed duration after the moment they
+//! are set (a dial's timeout, a close's, the keepalive's quiet interval,
+//! a probe's answer time): set in time order, each is no earlier than the
+//! last one of its kind, so a FIFO list per kind ([`Lane`]) keeps them
+//! sorted for free, and setting, moving and cancelling one is O(1). The
+//! rest (jittered backoffs, pool-wide deadlines, and any lane deadline
+//! that would come before its lane's last) go to an indexed 4-ary min-heap,
+//! O(log n). The earliest deadline is the least of the heap's root and the
+//! lanes' heads: a 100,000-server pool pays for its heap only for the
+//! servers backing off.
+//!
+//! A heap entry is 24 bytes: the deadline as nanoseconds since the table's
+//! epoch (the machine's first `now`; no deadline is earlier), the order it
+//! was set in, and a 32-bit slot. Small entries keep a 100,000-server heap
+//! in cache, and the slot finds the key's position without a branch on its
+//! kind: per-server keys (the hot path) use their index, the rare pool-wide
+//! ones (proxy probe, operation deadlines, closes of connections that were
+//! never registered) a slot of a small slab. Once warm, setting and
+//! cancelling allocate nothing.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::output::{AttemptId, OperationId, ServerId};
 
@@ -32,16 +45,67 @@ pub(crate) enum TimerKey {
     Operation(OperationId),
 }
 
+/// A kind of per-server deadline that is always the same duration after
+/// the instant it is set: its deadlines come in time order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// A dial's connection timeout.
+    Dial,
+    /// A registered link's close timeout.
+    Close,
+    /// A quiet link's next keepalive check.
+    Idle,
+    /// The time a probe's answer may take.
+    Probe,
+}
+
+const LANES: usize = 4;
+
+impl Lane {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A server's place in its lane.
+#[derive(Debug, Clone, Copy)]
+struct LaneNode {
+    at: u64,
+    seq: u64,
+    prev: u32,
+    next: u32,
+}
+
+const FREE_NODE: LaneNode = LaneNode {
+    at: 0,
+    seq: 0,
+    prev: NONE,
+    next: NONE,
+};
+
+/// First and last server of a lane, or [`NONE`].
+#[derive(Debug, Clone, Copy)]
+struct LaneEnds {
+    head: u32,
+    tail: u32,
+}
+
 /// Children per heap node: half the depth of a binary heap.
 const ARITY: usize = 4;
 /// No position.
 const NONE: u32 = u32::MAX;
+/// Marks a slot of the pool-wide keys' slab; other slots are server indices.
+const OTHER: u32 = 1 << 31;
+/// Marks a server's location as a lane (the low bits say which); other
+/// locations are heap positions.
+const IN_LANE: u32 = 1 << 31;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    at: Instant,
+    /// Nanoseconds since the epoch.
+    at: u64,
     seq: u64,
-    key: TimerKey,
+    slot: u32,
 }
 
 impl Entry {
@@ -52,141 +116,378 @@ impl Entry {
     }
 }
 
+/// Slots of the pool-wide keys, reused once their deadline is gone.
 #[derive(Debug, Default)]
+struct OtherKeys {
+    /// Each slot's key and heap position; `None` while free.
+    slots: Vec<Option<(TimerKey, u32)>>,
+    free: Vec<u32>,
+    by_key: BTreeMap<TimerKey, u32>,
+}
+
+#[derive(Debug)]
 pub(crate) struct Timers {
     heap: Vec<Entry>,
-    /// Heap position of each server's key, or [`NONE`].
+    /// Where each server's deadline is: its heap position, `IN_LANE |
+    /// lane`, or [`NONE`].
     server_pos: Vec<u32>,
-    /// Heap position of every other key that is set.
-    other_pos: BTreeMap<TimerKey, u32>,
+    /// Each server's place in its lane (meaningful while it is in one).
+    nodes: Vec<LaneNode>,
+    lanes: [LaneEnds; LANES],
+    others: OtherKeys,
+    /// The instant tick 0 stands for.
+    epoch: Option<Instant>,
     seq: u64,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self::with_servers(0)
+    }
 }
 
 impl Timers {
     /// A table for `servers` servers.
     pub(crate) fn with_servers(servers: usize) -> Self {
         Self {
-            heap: Vec::with_capacity(servers),
+            heap: Vec::new(),
             server_pos: vec![NONE; servers],
-            ..Self::default()
+            nodes: vec![FREE_NODE; servers],
+            lanes: [LaneEnds {
+                head: NONE,
+                tail: NONE,
+            }; LANES],
+            others: OtherKeys::default(),
+            epoch: None,
+            seq: 0,
         }
     }
 
-    fn pos(&self, key: TimerKey) -> Option<usize> {
-        let pos = match key {
-            TimerKey::Server(id) => *self.server_pos.get(id.index())?,
-            other => *self.other_pos.get(&other)?,
-        };
-        (pos != NONE).then_some(pos as usize)
+    /// Fixes the epoch at the machine's first `now` (before any deadline is
+    /// set; later calls change nothing).
+    pub(crate) fn start(&mut self, now: Instant) {
+        self.epoch.get_or_insert(now);
     }
 
-    /// Records that `key` sits at `pos` (`None`: no longer in the heap).
-    #[inline]
-    fn place(&mut self, key: TimerKey, pos: Option<usize>) {
-        let pos = pos.map_or(NONE, |p| u32::try_from(p).expect("fewer than 2^32 timers"));
+    /// `at` in ticks. An instant before the epoch (none is, the machine's
+    /// clock starting there) would count as the epoch: already due.
+    fn ticks(&mut self, at: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(at);
+        u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn instant(&self, ticks: u64) -> Instant {
+        // Set whenever an entry exists.
+        self.epoch
+            .map_or_else(Instant::now, |epoch| epoch + Duration::from_nanos(ticks))
+    }
+
+    /// The slot `key` has, if it has a deadline.
+    fn slot_of(&self, key: TimerKey) -> Option<u32> {
         match key {
-            TimerKey::Server(id) => {
-                let i = id.index();
-                if i >= self.server_pos.len() {
-                    self.server_pos.resize(i + 1, NONE);
-                }
-                self.server_pos[i] = pos;
+            TimerKey::Server(id) => Some(id.0),
+            other => self.others.by_key.get(&other).map(|&index| index | OTHER),
+        }
+    }
+
+    fn key_of(&self, slot: u32) -> TimerKey {
+        if slot & OTHER == 0 {
+            TimerKey::Server(ServerId(slot))
+        } else {
+            // A slot in the heap is always taken.
+            self.others.slots[(slot & !OTHER) as usize].map_or(TimerKey::ProxyProbe, |(key, _)| key)
+        }
+    }
+
+    /// `slot`'s heap position, if its deadline is in the heap ([`NONE`]
+    /// has the lane bit too).
+    fn pos(&self, slot: u32) -> Option<usize> {
+        let pos = if slot & OTHER == 0 {
+            *self.server_pos.get(slot as usize)?
+        } else {
+            self.others.slots.get((slot & !OTHER) as usize)?.as_ref()?.1
+        };
+        (pos & IN_LANE == 0).then_some(pos as usize)
+    }
+
+    /// The lane server `index`'s deadline is in, if it is in one.
+    fn lane_of(&self, index: usize) -> Option<usize> {
+        let loc = *self.server_pos.get(index)?;
+        (loc != NONE && loc & IN_LANE != 0).then_some((loc & !IN_LANE) as usize)
+    }
+
+    /// Sets server `id`'s deadline to `at`, one of `lane`'s: at the lane's
+    /// end if no earlier than its last, else in the heap.
+    pub(crate) fn set_in(&mut self, lane: Lane, id: ServerId, at: Instant) {
+        let index = id.index();
+        if index >= self.server_pos.len() {
+            self.server_pos.resize(index + 1, NONE);
+            self.nodes.resize(index + 1, FREE_NODE);
+        }
+        let at = self.ticks(at);
+        let location = IN_LANE | lane as u32;
+        let lane = lane.index();
+        self.detach(index);
+        let tail = self.lanes[lane].tail;
+        if tail != NONE && self.nodes[tail as usize].at > at {
+            // Out of order (a re-arm from an older sign of life).
+            self.seq += 1;
+            self.push_heap(Entry {
+                at,
+                seq: self.seq,
+                slot: id.0,
+            });
+            return;
+        }
+        self.seq += 1;
+        self.nodes[index] = LaneNode {
+            at,
+            seq: self.seq,
+            prev: tail,
+            next: NONE,
+        };
+        if tail == NONE {
+            self.lanes[lane].head = id.0;
+        } else {
+            self.nodes[tail as usize].next = id.0;
+        }
+        self.lanes[lane].tail = id.0;
+        self.server_pos[index] = location;
+    }
+
+    /// Takes server `index`'s deadline out of its lane or the heap.
+    fn detach(&mut self, index: usize) {
+        if let Some(lane) = self.lane_of(index) {
+            self.unlink(lane, index);
+        } else if let Some(pos) = self.pos(u32::try_from(index).unwrap_or(NONE)) {
+            self.remove_at(pos);
+        }
+    }
+
+    fn unlink(&mut self, lane: usize, index: usize) {
+        let LaneNode { prev, next, .. } = self.nodes[index];
+        if prev == NONE {
+            self.lanes[lane].head = next;
+        } else {
+            self.nodes[prev as usize].next = next;
+        }
+        if next == NONE {
+            self.lanes[lane].tail = prev;
+        } else {
+            self.nodes[next as usize].prev = prev;
+        }
+        self.server_pos[index] = NONE;
+    }
+
+    /// The lane whose head is the earliest of the lanes', with its
+    /// `(at, seq)`.
+    fn earliest_lane(&self) -> Option<(usize, (u64, u64))> {
+        let mut best: Option<(usize, (u64, u64))> = None;
+        for (lane, ends) in self.lanes.iter().enumerate() {
+            if ends.head == NONE {
+                continue;
             }
-            other if pos == NONE => drop(self.other_pos.remove(&other)),
-            other => drop(self.other_pos.insert(other, pos)),
+            let node = &self.nodes[ends.head as usize];
+            let order = (node.at, node.seq);
+            if best.is_none_or(|(_, b)| order < b) {
+                best = Some((lane, order));
+            }
+        }
+        best
+    }
+
+    /// Where the earliest deadline is: the heap's root (`None`) or a lane's
+    /// head, with its tick.
+    fn earliest(&self) -> Option<(Option<usize>, u64)> {
+        let heap = self.heap.first().map(|e| (e.at, e.seq));
+        match (heap, self.earliest_lane()) {
+            (None, None) => None,
+            (Some((at, _)), None) => Some((None, at)),
+            (Some(h), Some((_, l))) if h < l => Some((None, h.0)),
+            (_, Some((lane, (at, _)))) => Some((Some(lane), at)),
+        }
+    }
+
+    /// Records that `slot`'s entry sits at heap position `pos`.
+    #[inline]
+    fn place(&mut self, slot: u32, pos: usize) {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "fewer than 2^31 timers: the heap holds at most one per key"
+        )]
+        let pos = pos as u32;
+        if slot & OTHER == 0 {
+            self.server_pos[slot as usize] = pos;
+        } else if let Some(Some((_, at))) = self.others.slots.get_mut((slot & !OTHER) as usize) {
+            *at = pos;
+        }
+    }
+
+    /// A slot for `key`, taken if it had none.
+    fn take_slot(&mut self, key: TimerKey) -> u32 {
+        if let Some(slot) = self.slot_of(key) {
+            if slot & OTHER == 0 && slot as usize >= self.server_pos.len() {
+                self.server_pos.resize(slot as usize + 1, NONE);
+                self.nodes.resize(slot as usize + 1, FREE_NODE);
+            }
+            return slot;
+        }
+        let index = match self.others.free.pop() {
+            Some(index) => {
+                self.others.slots[index as usize] = Some((key, NONE));
+                index
+            }
+            None => {
+                let index = u32::try_from(self.others.slots.len()).unwrap_or(u32::MAX);
+                self.others.slots.push(Some((key, NONE)));
+                index
+            }
+        };
+        self.others.by_key.insert(key, index);
+        index | OTHER
+    }
+
+    /// Forgets `slot`'s heap position; a pool-wide key's slot goes back to the slab.
+    fn release(&mut self, slot: u32) {
+        if slot & OTHER == 0 {
+            self.server_pos[slot as usize] = NONE;
+        } else {
+            let index = slot & !OTHER;
+            if let Some((key, _)) = self.others.slots[index as usize].take() {
+                self.others.by_key.remove(&key);
+                self.others.free.push(index);
+            }
         }
     }
 
     /// Sets `key`'s deadline to `at`, replacing the one it had.
     pub(crate) fn set(&mut self, key: TimerKey, at: Instant) {
         self.seq += 1;
+        let at = self.ticks(at);
+        let slot = self.take_slot(key);
+        if let Some(lane) = (slot & OTHER == 0)
+            .then(|| self.lane_of(slot as usize))
+            .flatten()
+        {
+            self.unlink(lane, slot as usize);
+        }
         let entry = Entry {
             at,
             seq: self.seq,
-            key,
+            slot,
         };
-        match self.pos(key) {
+        self.push_heap(entry);
+    }
+
+    /// Puts `entry` in the heap, moving its slot's entry if it has one.
+    fn push_heap(&mut self, entry: Entry) {
+        match self.pos(entry.slot) {
             Some(pos) => {
                 // The new entry is always set later: a tie with an old
                 // instant now goes after it, so it may need to go down.
-                self.heap[pos] = entry;
-                let pos = self.sift_up(pos);
-                self.sift_down(pos);
+                let pos = self.sift_up(pos, entry);
+                self.sift_down(pos, entry);
             }
             None => {
                 self.heap.push(entry);
-                self.sift_up(self.heap.len() - 1);
+                self.sift_up(self.heap.len() - 1, entry);
             }
         }
     }
 
     /// Removes `key`'s deadline, if it has one.
     pub(crate) fn cancel(&mut self, key: TimerKey) {
-        if let Some(pos) = self.pos(key) {
-            self.remove_at(pos);
+        match key {
+            TimerKey::Server(id) => self.detach(id.index()),
+            other => {
+                if let Some(pos) = self.slot_of(other).and_then(|slot| self.pos(slot)) {
+                    self.remove_at(pos);
+                }
+            }
         }
     }
 
     /// `key`'s deadline, if it has one.
     #[cfg(test)]
     fn get(&self, key: TimerKey) -> Option<Instant> {
-        self.pos(key).map(|pos| self.heap[pos].at)
+        if let TimerKey::Server(id) = key {
+            if self.lane_of(id.index()).is_some() {
+                return Some(self.instant(self.nodes[id.index()].at));
+            }
+        }
+        let pos = self.pos(self.slot_of(key)?)?;
+        Some(self.instant(self.heap[pos].at))
     }
 
     /// The earliest deadline.
     #[inline]
     pub(crate) fn next(&self) -> Option<Instant> {
-        self.heap.first().map(|e| e.at)
+        self.earliest().map(|(_, at)| self.instant(at))
     }
 
     /// Removes and returns the earliest key if its deadline is at or before
     /// `now`.
     #[inline]
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<TimerKey> {
-        let first = self.heap.first()?;
-        if first.at > now {
+        let (lane, at) = self.earliest()?;
+        if at > self.ticks(now) {
             return None;
         }
-        let key = first.key;
-        self.remove_at(0);
-        Some(key)
+        Some(match lane {
+            Some(lane) => {
+                let head = self.lanes[lane].head;
+                self.unlink(lane, head as usize);
+                TimerKey::Server(ServerId(head))
+            }
+            None => {
+                let key = self.key_of(self.heap[0].slot);
+                self.remove_at(0);
+                key
+            }
+        })
     }
 
     /// How many deadlines are set.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.heap.len()
+        let in_lanes = self
+            .server_pos
+            .iter()
+            .filter(|&&loc| loc != NONE && loc & IN_LANE != 0)
+            .count();
+        self.heap.len() + in_lanes
     }
 
     fn remove_at(&mut self, pos: usize) {
-        let removed = self.heap.swap_remove(pos);
-        self.place(removed.key, None);
+        let removed = self.heap[pos];
+        self.release(removed.slot);
+        let last = self.heap.pop().unwrap_or(removed);
         if pos < self.heap.len() {
-            let pos = self.sift_up(pos);
-            self.sift_down(pos);
+            let pos = self.sift_up(pos, last);
+            self.sift_down(pos, last);
         }
     }
 
-    /// Moves the entry at `pos` up to its place; returns where it ends.
-    fn sift_up(&mut self, mut pos: usize) -> usize {
-        let entry = self.heap[pos];
+    /// Moves `entry`, whose hole is at `pos`, up to its place; returns where
+    /// it ends (written there).
+    fn sift_up(&mut self, mut pos: usize, entry: Entry) -> usize {
         while pos > 0 {
             let parent = (pos - 1) / ARITY;
-            if !entry.before(&self.heap[parent]) {
+            let above = self.heap[parent];
+            if !entry.before(&above) {
                 break;
             }
-            self.heap[pos] = self.heap[parent];
-            self.place(self.heap[pos].key, Some(pos));
+            self.heap[pos] = above;
+            self.place(above.slot, pos);
             pos = parent;
         }
         self.heap[pos] = entry;
-        self.place(entry.key, Some(pos));
+        self.place(entry.slot, pos);
         pos
     }
 
-    /// Moves the entry at `pos` down to its place.
-    fn sift_down(&mut self, mut pos: usize) {
-        let entry = self.heap[pos];
+    /// Moves `entry`, whose hole is at `pos`, down to its place.
+    fn sift_down(&mut self, mut pos: usize, entry: Entry) {
         let len = self.heap.len();
         loop {
             let first = pos * ARITY + 1;
@@ -194,20 +495,23 @@ impl Timers {
                 break;
             }
             let mut best = first;
+            let mut best_entry = self.heap[first];
             for child in first + 1..(first + ARITY).min(len) {
-                if self.heap[child].before(&self.heap[best]) {
+                let candidate = self.heap[child];
+                if candidate.before(&best_entry) {
                     best = child;
+                    best_entry = candidate;
                 }
             }
-            if !self.heap[best].before(&entry) {
+            if !best_entry.before(&entry) {
                 break;
             }
-            self.heap[pos] = self.heap[best];
-            self.place(self.heap[pos].key, Some(pos));
+            self.heap[pos] = best_entry;
+            self.place(best_entry.slot, pos);
             pos = best;
         }
         self.heap[pos] = entry;
-        self.place(entry.key, Some(pos));
+        self.place(entry.slot, pos);
     }
 }
 
@@ -226,6 +530,7 @@ mod tests {
     fn earliest_first_then_order_set() {
         let t0 = Instant::now();
         let mut timers = Timers::default();
+        timers.start(t0);
         let s = |i| TimerKey::Server(ServerId(i));
         timers.set(s(0), t0 + Duration::from_secs(2));
         timers.set(s(1), t0 + Duration::from_secs(1));
@@ -240,6 +545,7 @@ mod tests {
         let t0 = Instant::now();
         let at = |s| t0 + Duration::from_secs(s);
         let mut timers = Timers::default();
+        timers.start(t0);
         let key = TimerKey::Server(ServerId(3));
         timers.set(key, at(5));
         timers.set(key, at(1));
@@ -264,6 +570,7 @@ mod tests {
             state >> 33
         };
         let mut timers = Timers::default();
+        timers.start(t0);
         let mut reference: BTreeMap<TimerKey, (Instant, u64)> = BTreeMap::new();
         let mut seq = 0;
         for round in 0..30_000 {
@@ -292,10 +599,18 @@ mod tests {
                     }
                 }
                 _ => {
-                    // Few distinct instants: many ties.
-                    let at = t0 + Duration::from_millis(next() % 6);
+                    // Few distinct instants around a slowly rising base:
+                    // many ties, lanes mostly in order, sometimes not.
+                    let at = t0 + Duration::from_millis(round / 64 + next() % 6);
                     seq += 1;
-                    timers.set(key, at);
+                    match (key, next() % 5) {
+                        (TimerKey::Server(id), lane @ 0..4) => {
+                            let lane = [Lane::Dial, Lane::Close, Lane::Idle, Lane::Probe]
+                                [usize::try_from(lane).unwrap_or(0)];
+                            timers.set_in(lane, id, at);
+                        }
+                        _ => timers.set(key, at),
+                    }
                     reference.insert(key, (at, seq));
                 }
             }
@@ -306,7 +621,12 @@ mod tests {
                 .keys()
                 .filter(|k| !matches!(k, TimerKey::Server(_)))
                 .count();
-            assert_eq!(timers.other_pos.len(), others, "round {round}");
+            assert_eq!(timers.others.by_key.len(), others, "round {round}");
+            assert_eq!(
+                timers.others.slots.iter().flatten().count(),
+                others,
+                "round {round}"
+            );
         }
     }
 }
