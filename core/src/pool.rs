@@ -12,6 +12,7 @@ mod liveness;
 mod maintenance;
 mod operations;
 mod queries;
+mod queue;
 mod timers;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -36,6 +37,7 @@ use crate::status::{
     ServerStatus,
 };
 use links::{Link, LinkState, Links};
+use queue::OutputQueue;
 use timers::{Lane, TimerKey, Timers};
 
 /// A result or loss the machine cannot accept: the driver named an attempt
@@ -265,7 +267,7 @@ pub struct PoolState {
     timers: Timers,
     operations: Vec<Operation>,
     next_operation: u64,
-    outputs: VecDeque<Output>,
+    outputs: OutputQueue,
     rng: JitterRng,
     now: Option<Instant>,
     maintenance: bool,
@@ -366,10 +368,10 @@ impl PoolState {
                 .cmp(servers[b.index()].addr.node_id())
         });
 
-        let mut outputs = VecDeque::new();
+        let mut outputs = OutputQueue::for_servers(config.servers.len());
         for r in &rejected {
             // Reported as a notification; the driver logs it for the user.
-            outputs.push_back(Output::Notify(match &r.reason {
+            outputs.push(Output::Notify(match &r.reason {
                 Rejection::Malformed(error) => Notification::AddressRejected {
                     index: r.index,
                     error: error.clone(),
@@ -473,7 +475,7 @@ impl PoolState {
 
     /// The next action or notification, in the order they arose.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.outputs.pop()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
@@ -506,7 +508,7 @@ impl PoolState {
     }
 
     fn notify(&mut self, notification: Notification) {
-        self.outputs.push_back(Output::Notify(notification));
+        self.outputs.push(Output::Notify(notification));
     }
 
     fn link(&self, attempt: AttemptId) -> Result<Link, InputError> {
@@ -528,7 +530,7 @@ impl PoolState {
             TimerKey::Server(id) => match self.servers[id.index()].state {
                 State::Dialing { attempt, .. } => {
                     self.set_link_state(attempt, LinkState::Abandoned);
-                    self.outputs.push_back(Output::Abort(attempt));
+                    self.outputs.push(Output::Abort(attempt));
                     self.fail_attempt(now, attempt, id, DialFailure::TimedOut, None);
                 }
                 State::Closing { attempt, .. } => {

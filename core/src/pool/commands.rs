@@ -99,7 +99,7 @@ impl PoolState {
                     server.rest();
                     self.timers.cancel(TimerKey::Server(id));
                     self.set_link_state(attempt, LinkState::Abandoned);
-                    self.outputs.push_back(Output::Abort(attempt));
+                    self.outputs.push(Output::Abort(attempt));
                 }
                 State::Connected { attempt, .. } => {
                     self.connected -= 1;

@@ -20,7 +20,7 @@ impl PoolState {
         // Replaces a pending redial, if any. A server waiting for the proxy
         // stays in its queue; the queue skips it when its turn comes.
         self.timers.set_in(Lane::Dial, id, deadline);
-        self.outputs.push_back(Output::Dial(DialRequest {
+        self.outputs.push(Output::Dial(DialRequest {
             attempt,
             server: id,
             addr: Arc::clone(&server.addr),
@@ -353,7 +353,7 @@ impl PoolState {
             TimerKey::Server(id) => self.timers.set_in(Lane::Close, id, deadline),
             key => self.timers.set(key, deadline),
         }
-        self.outputs.push_back(Output::Close(CloseRequest {
+        self.outputs.push(Output::Close(CloseRequest {
             attempt,
             server,
             stray,

@@ -65,7 +65,7 @@ impl PoolState {
                 let deadline = now + keepalive.probe_timeout;
                 *watch = Watch::Probing { sent: now };
                 self.timers.set_in(Lane::Probe, id, deadline);
-                self.outputs.push_back(Output::Probe(ProbeRequest {
+                self.outputs.push(Output::Probe(ProbeRequest {
                     attempt,
                     server: id,
                 }));

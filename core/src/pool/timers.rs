@@ -150,7 +150,9 @@ impl Timers {
     /// A table for `servers` servers.
     pub(crate) fn with_servers(servers: usize) -> Self {
         Self {
-            heap: Vec::new(),
+            // Room for every server backing off at once: reserved up front,
+            // so that no steady input ever grows it.
+            heap: Vec::with_capacity(servers),
             server_pos: vec![NONE; servers],
             nodes: vec![FREE_NODE; servers],
             lanes: [LaneEnds {
