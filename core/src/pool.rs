@@ -5,6 +5,7 @@
 //! comes out of [`PoolState::poll_timeout`]. Nothing here reads a clock,
 //! draws randomness or touches the network.
 
+mod clock;
 mod commands;
 mod dials;
 mod links;
@@ -36,6 +37,7 @@ use crate::status::{
     LastError, LinkCounts, PoolHealth, ProxyState, ServerError, ServerHealth, ServerState,
     ServerStatus,
 };
+use clock::{Clock, Tick};
 use links::{Link, LinkState, Links};
 use queue::OutputQueue;
 use timers::{Lane, TimerKey, Timers};
@@ -70,23 +72,23 @@ enum State {
     /// a command asks or maintenance restarts.
     GaveUp,
     /// Waits `until` before it is redialed.
-    BackingOff { until: Instant },
+    BackingOff { until: Tick },
     /// Queued for the proxy: dialed once a probe dial gets through.
     WaitingForProxy,
     /// Dial `attempt` in flight; abandoned at `until`.
-    Dialing { attempt: AttemptId, until: Instant },
+    Dialing { attempt: AttemptId, until: Tick },
     /// Connected through `attempt`'s link since `since`.
     Connected {
         attempt: AttemptId,
-        since: Instant,
+        since: Tick,
         /// The last sign of life: a line read, a probe answered.
-        last_active: Instant,
+        last_active: Tick,
         watch: Watch,
     },
     /// Close of `attempt`'s link requested; given up on at `until`.
     Closing {
         attempt: AttemptId,
-        until: Instant,
+        until: Tick,
         /// A connect command arrived while closing: dial as soon as the
         /// close ends (the command waits for that dial).
         redial: bool,
@@ -104,7 +106,7 @@ impl State {
 
     /// A connected server's keepalive state: its last sign of life and its
     /// watch.
-    fn keepalive(&mut self) -> Option<(&mut Instant, &mut Watch)> {
+    fn keepalive(&mut self) -> Option<(&mut Tick, &mut Watch)> {
         match self {
             State::Connected {
                 last_active, watch, ..
@@ -134,9 +136,27 @@ enum Watch {
     Quiet,
     /// A probe is out since `sent`; without a sign of life by `sent +
     /// keepalive.probe_timeout` the link is lost.
-    Probing { sent: Instant },
+    Probing { sent: Tick },
     /// The link has no probe its peer answers: watched only for its end.
     Passive,
+}
+
+/// A probe's round trip in nanoseconds, or none: 8 bytes where an
+/// `Option<Duration>` takes 16, in every server's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RoundTrip(u64);
+
+impl RoundTrip {
+    const NONE: RoundTrip = RoundTrip(u64::MAX);
+
+    /// `rtt`, saturating a little short of 584 years.
+    fn of(rtt: Duration) -> Self {
+        RoundTrip(u64::try_from(rtt.as_nanos()).map_or(u64::MAX - 1, |n| n.min(u64::MAX - 1)))
+    }
+
+    fn get(self) -> Option<Duration> {
+        (self != Self::NONE).then(|| Duration::from_nanos(self.0))
+    }
 }
 
 #[derive(Debug)]
@@ -146,12 +166,13 @@ struct Server {
     /// Exponent of the next backoff delay.
     backoff_step: u32,
     consecutive_failures: u32,
-    attempts: u64,
+    /// Dials started (saturates; at one a second, after 136 years).
+    attempts: u32,
     last_failure: Option<DialFailure>,
-    /// The latest failed dial or lost link (for health reports).
-    last_error: Option<LastError>,
+    /// The latest failed dial or lost link (for health reports), and when.
+    last_error: Option<(ServerError, Tick)>,
     /// The current link's last probe round trip; cleared on connecting.
-    last_probe_rtt: Option<Duration>,
+    last_probe_rtt: RoundTrip,
     /// Maintenance's retry budget for this server is spent (until a
     /// success or a maintenance restart): it rests in [`State::GaveUp`]
     /// rather than [`State::Idle`], and only a retry command redials it.
@@ -208,7 +229,7 @@ struct ProxyHealth {
     /// Backoff step of the probes.
     step: u32,
     probe: Option<AttemptId>,
-    probe_at: Option<Instant>,
+    probe_at: Option<Tick>,
     waiters: VecDeque<ServerId>,
 }
 
@@ -269,7 +290,7 @@ pub struct PoolState {
     next_operation: u64,
     outputs: OutputQueue,
     rng: JitterRng,
-    now: Option<Instant>,
+    time: Clock,
     maintenance: bool,
     connected: usize,
     all_down: bool,
@@ -342,7 +363,7 @@ impl PoolState {
                 attempts: 0,
                 last_failure: None,
                 last_error: None,
-                last_probe_rtt: None,
+                last_probe_rtt: RoundTrip::NONE,
                 gave_up: false,
             });
         }
@@ -405,7 +426,7 @@ impl PoolState {
             next_operation: 0,
             outputs,
             rng: JitterRng::new(entropy.jitter_seed),
-            now: None,
+            time: Clock::default(),
             maintenance: false,
             connected: 0,
             all_down: false,
@@ -480,7 +501,7 @@ impl PoolState {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        self.timers.next().map(|at| self.time.instant(at))
     }
 
     /// Time only moves forward: an earlier `now` counts as the latest seen.
@@ -495,16 +516,8 @@ impl PoolState {
         }
     }
 
-    fn clock(&mut self, now: Instant) -> Instant {
-        if self.now.is_none() {
-            self.timers.start(now);
-        }
-        let now = match self.now {
-            Some(latest) if latest > now => latest,
-            _ => now,
-        };
-        self.now = Some(now);
-        now
+    fn clock(&mut self, now: Instant) -> Tick {
+        self.time.advance(now)
     }
 
     fn notify(&mut self, notification: Notification) {
@@ -525,7 +538,7 @@ impl PoolState {
     }
 
     /// Acts on a deadline that has come.
-    fn fire(&mut self, now: Instant, key: TimerKey) {
+    fn fire(&mut self, now: Tick, key: TimerKey) {
         match key {
             TimerKey::Server(id) => match self.servers[id.index()].state {
                 State::Dialing { attempt, .. } => {

@@ -4,7 +4,7 @@
 use super::*;
 
 impl PoolState {
-    pub(super) fn dial(&mut self, now: Instant, id: ServerId) -> AttemptId {
+    pub(super) fn dial(&mut self, now: Tick, id: ServerId) -> AttemptId {
         let deadline = now + self.connection_timeout;
         let attempt = self.links.insert(Link {
             server: id,
@@ -16,7 +16,7 @@ impl PoolState {
             attempt,
             until: deadline,
         });
-        server.attempts += 1;
+        server.attempts = server.attempts.saturating_add(1);
         // Replaces a pending redial, if any. A server waiting for the proxy
         // stays in its queue; the queue skips it when its turn comes.
         self.timers.set_in(Lane::Dial, id, deadline);
@@ -25,7 +25,7 @@ impl PoolState {
             server: id,
             addr: Arc::clone(&server.addr),
             credentials: self.credentials.of(id),
-            deadline,
+            deadline: self.time.instant(deadline),
         }));
         attempt
     }
@@ -57,7 +57,7 @@ impl PoolState {
                 });
                 server.consecutive_failures = 0;
                 server.gave_up = false;
-                server.last_probe_rtt = None;
+                server.last_probe_rtt = RoundTrip::NONE;
                 self.connected += 1;
                 self.timers
                     .set_in(Lane::Idle, id, now + self.keepalive.idle);
@@ -113,7 +113,7 @@ impl PoolState {
 
     pub(super) fn fail_attempt(
         &mut self,
-        now: Instant,
+        now: Tick,
         attempt: AttemptId,
         id: ServerId,
         failure: DialFailure,
@@ -126,10 +126,7 @@ impl PoolState {
         }
         let server = &mut self.servers[id.index()];
         server.last_failure = Some(failure);
-        server.last_error = Some(LastError {
-            error: ServerError::Dial(failure),
-            at: now,
-        });
+        server.last_error = Some((ServerError::Dial(failure), now));
 
         match failure.scope() {
             FailureScope::Proxy => {
@@ -151,7 +148,7 @@ impl PoolState {
                     server: id,
                     attempt,
                     failure,
-                    retry_at,
+                    retry_at: retry_at.map(|at| self.time.instant(at)),
                     detail,
                 });
                 if newly_down {
@@ -182,7 +179,7 @@ impl PoolState {
                     server: id,
                     attempt,
                     failure,
-                    retry_at,
+                    retry_at: retry_at.map(|at| self.time.instant(at)),
                     detail,
                 });
                 if gives_up {
@@ -222,7 +219,7 @@ impl PoolState {
     }
 
     /// A registered link is gone without our asking.
-    pub(super) fn lose(&mut self, now: Instant, attempt: AttemptId, id: ServerId, loss: LinkLoss) {
+    pub(super) fn lose(&mut self, now: Tick, attempt: AttemptId, id: ServerId, loss: LinkLoss) {
         self.links.remove(attempt);
         let stable_after = self.maintenance_policy.stable_after;
         let server = &mut self.servers[id.index()];
@@ -230,15 +227,12 @@ impl PoolState {
             // A link that stayed up long enough earns a fresh backoff; one
             // that died young keeps climbing, so a flapping directory is not
             // hammered.
-            if now.saturating_duration_since(since) >= stable_after {
+            if now.saturating_since(since) >= stable_after {
                 server.backoff_step = 0;
             }
         }
         server.rest();
-        server.last_error = Some(LastError {
-            error: ServerError::Link(loss),
-            at: now,
-        });
+        server.last_error = Some((ServerError::Link(loss), now));
         self.connected -= 1;
         self.notify(Notification::Disconnected {
             server: id,
@@ -288,7 +282,7 @@ impl PoolState {
     /// A registered connection's close ended (done, failed or timed out).
     pub(super) fn closed(
         &mut self,
-        now: Instant,
+        now: Tick,
         attempt: AttemptId,
         id: ServerId,
         reason: DisconnectReason,
@@ -320,7 +314,7 @@ impl PoolState {
     }
 
     /// Closes `server`'s registered connection (made by `attempt`).
-    pub(super) fn request_close(&mut self, now: Instant, attempt: AttemptId, server: ServerId) {
+    pub(super) fn request_close(&mut self, now: Tick, attempt: AttemptId, server: ServerId) {
         let until = now + self.close_timeout;
         self.servers[server.index()].enter(State::Closing {
             attempt,
@@ -331,12 +325,7 @@ impl PoolState {
     }
 
     /// Closes the connection a late success of an abandoned dial made.
-    pub(super) fn request_stray_close(
-        &mut self,
-        now: Instant,
-        attempt: AttemptId,
-        server: ServerId,
-    ) {
+    pub(super) fn request_stray_close(&mut self, now: Tick, attempt: AttemptId, server: ServerId) {
         let until = now + self.close_timeout;
         self.close_output(attempt, TimerKey::StrayClose(attempt), server, until, true);
     }
@@ -346,7 +335,7 @@ impl PoolState {
         attempt: AttemptId,
         key: TimerKey,
         server: ServerId,
-        deadline: Instant,
+        deadline: Tick,
         stray: bool,
     ) {
         match key {
@@ -357,7 +346,7 @@ impl PoolState {
             attempt,
             server,
             stray,
-            deadline,
+            deadline: self.time.instant(deadline),
         }));
     }
 }

@@ -30,8 +30,8 @@ impl PoolState {
                     *watch = Watch::Quiet;
                     self.timers.set_in(Lane::Idle, id, now + idle);
                     if answer {
-                        let rtt = now.saturating_duration_since(sent);
-                        server.last_probe_rtt = Some(rtt);
+                        let rtt = now.saturating_since(sent);
+                        server.last_probe_rtt = RoundTrip::of(rtt);
                         self.notify(Notification::ProbeAnswered {
                             server: id,
                             attempt,
@@ -49,7 +49,7 @@ impl PoolState {
     /// The keepalive timer of an open link fired: probe it if it has been
     /// quiet for `idle`, declare it lost if its probe went unanswered, else
     /// re-arm at the link's next due instant.
-    pub(super) fn keepalive_due(&mut self, now: Instant, attempt: AttemptId, id: ServerId) {
+    pub(super) fn keepalive_due(&mut self, now: Tick, attempt: AttemptId, id: ServerId) {
         let keepalive = self.keepalive;
         let Some((last_active, watch)) = self.servers[id.index()].state.keepalive() else {
             return;

@@ -47,7 +47,7 @@ impl PoolState {
     }
 
     /// Dial now if the proxy is up, else queue for the proxy.
-    pub(super) fn redial(&mut self, now: Instant, id: ServerId) {
+    pub(super) fn redial(&mut self, now: Tick, id: ServerId) {
         if self.proxy.down {
             self.wait_for_proxy(now, id);
         } else {
@@ -56,7 +56,7 @@ impl PoolState {
     }
 
     /// Schedules the server's next dial on its backoff, if anything wants it.
-    pub(super) fn schedule_retry(&mut self, now: Instant, id: ServerId) -> Option<Instant> {
+    pub(super) fn schedule_retry(&mut self, now: Tick, id: ServerId) -> Option<Tick> {
         let backoff = self.backoff_for(id)?;
         if self.proxy.down {
             return self.wait_for_proxy(now, id);
@@ -69,7 +69,7 @@ impl PoolState {
         Some(at)
     }
 
-    pub(super) fn wait_for_proxy(&mut self, now: Instant, id: ServerId) -> Option<Instant> {
+    pub(super) fn wait_for_proxy(&mut self, now: Tick, id: ServerId) -> Option<Tick> {
         let server = &mut self.servers[id.index()];
         if let State::BackingOff { .. } = server.state {
             self.timers.cancel(TimerKey::Server(id));
@@ -85,7 +85,7 @@ impl PoolState {
 
     /// While the proxy is down and servers wait for it, keep exactly one
     /// probe scheduled or in flight.
-    pub(super) fn keep_probing(&mut self, now: Instant) {
+    pub(super) fn keep_probing(&mut self, now: Tick) {
         if !self.proxy.down
             || self.proxy.probe.is_some()
             || self.proxy.probe_at.is_some()
@@ -107,7 +107,7 @@ impl PoolState {
 
     /// A dial got through the proxy: it is up. Servers that waited for it
     /// are dialed now.
-    pub(super) fn proxy_up(&mut self, now: Instant) {
+    pub(super) fn proxy_up(&mut self, now: Tick) {
         if !self.proxy.down {
             return;
         }

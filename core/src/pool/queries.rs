@@ -60,21 +60,24 @@ impl PoolState {
             server,
             addr: Arc::clone(&s.addr),
             state: s.state.public(),
-            attempts: s.attempts,
+            attempts: u64::from(s.attempts),
             consecutive_failures: s.consecutive_failures,
             last_failure: s.last_failure,
-            last_error: s.last_error,
+            last_error: s.last_error.map(|(error, at)| LastError {
+                error,
+                at: self.time.instant(at),
+            }),
             connected_since: match s.state {
-                State::Connected { since, .. } => Some(since),
+                State::Connected { since, .. } => Some(self.time.instant(since)),
                 _ => None,
             },
             last_active: match s.state {
-                State::Connected { last_active, .. } => Some(last_active),
+                State::Connected { last_active, .. } => Some(self.time.instant(last_active)),
                 _ => None,
             },
-            last_probe_rtt: s.last_probe_rtt,
+            last_probe_rtt: s.last_probe_rtt.get(),
             next_retry_at: match s.state {
-                State::BackingOff { until } => Some(until),
+                State::BackingOff { until } => Some(self.time.instant(until)),
                 _ => None,
             },
         })

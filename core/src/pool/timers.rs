@@ -17,17 +17,16 @@
 //! lanes' heads: a 100,000-server pool pays for its heap only for the
 //! servers backing off.
 //!
-//! A heap entry is 24 bytes: the deadline as nanoseconds since the table's
-//! epoch (the machine's first `now`; no deadline is earlier), the order it
-//! was set in, and a 32-bit slot. Small entries keep a 100,000-server heap
+//! A heap entry is 24 bytes: the deadline as a [`Tick`], the order it was
+//! set in, and a 32-bit slot. Small entries keep a 100,000-server heap
 //! in cache, and the slot finds the key's position without a branch on its
 //! kind: per-server keys (the hot path) use their index, the rare pool-wide
 //! ones (proxy probe, operation deadlines, closes of connections that were
 //! never registered) a slot of a small slab. Once warm, setting and
 //! cancelling allocate nothing.
 
+use super::clock::Tick;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use crate::output::{AttemptId, OperationId, ServerId};
 
@@ -70,14 +69,14 @@ impl Lane {
 /// A server's place in its lane.
 #[derive(Debug, Clone, Copy)]
 struct LaneNode {
-    at: u64,
+    at: Tick,
     seq: u64,
     prev: u32,
     next: u32,
 }
 
 const FREE_NODE: LaneNode = LaneNode {
-    at: 0,
+    at: Tick::ZERO,
     seq: 0,
     prev: NONE,
     next: NONE,
@@ -102,8 +101,7 @@ const IN_LANE: u32 = 1 << 31;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    /// Nanoseconds since the epoch.
-    at: u64,
+    at: Tick,
     seq: u64,
     slot: u32,
 }
@@ -135,8 +133,6 @@ pub(crate) struct Timers {
     nodes: Vec<LaneNode>,
     lanes: [LaneEnds; LANES],
     others: OtherKeys,
-    /// The instant tick 0 stands for.
-    epoch: Option<Instant>,
     seq: u64,
 }
 
@@ -160,28 +156,8 @@ impl Timers {
                 tail: NONE,
             }; LANES],
             others: OtherKeys::default(),
-            epoch: None,
             seq: 0,
         }
-    }
-
-    /// Fixes the epoch at the machine's first `now` (before any deadline is
-    /// set; later calls change nothing).
-    pub(crate) fn start(&mut self, now: Instant) {
-        self.epoch.get_or_insert(now);
-    }
-
-    /// `at` in ticks. An instant before the epoch (none is, the machine's
-    /// clock starting there) would count as the epoch: already due.
-    fn ticks(&mut self, at: Instant) -> u64 {
-        let epoch = *self.epoch.get_or_insert(at);
-        u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    fn instant(&self, ticks: u64) -> Instant {
-        // Set whenever an entry exists.
-        self.epoch
-            .map_or_else(Instant::now, |epoch| epoch + Duration::from_nanos(ticks))
     }
 
     /// The slot `key` has, if it has a deadline.
@@ -220,13 +196,12 @@ impl Timers {
 
     /// Sets server `id`'s deadline to `at`, one of `lane`'s: at the lane's
     /// end if no earlier than its last, else in the heap.
-    pub(crate) fn set_in(&mut self, lane: Lane, id: ServerId, at: Instant) {
+    pub(crate) fn set_in(&mut self, lane: Lane, id: ServerId, at: Tick) {
         let index = id.index();
         if index >= self.server_pos.len() {
             self.server_pos.resize(index + 1, NONE);
             self.nodes.resize(index + 1, FREE_NODE);
         }
-        let at = self.ticks(at);
         let location = IN_LANE | lane as u32;
         let lane = lane.index();
         self.detach(index);
@@ -283,8 +258,8 @@ impl Timers {
 
     /// The lane whose head is the earliest of the lanes', with its
     /// `(at, seq)`.
-    fn earliest_lane(&self) -> Option<(usize, (u64, u64))> {
-        let mut best: Option<(usize, (u64, u64))> = None;
+    fn earliest_lane(&self) -> Option<(usize, (Tick, u64))> {
+        let mut best: Option<(usize, (Tick, u64))> = None;
         for (lane, ends) in self.lanes.iter().enumerate() {
             if ends.head == NONE {
                 continue;
@@ -300,7 +275,7 @@ impl Timers {
 
     /// Where the earliest deadline is: the heap's root (`None`) or a lane's
     /// head, with its tick.
-    fn earliest(&self) -> Option<(Option<usize>, u64)> {
+    fn earliest(&self) -> Option<(Option<usize>, Tick)> {
         let heap = self.heap.first().map(|e| (e.at, e.seq));
         match (heap, self.earliest_lane()) {
             (None, None) => None,
@@ -363,9 +338,8 @@ impl Timers {
     }
 
     /// Sets `key`'s deadline to `at`, replacing the one it had.
-    pub(crate) fn set(&mut self, key: TimerKey, at: Instant) {
+    pub(crate) fn set(&mut self, key: TimerKey, at: Tick) {
         self.seq += 1;
-        let at = self.ticks(at);
         let slot = self.take_slot(key);
         if let Some(lane) = (slot & OTHER == 0)
             .then(|| self.lane_of(slot as usize))
@@ -411,28 +385,28 @@ impl Timers {
 
     /// `key`'s deadline, if it has one.
     #[cfg(test)]
-    fn get(&self, key: TimerKey) -> Option<Instant> {
+    fn get(&self, key: TimerKey) -> Option<Tick> {
         if let TimerKey::Server(id) = key {
             if self.lane_of(id.index()).is_some() {
-                return Some(self.instant(self.nodes[id.index()].at));
+                return Some(self.nodes[id.index()].at);
             }
         }
         let pos = self.pos(self.slot_of(key)?)?;
-        Some(self.instant(self.heap[pos].at))
+        Some(self.heap[pos].at)
     }
 
     /// The earliest deadline.
     #[inline]
-    pub(crate) fn next(&self) -> Option<Instant> {
-        self.earliest().map(|(_, at)| self.instant(at))
+    pub(crate) fn next(&self) -> Option<Tick> {
+        self.earliest().map(|(_, at)| at)
     }
 
     /// Removes and returns the earliest key if its deadline is at or before
     /// `now`.
     #[inline]
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<TimerKey> {
+    pub(crate) fn pop_due(&mut self, now: Tick) -> Option<TimerKey> {
         let (lane, at) = self.earliest()?;
-        if at > self.ticks(now) {
+        if at > now {
             return None;
         }
         Some(match lane {
@@ -524,15 +498,13 @@ mod tests {
     use super::*;
 
     fn drain(timers: &mut Timers) -> Vec<TimerKey> {
-        std::iter::from_fn(|| timers.pop_due(Instant::now() + Duration::from_secs(1 << 40)))
-            .collect()
+        std::iter::from_fn(|| timers.pop_due(Tick::ZERO + Duration::from_secs(1 << 40))).collect()
     }
 
     #[test]
     fn earliest_first_then_order_set() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let mut timers = Timers::default();
-        timers.start(t0);
         let s = |i| TimerKey::Server(ServerId(i));
         timers.set(s(0), t0 + Duration::from_secs(2));
         timers.set(s(1), t0 + Duration::from_secs(1));
@@ -544,10 +516,9 @@ mod tests {
 
     #[test]
     fn one_deadline_per_key() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let at = |s| t0 + Duration::from_secs(s);
         let mut timers = Timers::default();
-        timers.start(t0);
         let key = TimerKey::Server(ServerId(3));
         timers.set(key, at(5));
         timers.set(key, at(1));
@@ -563,7 +534,7 @@ mod tests {
     /// Random sets, cancels and pops match a plain map searched in full.
     #[test]
     fn matches_reference() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let mut state = 0x1234_5678_u64;
         let mut next = move || {
             state = state
@@ -572,8 +543,7 @@ mod tests {
             state >> 33
         };
         let mut timers = Timers::default();
-        timers.start(t0);
-        let mut reference: BTreeMap<TimerKey, (Instant, u64)> = BTreeMap::new();
+        let mut reference: BTreeMap<TimerKey, (Tick, u64)> = BTreeMap::new();
         let mut seq = 0;
         for round in 0..30_000 {
             let key = match next() % 8 {
