@@ -66,13 +66,16 @@ impl Lane {
     }
 }
 
-/// A server's place in its lane.
+/// Where a server's deadline is, and its place in its lane while it is in
+/// one: 24 bytes per server.
 #[derive(Debug, Clone, Copy)]
 struct LaneNode {
     at: Tick,
-    seq: u64,
+    seq: u32,
     prev: u32,
     next: u32,
+    /// Its heap position, `IN_LANE | lane`, or [`NONE`].
+    loc: u32,
 }
 
 const FREE_NODE: LaneNode = LaneNode {
@@ -80,6 +83,7 @@ const FREE_NODE: LaneNode = LaneNode {
     seq: 0,
     prev: NONE,
     next: NONE,
+    loc: NONE,
 };
 
 /// First and last server of a lane, or [`NONE`].
@@ -99,10 +103,11 @@ const OTHER: u32 = 1 << 31;
 /// locations are heap positions.
 const IN_LANE: u32 = 1 << 31;
 
+/// 16 bytes: a 100,000-entry heap fits in 1.6 MB.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     at: Tick,
-    seq: u64,
+    seq: u32,
     slot: u32,
 }
 
@@ -126,14 +131,17 @@ struct OtherKeys {
 #[derive(Debug)]
 pub(crate) struct Timers {
     heap: Vec<Entry>,
-    /// Where each server's deadline is: its heap position, `IN_LANE |
-    /// lane`, or [`NONE`].
-    server_pos: Vec<u32>,
-    /// Each server's place in its lane (meaningful while it is in one).
+    /// Each server's deadline's location and lane place.
     nodes: Vec<LaneNode>,
     lanes: [LaneEnds; LANES],
     others: OtherKeys,
-    seq: u64,
+    /// The order of the last deadline set. A `u32`, renumbered when it
+    /// runs out (once per 4 billion deadlines set; see
+    /// [`renumber`](Self::renumber)).
+    seq: u32,
+    /// The last order number handed out before renumbering (lower in
+    /// tests).
+    seq_limit: u32,
 }
 
 impl Default for Timers {
@@ -149,7 +157,6 @@ impl Timers {
             // Room for every server backing off at once: reserved up front,
             // so that no steady input ever grows it.
             heap: Vec::with_capacity(servers),
-            server_pos: vec![NONE; servers],
             nodes: vec![FREE_NODE; servers],
             lanes: [LaneEnds {
                 head: NONE,
@@ -157,6 +164,7 @@ impl Timers {
             }; LANES],
             others: OtherKeys::default(),
             seq: 0,
+            seq_limit: u32::MAX,
         }
     }
 
@@ -181,7 +189,7 @@ impl Timers {
     /// has the lane bit too).
     fn pos(&self, slot: u32) -> Option<usize> {
         let pos = if slot & OTHER == 0 {
-            *self.server_pos.get(slot as usize)?
+            self.nodes.get(slot as usize)?.loc
         } else {
             self.others.slots.get((slot & !OTHER) as usize)?.as_ref()?.1
         };
@@ -190,7 +198,7 @@ impl Timers {
 
     /// The lane server `index`'s deadline is in, if it is in one.
     fn lane_of(&self, index: usize) -> Option<usize> {
-        let loc = *self.server_pos.get(index)?;
+        let loc = self.nodes.get(index)?.loc;
         (loc != NONE && loc & IN_LANE != 0).then_some((loc & !IN_LANE) as usize)
     }
 
@@ -198,8 +206,7 @@ impl Timers {
     /// end if no earlier than its last, else in the heap.
     pub(crate) fn set_in(&mut self, lane: Lane, id: ServerId, at: Tick) {
         let index = id.index();
-        if index >= self.server_pos.len() {
-            self.server_pos.resize(index + 1, NONE);
+        if index >= self.nodes.len() {
             self.nodes.resize(index + 1, FREE_NODE);
         }
         let location = IN_LANE | lane as u32;
@@ -208,20 +215,21 @@ impl Timers {
         let tail = self.lanes[lane].tail;
         if tail != NONE && self.nodes[tail as usize].at > at {
             // Out of order (a re-arm from an older sign of life).
-            self.seq += 1;
+            let seq = self.next_seq();
             self.push_heap(Entry {
                 at,
-                seq: self.seq,
+                seq,
                 slot: id.0,
             });
             return;
         }
-        self.seq += 1;
+        let seq = self.next_seq();
         self.nodes[index] = LaneNode {
             at,
-            seq: self.seq,
+            seq,
             prev: tail,
             next: NONE,
+            loc: location,
         };
         if tail == NONE {
             self.lanes[lane].head = id.0;
@@ -229,7 +237,6 @@ impl Timers {
             self.nodes[tail as usize].next = id.0;
         }
         self.lanes[lane].tail = id.0;
-        self.server_pos[index] = location;
     }
 
     /// Takes server `index`'s deadline out of its lane or the heap.
@@ -253,13 +260,13 @@ impl Timers {
         } else {
             self.nodes[next as usize].prev = prev;
         }
-        self.server_pos[index] = NONE;
+        self.nodes[index].loc = NONE;
     }
 
     /// The lane whose head is the earliest of the lanes', with its
     /// `(at, seq)`.
-    fn earliest_lane(&self) -> Option<(usize, (Tick, u64))> {
-        let mut best: Option<(usize, (Tick, u64))> = None;
+    fn earliest_lane(&self) -> Option<(usize, (Tick, u32))> {
+        let mut best: Option<(usize, (Tick, u32))> = None;
         for (lane, ends) in self.lanes.iter().enumerate() {
             if ends.head == NONE {
                 continue;
@@ -294,7 +301,7 @@ impl Timers {
         )]
         let pos = pos as u32;
         if slot & OTHER == 0 {
-            self.server_pos[slot as usize] = pos;
+            self.nodes[slot as usize].loc = pos;
         } else if let Some(Some((_, at))) = self.others.slots.get_mut((slot & !OTHER) as usize) {
             *at = pos;
         }
@@ -303,8 +310,7 @@ impl Timers {
     /// A slot for `key`, taken if it had none.
     fn take_slot(&mut self, key: TimerKey) -> u32 {
         if let Some(slot) = self.slot_of(key) {
-            if slot & OTHER == 0 && slot as usize >= self.server_pos.len() {
-                self.server_pos.resize(slot as usize + 1, NONE);
+            if slot & OTHER == 0 && slot as usize >= self.nodes.len() {
                 self.nodes.resize(slot as usize + 1, FREE_NODE);
             }
             return slot;
@@ -327,7 +333,7 @@ impl Timers {
     /// Forgets `slot`'s heap position; a pool-wide key's slot goes back to the slab.
     fn release(&mut self, slot: u32) {
         if slot & OTHER == 0 {
-            self.server_pos[slot as usize] = NONE;
+            self.nodes[slot as usize].loc = NONE;
         } else {
             let index = slot & !OTHER;
             if let Some((key, _)) = self.others.slots[index as usize].take() {
@@ -339,7 +345,7 @@ impl Timers {
 
     /// Sets `key`'s deadline to `at`, replacing the one it had.
     pub(crate) fn set(&mut self, key: TimerKey, at: Tick) {
-        self.seq += 1;
+        let seq = self.next_seq();
         let slot = self.take_slot(key);
         if let Some(lane) = (slot & OTHER == 0)
             .then(|| self.lane_of(slot as usize))
@@ -347,12 +353,44 @@ impl Timers {
         {
             self.unlink(lane, slot as usize);
         }
-        let entry = Entry {
-            at,
-            seq: self.seq,
-            slot,
-        };
+        let entry = Entry { at, seq, slot };
         self.push_heap(entry);
+    }
+
+    /// The order number of a deadline being set now.
+    fn next_seq(&mut self) -> u32 {
+        if self.seq >= self.seq_limit {
+            self.renumber();
+        }
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Gives the deadlines set so far the order numbers 1, 2, 3, … in the
+    /// order they were set, so that order numbers stay in a `u32` (half the
+    /// size of a heap entry's `u64`). Only their order is ever compared, so
+    /// nothing else changes; the heap stays a heap. O(n log n), once per
+    /// 4 billion deadlines set.
+    fn renumber(&mut self) {
+        // (old order, where: heap position or IN_LANE | server index)
+        let mut live: Vec<(u32, u32)> = Vec::with_capacity(self.heap.len() + self.nodes.len());
+        for (pos, entry) in self.heap.iter().enumerate() {
+            live.push((entry.seq, u32::try_from(pos).unwrap_or(NONE)));
+        }
+        for (index, node) in self.nodes.iter().enumerate() {
+            if node.loc != NONE && node.loc & IN_LANE != 0 {
+                live.push((node.seq, IN_LANE | u32::try_from(index).unwrap_or(NONE)));
+            }
+        }
+        live.sort_unstable();
+        for (new, &(_, at)) in (1..).zip(&live) {
+            if at & IN_LANE == 0 {
+                self.heap[at as usize].seq = new;
+            } else {
+                self.nodes[(at & !IN_LANE) as usize].seq = new;
+            }
+        }
+        self.seq = u32::try_from(live.len()).unwrap_or(u32::MAX);
     }
 
     /// Puts `entry` in the heap, moving its slot's entry if it has one.
@@ -427,9 +465,9 @@ impl Timers {
     #[cfg(test)]
     fn len(&self) -> usize {
         let in_lanes = self
-            .server_pos
+            .nodes
             .iter()
-            .filter(|&&loc| loc != NONE && loc & IN_LANE != 0)
+            .filter(|node| node.loc != NONE && node.loc & IN_LANE != 0)
             .count();
         self.heap.len() + in_lanes
     }
@@ -534,6 +572,16 @@ mod tests {
     /// Random sets, cancels and pops match a plain map searched in full.
     #[test]
     fn matches_reference() {
+        check_against_reference(u32::MAX);
+    }
+
+    /// The same with order numbers renumbered every few dozen sets.
+    #[test]
+    fn renumbering_keeps_the_order() {
+        check_against_reference(64);
+    }
+
+    fn check_against_reference(seq_limit: u32) {
         let t0 = Tick::ZERO;
         let mut state = 0x1234_5678_u64;
         let mut next = move || {
@@ -542,7 +590,10 @@ mod tests {
                 .wrapping_add(1_442_695_040_888_963_407);
             state >> 33
         };
-        let mut timers = Timers::default();
+        let mut timers = Timers {
+            seq_limit,
+            ..Timers::default()
+        };
         let mut reference: BTreeMap<TimerKey, (Tick, u64)> = BTreeMap::new();
         let mut seq = 0;
         for round in 0..30_000 {
