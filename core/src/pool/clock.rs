@@ -18,6 +18,11 @@ pub(crate) struct Tick(u64);
 impl Tick {
     /// The epoch.
     pub(crate) const ZERO: Tick = Tick(0);
+
+    /// `at` as a tick of a clock started at `epoch` (zero before it).
+    fn since(epoch: Instant, at: Instant) -> Tick {
+        Tick(u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX))
+    }
     /// How long after `earlier` this is (zero if it is not after).
     pub(crate) fn saturating_since(self, earlier: Tick) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
@@ -36,7 +41,8 @@ impl Add<Duration> for Tick {
 /// The epoch and the latest `now`: time only moves forward.
 #[derive(Debug, Default)]
 pub(crate) struct Clock {
-    epoch: Option<Instant>,
+    /// The first `now`, and the latest (as given and as a tick).
+    epoch_latest: Option<(Instant, Instant)>,
     now: Tick,
 }
 
@@ -44,21 +50,17 @@ impl Clock {
     /// Takes `now` from the caller: the epoch on the first call; an earlier
     /// `now` than the latest counts as the latest.
     pub(crate) fn advance(&mut self, now: Instant) -> Tick {
-        let tick = self.tick(now);
-        self.epoch.get_or_insert(now);
-        self.now = self.now.max(tick);
-        self.now
-    }
-
-    /// `at` as a tick (the epoch for an instant before it, or before any
-    /// `now` was given).
-    pub(crate) fn tick(&self, at: Instant) -> Tick {
-        match self.epoch {
-            Some(epoch) => Tick(
-                u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX),
-            ),
-            None => Tick(0),
+        match &mut self.epoch_latest {
+            // Most inputs come at the instant of the one before: one
+            // comparison, no conversion.
+            Some((_, latest)) if now <= *latest => {}
+            Some((epoch, latest)) => {
+                *latest = now;
+                self.now = Tick::since(*epoch, now);
+            }
+            None => self.epoch_latest = Some((now, now)),
         }
+        self.now
     }
 
     /// `tick` as an instant.
@@ -69,7 +71,9 @@ impl Clock {
     /// out, comes from an input given a `now` (the fuzz targets drive every
     /// query on a fresh machine too).
     pub(crate) fn instant(&self, tick: Tick) -> Instant {
-        let epoch = self.epoch.expect("no tick exists before the first now");
+        let (epoch, _) = self
+            .epoch_latest
+            .expect("no tick exists before the first now");
         epoch + Duration::from_nanos(tick.0)
     }
 }
@@ -92,7 +96,7 @@ mod tests {
             tick,
             "an earlier now counts as the latest"
         );
-        assert_eq!(clock.tick(t0 - Duration::from_secs(1)), Tick(0));
+        assert_eq!(Tick::since(t0, t0 - Duration::from_secs(1)), Tick(0));
         assert_eq!(
             tick.saturating_since(Tick(0)),
             Duration::from_nanos(1_234_567_891)

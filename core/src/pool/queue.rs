@@ -53,22 +53,26 @@ impl OutputQueue {
         self.queue.push_back(output);
     }
 
+    #[inline]
     pub(crate) fn pop(&mut self) -> Option<Output> {
-        let output = self.queue.pop_front()?;
-        self.taken += 1;
-        if self.queue.is_empty() {
-            self.emptied();
+        let output = self.queue.pop_front();
+        if output.is_some() {
+            self.taken += 1;
+            if self.queue.is_empty() {
+                self.peak = self.peak.max(self.taken);
+                self.taken = 0;
+                self.emptyings += 1;
+                if self.emptyings >= self.window {
+                    self.end_window();
+                }
+            }
         }
-        Some(output)
+        output
     }
 
-    fn emptied(&mut self) {
-        self.peak = self.peak.max(self.taken);
-        self.taken = 0;
-        self.emptyings += 1;
-        if self.emptyings < self.window {
-            return;
-        }
+    #[cold]
+    #[inline(never)]
+    fn end_window(&mut self) {
         let keep = 4 * self.peak.max(FLOOR);
         if self.queue.capacity() > 4 * keep {
             self.queue.shrink_to(keep);

@@ -134,6 +134,8 @@ pub(crate) struct Timers {
     /// Each server's deadline's location and lane place.
     nodes: Vec<LaneNode>,
     lanes: [LaneEnds; LANES],
+    /// Bit `i` set: lane `i` is not empty (most are, most of the time).
+    busy_lanes: u8,
     others: OtherKeys,
     /// The order of the last deadline set. A `u32`, renumbered when it
     /// runs out (once per 4 billion deadlines set; see
@@ -162,6 +164,7 @@ impl Timers {
                 head: NONE,
                 tail: NONE,
             }; LANES],
+            busy_lanes: 0,
             others: OtherKeys::default(),
             seq: 0,
             seq_limit: u32::MAX,
@@ -233,6 +236,7 @@ impl Timers {
         };
         if tail == NONE {
             self.lanes[lane].head = id.0;
+            self.busy_lanes |= 1 << lane;
         } else {
             self.nodes[tail as usize].next = id.0;
         }
@@ -257,6 +261,9 @@ impl Timers {
         }
         if next == NONE {
             self.lanes[lane].tail = prev;
+            if prev == NONE {
+                self.busy_lanes &= !(1 << lane);
+            }
         } else {
             self.nodes[next as usize].prev = prev;
         }
@@ -267,11 +274,11 @@ impl Timers {
     /// `(at, seq)`.
     fn earliest_lane(&self) -> Option<(usize, (Tick, u32))> {
         let mut best: Option<(usize, (Tick, u32))> = None;
-        for (lane, ends) in self.lanes.iter().enumerate() {
-            if ends.head == NONE {
-                continue;
-            }
-            let node = &self.nodes[ends.head as usize];
+        let mut busy = self.busy_lanes;
+        while busy != 0 {
+            let lane = busy.trailing_zeros() as usize;
+            busy &= busy - 1;
+            let node = &self.nodes[self.lanes[lane].head as usize];
             let order = (node.at, node.seq);
             if best.is_none_or(|(_, b)| order < b) {
                 best = Some((lane, order));
@@ -282,6 +289,7 @@ impl Timers {
 
     /// Where the earliest deadline is: the heap's root (`None`) or a lane's
     /// head, with its tick.
+    #[inline]
     fn earliest(&self) -> Option<(Option<usize>, Tick)> {
         let heap = self.heap.first().map(|e| (e.at, e.seq));
         match (heap, self.earliest_lane()) {
@@ -358,6 +366,7 @@ impl Timers {
     }
 
     /// The order number of a deadline being set now.
+    #[inline]
     fn next_seq(&mut self) -> u32 {
         if self.seq >= self.seq_limit {
             self.renumber();
@@ -371,6 +380,8 @@ impl Timers {
     /// size of a heap entry's `u64`). Only their order is ever compared, so
     /// nothing else changes; the heap stays a heap. O(n log n), once per
     /// 4 billion deadlines set.
+    #[cold]
+    #[inline(never)]
     fn renumber(&mut self) {
         // (old order, where: heap position or IN_LANE | server index)
         let mut live: Vec<(u32, u32)> = Vec::with_capacity(self.heap.len() + self.nodes.len());
