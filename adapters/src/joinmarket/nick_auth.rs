@@ -1056,6 +1056,44 @@ mod tests {
     }
 
     #[test]
+    fn strict_der_refuses_each_broken_field() {
+        // r = s = 1: the shortest strict signature.
+        let good = [0x30, 6, 0x02, 1, 1, 0x02, 1, 1];
+        assert!(is_strict_der(&good));
+        for (index, value, what) in [
+            (0, 0x31, "not a SEQUENCE"),
+            (1, 7, "a SEQUENCE length that is not the rest"),
+            (2, 0x03, "r not an INTEGER"),
+            (5, 0x03, "s not an INTEGER"),
+        ] {
+            let mut broken = good;
+            broken[index] = value;
+            assert!(!is_strict_der(&broken), "{what}");
+        }
+        // An empty r, the SEQUENCE's length still right.
+        assert!(!is_strict_der(&[0x30, 6, 0x02, 0, 0x02, 1, 1, 0]));
+    }
+
+    #[test]
+    fn a_compressed_prefix_off_the_curve_is_no_public_key() {
+        // Some x has no y on the curve; find one rather than trust a constant.
+        let off_curve = (0u8..=255)
+            .map(|x| format!("02{}{x:02x}", "00".repeat(31)))
+            .find(|text| {
+                let bytes: Vec<u8> = (0..33)
+                    .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+                    .collect();
+                k256::ecdsa::VerifyingKey::from_sec1_bytes(&bytes).is_err()
+            })
+            .unwrap();
+        assert_eq!(parse_public_key(&off_curve), None);
+        assert_eq!(
+            parse_public_key(NG_PUBKEY).map(|key| hex(&key)),
+            Some(NG_PUBKEY.to_owned())
+        );
+    }
+
+    #[test]
     fn directory_ids_follow_ngs_grammar_and_endpoints() {
         // test_directory_ids_accept_spec_grammar and _reject_values_outside_spec_grammar.
         for good in [
