@@ -404,6 +404,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_line_of_exactly_the_limit_is_read_and_one_byte_more_is_not() {
+        let exact = format!("{}\r\n", "a".repeat(10));
+        let mut reader = LineReader::new(exact.as_bytes(), 10);
+        assert_eq!(reader.next_line().await.unwrap().unwrap(), "a".repeat(10));
+        let over = format!("{}\n", "a".repeat(11));
+        let mut reader = LineReader::new(over.as_bytes(), 10);
+        assert!(matches!(
+            reader.next_line().await,
+            Err(JmError::LineTooLong { limit: 10 })
+        ));
+    }
+
+    #[tokio::test]
     async fn the_reader_reports_the_memory_an_unfinished_line_holds() {
         // What the link reports as the reader's share of its memory.
         let unfinished = vec![b'a'; 5 * READ_CHUNK];
