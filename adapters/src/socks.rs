@@ -934,6 +934,60 @@ mod tests {
         assert!(matches!(err.failure(), DialFailure::Io(_)));
     }
 
+    #[test]
+    fn the_route_is_direct_only_for_an_ip_host_with_direct_clearnet() {
+        let v4 = addr("127.0.0.1:5222");
+        let v6 = addr("[::1]:5222");
+        assert_eq!(route(true, &v4), Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert_eq!(route(true, &v6), Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        for target in [&v4, &v6, &addr(ONION), &addr("localhost:5222")] {
+            assert_eq!(route(false, target), None, "{target}");
+        }
+        assert_eq!(route(true, &addr(ONION)), None);
+        assert_eq!(route(true, &addr("localhost:5222")), None);
+    }
+
+    /// An I/O error in the SOCKS exchange is the proxy's fault only when the
+    /// proxy closed or reset the connection; any other (a timeout, a
+    /// refused permission) is reported against the target.
+    #[test]
+    fn an_io_error_is_a_proxy_protocol_error_only_when_the_proxy_closed() {
+        use io::ErrorKind as K;
+        let proxy = SocketAddr::from((Ipv4Addr::LOCALHOST, 9050));
+        let target = addr(ONION);
+        let map = |kind| {
+            map_socks_error(
+                async_socks5::Error::Io(io::Error::from(kind)),
+                false,
+                proxy,
+                &target,
+                None,
+            )
+        };
+        for kind in [
+            K::UnexpectedEof,
+            K::ConnectionReset,
+            K::ConnectionAborted,
+            K::BrokenPipe,
+        ] {
+            assert!(closed_by_peer(&io::Error::from(kind)), "{kind:?}");
+            assert!(
+                matches!(map(kind), DialError::ProxyProtocol { proxy: p, .. } if p == proxy),
+                "{kind:?}"
+            );
+        }
+        for kind in [K::TimedOut, K::PermissionDenied, K::Other] {
+            assert!(!closed_by_peer(&io::Error::from(kind)), "{kind:?}");
+            match map(kind) {
+                DialError::Io { target: t, source } => {
+                    assert_eq!(t, target.node_id());
+                    assert_eq!(source.kind(), kind);
+                }
+                other => panic!("{kind:?}: {other:?}"),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn direct_route_never_applies_to_onions_or_names() {
         let rt = TokioRuntime::current();

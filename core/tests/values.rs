@@ -261,3 +261,20 @@ fn ids_are_distinct_in_value_and_in_print() {
     assert_eq!((attempts.len(), printed.len(), servers.len()), (3, 3, 3));
     assert!(printed.iter().chain(&servers).all(|text| !text.is_empty()));
 }
+
+#[test]
+fn a_dial_detail_is_equal_to_its_clones_only_and_prints_no_content() {
+    use dirpool_core::DialDetail;
+    use std::sync::Arc;
+    let detail = DialDetail::new("the driver's error");
+    assert_eq!(detail.clone(), detail);
+    // Equal contents in another allocation: another detail.
+    assert_ne!(DialDetail::new("the driver's error"), detail);
+    let shared = Arc::new(7_u32);
+    assert_eq!(
+        DialDetail::from_arc(Arc::clone(&shared)),
+        DialDetail::from_arc(shared)
+    );
+    // The machine never looks inside, and neither does its Debug.
+    assert_eq!(format!("{detail:?}"), "DialDetail(..)");
+}

@@ -459,7 +459,9 @@ mod tests {
     fn networks_and_locations() {
         for n in Network::ALL {
             assert_eq!(n.as_str().parse::<Network>(), Ok(n));
+            assert_eq!(n.to_string(), n.as_str());
         }
+        assert_eq!(Network::Signet.to_string(), "signet");
         assert!("bitcoin".parse::<Network>().is_err());
         assert_eq!(
             Location::parse("NOT-SERVING-ONION").unwrap().to_string(),

@@ -1650,21 +1650,41 @@ mod tests {
     /// 64 bytes each, relayed in `F:` by `peer.rs`,
     /// `append_peerlist_entry`): its largest PEERLIST parses, and its
     /// envelope fits the default line limit.
-    #[test]
-    fn the_largest_peerlist_of_joinmarket_rs_is_read() {
+    /// The `i`th of distinct entries as long as an entry can be: a 5-digit
+    /// port, `;D`, and every feature at its longest.
+    fn longest_entry(i: u32) -> PeerlistEntry {
         let features: Vec<String> = (0..MAX_FEATURES)
             .map(|i| format!("{i:0width$}", width = MAX_FEATURE_LEN))
             .collect();
-        let entry = |i: u32| {
-            let mut key = [0u8; 32];
-            key[..4].copy_from_slice(&i.to_be_bytes());
-            let onion = ServerAddr::from_onion_key(&key, 65535);
-            let location = Location::parse(onion.node_id()).unwrap();
-            PeerlistEntry::new(nick(MAKER), location, true, features.clone()).unwrap()
-        };
-        assert_eq!(entry(0).to_entry().len(), MAX_PEERLIST_ENTRY);
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        let onion = ServerAddr::from_onion_key(&key, 65535);
+        let location = Location::parse(onion.node_id()).unwrap();
+        PeerlistEntry::new(nick(MAKER), location, true, features).unwrap()
+    }
+
+    /// The bounds from two of the longest entries. The next test builds
+    /// and reads the largest list itself, which takes 24 s unoptimised:
+    /// `scripts/mutants --adapters` skips it, and this one keeps its
+    /// constants checked there.
+    #[test]
+    fn the_peerlist_bounds_are_those_of_its_longest_entries() {
+        assert_eq!(longest_entry(0).to_entry().len(), MAX_PEERLIST_ENTRY);
+        let one = peerlist_payload(&[longest_entry(0)]).len();
+        let two = peerlist_payload(&[longest_entry(0), longest_entry(1)]).len();
+        let separator = two - 2 * one;
+        assert_eq!(separator, 1);
+        assert_eq!(
+            MAX_PEERLIST_PAYLOAD,
+            MAX_PEERLIST_ENTRIES * one + (MAX_PEERLIST_ENTRIES - 1) * separator
+        );
+    }
+
+    #[test]
+    fn the_largest_peerlist_of_joinmarket_rs_is_read() {
+        assert_eq!(longest_entry(0).to_entry().len(), MAX_PEERLIST_ENTRY);
         let entries: Vec<PeerlistEntry> = (0..u32::try_from(MAX_PEERLIST_ENTRIES).unwrap())
-            .map(entry)
+            .map(longest_entry)
             .collect();
         let payload = peerlist_payload(&entries);
         assert_eq!(payload.len(), MAX_PEERLIST_PAYLOAD);

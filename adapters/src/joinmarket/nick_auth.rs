@@ -1056,6 +1056,44 @@ mod tests {
     }
 
     #[test]
+    fn strict_der_refuses_each_broken_field() {
+        // r = s = 1: the shortest strict signature.
+        let good = [0x30, 6, 0x02, 1, 1, 0x02, 1, 1];
+        assert!(is_strict_der(&good));
+        for (index, value, what) in [
+            (0, 0x31, "not a SEQUENCE"),
+            (1, 7, "a SEQUENCE length that is not the rest"),
+            (2, 0x03, "r not an INTEGER"),
+            (5, 0x03, "s not an INTEGER"),
+        ] {
+            let mut broken = good;
+            broken[index] = value;
+            assert!(!is_strict_der(&broken), "{what}");
+        }
+        // An empty r, the SEQUENCE's length still right.
+        assert!(!is_strict_der(&[0x30, 6, 0x02, 0, 0x02, 1, 1, 0]));
+    }
+
+    #[test]
+    fn a_compressed_prefix_off_the_curve_is_no_public_key() {
+        // Some x has no y on the curve; find one rather than trust a constant.
+        let off_curve = (0u8..=255)
+            .map(|x| format!("02{}{x:02x}", "00".repeat(31)))
+            .find(|text| {
+                let bytes: Vec<u8> = (0..33)
+                    .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+                    .collect();
+                k256::ecdsa::VerifyingKey::from_sec1_bytes(&bytes).is_err()
+            })
+            .unwrap();
+        assert_eq!(parse_public_key(&off_curve), None);
+        assert_eq!(
+            parse_public_key(NG_PUBKEY).map(|key| hex(&key)),
+            Some(NG_PUBKEY.to_owned())
+        );
+    }
+
+    #[test]
     fn directory_ids_follow_ngs_grammar_and_endpoints() {
         // test_directory_ids_accept_spec_grammar and _reject_values_outside_spec_grammar.
         for good in [
@@ -1090,6 +1128,85 @@ mod tests {
         }
     }
 
+    /// The line a client answers with, as the directory reads it (no
+    /// terminator).
+    fn answer(kind: u32, line: &str) -> String {
+        let bytes = Envelope::new(kind, line).encode().unwrap();
+        String::from_utf8(bytes).unwrap().trim_end().to_owned()
+    }
+
+    #[test]
+    fn a_directory_judges_the_answer_as_ng_does() {
+        // ng `server.py`, `_perform_nick_auth`: malformed unless a strict 805
+        // whose proof parses, invalid unless it verifies, else ok.
+        let identity = identity();
+        let nick = identity.nick().as_str();
+        let proof = NickAuthProof::create(&identity, &challenge(), HANDSHAKE_LINE).unwrap();
+        let good = answer(wire::NICK_AUTH_PROOF, &proof.to_line());
+        assert_eq!(
+            judge_answer(&challenge(), HANDSHAKE_LINE, nick, &good),
+            NickAuthCode::Ok
+        );
+        for malformed in [
+            answer(wire::NICK_AUTH_CHALLENGE, &proof.to_line()),
+            answer(wire::NICK_AUTH_PROOF, r#"{"pubkey":"02","signature":""}"#),
+            proof.to_line(),
+            "not json".to_owned(),
+        ] {
+            assert_eq!(
+                judge_answer(&challenge(), HANDSHAKE_LINE, nick, &malformed),
+                NickAuthCode::Malformed,
+                "{malformed}"
+            );
+        }
+        let stranger = NickIdentity::from_secret_bytes(&[0x12; 32]).unwrap();
+        let other_challenge = NickAuthChallenge::new(&[0x33; 32], directory_id());
+        for (challenge, line, nick) in [
+            (challenge(), HANDSHAKE_LINE, stranger.nick().as_str()),
+            (challenge(), HANDSHAKE_LINE, "not a nick"),
+            (other_challenge, HANDSHAKE_LINE, nick),
+            (challenge(), "{}", nick),
+        ] {
+            assert_eq!(
+                judge_answer(&challenge, line, nick, &good),
+                NickAuthCode::Invalid,
+                "{nick} {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_verified_is_verified() {
+        assert!(NickAuthStatus::Verified.is_verified());
+        for status in [
+            NickAuthStatus::NotOffered,
+            NickAuthStatus::NoDirectoryId,
+            NickAuthStatus::Disabled,
+        ] {
+            assert!(!status.is_verified(), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn messages_codes_and_ids_print_their_wire_names() {
+        for (message, kind, text) in [
+            (NickAuthMessage::Challenge, 803, "challenge (803)"),
+            (NickAuthMessage::Proof, 805, "proof (805)"),
+            (NickAuthMessage::Result, 807, "result (807)"),
+        ] {
+            assert_eq!(message.kind(), kind);
+            assert_eq!(message.to_string(), text);
+        }
+        let codes: Vec<String> = NickAuthCode::ALL.iter().map(|c| c.to_string()).collect();
+        assert_eq!(codes, ["ok", "malformed", "expired", "invalid", "policy"]);
+        let id = DirectoryId::parse("test:directory-a").unwrap();
+        assert_eq!(id.to_string(), "test:directory-a");
+        assert_eq!(format!("{id:?}"), "DirectoryId(test:directory-a)");
+        let challenge = challenge();
+        assert_eq!(challenge.challenge(), "22".repeat(32));
+        assert_eq!(challenge.directory_id(), &directory_id());
+    }
+
     #[test]
     fn modes_have_ngs_names() {
         for mode in [
@@ -1098,7 +1215,12 @@ mod tests {
             NickAuthMode::RequireVerified,
         ] {
             assert_eq!(mode.as_str().parse::<NickAuthMode>().unwrap(), mode);
+            assert_eq!(mode.to_string(), mode.as_str());
         }
+        assert_eq!(
+            NickAuthMode::RequireVerified.to_string(),
+            "require_verified"
+        );
         assert_eq!(NickAuthMode::default(), NickAuthMode::PreferVerified);
         assert!("prefer".parse::<NickAuthMode>().is_err());
     }

@@ -657,6 +657,28 @@ mod tests {
         }
     }
 
+    /// The message length is a Bitcoin varint: one byte up to 252, then
+    /// 0xfd and two bytes (hashes computed with Python's hashlib).
+    #[test]
+    fn the_message_hash_switches_to_a_three_byte_length_at_253() {
+        for (len, hash) in [
+            (
+                252,
+                "b7b164ef991d52735c6bb888642ad7eb6b6939dc984a7fceff4376be041d142f",
+            ),
+            (
+                253,
+                "df167ad249ff5837e6acada677118b2ecc6757ab4cdade39caead99ef0220230",
+            ),
+        ] {
+            assert_eq!(
+                to_hex(&bitcoin_message_hash(&vec![b'a'; len])),
+                hash,
+                "{len}"
+            );
+        }
+    }
+
     #[test]
     fn a_key_off_the_curve_is_refused() {
         // Some x has no y on the curve; find one rather than trust a constant.

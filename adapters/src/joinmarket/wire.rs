@@ -402,4 +402,61 @@ mod tests {
         ));
         assert!(reader.held_capacity() <= 2 * READ_CHUNK);
     }
+
+    #[tokio::test]
+    async fn a_line_of_exactly_the_limit_is_read_and_one_byte_more_is_not() {
+        let exact = format!("{}\r\n", "a".repeat(10));
+        let mut reader = LineReader::new(exact.as_bytes(), 10);
+        assert_eq!(reader.next_line().await.unwrap().unwrap(), "a".repeat(10));
+        let over = format!("{}\n", "a".repeat(11));
+        let mut reader = LineReader::new(over.as_bytes(), 10);
+        assert!(matches!(
+            reader.next_line().await,
+            Err(JmError::LineTooLong { limit: 10 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_reader_reports_the_memory_an_unfinished_line_holds() {
+        // What the link reports as the reader's share of its memory.
+        let unfinished = vec![b'a'; 5 * READ_CHUNK];
+        let mut reader = LineReader::new(&unfinished[..], usize::MAX);
+        assert!(matches!(
+            reader.next_line().await,
+            Err(JmError::ClosedMidLine)
+        ));
+        assert!(
+            reader.held_capacity() >= unfinished.len(),
+            "{}",
+            reader.held_capacity()
+        );
+        // Once the long line is read and the rest is small, it gives the
+        // memory back.
+        let mut data = unfinished.clone();
+        data.extend_from_slice(b"\nb\n");
+        let mut reader = LineReader::new(&data[..], usize::MAX);
+        let line = reader.next_line().await.unwrap().unwrap();
+        assert_eq!(line.len(), unfinished.len());
+        assert!(reader.held_capacity() <= 2 * READ_CHUNK);
+        assert_eq!(reader.next_line().await.unwrap().as_deref(), Some("b"));
+        // It keeps the buffer when that is no more than four reads' worth
+        // (a 20,000-byte line grows it to 8, 16, then 32 KiB), and when
+        // what follows the line fills a quarter of it (a 40,000-byte line
+        // grows it to 64 KiB; 16 KiB follow).
+        for (line, rest, kept) in [
+            (20_000, 100, 4 * READ_CHUNK),
+            (40_000, 2 * READ_CHUNK, 8 * READ_CHUNK),
+        ] {
+            let mut data = vec![b'a'; line];
+            data.push(b'\n');
+            data.extend(std::iter::repeat_n(b'b', rest));
+            let mut reader = LineReader::new(&data[..], usize::MAX);
+            assert_eq!(reader.next_line().await.unwrap().unwrap().len(), line);
+            assert!(
+                reader.held_capacity() >= kept,
+                "{line}: {}",
+                reader.held_capacity()
+            );
+        }
+    }
 }
