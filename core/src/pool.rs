@@ -591,3 +591,20 @@ fn unexpected(attempt: AttemptId, state: LinkState) -> InputError {
 fn server_id(index: usize) -> ServerId {
     ServerId(u32::try_from(index).unwrap_or(u32::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_trip_keeps_its_nanoseconds_and_never_reads_as_none() {
+        let rtt = Duration::from_millis(1_234) + Duration::from_nanos(5);
+        assert_eq!(RoundTrip::of(rtt).get(), Some(rtt));
+        assert_eq!(RoundTrip::of(Duration::ZERO).get(), Some(Duration::ZERO));
+        assert_eq!(RoundTrip::NONE.get(), None);
+        // Too long for the 8 bytes: the longest one kept, still a round trip.
+        let longest = Some(Duration::from_nanos(u64::MAX - 1));
+        assert_eq!(RoundTrip::of(Duration::from_nanos(u64::MAX)).get(), longest);
+        assert_eq!(RoundTrip::of(Duration::MAX).get(), longest);
+    }
+}

@@ -186,6 +186,7 @@ mod tests {
         let b = links.insert(link(2));
         assert_ne!(a, b);
         assert!(links.get(a).is_none(), "stale id must not see the new link");
+        assert!(links.get_mut(a).is_none(), "nor change it");
         assert!(links.remove(a).is_none());
         assert_eq!(links.get(b).map(|l| l.server), Some(ServerId(2)));
         assert_eq!(links.len(), 1);

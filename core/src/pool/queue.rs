@@ -123,6 +123,23 @@ mod tests {
         assert!(queue.capacity() < 8 * FLOOR, "{}", queue.capacity());
     }
 
+    /// Room beyond sixteen times the window's largest burst (at least the
+    /// floor) is given back, down to four times that burst; room up to it
+    /// is kept.
+    #[test]
+    fn the_room_kept_is_four_bursts_and_more_than_sixteen_is_given_back() {
+        let keep = 4 * FLOOR;
+        for (room, kept) in [(4 * keep, 4 * keep), (4 * keep + 1, keep)] {
+            let mut queue = OutputQueue::for_servers(10);
+            queue.queue = VecDeque::with_capacity(room);
+            assert_eq!(queue.capacity(), room, "the test needs the exact room");
+            for _ in 0..WINDOW {
+                burst(&mut queue, 3);
+            }
+            assert_eq!(queue.capacity(), kept, "room {room}");
+        }
+    }
+
     #[test]
     fn a_window_is_sixteen_emptyings_per_server() {
         assert_eq!(OutputQueue::for_servers(10).window, WINDOW);

@@ -546,6 +546,46 @@ mod tests {
 
     use super::*;
 
+    /// Every structure agrees: the heap is a heap and each entry's slot
+    /// knows its position; each lane runs head to tail in (at, order)
+    /// order with consistent links and locations; the busy mask names the
+    /// lanes that hold something.
+    fn assert_consistent(timers: &Timers) {
+        for i in 1..timers.heap.len() {
+            let parent = (i - 1) / ARITY;
+            assert!(
+                !timers.heap[i].before(&timers.heap[parent]),
+                "heap order at {i}"
+            );
+        }
+        for (i, entry) in timers.heap.iter().enumerate() {
+            assert_eq!(timers.pos(entry.slot), Some(i), "position of entry {i}");
+        }
+        for (lane, ends) in timers.lanes.iter().enumerate() {
+            assert_eq!(
+                ends.head == NONE,
+                timers.busy_lanes & (1 << lane) == 0,
+                "busy bit {lane}"
+            );
+            let (mut prev, mut at) = (NONE, None);
+            let mut node = ends.head;
+            while node != NONE {
+                let n = timers.nodes[node as usize];
+                assert_eq!(n.prev, prev, "lane {lane} links");
+                assert_eq!(
+                    timers.lane_of(node as usize),
+                    Some(lane),
+                    "lane {lane} location"
+                );
+                assert!(at.is_none_or(|a| a <= (n.at, n.seq)), "lane {lane} order");
+                at = Some((n.at, n.seq));
+                prev = node;
+                node = n.next;
+            }
+            assert_eq!(ends.tail, prev, "lane {lane} tail");
+        }
+    }
+
     fn drain(timers: &mut Timers) -> Vec<TimerKey> {
         std::iter::from_fn(|| timers.pop_due(Tick::ZERO + Duration::from_secs(1 << 40))).collect()
     }
@@ -584,6 +624,76 @@ mod tests {
     #[test]
     fn matches_reference() {
         check_against_reference(u32::MAX);
+    }
+
+    /// Renumbering gives the live deadlines 1, 2, 3, … in the order they
+    /// were set, wherever they are, and counts on from there.
+    #[test]
+    fn renumbering_numbers_the_live_deadlines_from_one_in_order() {
+        let t0 = Tick::ZERO;
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        let mut timers = Timers::with_servers(6);
+        for server in 0..6 {
+            timers.set_in(Lane::Dial, ServerId(server), at(100));
+        }
+        timers.set(TimerKey::ProxyProbe, at(50));
+        timers.set(TimerKey::Server(ServerId(1)), at(70)); // to the heap
+        timers.cancel(TimerKey::Server(ServerId(3)));
+        timers.set_in(Lane::Idle, ServerId(4), at(300)); // to another lane
+        let order = |timers: &Timers| -> Vec<(TimerKey, u32)> {
+            let mut seqs: Vec<_> = timers
+                .heap
+                .iter()
+                .map(|e| (timers.key_of(e.slot), e.seq))
+                .chain((0..6_u32).filter_map(|i| {
+                    let index = i as usize;
+                    timers
+                        .lane_of(index)
+                        .map(|_| (TimerKey::Server(ServerId(i)), timers.nodes[index].seq))
+                }))
+                .collect();
+            seqs.sort_by_key(|&(_, seq)| seq);
+            seqs
+        };
+        let before = order(&timers);
+        assert_eq!(before.len(), 6, "five servers and the probe");
+        assert_eq!(timers.seq, 9, "nine deadlines set");
+        timers.renumber();
+        let after = order(&timers);
+        assert_eq!(
+            after.iter().map(|&(key, _)| key).collect::<Vec<_>>(),
+            before.iter().map(|&(key, _)| key).collect::<Vec<_>>(),
+            "the same order"
+        );
+        assert_eq!(
+            after.iter().map(|&(_, seq)| seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 6]
+        );
+        assert_eq!(timers.seq, 6, "counts on from the last");
+        timers.set(TimerKey::ProxyProbe, at(10));
+        assert_eq!(timers.seq, 7);
+    }
+
+    /// Order numbers count up one per deadline set, renumbered only once
+    /// they reach the limit.
+    #[test]
+    fn order_numbers_are_renumbered_only_at_the_limit() {
+        let t0 = Tick::ZERO;
+        let mut timers = Timers {
+            seq_limit: 4,
+            ..Timers::with_servers(4)
+        };
+        for server in 0..3 {
+            timers.set(TimerKey::Server(ServerId(server)), t0);
+        }
+        timers.cancel(TimerKey::Server(ServerId(0)));
+        timers.set(TimerKey::Server(ServerId(3)), t0);
+        assert_eq!(timers.seq, 4, "no renumbering below the limit");
+        timers.set(TimerKey::Server(ServerId(0)), t0);
+        assert_eq!(
+            timers.seq, 4,
+            "three live renumbered 1..=3, then the fourth"
+        );
     }
 
     /// The same with order numbers renumbered every few dozen sets.
@@ -649,6 +759,7 @@ mod tests {
                 }
             }
             assert_eq!(timers.len(), reference.len());
+            assert_consistent(&timers);
             // A key without a deadline keeps no entry: the position map
             // would otherwise grow with every stray close and operation.
             let others = reference
