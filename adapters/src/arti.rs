@@ -280,7 +280,8 @@ impl<R: tor_rtcompat::Runtime> Connector for Arc<TorClient<R>> {
 
     fn bootstrap(&self) -> BoxFuture<'static, Result<(), arti_client::Error>> {
         let client = Arc::clone(self);
-        async move { client.bootstrap().await }.boxed()
+        // The inherent method, not this trait's (which the Arc would pick).
+        async move { TorClient::bootstrap(&client).await }.boxed()
     }
 
     fn status(&self) -> BootstrapStatus {
@@ -317,6 +318,13 @@ impl ScopeTokens {
         let token = IsolationToken::new();
         tokens.push((credentials.clone(), token));
         token
+    }
+
+    /// Forgets `token` as the token of `credentials` (if it still is): the
+    /// scope's next dial gets a fresh one.
+    fn renew(&self, credentials: &SocksCredentials, token: IsolationToken) {
+        let mut tokens = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.retain(|(c, t)| !(c == credentials && *t == token));
     }
 
     #[cfg(test)]
@@ -370,13 +378,28 @@ impl ArtiRoute {
                 }
             }
         }
-        let isolation = credentials.map(|c| self.tokens.token(c));
-        let connect = self
-            .client
-            .tor
-            .connect(addr.host().to_owned(), addr.port(), isolation);
+        let isolation = credentials.map(|c| (c, self.tokens.token(c)));
+        // arti keeps what it learnt of an onion service (its descriptor,
+        // which introduction points failed) per isolation token; after a
+        // service restart that state can stall every later connect (as a
+        // tor daemon's does until a controller sends NEWNYM). So a connect
+        // that fails or is dropped unfinished (timed out) renews its
+        // scope's token: the scope's next dial starts afresh, on new
+        // circuits, which isolates no less.
+        let mut renew = RenewUnlessDone {
+            tokens: &self.tokens,
+            isolation,
+        };
+        let connect = self.client.tor.connect(
+            addr.host().to_owned(),
+            addr.port(),
+            isolation.map(|(_, token)| token),
+        );
         match self.on_tokio(connect).await {
-            Ok(stream) => Ok(Box::pin(stream)),
+            Ok(stream) => {
+                renew.isolation = None;
+                Ok(Box::pin(stream))
+            }
             Err(source) => Err(tor_error(target, source)),
         }
     }
@@ -401,6 +424,20 @@ impl ArtiRoute {
             }
         }
         .boxed()
+    }
+}
+
+/// Renews the scope's token on drop, unless the connect succeeded.
+struct RenewUnlessDone<'a> {
+    tokens: &'a ScopeTokens,
+    isolation: Option<(&'a SocksCredentials, IsolationToken)>,
+}
+
+impl Drop for RenewUnlessDone<'_> {
+    fn drop(&mut self) {
+        if let Some((credentials, token)) = self.isolation {
+            self.tokens.renew(credentials, token);
+        }
     }
 }
 
@@ -531,6 +568,12 @@ mod tests {
         }
         assert_eq!(scopes.len(), MAX_TOKENS);
         // `a` was the oldest: forgotten, so a fresh token (new circuits).
-        assert_ne!(scopes.token(&a), ta);
+        let renewed = scopes.token(&a);
+        assert_ne!(renewed, ta);
+        // Renewing an outdated token changes nothing; the current one, all.
+        scopes.renew(&a, ta);
+        assert_eq!(scopes.token(&a), renewed);
+        scopes.renew(&a, renewed);
+        assert_ne!(scopes.token(&a), renewed);
     }
 }

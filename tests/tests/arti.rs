@@ -353,10 +353,11 @@ fn tor_that_cannot_bootstrap_is_the_proxys_fault_never_a_directorys() {
     let net = TorNetwork::shared();
     let arti = arti();
     let _turn = turn();
-    // A client whose only directory cache is a closed port: it never
-    // bootstraps.
+    // A client whose only directory cache accepts TCP and never answers
+    // (a filtered network): it never bootstraps.
     let dir = net.arti_dir("unbootstrapped");
-    let closed = dirpool_tests::free_loopback_port();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = silent.local_addr().unwrap().port();
     let text = net
         .arti_toml(&dir)
         .lines()
@@ -384,28 +385,40 @@ fn tor_that_cannot_bootstrap_is_the_proxys_fault_never_a_directorys() {
             config.proxy_timeout = Duration::from_secs(1);
             let pool = arti_pool(config, &stuck, &rt);
             let mut events = pool.events();
-            let error = pool
-                .connect_to_directory(alpha.node_id())
-                .await
-                .expect_err("no Tor, no directory");
-            assert_eq!(error.failure().scope(), FailureScope::Proxy, "{error:?}");
-            assert!(
-                matches!(error, DialError::TorNotReady { .. } | DialError::Tor { .. }),
-                "{error:?}"
-            );
-            assert!(
-                wait_for(&rt, &mut events, ONION, |e| matches!(
-                    e,
-                    PoolEvent::ProxyUnreachable
-                ))
-                .await,
-                "one pool-wide event"
-            );
+            pool.start_maintenance().unwrap();
+            let mut seen = Vec::new();
+            let unreachable = next_matching(&rt, &mut events, ONION, |e| {
+                seen.push(e.clone());
+                matches!(e, PoolEvent::ProxyUnreachable).then_some(())
+            })
+            .await;
+            assert!(unreachable.is_some(), "one pool-wide event: {seen:#?}");
+            let mut failures = 0;
+            for event in &seen {
+                if let PoolEvent::DialFailed { error, .. } = event {
+                    failures += 1;
+                    assert_eq!(error.failure().scope(), FailureScope::Proxy, "{error:?}");
+                    assert!(
+                        matches!(
+                            **error,
+                            DialError::TorNotReady { .. } | DialError::Tor { .. }
+                        ),
+                        "{error:?}"
+                    );
+                }
+            }
+            assert!(failures >= 1, "{seen:#?}");
             let status = pool.status().await.unwrap();
-            assert_eq!(status[0].last_failure, Some(DialFailure::ProxyUnreachable));
+            assert_eq!(status[0].consecutive_failures, 0, "{status:?}");
+            assert_eq!(
+                status[0].last_failure,
+                Some(DialFailure::ProxyUnreachable),
+                "{status:?}"
+            );
             pool.close_all().await.unwrap();
         }
     });
+    drop(silent);
 }
 
 /// `key: value` of the probe's output.
