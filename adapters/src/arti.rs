@@ -23,7 +23,7 @@
 //!   random token, so two pools sharing a `TorClient` share no circuit.
 //! - **Tor's own state is the proxy's state.** A dial that finds Tor not
 //!   ready for traffic waits up to `proxy_timeout` for its bootstrap, then
-//!   fails with [`DialError::TorNotReady`](crate::DialError::TorNotReady),
+//!   fails with [`DialError::TorNotReady`],
 //!   which the core counts as the proxy being unreachable: one pool-wide
 //!   fact ([`PoolEvent::ProxyUnreachable`](crate::PoolEvent::ProxyUnreachable),
 //!   then `ProxyRecovered`), never a directory's failure. The bootstrap
@@ -31,7 +31,7 @@
 //!   [`ArtiClient::readiness_events`].
 //! - **Errors** are classified from arti's [`ErrorKind`] ([`failure_of`]):
 //!   an onion whose descriptor is not found is the directory's
-//!   ([`SocksReply::OnionDescriptorNotFound`](crate::SocksReply::OnionDescriptorNotFound),
+//!   ([`SocksReply::OnionDescriptorNotFound`],
 //!   as Tor's extended SOCKS reply), a client that is not bootstrapped or
 //!   shutting down is the proxy's.
 //!

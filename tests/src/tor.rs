@@ -309,7 +309,7 @@ impl TorNetwork {
             .parse()
             .expect("VOTING_INTERVAL");
         assert!(
-            (24 * interval).is_multiple_of(60) && 24 * interval / 60 >= 5,
+            (24 * interval) % 60 == 0 && 24 * interval / 60 >= 5,
             "a voting interval of {interval} s gives arti no onion time period"
         );
         format!(
