@@ -50,15 +50,16 @@
 //! # #[cfg(feature = "joinmarket")]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use dirpool::arti::{ArtiClient, arti_client::TorClientConfig};
-//! use dirpool::joinmarket::{JmHandshake, JmHandshakeConfig, Network};
+//! use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 //! use dirpool::{Config, DirectoryPool};
 //!
 //! // Inside a tokio runtime: bootstraps arti (default state directories).
 //! let tor = ArtiClient::bootstrap(TorClientConfig::default()).await?;
 //! let config = Config::new(["duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion:5222"]);
-//! let handshake = JmHandshake::new(JmHandshakeConfig::new(Network::Mainnet));
+//! let handshake =
+//!     JoinMarketHandshake::new(JmConfig::new(NickIdentity::random()?, Network::Mainnet))?;
 //! let pool = DirectoryPool::builder(config, handshake).arti(tor).spawn_tokio()?;
-//! pool.connect_all().await;
+//! pool.connect_all_parallel().await?;
 //! # Ok(())
 //! # }
 //! ```
