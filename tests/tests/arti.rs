@@ -4,7 +4,7 @@
 //!
 //! The network starts once for this test binary; one arti client, on a
 //! tokio runtime of its own, serves the tests (each pool runs on tokio and
-//! on smol); the tests take turns ([`turn`]) so that what the onion
+//! on smol, but for the two slowest scenarios: smol only); the tests take turns ([`turn`]) so that what the onion
 //! service's tor shows belongs to one test.
 
 mod common;
@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::{
-    expect_keepalive_loss, next_matching, on_both_runtimes_within, until_event, wait_for,
+    expect_keepalive_loss, next_matching, on_both_runtimes_within, run_on_smol_within, until_event,
+    wait_for,
 };
 use dirpool::arti::{ArtiClient, ErrorKind, TorReadiness};
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
@@ -229,10 +230,10 @@ fn a_stopped_and_restarted_onion_service_is_reconnected_through_arti() {
     let net = TorNetwork::shared();
     let tor = &arti().client;
     let _turn = turn();
-    // A service never restarted before for each runtime, as in tor.rs.
-    let services = Mutex::new(vec!["delta", "gamma"]);
-    on_both_runtimes_within(LIMIT, |rt| {
-        let name = services.lock().unwrap().pop().expect("two runs");
+    // On smol only (the pool on smol, arti on its tokio runtime): the
+    // slowest scenarios run once, for CI's time budget.
+    run_on_smol_within(LIMIT, |rt| {
+        let name = "gamma";
         async move {
             let onion = net.onion(name);
             let directory = net.directory(name);
@@ -305,7 +306,8 @@ fn a_path_cut_by_stopping_the_service_tor_is_lost_to_the_keepalive() {
     let net = TorNetwork::shared();
     let tor = &arti().client;
     let _turn = turn();
-    on_both_runtimes_within(LIMIT, |rt| async move {
+    // On smol only, as the restart above.
+    run_on_smol_within(LIMIT, |rt| async move {
         // zeta: a modelled joinmarket-ng directory that answers PINGs
         // (and never PINGs itself within a test).
         let onion = net.onion("zeta");
