@@ -5,13 +5,18 @@
 //! the links instead, printing each event (connected, probe answered, lost,
 //! reconnected), and sums them up per directory at the end.
 //!
+//! With `--arti` (feature `arti`) it needs no tor daemon: an in-process
+//! Tor client (arti) bootstraps and opens the streams.
+//!
 //! ```text
 //! cargo run -p dirpool --example probe -- [OPTIONS] DIRECTORY...
+//! cargo run -p dirpool --features arti --example probe -- --arti DIRECTORY...
 //! ```
 
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -37,6 +42,14 @@ Arguments:
 
 Options:
   --socks HOST:PORT   Tor SOCKS port [default: 127.0.0.1:9050]
+  --arti              no tor daemon: bootstrap an in-process Tor client (arti) and
+                      open every stream through it (needs the `arti` feature:
+                      `cargo run -p dirpool --features arti --example probe`);
+                      arti keeps its state in its default directories
+  --arti-config FILE  as --arti, with arti's configuration (its TOML form, as
+                      arti.toml) from FILE, e.g. another Tor network or state
+                      directory
+  --rss               print the process's peak resident memory at the end (Linux)
   --isolate           use stream isolation credentials (user `jm-directory`, a random
                       per-process password): with Tor's IsolateSOCKSAuth (on by default)
                       the probe's streams get circuits of their own
@@ -70,6 +83,9 @@ DISCONNECT 801), 1 otherwise, 2 on a usage error.";
 
 struct Options {
     socks: SocketAddr,
+    /// `--arti`: the in-process Tor, with the configuration file if given.
+    arti: Option<Option<PathBuf>>,
+    rss: bool,
     isolate: bool,
     network: Network,
     timeout: Duration,
@@ -82,6 +98,8 @@ struct Options {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
     let mut options = Options {
         socks: DEFAULT_PROXY,
+        arti: None,
+        rss: false,
         isolate: false,
         network: Network::Mainnet,
         timeout: Duration::from_secs(120),
@@ -105,6 +123,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         let takes_value = matches!(
             name,
             "--socks"
+                | "--arti-config"
                 | "--network"
                 | "--timeout"
                 | "--watch"
@@ -120,7 +139,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         match name {
             "-h" | "--help" => return Ok(None),
             "--isolate" => options.isolate = true,
+            "--rss" => options.rss = true,
             "--socks" => options.socks = parse_socks(&value)?,
+            "--arti" => {
+                options.arti.get_or_insert(None);
+            }
+            "--arti-config" => options.arti = Some(Some(PathBuf::from(value))),
             "--network" => {
                 options.network = value.parse().map_err(|e| format!("--network: {e}"))?;
             }
@@ -140,6 +164,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             "--probe-timeout" => options.keepalive.probe_timeout = parse_seconds(name, &value)?,
             _ => return Err(format!("unknown option {name} (see --help)")),
         }
+    }
+    if options.arti.is_some() && options.socks != DEFAULT_PROXY {
+        return Err("--socks and --arti exclude each other".to_owned());
+    }
+    if options.arti.is_some() && !cfg!(feature = "arti") {
+        return Err("--arti needs the `arti` feature \
+             (cargo run -p dirpool --features arti --example probe)"
+            .to_owned());
     }
     Ok(Some(options))
 }
@@ -234,9 +266,77 @@ fn pool_config(options: &Options) -> Config {
     config
 }
 
-async fn probe_all(options: &Options, handshake: JoinMarketHandshake) -> ExitCode {
-    let config = pool_config(options);
-    let probes = match DirectoryPool::builder(config, handshake).spawn_smol() {
+/// The in-process Tor client of `--arti`, if any.
+#[cfg(feature = "arti")]
+type Tor = Option<dirpool::arti::ArtiClient>;
+/// Without the `arti` feature there is none.
+#[cfg(not(feature = "arti"))]
+type Tor = Option<std::convert::Infallible>;
+
+/// The pool, on smol, through `tor` if given, else the SOCKS proxy.
+fn spawn_pool(
+    options: &Options,
+    handshake: JoinMarketHandshake,
+    tor: &Tor,
+) -> Result<DirectoryPool<JoinMarketHandshake>, ConfigError> {
+    let builder = DirectoryPool::builder(pool_config(options), handshake);
+    #[cfg(feature = "arti")]
+    let builder = match tor {
+        Some(tor) => builder.arti(tor.clone()),
+        None => builder,
+    };
+    #[cfg(not(feature = "arti"))]
+    let _ = tor;
+    builder.spawn_smol()
+}
+
+/// `--arti`: a tokio runtime for arti, driven by a thread of its own (the
+/// pool runs on smol), entered for the rest of the process, and a client
+/// bootstrapped on it; prints how long the bootstrap took.
+#[cfg(feature = "arti")]
+fn start_arti(config: Option<&std::path::Path>) -> Result<Tor, String> {
+    use dirpool::arti::{ArtiClient, TorClientConfig};
+    let config = match config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--arti-config {}: {e}", path.display()))?;
+            ArtiClient::config_from_toml(&text)
+                .map_err(|e| format!("--arti-config {}: {}", path.display(), chain(&e)))?
+        }
+        None => TorClientConfig::default(),
+    };
+    let runtime = dirpool::tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("no tokio runtime for arti: {e}"))?;
+    let handle = runtime.handle().clone();
+    std::thread::spawn(move || runtime.block_on(futures::future::pending::<()>()));
+    // Entered for good: arti makes its timers in the caller's context.
+    std::mem::forget(handle.enter());
+    let started = Instant::now();
+    let tor = smol::block_on(ArtiClient::bootstrap(config))
+        .map_err(|e| format!("arti: {}", chain(&e)))?;
+    println!(
+        "tor (arti): bootstrapped in {} ms",
+        started.elapsed().as_millis()
+    );
+    Ok(Some(tor))
+}
+
+#[cfg(not(feature = "arti"))]
+fn start_arti(_: Option<&std::path::Path>) -> Result<Tor, String> {
+    Err("--arti needs the `arti` feature".to_owned())
+}
+
+/// The process's peak resident set (`VmHWM` of /proc/self/status).
+fn peak_rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.trim_start_matches("VmHWM:").trim().to_owned())
+}
+
+async fn probe_all(options: &Options, handshake: JoinMarketHandshake, tor: &Tor) -> ExitCode {
+    let probes = match spawn_pool(options, handshake, tor) {
         Ok(pool) => {
             let dials = options.directories.iter().map(|addr| {
                 let pool = &pool;
@@ -413,8 +513,13 @@ fn watch_line(
 
 /// `--watch`: connects, holds the links for `watch` with maintenance on,
 /// prints every event as it comes and a summary per directory at the end.
-async fn watch_all(options: &Options, handshake: JoinMarketHandshake, watch: Duration) -> ExitCode {
-    let pool = match DirectoryPool::builder(pool_config(options), handshake).spawn_smol() {
+async fn watch_all(
+    options: &Options,
+    handshake: JoinMarketHandshake,
+    tor: &Tor,
+    watch: Duration,
+) -> ExitCode {
+    let pool = match spawn_pool(options, handshake, tor) {
         Ok(pool) => pool,
         Err(e) => {
             eprintln!("error: {}", chain(&e));
@@ -568,15 +673,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let route = match options.arti {
+        Some(_) => "an in-process Tor (arti)".to_owned(),
+        None => format!("SOCKS {}", options.socks),
+    };
     println!(
-        "probing {} director{} via SOCKS {} (stream isolation {}), network {}, nick {nick} (fresh key), timeout {:?}\n",
+        "probing {} director{} via {route} (stream isolation {}), network {}, nick {nick} (fresh key), timeout {:?}\n",
         options.directories.len(),
         if options.directories.len() == 1 {
             "y"
         } else {
             "ies"
         },
-        options.socks,
         if options.isolate { "on" } else { "off" },
         options.network,
         options.timeout,
@@ -587,8 +695,25 @@ fn main() -> ExitCode {
             watch, options.keepalive.idle, options.keepalive.probe_timeout
         );
     }
-    match options.watch {
-        Some(watch) => smol::block_on(watch_all(&options, handshake, watch)),
-        None => smol::block_on(probe_all(&options, handshake)),
+    let tor = match &options.arti {
+        Some(config) => match start_arti(config.as_deref()) {
+            Ok(tor) => tor,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let code = match options.watch {
+        Some(watch) => smol::block_on(watch_all(&options, handshake, &tor, watch)),
+        None => smol::block_on(probe_all(&options, handshake, &tor)),
+    };
+    if options.rss {
+        println!(
+            "peak RSS: {}",
+            peak_rss().unwrap_or_else(|| "unknown".to_owned())
+        );
     }
+    code
 }

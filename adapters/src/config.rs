@@ -37,7 +37,9 @@ pub struct Config {
     /// fault ([`PoolEvent::ProxyUnreachable`](crate::PoolEvent::ProxyUnreachable)),
     /// not each directory's. Default 10 s; the pool uses at most half the
     /// connection timeout, so a hung proxy is found before any dial times
-    /// out and is never blamed on a directory.
+    /// out and is never blamed on a directory. Through an in-process Tor
+    /// (`PoolBuilder::arti`, feature `arti`):
+    /// how long a dial waits for Tor to finish bootstrapping.
     pub proxy_timeout: Duration,
     /// How long a connected or disconnected hook may run before it is
     /// dropped and reported ([`PoolEvent::HookTimedOut`](crate::PoolEvent::HookTimedOut)).

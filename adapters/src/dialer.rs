@@ -1,4 +1,5 @@
-//! One dial: isolation check, proxy, SOCKS CONNECT, handshake.
+//! One dial: isolation check, proxy, SOCKS CONNECT (or arti's connect),
+//! handshake.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,10 @@ pub(crate) struct Dialer<H> {
     /// proxy cost one `proxy_timeout`, not N (the last of them would
     /// otherwise run out of connection timeout and blame its directory).
     probes_done: AtomicU64,
+    /// An in-process Tor client (feature `arti`) instead of the SOCKS
+    /// proxy for every proxied dial; `None`: the proxy.
+    #[cfg(feature = "arti")]
+    arti: Option<crate::arti::ArtiRoute>,
 }
 
 impl<H: Handshake> Dialer<H> {
@@ -54,7 +59,16 @@ impl<H: Handshake> Dialer<H> {
             probe_lock: futures::lock::Mutex::new(None),
             proxy_auth: None,
             probes_done: AtomicU64::new(0),
+            #[cfg(feature = "arti")]
+            arti: None,
         }
+    }
+
+    /// Opens every proxied stream through `arti` instead of the proxy.
+    #[cfg(feature = "arti")]
+    pub(crate) fn with_arti(mut self, arti: Option<crate::arti::ArtiClient>) -> Self {
+        self.arti = arti.map(crate::arti::ArtiRoute::new);
+        self
     }
 
     /// Sends `proxy_auth` to the proxy on every proxied dial (a proxy that
@@ -83,11 +97,32 @@ impl<H: Handshake> Dialer<H> {
     ) -> Result<H::Client, DialError> {
         // The route, decided once: the isolation check is for proxied dials.
         let direct = socks::route(self.direct_clearnet, addr);
+        let stream = self.open(direct, addr, credentials).await?;
+        tracing::debug!("tunnel open, handshaking");
+        let context =
+            HandshakeContext::new(Arc::clone(&self.runtime), deadline).with_signals(signals);
+        Ok(self.handshake.handshake(&context, addr, stream).await?)
+    }
+
+    /// The stream to `addr` on its route: direct, through arti, or through
+    /// the SOCKS proxy.
+    async fn open(
+        &self,
+        direct: Option<std::net::IpAddr>,
+        addr: &ServerAddr,
+        credentials: Option<&SocksCredentials>,
+    ) -> Result<crate::runtime::BoxedStream, DialError> {
+        #[cfg(feature = "arti")]
+        if let (Some(arti), None) = (&self.arti, direct) {
+            return arti
+                .open(&*self.runtime, self.proxy_timeout, addr, credentials)
+                .await;
+        }
         let credentials = self.proxy_auth.as_ref().or(credentials);
         if credentials.is_some() && direct.is_none() {
             self.verify_isolation().await?;
         }
-        let stream = socks::dial(
+        socks::dial(
             &*self.runtime,
             self.proxy,
             self.proxy_timeout,
@@ -95,11 +130,7 @@ impl<H: Handshake> Dialer<H> {
             addr,
             credentials,
         )
-        .await?;
-        tracing::debug!("tunnel open, handshaking");
-        let context =
-            HandshakeContext::new(Arc::clone(&self.runtime), deadline).with_signals(signals);
-        Ok(self.handshake.handshake(&context, addr, stream).await?)
+        .await
     }
 
     /// [`dial`](Self::dial), failing with `TimedOut` at `deadline`.

@@ -104,6 +104,32 @@ pub enum DialError {
     /// The pool dropped the dial (timeout or `close_all`).
     #[error("dial aborted")]
     Aborted,
+    /// The in-process Tor client (feature `arti`) was not ready for traffic
+    /// and did not finish bootstrapping within `proxy_timeout`: a
+    /// pool-wide fault, as a tor daemon that is not listening
+    /// ([`DialFailure::ProxyUnreachable`]), never the directory's.
+    #[cfg(feature = "arti")]
+    #[error("Tor (arti) not ready for traffic after {waited:?}: {readiness}")]
+    TorNotReady {
+        /// How long the dial waited for the bootstrap.
+        waited: Duration,
+        /// arti's readiness when the dial gave up.
+        readiness: String,
+    },
+    /// The in-process Tor client (feature `arti`) failed to connect to
+    /// `target`; [`failure`](Self::failure) classifies it from `kind`
+    /// ([`arti::failure_of`](crate::arti::failure_of)).
+    #[cfg(feature = "arti")]
+    #[error("Tor (arti) could not connect to {target}: {kind}")]
+    Tor {
+        /// The target, `host:port`.
+        target: String,
+        /// arti's classification of the error.
+        kind: arti_client::ErrorKind,
+        /// arti's error.
+        #[source]
+        source: arti_client::Error,
+    },
 }
 
 impl DialError {
@@ -126,6 +152,10 @@ impl DialError {
             },
             Self::Io { source, .. } => DialFailure::Io(source.kind()),
             Self::InvalidAddress(_) | Self::Aborted => DialFailure::Aborted,
+            #[cfg(feature = "arti")]
+            Self::TorNotReady { .. } => DialFailure::ProxyUnreachable,
+            #[cfg(feature = "arti")]
+            Self::Tor { kind, .. } => crate::arti::failure_of(*kind),
         }
     }
 }

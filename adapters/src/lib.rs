@@ -41,6 +41,8 @@
 // `doc_cfg` shows them by itself since `doc_auto_cfg` was folded into it.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "arti")]
+pub mod arti;
 pub mod config;
 mod dialer;
 mod driver;

@@ -77,6 +77,8 @@ pub struct PoolBuilder<H, K> {
     handshake: H,
     hooks: K,
     entropy: Option<Entropy>,
+    #[cfg(feature = "arti")]
+    arti: Option<crate::arti::ArtiClient>,
 }
 
 impl<H: Handshake> DirectoryPool<H> {
@@ -88,6 +90,8 @@ impl<H: Handshake> DirectoryPool<H> {
             handshake,
             hooks: NoHooks,
             entropy: None,
+            #[cfg(feature = "arti")]
+            arti: None,
         }
     }
 }
@@ -100,7 +104,18 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
             handshake: self.handshake,
             hooks,
             entropy: self.entropy,
+            #[cfg(feature = "arti")]
+            arti: self.arti,
         }
+    }
+
+    /// Opens every directory's stream through the in-process Tor client
+    /// `tor` (feature `arti`) instead of the SOCKS proxy of
+    /// [`Config::proxy`](crate::Config::proxy); see [`crate::arti`].
+    #[cfg(feature = "arti")]
+    pub fn arti(mut self, tor: crate::arti::ArtiClient) -> Self {
+        self.arti = Some(tor);
+        self
     }
 
     /// Uses this isolation token and jitter seed instead of fresh OS
@@ -141,17 +156,18 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
         });
         let rejected = state.rejected_entries().to_vec();
         let connection_timeout = state.connection_timeout();
-        let dialer = Arc::new(
-            Dialer::new(
-                Arc::clone(&runtime),
-                self.config.proxy,
-                // Before the dial's own deadline, so the proxy takes the blame.
-                self.config.proxy_timeout.min(connection_timeout / 2),
-                self.config.direct_clearnet,
-                self.handshake,
-            )
-            .with_proxy_auth(self.config.proxy_auth.clone()),
-        );
+        let dialer = Dialer::new(
+            Arc::clone(&runtime),
+            self.config.proxy,
+            // Before the dial's own deadline, so the proxy takes the blame.
+            self.config.proxy_timeout.min(connection_timeout / 2),
+            self.config.direct_clearnet,
+            self.handshake,
+        )
+        .with_proxy_auth(self.config.proxy_auth.clone());
+        #[cfg(feature = "arti")]
+        let dialer = dialer.with_arti(self.arti);
+        let dialer = Arc::new(dialer);
         let shared = Arc::new(Shared::default());
         let commands = Driver::spawn(
             state,

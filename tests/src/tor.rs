@@ -278,6 +278,84 @@ impl TorNetwork {
         ServerAddr::parse(&format!("{host}:{ONION_PORT}")).expect("a valid onion address")
     }
 
+    /// The configuration, in arti's TOML form, of an arti client of this
+    /// network with its state and cache under `dir`: the authorities as
+    /// fallback directory caches, their v3 identities, path rules that let
+    /// relays which all share 127.0.0.1 make one path (the subnet family
+    /// prefixes past the address length), and the onion time period C tor
+    /// uses in a testing network, 24 voting intervals, as arti's
+    /// `hsdir_interval` in minutes (see /work/shared/notes/arti-private-network.md).
+    ///
+    /// # Panics
+    /// If network.env lacks an authority's keys, or the voting interval
+    /// gives no whole number of minutes of at least 5.
+    pub fn arti_toml(&self, dir: &Path) -> String {
+        let authorities: usize = self
+            .value("AUTHORITY_COUNT")
+            .parse()
+            .expect("AUTHORITY_COUNT");
+        let (mut caches, mut v3idents) = (Vec::new(), Vec::new());
+        for i in 1..=authorities {
+            caches.push(format!(
+                "  {{ rsa_identity = \"{}\", ed_identity = \"{}\", orports = [\"127.0.0.1:{}\"] }},",
+                self.value(&format!("AUTH{i}_RSA_FINGERPRINT")),
+                self.value(&format!("AUTH{i}_ED25519")),
+                self.port(&format!("AUTH{i}_ORPORT")),
+            ));
+            v3idents.push(format!("\"{}\"", self.value(&format!("AUTH{i}_V3IDENT"))));
+        }
+        let interval: u64 = self
+            .value("VOTING_INTERVAL")
+            .parse()
+            .expect("VOTING_INTERVAL");
+        assert!(
+            (24 * interval) % 60 == 0 && 24 * interval / 60 >= 5,
+            "a voting interval of {interval} s gives arti no onion time period"
+        );
+        format!(
+            "[tor_network]\nfallback_caches = [\n{}\n]\n\
+             [tor_network.authorities]\nv3idents = [{}]\n\
+             [path_rules]\nipv4_subnet_family_prefix = 33\nipv6_subnet_family_prefix = 129\n\
+             [override_net_params]\nhsdir_interval = {}\n\
+             [storage]\nstate_dir = \"{}\"\ncache_dir = \"{}\"\n\
+             [storage.permissions]\ndangerously_trust_everyone = true\n",
+            caches.join("\n"),
+            v3idents.join(", "),
+            24 * interval / 60,
+            dir.join("state").display(),
+            dir.join("cache").display(),
+        )
+    }
+
+    /// A fresh directory for an arti client's state, under the network's
+    /// data directory (removed with it).
+    ///
+    /// # Panics
+    /// If it cannot be made.
+    pub fn arti_dir(&self, name: &str) -> PathBuf {
+        let dir = self.dir.join("arti").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("arti state directory");
+        dir
+    }
+
+    /// The process id of the onion-service tor of the restartable service
+    /// `name` (`GETINFO process/pid`).
+    ///
+    /// # Errors
+    /// If its control port cannot be reached or answers no pid.
+    pub fn service_pid(&self, name: &str) -> io::Result<u32> {
+        let key = format!("SVC_{}", name.to_uppercase());
+        Control::connect(
+            self.port(&format!("{key}_CONTROL_PORT")),
+            Path::new(self.value(&format!("{key}_COOKIE"))),
+        )?
+        .getinfo("process/pid")?
+        .first()
+        .and_then(|pid| pid.parse().ok())
+        .ok_or_else(|| io::Error::other("no process/pid"))
+    }
+
     /// The directory behind the onion service `name`.
     pub fn directory(&self, name: &str) -> &JmDirectory {
         self.directories

@@ -1,0 +1,580 @@
+//! An in-process Tor client ([arti](https://arti.torproject.org)) as the
+//! pool's route to the directories, instead of a tor daemon's SOCKS port
+//! (feature `arti`).
+//!
+//! Hand the pool an [`ArtiClient`] with
+//! [`PoolBuilder::arti`](crate::PoolBuilder::arti): every directory's
+//! stream is then opened with `TorClient::connect_with_prefs`, and the very
+//! same [`Handshake`](crate::Handshake), core, liveness and events run on
+//! it. [`Config::proxy`](crate::Config::proxy) and
+//! [`Config::proxy_auth`](crate::Config::proxy_auth) are not used;
+//! [`Config::proxy_timeout`](crate::Config::proxy_timeout) bounds how long a
+//! dial waits for Tor to finish bootstrapping.
+//!
+//! - **Sharing or owning.** [`ArtiClient::new`] shares the application's
+//!   own `TorClient` (any arti runtime); [`ArtiClient::bootstrap`] creates
+//!   and bootstraps one from a [`TorClientConfig`] (its state and cache
+//!   directories are in that config).
+//! - **Isolation.** The isolation credentials the core derives for each
+//!   scope ([`IsolationScope`](crate::IsolationScope): per category, per
+//!   server) become one arti [`IsolationToken`] each, so two scopes never
+//!   share a circuit, exactly as two SOCKS usernames do on Tor's
+//!   `IsolateSOCKSAuth`. The credentials of every pool carry the pool's own
+//!   random token, so two pools sharing a `TorClient` share no circuit.
+//! - **Tor's own state is the proxy's state.** A dial that finds Tor not
+//!   ready for traffic waits up to `proxy_timeout` for its bootstrap, then
+//!   fails with [`DialError::TorNotReady`],
+//!   which the core counts as the proxy being unreachable: one pool-wide
+//!   fact ([`PoolEvent::ProxyUnreachable`](crate::PoolEvent::ProxyUnreachable),
+//!   then `ProxyRecovered`), never a directory's failure. The bootstrap
+//!   itself is observable with [`ArtiClient::readiness`] and
+//!   [`ArtiClient::readiness_events`].
+//! - **Errors** are classified from arti's [`ErrorKind`] ([`failure_of`]):
+//!   an onion whose descriptor is not found is the directory's
+//!   ([`SocksReply::OnionDescriptorNotFound`],
+//!   as Tor's extended SOCKS reply), a client that is not bootstrapped or
+//!   shutting down is the proxy's.
+//!
+//! # Runtime, TLS and Rust version
+//!
+//! arti runs on tokio here (its smol runtime is experimental), so the
+//! feature turns on dirpool's `tokio` feature. [`ArtiClient::bootstrap`]
+//! and [`ArtiClient::new`] must be called inside a tokio runtime; each
+//! directory's connect then runs on that runtime, so the pool itself may
+//! run on smol or tokio. TLS to the relays is arti's `native-tls` backend
+//! (OpenSSL: `libssl-dev` and `pkg-config` to build): unlike arti's
+//! `rustls` backend it needs no process-wide `CryptoProvider`, so nothing
+//! global is installed behind the application's back. arti needs Rust 1.92.
+//!
+//! ```no_run
+//! # #[cfg(feature = "joinmarket")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use dirpool::arti::{ArtiClient, arti_client::TorClientConfig};
+//! use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
+//! use dirpool::{Config, DirectoryPool};
+//!
+//! // Inside a tokio runtime: bootstraps arti (default state directories).
+//! let tor = ArtiClient::bootstrap(TorClientConfig::default()).await?;
+//! let config = Config::new(["duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion:5222"]);
+//! let handshake =
+//!     JoinMarketHandshake::new(JmConfig::new(NickIdentity::random()?, Network::Mainnet))?;
+//! let pool = DirectoryPool::builder(config, handshake).arti(tor).spawn_tokio()?;
+//! pool.connect_all_parallel().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arti_client::status::{BootstrapEvents, BootstrapStatus};
+use arti_client::{DataStream, StreamPrefs, TorClient};
+use dirpool_core::{DialFailure, ServerAddr, SocksCredentials, SocksReply};
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, Stream, StreamExt as _};
+
+pub use arti_client;
+pub use arti_client::{ErrorKind, IsolationToken, TorClientConfig};
+
+use crate::error::DialError;
+use crate::runtime::{BoxedStream, Runtime, before};
+
+/// A shared handle on an in-process Tor client, for
+/// [`PoolBuilder::arti`](crate::PoolBuilder::arti). Cheap to clone; the
+/// application may keep a clone to watch Tor's readiness.
+#[derive(Clone)]
+pub struct ArtiClient {
+    tor: Arc<dyn Connector>,
+    /// Where each connect runs: the tokio runtime the client was made in,
+    /// whose timers arti's futures need, whatever runtime the pool runs on.
+    tokio: Option<tokio::runtime::Handle>,
+}
+
+impl std::fmt::Debug for ArtiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtiClient")
+            .field("readiness", &self.readiness())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`ArtiClient::bootstrap`] failed.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ArtiError {
+    /// Called outside a tokio runtime.
+    #[error("arti needs a tokio runtime: call ArtiClient::bootstrap inside one")]
+    NoRuntime(#[source] std::io::Error),
+    /// A configuration text arti cannot read or build.
+    #[error("invalid arti configuration")]
+    Config(#[source] crate::error::BoxError),
+    /// arti could not be created or bootstrapped (configuration, state
+    /// directory, network).
+    #[error("arti failed to bootstrap ({kind})")]
+    Bootstrap {
+        /// arti's classification.
+        kind: ErrorKind,
+        /// arti's error.
+        #[source]
+        source: arti_client::Error,
+    },
+}
+
+/// Tor's readiness, from arti's bootstrap status: the proxy-wide state the
+/// pool's dials depend on.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub enum TorReadiness {
+    /// Still bootstrapping; `progress` from 0 to 1.
+    Bootstrapping {
+        /// arti's rough estimate of how far it got.
+        progress: f32,
+    },
+    /// Ready: a new connect can start at once.
+    Ready,
+    /// arti says it is stuck (offline, clock skew, no usable directory…).
+    Blocked {
+        /// arti's reason, for people.
+        reason: String,
+    },
+}
+
+impl TorReadiness {
+    fn of(status: &BootstrapStatus) -> Self {
+        if status.ready_for_traffic() {
+            Self::Ready
+        } else if let Some(blockage) = status.blocked() {
+            Self::Blocked {
+                reason: blockage.to_string(),
+            }
+        } else {
+            Self::Bootstrapping {
+                progress: status.as_frac(),
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TorReadiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bootstrapping { progress } => {
+                write!(f, "bootstrapping ({:.0} %)", progress * 100.0)
+            }
+            Self::Ready => f.write_str("ready"),
+            Self::Blocked { reason } => write!(f, "blocked: {reason}"),
+        }
+    }
+}
+
+impl ArtiClient {
+    /// Shares the application's own `TorClient` (its circuits, guards and
+    /// directory cache); the pool's streams are still isolated from the
+    /// application's by the pool's own isolation tokens when isolation is
+    /// on. Call it inside the tokio runtime the client runs on (outside
+    /// one, e.g. with another arti runtime, each connect is polled by the
+    /// pool's own runtime, which must then suit `R`).
+    pub fn new<R: tor_rtcompat::Runtime>(client: Arc<TorClient<R>>) -> Self {
+        Self {
+            tor: Arc::new(client),
+            tokio: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    /// Creates a `TorClient` on the current tokio runtime from `config`
+    /// and bootstraps it (a few seconds on the real network, from empty
+    /// state directories longer). Cancel-safe: dropping the future drops
+    /// the half-made client.
+    ///
+    /// # Errors
+    /// [`ArtiError::NoRuntime`] outside a tokio runtime;
+    /// [`ArtiError::Bootstrap`] if arti cannot start or bootstrap.
+    pub async fn bootstrap(config: TorClientConfig) -> Result<Self, ArtiError> {
+        let runtime = tor_rtcompat::PreferredRuntime::current().map_err(ArtiError::NoRuntime)?;
+        let client = TorClient::with_runtime(runtime)
+            .config(config)
+            .create_bootstrapped()
+            .await
+            .map_err(|source| ArtiError::Bootstrap {
+                kind: arti_client::HasKind::kind(&source),
+                source,
+            })?;
+        Ok(Self::new(client))
+    }
+
+    /// Reads an arti configuration in arti's TOML form (what `arti.toml`
+    /// holds: `[storage]`, `[tor_network]`, …), every key not given at its
+    /// default. Unknown keys are ignored, as arti does.
+    ///
+    /// ```
+    /// let config = dirpool::arti::ArtiClient::config_from_toml(
+    ///     "[storage]\nstate_dir = \"/var/lib/my-app/arti/state\"\n",
+    /// )?;
+    /// assert!(dirpool::arti::ArtiClient::config_from_toml("[storage]\nstate_dir = 3").is_err());
+    /// # Ok::<(), dirpool::arti::ArtiError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ArtiError::Config`] for text that is not TOML or a value arti
+    /// refuses.
+    pub fn config_from_toml(text: &str) -> Result<TorClientConfig, ArtiError> {
+        let mut sources = tor_config::ConfigurationSources::new_empty();
+        sources.push_source(
+            tor_config::ConfigurationSource::from_verbatim(text.to_owned()),
+            tor_config::sources::MustRead::MustRead,
+        );
+        let tree = sources.load().map_err(|e| ArtiError::Config(Box::new(e)))?;
+        tor_config::resolve(&tree).map_err(|e| ArtiError::Config(Box::new(e)))
+    }
+
+    /// Tor's readiness now.
+    pub fn readiness(&self) -> TorReadiness {
+        TorReadiness::of(&self.tor.status())
+    }
+
+    /// Tor's readiness each time arti's bootstrap status changes (the
+    /// current one first). Changes faster than the reader are coalesced;
+    /// the stream ends with the client.
+    pub fn readiness_events(&self) -> impl Stream<Item = TorReadiness> + Send + Unpin + 'static {
+        let current = futures::stream::iter([self.readiness()]);
+        current.chain(self.tor.events().map(|status| TorReadiness::of(&status)))
+    }
+
+    /// arti's own bootstrap events, for what [`TorReadiness`] leaves out.
+    pub fn bootstrap_events(&self) -> BootstrapEvents {
+        self.tor.events()
+    }
+}
+
+/// The part of `TorClient<R>` the pool uses, with the runtime type erased.
+trait Connector: Send + Sync + 'static {
+    fn connect(
+        &self,
+        host: String,
+        port: u16,
+        isolation: Option<IsolationToken>,
+    ) -> BoxFuture<'static, Result<DataStream, arti_client::Error>>;
+    fn bootstrap(&self) -> BoxFuture<'static, Result<(), arti_client::Error>>;
+    fn status(&self) -> BootstrapStatus;
+    fn events(&self) -> BootstrapEvents;
+}
+
+impl<R: tor_rtcompat::Runtime> Connector for Arc<TorClient<R>> {
+    fn connect(
+        &self,
+        host: String,
+        port: u16,
+        isolation: Option<IsolationToken>,
+    ) -> BoxFuture<'static, Result<DataStream, arti_client::Error>> {
+        let client = Arc::clone(self);
+        async move {
+            let mut prefs = StreamPrefs::new();
+            if let Some(token) = isolation {
+                prefs.set_isolation(token);
+            }
+            client
+                .connect_with_prefs((host.as_str(), port), &prefs)
+                .await
+        }
+        .boxed()
+    }
+
+    fn bootstrap(&self) -> BoxFuture<'static, Result<(), arti_client::Error>> {
+        let client = Arc::clone(self);
+        // The inherent method, not this trait's (which the Arc would pick).
+        async move { TorClient::bootstrap(&client).await }.boxed()
+    }
+
+    fn status(&self) -> BootstrapStatus {
+        self.bootstrap_status()
+    }
+
+    fn events(&self) -> BootstrapEvents {
+        self.bootstrap_events()
+    }
+}
+
+/// Isolation tokens kept at most: far more than the scopes of a pool
+/// (categories plus servers); past it the oldest is forgotten, which only
+/// gives its scope a fresh token, i.e. new circuits.
+const MAX_TOKENS: usize = 1024;
+
+/// The core's credentials of each scope and its arti token, oldest first.
+/// `SocksCredentials` is the one idea of "scope": the core derives it, the
+/// SOCKS path sends it, this path maps it. A linear search: a pool has a
+/// few dozen scopes.
+#[derive(Default)]
+struct ScopeTokens(Mutex<Vec<(SocksCredentials, IsolationToken)>>);
+
+impl ScopeTokens {
+    /// The arti token of the scope `credentials` name.
+    fn token(&self, credentials: &SocksCredentials) -> IsolationToken {
+        let mut tokens = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, token)) = tokens.iter().find(|(c, _)| c == credentials) {
+            return *token;
+        }
+        if tokens.len() >= MAX_TOKENS {
+            tokens.remove(0);
+        }
+        let token = IsolationToken::new();
+        tokens.push((credentials.clone(), token));
+        token
+    }
+
+    /// Forgets `token` as the token of `credentials` (if it still is): the
+    /// scope's next dial gets a fresh one.
+    fn renew(&self, credentials: &SocksCredentials, token: IsolationToken) {
+        let mut tokens = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.retain(|(c, t)| !(c == credentials && *t == token));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// The pool's route through arti: the client and one isolation token per
+/// scope the core named.
+pub(crate) struct ArtiRoute {
+    client: ArtiClient,
+    tokens: ScopeTokens,
+}
+
+impl ArtiRoute {
+    pub(crate) fn new(client: ArtiClient) -> Self {
+        Self {
+            client,
+            tokens: ScopeTokens::default(),
+        }
+    }
+
+    /// Opens a stream to `addr` through arti, isolated by `credentials`.
+    /// Waits up to `ready_timeout` for a bootstrap first. Not bounded
+    /// otherwise: the caller races it against its deadline; dropping it
+    /// drops the connect.
+    pub(crate) async fn open(
+        &self,
+        runtime: &dyn Runtime,
+        ready_timeout: Duration,
+        addr: &ServerAddr,
+        credentials: Option<&SocksCredentials>,
+    ) -> Result<BoxedStream, DialError> {
+        let target = addr.to_string();
+        if !self.client.tor.status().ready_for_traffic() {
+            let bootstrap = self.on_tokio(self.client.tor.bootstrap());
+            match before(
+                runtime.sleep_until(runtime.now() + ready_timeout),
+                bootstrap,
+            )
+            .await
+            {
+                Some(Ok(())) => {}
+                Some(Err(source)) => return Err(tor_error(target, source)),
+                None => {
+                    return Err(DialError::TorNotReady {
+                        waited: ready_timeout,
+                        readiness: self.client.readiness().to_string(),
+                    });
+                }
+            }
+        }
+        let isolation = credentials.map(|c| (c, self.tokens.token(c)));
+        // arti keeps what it learnt of an onion service (its descriptor,
+        // which introduction points failed) per isolation token; after a
+        // service restart that state can stall every later connect (as a
+        // tor daemon's does until a controller sends NEWNYM). So a connect
+        // that fails or is dropped unfinished (timed out) renews its
+        // scope's token: the scope's next dial starts afresh, on new
+        // circuits, which isolates no less.
+        let mut renew = RenewUnlessDone {
+            tokens: &self.tokens,
+            isolation,
+        };
+        let connect = self.client.tor.connect(
+            addr.host().to_owned(),
+            addr.port(),
+            isolation.map(|(_, token)| token),
+        );
+        match self.on_tokio(connect).await {
+            Ok(stream) => {
+                renew.isolation = None;
+                Ok(Box::pin(stream))
+            }
+            Err(source) => Err(tor_error(target, source)),
+        }
+    }
+
+    /// Runs `future` on the client's tokio runtime when there is one (arti
+    /// makes its timers in the caller's context), aborted when dropped.
+    fn on_tokio<T: Send + 'static>(
+        &self,
+        future: BoxFuture<'static, Result<T, arti_client::Error>>,
+    ) -> BoxFuture<'static, Result<T, arti_client::Error>> {
+        let Some(handle) = &self.client.tokio else {
+            return future;
+        };
+        let task = AbortOnDrop(handle.spawn(future));
+        async move {
+            let mut task = task;
+            match (&mut task.0).await {
+                Ok(result) => result,
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                // Cancelled: only by our own drop, which nobody awaits.
+                Err(_) => futures::future::pending().await,
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Renews the scope's token on drop, unless the connect succeeded.
+struct RenewUnlessDone<'a> {
+    tokens: &'a ScopeTokens,
+    isolation: Option<(&'a SocksCredentials, IsolationToken)>,
+}
+
+impl Drop for RenewUnlessDone<'_> {
+    fn drop(&mut self) {
+        if let Some((credentials, token)) = self.isolation {
+            self.tokens.renew(credentials, token);
+        }
+    }
+}
+
+/// A tokio task aborted when its handle is dropped (the pool dropped the dial).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn tor_error(target: String, source: arti_client::Error) -> DialError {
+    DialError::Tor {
+        target,
+        kind: arti_client::HasKind::kind(&source),
+        source,
+    }
+}
+
+/// What the core makes of an arti error of `kind`: Tor itself not usable
+/// (not bootstrapped, no usable directory, shutting down, local fault) is
+/// the proxy's; what happened on the way to one onion is that server's,
+/// as the SOCKS reply a tor daemon sends for it with `ExtendedErrors`
+/// (`OnionServiceNotFound` → 0xF0, …; timeouts → TTL expired, Tor's code
+/// for them).
+pub fn failure_of(kind: ErrorKind) -> DialFailure {
+    use ErrorKind as K;
+    let socks = DialFailure::Socks;
+    match kind {
+        // Tor not ready or going away: as a tor daemon not listening.
+        K::BootstrapRequired
+        | K::TorAccessFailed
+        | K::DirectoryExpired
+        | K::TorDirectoryUnusable
+        | K::ClockSkew
+        | K::LocalNetworkError
+        | K::NoPath
+        | K::ReactorShuttingDown
+        | K::ArtiShuttingDown => DialFailure::ProxyUnreachable,
+        // The local client is misconfigured or broken: every dial alike.
+        K::InvalidConfig
+        | K::InvalidConfigTransition
+        | K::FeatureDisabled
+        | K::ForbiddenStreamTarget
+        | K::NotImplemented
+        | K::BadApiUsage
+        | K::Internal
+        | K::LocalProtocolViolation
+        | K::LocalResourceExhausted
+        | K::LocalResourceAlreadyInUse
+        | K::FsPermissions
+        | K::PersistentStateAccessFailed
+        | K::PersistentStateCorrupted
+        | K::CacheAccessFailed
+        | K::CacheCorrupted
+        | K::KeystoreAccessFailed
+        | K::KeystoreCorrupted
+        | K::NoHomeDirectory
+        | K::SoftwareDeprecated => DialFailure::ProxyProtocol,
+        K::OnionServiceNotFound => socks(SocksReply::OnionDescriptorNotFound),
+        K::OnionServiceNotRunning => socks(SocksReply::OnionIntroFailed),
+        K::OnionServiceConnectionFailed => socks(SocksReply::OnionRendezvousFailed),
+        K::OnionServiceProtocolViolation => socks(SocksReply::OnionDescriptorInvalid),
+        K::OnionServiceMissingClientAuth => socks(SocksReply::OnionMissingClientAuth),
+        K::OnionServiceWrongClientAuth => socks(SocksReply::OnionWrongClientAuth),
+        K::OnionServiceAddressInvalid | K::InvalidStreamTarget => {
+            socks(SocksReply::OnionBadAddress)
+        }
+        K::TorNetworkTimeout | K::RemoteNetworkTimeout | K::ExitTimeout => {
+            socks(SocksReply::TtlExpired)
+        }
+        K::RemoteConnectionRefused => socks(SocksReply::ConnectionRefused),
+        K::RemoteHostNotFound | K::RemoteHostResolutionFailed => socks(SocksReply::HostUnreachable),
+        K::RemoteNetworkFailed | K::NoExit => socks(SocksReply::NetworkUnreachable),
+        K::ExitPolicyRejected => socks(SocksReply::NotAllowed),
+        // Circuit trouble, stream closed or reset, a relay's fault.
+        _ => socks(SocksReply::GeneralFailure),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dirpool_core::FailureScope;
+
+    #[test]
+    fn not_ready_is_the_proxys_and_a_missing_onion_the_servers() {
+        for kind in [
+            ErrorKind::BootstrapRequired,
+            ErrorKind::TorDirectoryUnusable,
+            ErrorKind::ArtiShuttingDown,
+            ErrorKind::InvalidConfig,
+        ] {
+            assert_eq!(failure_of(kind).scope(), FailureScope::Proxy, "{kind}");
+        }
+        for (kind, reply) in [
+            (
+                ErrorKind::OnionServiceNotFound,
+                SocksReply::OnionDescriptorNotFound,
+            ),
+            (
+                ErrorKind::OnionServiceConnectionFailed,
+                SocksReply::OnionRendezvousFailed,
+            ),
+            (ErrorKind::TorNetworkTimeout, SocksReply::TtlExpired),
+            (ErrorKind::CircuitCollapse, SocksReply::GeneralFailure),
+        ] {
+            let failure = failure_of(kind);
+            assert_eq!(failure, DialFailure::Socks(reply), "{kind}");
+            assert_eq!(failure.scope(), FailureScope::Server, "{kind}");
+        }
+    }
+
+    #[test]
+    fn each_scope_has_one_token_of_its_own_and_the_map_is_bounded() {
+        let scopes = ScopeTokens::default();
+        let a = SocksCredentials::new("dirpool-directory", "a");
+        let b = SocksCredentials::new("dirpool-directory", "b");
+        let peer = SocksCredentials::new("dirpool-peer", "a");
+        let ta = scopes.token(&a);
+        assert_eq!(scopes.token(&a), ta);
+        assert_ne!(scopes.token(&b), ta);
+        assert_ne!(scopes.token(&peer), ta);
+        assert_ne!(scopes.token(&peer), scopes.token(&b));
+        for i in 0..MAX_TOKENS {
+            scopes.token(&SocksCredentials::new("dirpool-directory", format!("x{i}")));
+        }
+        assert_eq!(scopes.len(), MAX_TOKENS);
+        // `a` was the oldest: forgotten, so a fresh token (new circuits).
+        let renewed = scopes.token(&a);
+        assert_ne!(renewed, ta);
+        // Renewing an outdated token changes nothing; the current one, all.
+        scopes.renew(&a, ta);
+        assert_eq!(scopes.token(&a), renewed);
+        scopes.renew(&a, renewed);
+        assert_ne!(scopes.token(&a), renewed);
+    }
+}
