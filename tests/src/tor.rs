@@ -696,3 +696,36 @@ pub fn socks5_connect(
     stream.set_read_timeout(None)?;
     Ok(Ok(stream))
 }
+
+/// A process stopped with SIGSTOP (a tor, to make its path silent without
+/// closing a socket), resumed with SIGCONT when dropped.
+#[derive(Debug)]
+pub struct Stopped(u32);
+
+impl Stopped {
+    /// Stops process `pid`.
+    ///
+    /// # Panics
+    /// If `kill -STOP` fails.
+    pub fn stop(pid: u32) -> Self {
+        signal(pid, "STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "kill -{signal} {pid}: {status:?}"
+    );
+}

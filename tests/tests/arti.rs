@@ -25,7 +25,7 @@ use dirpool_core::{
     Backoff, DialFailure, Entropy, FailureScope, IsolationScope, IsolationToken, KeepalivePolicy,
     RetryPolicy, ServerAddr, ServerState, SocksReply,
 };
-use dirpool_tests::tor::{TorClient, TorNetwork};
+use dirpool_tests::tor::{Stopped, TorClient, TorNetwork};
 
 /// Bound of each scenario, per runtime.
 const LIMIT: Duration = Duration::from_secs(180);
@@ -281,33 +281,6 @@ fn a_stopped_and_restarted_onion_service_is_reconnected_through_arti() {
             pool.close_all().await.unwrap();
         }
     });
-}
-
-/// A tor process stopped with SIGSTOP, resumed (SIGCONT) on drop.
-struct Stopped(u32);
-
-impl Stopped {
-    fn stop(pid: u32) -> Self {
-        signal(pid, "STOP");
-        Self(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        signal(self.0, "CONT");
-    }
-}
-
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status();
-    assert!(
-        status.as_ref().is_ok_and(|s| s.success()),
-        "kill -{signal} {pid}: {status:?}"
-    );
 }
 
 #[test]

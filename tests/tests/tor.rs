@@ -23,7 +23,7 @@ use dirpool_core::{
     Backoff, DialFailure, Entropy, IsolationCategory, IsolationScope, IsolationToken,
     KeepalivePolicy, RetryPolicy, ServerAddr, ServerState, SocksReply,
 };
-use dirpool_tests::tor::{Control, TorClient, TorNetwork, socks5_connect};
+use dirpool_tests::tor::{Control, Stopped, TorClient, TorNetwork, socks5_connect};
 
 /// Bound of each scenario, per runtime.
 const LIMIT: Duration = Duration::from_secs(180);
@@ -589,33 +589,6 @@ fn a_modelled_directory_heartbeats_through_tor_and_keeps_the_link() {
             pool.close_all().await.unwrap();
         });
     });
-}
-
-/// A tor process stopped with SIGSTOP, resumed (SIGCONT) on drop.
-struct Stopped(u32);
-
-impl Stopped {
-    fn stop(pid: u32) -> Self {
-        signal(pid, "STOP");
-        Self(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        signal(self.0, "CONT");
-    }
-}
-
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status();
-    assert!(
-        status.as_ref().is_ok_and(|s| s.success()),
-        "kill -{signal} {pid}: {status:?}"
-    );
 }
 
 #[test]
