@@ -1271,7 +1271,7 @@ fn serve_modelled(
         ctx.close_gracefully(stream);
         return;
     }
-    let _nick = NickGuard {
+    let nick = NickGuard {
         state,
         nick: peer.nick.clone(),
     };
@@ -1299,7 +1299,11 @@ fn serve_modelled(
             return;
         }
     }
-    let session = state.register_session(&writer);
+    // The nick is freed before the session goes (a tuple drops its fields
+    // in order): a link `handshaked_connections` no longer counts never
+    // still holds its nick, so a test that waits for the count can
+    // handshake the same nick again at once.
+    let session = (nick, state.register_session(&writer));
     let replied = Instant::now();
     let mut link = DirectoryLink::new(modelled.config.clone(), peer, state.started, replied);
     let index = {
