@@ -1,11 +1,14 @@
 //! Through an in-process Tor client (arti, dirpool's feature `arti`) on the
 //! private Tor network of `tests/tor/private-network`: the same scenarios
-//! as tests/tests/tor.rs with no tor daemon on the client side.
+//! as tests/tests/tor.rs (one piece of code each, in `common::onion`) with
+//! no tor daemon on the client side.
 //!
 //! The network starts once for this test binary; one arti client, on a
 //! tokio runtime of its own, serves the tests (each pool runs on tokio and
-//! on smol, but for the two slowest scenarios: smol only); the tests take turns ([`turn`]) so that what the onion
-//! service's tor shows belongs to one test.
+//! on smol, but for the two slowest scenarios: smol only); the tests take
+//! turns ([`turn`]) so that what the onion service's tor shows belongs to
+//! one test. `DIRPOOL_TEST_LOG=dirpool=debug,tor_hsclient=debug,warn`
+//! (tracing's target syntax) logs the run to stderr.
 
 mod common;
 
@@ -53,8 +56,9 @@ fn log_if_asked() {
     let Ok(selection) = std::env::var("DIRPOOL_TEST_LOG") else {
         return;
     };
-    let targets: tracing_subscriber::filter::Targets =
-        selection.parse().expect("DIRPOOL_TEST_LOG: tracing targets");
+    let targets: tracing_subscriber::filter::Targets = selection
+        .parse()
+        .expect("DIRPOOL_TEST_LOG: tracing targets");
     let subscriber = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -105,9 +109,6 @@ fn arti_pool(config: Config, tor: &ArtiClient, rt: &Arc<dyn Runtime>) -> OnionPo
 }
 
 #[test]
-#[ignore = "quarantined (issue 19): on the private Tor network these failed in clean-clone CI runs under load \
-            (a restart not seen, an isolated connect not made) while passing alone; \
-            run them with `-- --ignored` until the cause is found"]
 fn arti_reaches_both_onions_and_types_the_unpublished_one() {
     let net = TorNetwork::shared();
     let tor = &arti().client;
@@ -147,9 +148,6 @@ fn rendezvous_circuits(net: &TorNetwork) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "quarantined (issue 19): on the private Tor network these failed in clean-clone CI runs under load \
-            (a restart not seen, an isolated connect not made) while passing alone; \
-            run them with `-- --ignored` until the cause is found"]
 fn each_isolation_scope_is_a_circuit_of_its_own_at_the_service() {
     let net = TorNetwork::shared();
     let tor = &arti().client;
@@ -159,12 +157,12 @@ fn each_isolation_scope_is_a_circuit_of_its_own_at_the_service() {
         let circuits = || blocking(move || rendezvous_circuits(net));
 
         // Each connect retries as maintenance would: on a loaded machine
-        // one try through arti can end in one of arti's own timeouts (its
-        // stream connect timeout is 10 s, where a tor daemon retries the
-        // stream on another circuit until its SocksTimeout; seen in CI as
-        // 0 of 1 connected, TtlExpired). A failed try renews the scope's
-        // token, so it may leave one more rendezvous circuit at the
-        // service: each failure allows one more.
+        // one try through arti can end in one of arti's own timeouts (e.g.
+        // its stream connect timeout, 10 s, where a tor daemon gives an
+        // onion stream its SocksTimeout, 2 min; seen in CI as 0 of 1
+        // connected, TtlExpired, which only arti's timeout kinds give).
+        // A failed try renews the scope's token, so it may leave one more
+        // rendezvous circuit at the service: each failure allows one more.
 
         // Isolation on: each pool's credentials carry its own random
         // token, so each is a scope of its own: a second rendezvous.
@@ -199,9 +197,6 @@ fn each_isolation_scope_is_a_circuit_of_its_own_at_the_service() {
 }
 
 #[test]
-#[ignore = "quarantined (issue 19): on the private Tor network these failed in clean-clone CI runs under load \
-            (a restart not seen, an isolated connect not made) while passing alone; \
-            run them with `-- --ignored` until the cause is found"]
 fn a_stopped_and_restarted_onion_service_is_reconnected_through_arti() {
     let net = TorNetwork::shared();
     let tor = &arti().client;
@@ -210,20 +205,28 @@ fn a_stopped_and_restarted_onion_service_is_reconnected_through_arti() {
     // slowest scenarios run once, for CI's time budget.
     run_on_smol_within(LIMIT, |rt| async move {
         let onion = net.onion("gamma");
-        let pool = arti_pool(onion_config(&[&onion], IsolationScope::PerCategory), tor, &rt);
+        let pool = arti_pool(
+            onion_config(&[&onion], IsolationScope::PerCategory),
+            tor,
+            &rt,
+        );
         // No NEWNYM for arti: the dials that failed while the service was
         // down renewed the scope's isolation token, and with it arti's
         // state for the onion.
         let nothing = || async {};
-        a_restarted_service_is_reconnected(net, &rt, pool, "gamma", nothing, Duration::from_secs(150))
-            .await;
+        a_restarted_service_is_reconnected(
+            net,
+            &rt,
+            pool,
+            "gamma",
+            nothing,
+            Duration::from_secs(150),
+        )
+        .await;
     });
 }
 
 #[test]
-#[ignore = "quarantined (issue 19): on the private Tor network these failed in clean-clone CI runs under load \
-            (a restart not seen, an isolated connect not made) while passing alone; \
-            run them with `-- --ignored` until the cause is found"]
 fn a_path_cut_by_stopping_the_service_tor_is_lost_to_the_keepalive() {
     let net = TorNetwork::shared();
     let tor = &arti().client;
@@ -254,9 +257,6 @@ fn a_path_cut_by_stopping_the_service_tor_is_lost_to_the_keepalive() {
 }
 
 #[test]
-#[ignore = "quarantined (issue 19): on the private Tor network these failed in clean-clone CI runs under load \
-            (a restart not seen, an isolated connect not made) while passing alone; \
-            run them with `-- --ignored` until the cause is found"]
 fn tor_that_cannot_bootstrap_is_the_proxys_fault_never_a_directorys() {
     let net = TorNetwork::shared();
     let arti = arti();

@@ -18,8 +18,9 @@ use common::onion::{
     blocking, both_onions_connect_and_the_unpublished_one_fails, connect_all, fresh_entropy,
     onion_config,
 };
-use common::{assert_links_held, drain, eventually, next_matching, on_both_runtimes_within, until_event};
-use futures::FutureExt as _;
+use common::{
+    assert_links_held, drain, eventually, next_matching, on_both_runtimes_within, until_event,
+};
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{
@@ -27,6 +28,7 @@ use dirpool_core::{
     SocksReply,
 };
 use dirpool_tests::tor::{Control, TorClient, TorNetwork, socks5_connect};
+use futures::FutureExt as _;
 
 /// Serialises the tests that use the first client tor.
 fn first_client() -> MutexGuard<'static, ()> {
@@ -511,8 +513,14 @@ fn a_path_cut_by_stopping_the_client_tor_is_lost_to_the_keepalive() {
             // failure, seen in CI) while it rebuilds circuits, as a user's
             // would; so the connect retries, within the onion timeout.
             let client = move || net.client_pid(TorClient::First);
-            a_silent_path_is_lost_to_the_keepalive(&rt, pool, keepalive, client, "tor client SIGSTOP")
-                .await;
+            a_silent_path_is_lost_to_the_keepalive(
+                &rt,
+                pool,
+                keepalive,
+                client,
+                "tor client SIGSTOP",
+            )
+            .await;
             // The resumed tor answers its control port before the next test.
             blocking(move || net.client_pid(TorClient::First))
                 .await

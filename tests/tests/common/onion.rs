@@ -160,10 +160,17 @@ pub async fn a_restarted_service_is_reconnected<F: Future<Output = ()>>(
     let mut events = pool.events();
     pool.start_maintenance().unwrap();
     let connected = |e: &PoolEvent| matches!(e, PoolEvent::Connected { .. });
-    assert!(wait_for(rt, &mut events, ONION, connected).await, "connected");
+    assert!(
+        wait_for(rt, &mut events, ONION, connected).await,
+        "connected"
+    );
     let handshakes = directory.handshakes().len();
 
+    // Logged (DIRPOOL_TEST_LOG in the arti binary) to time the pool's
+    // events against.
+    tracing::info!(name, "killing the onion service's tor");
     blocking(move || net.kill_service(name)).await.unwrap();
+    tracing::info!(name, "the onion service's tor is gone");
     let mut seen = Vec::new();
     // Usually the client's Tor reports the circuit's end at once; when no
     // DESTROY comes (seen in CI), only the keepalive finds out, idle +
@@ -189,6 +196,10 @@ pub async fn a_restarted_service_is_reconnected<F: Future<Output = ()>>(
     assert!(!seen.iter().any(connected), "{seen:#?}");
     assert_eq!(pool.connected_count(), 0);
     blocking(move || net.restart_service(name)).await.unwrap();
+    tracing::info!(
+        name,
+        "the onion service's tor is back, descriptors uploaded"
+    );
     after_restart().await;
     let mut seen = Vec::new();
     let back = next_matching(rt, &mut events, reconnect, |e| {
