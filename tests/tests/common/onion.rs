@@ -15,7 +15,7 @@ use dirpool_core::{
 };
 use dirpool_tests::tor::{Stopped, TorNetwork};
 
-use super::{drain, expect_keepalive_loss, next_matching, until_event, wait_for};
+use super::{drain, expect_keepalive_loss, next_matching, wait_for};
 
 /// Bound of each scenario, per runtime.
 pub const LIMIT: Duration = Duration::from_secs(180);
@@ -112,23 +112,30 @@ pub async fn both_onions_connect_and_the_unpublished_one_fails(
     let mut policy = RetryPolicy::new(ONION);
     policy.backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(2), 2.0);
     assert!(pool.connect_all_with_retry(policy).await.unwrap() >= 1);
+    // One wait for both facts, reading each event once: the unpublished
+    // onion's failure may come before the second directory connects (under
+    // load it did), and a wait for the connections alone would drop it.
+    let mut unpublished_error = None;
+    let settled = next_matching(rt, &mut events, ONION, |e| {
+        if let PoolEvent::DialFailed { node_id, error, .. } = e {
+            if node_id == nobody.node_id() {
+                unpublished_error.get_or_insert_with(|| Arc::clone(error));
+            }
+        }
+        (pool.connected_count() == 2 && unpublished_error.is_some()).then_some(())
+    })
+    .await;
     assert!(
-        until_event(rt, &mut events, ONION, || pool.connected_count() == 2).await,
-        "both live onion directories connect: {:?}",
+        settled.is_some(),
+        "both live onion directories connect ({} connected) and the unpublished one fails \
+         ({unpublished_error:?}): {:#?}",
+        pool.connected_count(),
         pool.status().await.unwrap()
     );
+    let error = unpublished_error.expect("checked above");
     assert!(pool.client(alpha.node_id()).is_some());
     assert!(pool.client(beta.node_id()).is_some());
     assert_eq!(net.directory("alpha").handshakes().len(), before + 1);
-
-    let error = next_matching(rt, &mut events, ONION, |e| match e {
-        PoolEvent::DialFailed { node_id, error, .. } if node_id == nobody.node_id() => {
-            Some(Arc::clone(error))
-        }
-        _ => None,
-    })
-    .await
-    .expect("the unpublished onion fails");
     let failure = DialFailure::Socks(SocksReply::OnionDescriptorNotFound);
     assert_eq!(error.failure(), failure, "{error:?}");
     let status = pool.status().await.unwrap();
