@@ -7,7 +7,7 @@
 //! tokio runtime of its own, serves the tests (each pool runs on tokio and
 //! on smol, but for the two slowest scenarios: smol only); the tests take
 //! turns ([`turn`]) so that what the onion service's tor shows belongs to
-//! one test. `DIRPOOL_TEST_LOG=dirpool=debug,tor_hsclient=debug,warn`
+//! one test. `DIRPOOL_TEST_LOG=dirpool=debug,tor_hsclient=debug,arti::common=info,warn`
 //! (tracing's target syntax) logs the run to stderr.
 
 mod common;
