@@ -23,7 +23,8 @@
 //!   random token, so two pools sharing a `TorClient` share no circuit.
 //! - **Tor's own state is the proxy's state.** A dial that finds Tor not
 //!   ready for traffic waits up to `proxy_timeout` for its bootstrap, then
-//!   fails with [`DialError::TorNotReady`],
+//!   fails with [`DialError::TorNotReady`] (at once if the tokio runtime
+//!   arti runs on has shut down: nothing of arti runs any more),
 //!   which the core counts as the proxy being unreachable: one pool-wide
 //!   fact ([`PoolEvent::ProxyUnreachable`](crate::PoolEvent::ProxyUnreachable),
 //!   then `ProxyRecovered`), never a directory's failure. The bootstrap
@@ -256,6 +257,10 @@ trait Connector: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<DataStream, arti_client::Error>>;
     fn bootstrap(&self) -> BoxFuture<'static, Result<(), arti_client::Error>>;
     fn status(&self) -> BootstrapStatus;
+    /// Whether a connect can start at once (`status().ready_for_traffic()`).
+    fn ready(&self) -> bool {
+        self.status().ready_for_traffic()
+    }
     fn events(&self) -> BootstrapEvents;
 }
 
@@ -361,7 +366,7 @@ impl ArtiRoute {
         credentials: Option<&SocksCredentials>,
     ) -> Result<BoxedStream, DialError> {
         let target = addr.to_string();
-        if !self.client.tor.status().ready_for_traffic() {
+        if !self.client.tor.ready() {
             let bootstrap = self.on_tokio(self.client.tor.bootstrap());
             match before(
                 runtime.sleep_until(runtime.now() + ready_timeout),
@@ -369,8 +374,9 @@ impl ArtiRoute {
             )
             .await
             {
-                Some(Ok(())) => {}
-                Some(Err(source)) => return Err(tor_error(target, source)),
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(source))) => return Err(tor_error(target, source)),
+                Some(Err(stopped)) => return Err(stopped.into()),
                 None => {
                     return Err(DialError::TorNotReady {
                         waited: ready_timeout,
@@ -397,34 +403,55 @@ impl ArtiRoute {
             isolation.map(|(_, token)| token),
         );
         match self.on_tokio(connect).await {
-            Ok(stream) => {
+            Ok(Ok(stream)) => {
                 renew.isolation = None;
                 Ok(Box::pin(stream))
             }
-            Err(source) => Err(tor_error(target, source)),
+            Ok(Err(source)) => Err(tor_error(target, source)),
+            Err(stopped) => Err(stopped.into()),
         }
     }
 
     /// Runs `future` on the client's tokio runtime when there is one (arti
     /// makes its timers in the caller's context), aborted when dropped.
+    /// [`RuntimeStopped`] if that runtime shut down before `future` ended
+    /// (or was already down): nothing of arti runs any more, and the
+    /// connect would otherwise hang until the pool's deadline and be
+    /// counted as the directory's timeout.
     fn on_tokio<T: Send + 'static>(
         &self,
         future: BoxFuture<'static, Result<T, arti_client::Error>>,
-    ) -> BoxFuture<'static, Result<T, arti_client::Error>> {
+    ) -> BoxFuture<'static, Result<Result<T, arti_client::Error>, RuntimeStopped>> {
         let Some(handle) = &self.client.tokio else {
-            return future;
+            return future.map(Ok).boxed();
         };
         let task = AbortOnDrop(handle.spawn(future));
         async move {
             let mut task = task;
             match (&mut task.0).await {
-                Ok(result) => result,
+                Ok(result) => Ok(result),
                 Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-                // Cancelled: only by our own drop, which nobody awaits.
-                Err(_) => futures::future::pending().await,
+                // Cancelled, and not by our own drop (nobody would be
+                // awaiting): by the runtime's shutdown.
+                Err(_) => Err(RuntimeStopped),
             }
         }
         .boxed()
+    }
+}
+
+/// The tokio runtime the [`ArtiClient`] was made in has shut down.
+#[derive(Debug)]
+struct RuntimeStopped;
+
+impl From<RuntimeStopped> for DialError {
+    /// Tor cannot carry traffic any more: the proxy's fault, as a tor
+    /// daemon that stopped, never the directory's.
+    fn from(RuntimeStopped: RuntimeStopped) -> Self {
+        DialError::TorNotReady {
+            waited: Duration::ZERO,
+            readiness: "stopped: the tokio runtime arti runs on has shut down".to_owned(),
+        }
     }
 }
 
@@ -551,6 +578,77 @@ mod tests {
             assert_eq!(failure, DialFailure::Socks(reply), "{kind}");
             assert_eq!(failure.scope(), FailureScope::Server, "{kind}");
         }
+    }
+
+    /// A Tor client whose connects never end (a circuit that never
+    /// answers), always ready.
+    struct Unanswering;
+
+    impl Connector for Unanswering {
+        fn connect(
+            &self,
+            _host: String,
+            _port: u16,
+            _isolation: Option<IsolationToken>,
+        ) -> BoxFuture<'static, Result<DataStream, arti_client::Error>> {
+            futures::future::pending().boxed()
+        }
+        fn bootstrap(&self) -> BoxFuture<'static, Result<(), arti_client::Error>> {
+            futures::future::ready(Ok(())).boxed()
+        }
+        fn status(&self) -> BootstrapStatus {
+            BootstrapStatus::default()
+        }
+        fn ready(&self) -> bool {
+            true
+        }
+        fn events(&self) -> BootstrapEvents {
+            unreachable!("not watched in these tests")
+        }
+    }
+
+    #[test]
+    fn a_connect_whose_tokio_runtime_stops_fails_at_once_as_the_proxys() {
+        // arti's runtime: the application's, which it shuts down while a
+        // connect is pending (arti's tasks then never run again).
+        let arti_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let route = ArtiRoute::new(ArtiClient {
+            tor: Arc::new(Unanswering),
+            tokio: Some(arti_runtime.handle().clone()),
+        });
+        // The pool's runtime.
+        let pool_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let runtime = pool_runtime.block_on(async { crate::runtime::TokioRuntime::current() });
+        let addr = ServerAddr::parse(
+            "duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion:5222",
+        )
+        .unwrap();
+        let credentials = SocksCredentials::new("dirpool-directory", "a");
+        pool_runtime.block_on(async {
+            let ready_timeout = Duration::from_secs(1);
+            let mut open =
+                std::pin::pin!(route.open(&runtime, ready_timeout, &addr, Some(&credentials)));
+            assert!(futures::poll!(&mut open).is_pending(), "the connect runs");
+            arti_runtime.shutdown_background();
+            // Without an answer the connect would wait for the pool's
+            // deadline and be counted as the directory's timeout.
+            let outcome = tokio::time::timeout(Duration::from_secs(10), open)
+                .await
+                .expect("a connect on a stopped runtime ends at once");
+            let Err(error) = outcome else {
+                panic!("no stream without arti")
+            };
+            assert!(matches!(error, DialError::TorNotReady { .. }), "{error:?}");
+            assert_eq!(error.failure(), DialFailure::ProxyUnreachable);
+        });
+        // The failed connect renewed its scope's token, as any failure does.
+        assert_eq!(route.tokens.len(), 0);
     }
 
     #[test]

@@ -162,7 +162,17 @@ impl TorNetwork {
     /// every tor log (and what to install if tor is missing).
     pub fn shared() -> &'static TorNetwork {
         static NETWORK: OnceLock<TorNetwork> = OnceLock::new();
-        NETWORK.get_or_init(|| Self::start().unwrap_or_else(|e| panic!("{e}")))
+        NETWORK.get_or_init(|| {
+            // The script picks ports that are free, then starts the tors: a
+            // port can be taken in between by another process (another test
+            // binary's network, seen in CI). The failed start stopped what
+            // it started; one more try picks new ports.
+            match Self::start() {
+                Err(error) if error.contains("Address already in use") => Self::start(),
+                started => started,
+            }
+            .unwrap_or_else(|e| panic!("{e}"))
+        })
     }
 
     /// Starts the directories and the network.

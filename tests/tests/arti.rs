@@ -1,11 +1,14 @@
 //! Through an in-process Tor client (arti, dirpool's feature `arti`) on the
 //! private Tor network of `tests/tor/private-network`: the same scenarios
-//! as tests/tests/tor.rs with no tor daemon on the client side.
+//! as tests/tests/tor.rs (one piece of code each, in `common::onion`) with
+//! no tor daemon on the client side.
 //!
 //! The network starts once for this test binary; one arti client, on a
 //! tokio runtime of its own, serves the tests (each pool runs on tokio and
-//! on smol, but for the two slowest scenarios: smol only); the tests take turns ([`turn`]) so that what the onion
-//! service's tor shows belongs to one test.
+//! on smol, but for the two slowest scenarios: smol only); the tests take
+//! turns ([`turn`]) so that what the onion service's tor shows belongs to
+//! one test. `DIRPOOL_TEST_LOG=dirpool=debug,tor_hsclient=debug,arti::common=info,warn`
+//! (tracing's target syntax) logs the run to stderr.
 
 mod common;
 
@@ -14,23 +17,18 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{
-    expect_keepalive_loss, next_matching, on_both_runtimes_within, run_on_smol_within, until_event,
-    wait_for,
+use common::onion::{
+    LIMIT, ONION, OnionPool, a_restarted_service_is_reconnected,
+    a_silent_path_is_lost_to_the_keepalive, blocking,
+    both_onions_connect_and_the_unpublished_one_fails, connect_all_with_retry, fresh_entropy,
+    onion_config,
 };
+use common::{next_matching, on_both_runtimes_within, run_on_smol_within};
 use dirpool::arti::{ArtiClient, ErrorKind, TorReadiness};
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
-use dirpool_core::{
-    Backoff, DialFailure, Entropy, FailureScope, IsolationScope, IsolationToken, KeepalivePolicy,
-    RetryPolicy, ServerAddr, ServerState, SocksReply,
-};
-use dirpool_tests::tor::{Stopped, TorClient, TorNetwork};
-
-/// Bound of each scenario, per runtime.
-const LIMIT: Duration = Duration::from_secs(180);
-/// How long an onion connection may take (descriptor, introduction, rendezvous).
-const ONION: Duration = Duration::from_secs(60);
+use dirpool_core::{DialFailure, FailureScope, IsolationScope, KeepalivePolicy};
+use dirpool_tests::tor::{TorClient, TorNetwork};
 
 /// One test at a time.
 fn turn() -> MutexGuard<'static, ()> {
@@ -50,9 +48,33 @@ fn arti_config(net: &TorNetwork, dir: &Path) -> dirpool::arti::TorClientConfig {
     ArtiClient::config_from_toml(&net.arti_toml(dir)).expect("the network's arti config")
 }
 
+/// Logs to stderr what `DIRPOOL_TEST_LOG` selects (tracing's target
+/// syntax, e.g. `dirpool=debug,tor_proto=debug,info`), for a run that must
+/// be understood afterwards; nothing without it.
+fn log_if_asked() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let Ok(selection) = std::env::var("DIRPOOL_TEST_LOG") else {
+        return;
+    };
+    let targets: tracing_subscriber::filter::Targets = selection
+        .parse()
+        .expect("DIRPOOL_TEST_LOG: tracing targets");
+    let subscriber = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_thread_names(true)
+                .with_writer(std::io::stderr),
+        )
+        .with(targets);
+    // Another test of this binary may have set it first.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
 fn arti() -> &'static Arti {
     static ARTI: OnceLock<Arti> = OnceLock::new();
     ARTI.get_or_init(|| {
+        log_if_asked();
         let net = TorNetwork::shared();
         let config = arti_config(net, &net.arti_dir("shared"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -72,49 +94,21 @@ fn arti() -> &'static Arti {
     })
 }
 
-fn fresh_entropy() -> Entropy {
-    Entropy {
-        isolation_token: IsolationToken::from_bytes(std::array::from_fn(|_| fastrand::u8(..))),
-        jitter_seed: fastrand::u64(..),
-    }
-}
-
-fn jm_config(servers: &[&ServerAddr], isolation: IsolationScope) -> Config {
-    let mut config = Config::new(servers.iter().map(|a| a.node_id().to_owned()));
-    config.pool.isolation = isolation;
-    config.pool.connection_timeout = ONION;
-    config.pool.maintenance.backoff =
-        Backoff::new(Duration::from_millis(250), Duration::from_secs(2), 2.0);
-    config
-}
-
 /// A JoinMarket pool (random nick) through `tor` on `rt`.
-fn arti_pool(
-    config: Config,
-    tor: &ArtiClient,
-    rt: &Arc<dyn Runtime>,
-) -> DirectoryPool<JoinMarketHandshake> {
+fn arti_pool(config: Config, tor: &ArtiClient, rt: &Arc<dyn Runtime>) -> OnionPool {
     let handshake = JoinMarketHandshake::new(JmConfig::new(
         NickIdentity::random().unwrap(),
         Network::Regtest,
     ))
     .unwrap();
     DirectoryPool::builder(config, handshake)
-        .entropy(fresh_entropy())
+        .entropy(fresh_entropy().0)
         .arti(tor.clone())
         .spawn(Arc::clone(rt))
         .unwrap()
 }
 
-/// Runs blocking `f` (a control-port exchange, a process) off the runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    smol::unblock(f).await
-}
-
 #[test]
-#[ignore = "quarantined (issue 19): on the private Tor network these failed in clean-clone CI runs under load \
-            (a restart not seen, an isolated connect not made) while passing alone; \
-            run them with `-- --ignored` until the cause is found"]
 fn arti_reaches_both_onions_and_types_the_unpublished_one() {
     let net = TorNetwork::shared();
     let tor = &arti().client;
@@ -122,30 +116,10 @@ fn arti_reaches_both_onions_and_types_the_unpublished_one() {
     assert_eq!(tor.readiness(), TorReadiness::Ready);
     on_both_runtimes_within(LIMIT, |rt| async move {
         let (alpha, beta, nobody) = (net.onion("alpha"), net.onion("beta"), net.unpublished());
-        let before = net.directory("alpha").handshakes().len();
-        let config = jm_config(&[&alpha, &beta, &nobody], IsolationScope::PerCategory);
+        let config = onion_config(&[&alpha, &beta, &nobody], IsolationScope::PerCategory);
         let pool = arti_pool(config, tor, &rt);
-        let mut events = pool.events();
-        let mut policy = RetryPolicy::new(ONION);
-        policy.backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(2), 2.0);
-        assert!(pool.connect_all_with_retry(policy).await.unwrap() >= 1);
-        assert!(
-            until_event(&rt, &mut events, ONION, || pool.connected_count() == 2).await,
-            "both live onion directories connect: {:?}",
-            pool.status().await.unwrap()
-        );
-        assert!(pool.client(alpha.node_id()).is_some());
-        assert!(pool.client(beta.node_id()).is_some());
-        assert_eq!(net.directory("alpha").handshakes().len(), before + 1);
-
-        let error = next_matching(&rt, &mut events, ONION, |e| match e {
-            PoolEvent::DialFailed { node_id, error, .. } if node_id == nobody.node_id() => {
-                Some(Arc::clone(error))
-            }
-            _ => None,
-        })
-        .await
-        .expect("the unpublished onion fails");
+        let error = both_onions_connect_and_the_unpublished_one_fails(net, &rt, pool).await;
+        // arti's error kind, classified as Tor's extended SOCKS reply 0xF0.
         assert!(
             matches!(
                 &*error,
@@ -156,16 +130,6 @@ fn arti_reaches_both_onions_and_types_the_unpublished_one() {
             ),
             "{error:?}"
         );
-        let failure = DialFailure::Socks(SocksReply::OnionDescriptorNotFound);
-        assert_eq!(error.failure(), failure);
-        let status = pool.status().await.unwrap();
-        let unpublished = status
-            .iter()
-            .find(|s| s.addr.node_id() == nobody.node_id())
-            .unwrap();
-        assert!(!matches!(unpublished.state, ServerState::Connected));
-        assert_eq!(unpublished.last_failure, Some(failure));
-        pool.close_all().await.unwrap();
     });
 }
 
@@ -184,9 +148,6 @@ fn rendezvous_circuits(net: &TorNetwork) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "quarantined (issue 19): on the private Tor network these failed in clean-clone CI runs under load \
-            (a restart not seen, an isolated connect not made) while passing alone; \
-            run them with `-- --ignored` until the cause is found"]
 fn each_isolation_scope_is_a_circuit_of_its_own_at_the_service() {
     let net = TorNetwork::shared();
     let tor = &arti().client;
@@ -194,37 +155,41 @@ fn each_isolation_scope_is_a_circuit_of_its_own_at_the_service() {
     on_both_runtimes_within(LIMIT, |rt| async move {
         let beta = net.onion("beta");
         let circuits = || blocking(move || rendezvous_circuits(net));
-        let connected = |pool: &DirectoryPool<JoinMarketHandshake>| {
-            let pool = pool.clone();
-            async move {
-                let reached = pool.connect_all_parallel().await.unwrap();
-                assert_eq!(reached, 1, "{:#?}", pool.status().await.unwrap());
-            }
-        };
+
+        // Each connect retries as maintenance would: on a loaded machine
+        // one try through arti can end in one of arti's own timeouts (e.g.
+        // its stream connect timeout, 10 s, where a tor daemon gives an
+        // onion stream its SocksTimeout, 2 min; seen in CI as 0 of 1
+        // connected, TtlExpired, which only arti's timeout kinds give).
+        // A failed try renews the scope's token, so it may leave one more
+        // rendezvous circuit at the service: each failure allows one more.
 
         // Isolation on: each pool's credentials carry its own random
         // token, so each is a scope of its own: a second rendezvous.
-        let first = arti_pool(jm_config(&[&beta], IsolationScope::PerServer), tor, &rt);
-        connected(&first).await;
+        let first = arti_pool(onion_config(&[&beta], IsolationScope::PerServer), tor, &rt);
+        connect_all_with_retry(&first).await;
         let before = circuits().await;
-        let second = arti_pool(jm_config(&[&beta], IsolationScope::PerServer), tor, &rt);
-        connected(&second).await;
+        let second = arti_pool(onion_config(&[&beta], IsolationScope::PerServer), tor, &rt);
+        let failed = connect_all_with_retry(&second).await;
         let after = circuits().await;
         let new: Vec<_> = after.iter().filter(|c| !before.contains(c)).collect();
-        assert_eq!(
-            new.len(),
-            1,
-            "another scope, another circuit: {before:?} -> {after:?}"
+        assert!(
+            (1..=1 + failed.len()).contains(&new.len()),
+            "another scope, another circuit: {before:?} -> {after:?}; failed tries: {failed:#?}"
         );
 
         // Isolation off: no token, both pools' streams share one circuit.
-        let third = arti_pool(jm_config(&[&beta], IsolationScope::Off), tor, &rt);
-        connected(&third).await;
+        let third = arti_pool(onion_config(&[&beta], IsolationScope::Off), tor, &rt);
+        connect_all_with_retry(&third).await;
         let before = circuits().await;
-        let fourth = arti_pool(jm_config(&[&beta], IsolationScope::Off), tor, &rt);
-        connected(&fourth).await;
+        let fourth = arti_pool(onion_config(&[&beta], IsolationScope::Off), tor, &rt);
+        let failed = connect_all_with_retry(&fourth).await;
         let after = circuits().await;
-        assert_eq!(before, after, "no isolation: the same circuit");
+        let new: Vec<_> = after.iter().filter(|c| !before.contains(c)).collect();
+        assert!(
+            new.len() <= failed.len(),
+            "no isolation: the same circuit: {before:?} -> {after:?}; failed tries: {failed:#?}"
+        );
         for pool in [first, second, third, fourth] {
             pool.close_all().await.unwrap();
         }
@@ -232,61 +197,32 @@ fn each_isolation_scope_is_a_circuit_of_its_own_at_the_service() {
 }
 
 #[test]
-#[ignore = "quarantined (issue 19): on the private Tor network these failed in clean-clone CI runs under load \
-            (a restart not seen, an isolated connect not made) while passing alone; \
-            run them with `-- --ignored` until the cause is found"]
 fn a_stopped_and_restarted_onion_service_is_reconnected_through_arti() {
     let net = TorNetwork::shared();
     let tor = &arti().client;
     let _turn = turn();
     // On smol only (the pool on smol, arti on its tokio runtime): the
     // slowest scenarios run once, for CI's time budget.
-    run_on_smol_within(LIMIT, |rt| {
-        let name = "gamma";
-        async move {
-            let onion = net.onion(name);
-            let directory = net.directory(name);
-            let pool = arti_pool(jm_config(&[&onion], IsolationScope::PerCategory), tor, &rt);
-            let mut events = pool.events();
-            pool.start_maintenance().unwrap();
-            let connected = |e: &PoolEvent| matches!(e, PoolEvent::Connected { .. });
-            assert!(
-                wait_for(&rt, &mut events, ONION, connected).await,
-                "connected"
-            );
-            let handshakes = directory.handshakes().len();
-
-            blocking(move || net.kill_service(name)).await.unwrap();
-            let within = KeepalivePolicy::default().loss_bound() + Duration::from_secs(30);
-            let mut seen = Vec::new();
-            let gone = next_matching(&rt, &mut events, within, |e| {
-                seen.push(e.clone());
-                matches!(e, PoolEvent::Disconnected { .. }).then_some(())
-            })
-            .await;
-            assert!(
-                gone.is_some(),
-                "the pool hears the service is gone: {seen:#?}"
-            );
-            assert_eq!(pool.connected_count(), 0);
-            blocking(move || net.restart_service(name)).await.unwrap();
-            let mut seen = Vec::new();
-            let back = next_matching(&rt, &mut events, Duration::from_secs(150), |e| {
-                seen.push(e.clone());
-                connected(e).then_some(())
-            })
-            .await;
-            assert!(back.is_some(), "maintenance reconnects; events: {seen:#?}");
-            assert_eq!(directory.handshakes().len(), handshakes + 1);
-            pool.close_all().await.unwrap();
-        }
+    run_on_smol_within(LIMIT, |rt| async move {
+        let onion = net.onion("gamma");
+        let pool = arti_pool(
+            onion_config(&[&onion], IsolationScope::PerCategory),
+            tor,
+            &rt,
+        );
+        // No NEWNYM for arti: the dials that failed while the service was
+        // down renewed the scope's isolation token, and with it arti's
+        // state for the onion.
+        let nothing = || async {};
+        // A dial begun while the service was down can wait for its
+        // rendezvous until the connection timeout (seen: 60 s); the next,
+        // on a renewed token, connects: two timeouts and the backoff.
+        let reconnect = 2 * ONION + Duration::from_secs(30);
+        a_restarted_service_is_reconnected(net, &rt, pool, "gamma", nothing, reconnect).await;
     });
 }
 
 #[test]
-#[ignore = "quarantined (issue 19): on the private Tor network these failed in clean-clone CI runs under load \
-            (a restart not seen, an isolated connect not made) while passing alone; \
-            run them with `-- --ignored` until the cause is found"]
 fn a_path_cut_by_stopping_the_service_tor_is_lost_to_the_keepalive() {
     let net = TorNetwork::shared();
     let tor = &arti().client;
@@ -297,37 +233,18 @@ fn a_path_cut_by_stopping_the_service_tor_is_lost_to_the_keepalive() {
         // (and never PINGs itself within a test).
         let onion = net.onion("zeta");
         let keepalive = KeepalivePolicy::new(Duration::from_secs(15), Duration::from_secs(2));
-        let mut config = jm_config(&[&onion], IsolationScope::PerCategory);
+        let mut config = onion_config(&[&onion], IsolationScope::PerCategory);
         config.pool.keepalive = keepalive;
         let pool = arti_pool(config, tor, &rt);
-        let mut events = pool.events();
-        let connected = pool
-            .connect_all_with_retry(RetryPolicy::new(ONION))
-            .await
-            .unwrap();
-        assert_eq!(connected, 1, "{:#?}", pool.status().await.unwrap());
-
-        let pid = blocking(move || {
+        let service = move || {
             net.service_control()?
                 .getinfo("process/pid")?
                 .first()
                 .and_then(|p| p.parse::<u32>().ok())
                 .ok_or_else(|| std::io::Error::other("no pid"))
-        })
-        .await
-        .unwrap();
-        let stopped = Stopped::stop(pid);
-        let cut = Instant::now();
-        expect_keepalive_loss(
-            &rt,
-            &mut events,
-            keepalive,
-            cut,
-            "service tor SIGSTOP (arti)",
-        )
-        .await;
-        drop(stopped);
-        pool.close_all().await.unwrap();
+        };
+        let what = "service tor SIGSTOP (arti)";
+        a_silent_path_is_lost_to_the_keepalive(&rt, pool, keepalive, service, what).await;
         // The resumed tor answers its control port before the next test.
         blocking(move || net.service_control().map(drop))
             .await
@@ -336,9 +253,6 @@ fn a_path_cut_by_stopping_the_service_tor_is_lost_to_the_keepalive() {
 }
 
 #[test]
-#[ignore = "quarantined (issue 19): on the private Tor network these failed in clean-clone CI runs under load \
-            (a restart not seen, an isolated connect not made) while passing alone; \
-            run them with `-- --ignored` until the cause is found"]
 fn tor_that_cannot_bootstrap_is_the_proxys_fault_never_a_directorys() {
     let net = TorNetwork::shared();
     let arti = arti();
@@ -371,7 +285,7 @@ fn tor_that_cannot_bootstrap_is_the_proxys_fault_never_a_directorys() {
         let stuck = stuck.clone();
         async move {
             let alpha = net.onion("alpha");
-            let mut config = jm_config(&[&alpha], IsolationScope::PerCategory);
+            let mut config = onion_config(&[&alpha], IsolationScope::PerCategory);
             config.proxy_timeout = Duration::from_secs(1);
             let pool = arti_pool(config, &stuck, &rt);
             let mut events = pool.events();

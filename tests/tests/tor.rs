@@ -13,22 +13,22 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use common::onion::{
+    LIMIT, ONION, a_restarted_service_is_reconnected, a_silent_path_is_lost_to_the_keepalive,
+    blocking, both_onions_connect_and_the_unpublished_one_fails, connect_all, fresh_entropy,
+    onion_config,
+};
 use common::{
-    assert_links_held, drain, eventually, expect_keepalive_loss, next_matching,
-    on_both_runtimes_within, until_event, wait_for,
+    assert_links_held, drain, eventually, next_matching, on_both_runtimes_within, until_event,
 };
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{
-    Backoff, DialFailure, Entropy, IsolationCategory, IsolationScope, IsolationToken,
-    KeepalivePolicy, RetryPolicy, ServerAddr, ServerState, SocksReply,
+    DialFailure, Entropy, IsolationCategory, IsolationScope, KeepalivePolicy, ServerAddr,
+    SocksReply,
 };
-use dirpool_tests::tor::{Control, Stopped, TorClient, TorNetwork, socks5_connect};
-
-/// Bound of each scenario, per runtime.
-const LIMIT: Duration = Duration::from_secs(180);
-/// How long an onion connection may take (circuits, descriptor, rendezvous).
-const ONION: Duration = Duration::from_secs(60);
+use dirpool_tests::tor::{Control, TorClient, TorNetwork, socks5_connect};
+use futures::FutureExt as _;
 
 /// Serialises the tests that use the first client tor.
 fn first_client() -> MutexGuard<'static, ()> {
@@ -41,18 +41,6 @@ fn first_client() -> MutexGuard<'static, ()> {
 fn second_client() -> MutexGuard<'static, ()> {
     static CLIENT: Mutex<()> = Mutex::new(());
     CLIENT.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Fresh isolation credentials, so that Tor's view of this test's streams
-/// cannot be confused with another's; and its password.
-fn fresh_entropy() -> (Entropy, String) {
-    let token: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
-    let hex = token.iter().map(|b| format!("{b:02x}")).collect();
-    let entropy = Entropy {
-        isolation_token: IsolationToken::from_bytes(token),
-        jitter_seed: fastrand::u64(..),
-    };
-    (entropy, hex)
 }
 
 fn jm_pool(
@@ -96,35 +84,17 @@ fn keepalive_pool(
         .unwrap()
 }
 
+/// The shared onion configuration through `proxy`, with per-category
+/// isolation or none.
 fn jm_config(servers: &[&ServerAddr], proxy: std::net::SocketAddr, isolation: bool) -> Config {
-    let mut config = Config::new(servers.iter().map(|a| a.node_id().to_owned()));
-    config.proxy = proxy;
-    config.pool.isolation = if isolation {
+    let scope = if isolation {
         IsolationScope::PerCategory
     } else {
         IsolationScope::Off
     };
-    config.pool.connection_timeout = ONION;
-    config.pool.maintenance.backoff =
-        Backoff::new(Duration::from_millis(250), Duration::from_secs(2), 2.0);
+    let mut config = onion_config(servers, scope);
+    config.proxy = proxy;
     config
-}
-
-/// Connects every server in one pass and asserts all connected, saying
-/// why not with the pool's status.
-async fn connect_all(pool: &DirectoryPool<JoinMarketHandshake>) {
-    let connected = pool.connect_all_parallel().await.unwrap();
-    assert_eq!(
-        connected,
-        pool.servers().len(),
-        "{:#?}",
-        pool.status().await.unwrap()
-    );
-}
-
-/// Runs blocking `f` (a control-port exchange, a process) off the runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    smol::unblock(f).await
 }
 
 /// The time a test took, for the README's numbers (`--nocapture`).
@@ -147,7 +117,6 @@ fn connect_all_with_retry_reaches_both_onions_and_types_the_unpublished_one() {
     timed("connect_all_with_retry", || {
         on_both_runtimes_within(LIMIT, |rt| async move {
             let (alpha, beta, nobody) = (net.onion("alpha"), net.onion("beta"), net.unpublished());
-            let before = net.directory("alpha").handshakes().len();
             let pool = jm_pool(
                 &[&alpha, &beta, &nobody],
                 net.socks(TorClient::First),
@@ -155,27 +124,8 @@ fn connect_all_with_retry_reaches_both_onions_and_types_the_unpublished_one() {
                 fresh_entropy().0,
                 &rt,
             );
-            let mut events = pool.events();
-            let mut policy = RetryPolicy::new(ONION);
-            policy.backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(2), 2.0);
-            assert!(pool.connect_all_with_retry(policy).await.unwrap() >= 1);
-            assert!(
-                until_event(&rt, &mut events, ONION, || pool.connected_count() == 2).await,
-                "both live onion directories connect: {:?}",
-                pool.status().await.unwrap()
-            );
-            assert!(pool.client(alpha.node_id()).is_some());
-            assert!(pool.client(beta.node_id()).is_some());
-            assert_eq!(net.directory("alpha").handshakes().len(), before + 1);
-
-            let error = next_matching(&rt, &mut events, ONION, |e| match e {
-                PoolEvent::DialFailed { node_id, error, .. } if node_id == nobody.node_id() => {
-                    Some(Arc::clone(error))
-                }
-                _ => None,
-            })
-            .await
-            .expect("the unpublished onion fails");
+            let error = both_onions_connect_and_the_unpublished_one_fails(net, &rt, pool).await;
+            // Tor's extended SOCKS reply 0xF0, as the tor daemon sends it.
             assert!(
                 matches!(
                     &*error,
@@ -186,25 +136,10 @@ fn connect_all_with_retry_reaches_both_onions_and_types_the_unpublished_one() {
                 ),
                 "{error:?}"
             );
-            assert_eq!(
-                error.failure(),
-                DialFailure::Socks(SocksReply::OnionDescriptorNotFound)
-            );
             assert!(
                 error.to_string().contains("descriptor not found"),
                 "{error}"
             );
-            let status = pool.status().await.unwrap();
-            let unpublished = status
-                .iter()
-                .find(|s| s.addr.node_id() == nobody.node_id())
-                .unwrap();
-            assert!(!matches!(unpublished.state, ServerState::Connected));
-            assert_eq!(
-                unpublished.last_failure,
-                Some(DialFailure::Socks(SocksReply::OnionDescriptorNotFound))
-            );
-            pool.close_all().await.unwrap();
         });
     });
 }
@@ -350,65 +285,31 @@ fn a_stopped_and_restarted_onion_service_is_reconnected() {
         on_both_runtimes_within(LIMIT, |rt| {
             let name = services.lock().unwrap().pop().expect("two runs");
             async move {
-                let onion = net.onion(name);
-                let directory = net.directory(name);
                 let pool = jm_pool(
-                    &[&onion],
+                    &[&net.onion(name)],
                     net.socks(TorClient::First),
                     true,
                     fresh_entropy().0,
                     &rt,
                 );
-                let mut events = pool.events();
-                pool.start_maintenance().unwrap();
-                let connected = |e: &PoolEvent| matches!(e, PoolEvent::Connected { .. });
-                assert!(
-                    wait_for(&rt, &mut events, ONION, connected).await,
-                    "connected"
-                );
-                let handshakes = directory.handshakes().len();
-
-                blocking(move || net.kill_service(name)).await.unwrap();
-                let mut seen = Vec::new();
-                // Usually the client's tor reports the circuit's end at
-                // once; when no DESTROY comes (seen in CI), only the
-                // keepalive finds out, idle + probe timeout after the last
-                // sign of life, which may be the whole ONION window: so wait
-                // for the keepalive's bound with room.
-                let within = KeepalivePolicy::default().loss_bound() + Duration::from_secs(30);
-                let gone = next_matching(&rt, &mut events, within, |e| {
-                    seen.push(e.clone());
-                    matches!(e, PoolEvent::Disconnected { .. }).then_some(())
-                })
-                .await;
-                assert!(
-                    gone.is_some(),
-                    "the pool hears the onion service is gone: {seen:#?}"
-                );
-                assert!(!seen.iter().any(connected), "{seen:#?}");
-                assert_eq!(pool.connected_count(), 0);
-                blocking(move || net.restart_service(name)).await.unwrap();
-                // Tor's own state: a client that tried the service while it was
-                // down can stay unable to reach its new instance for minutes
-                // (intro points NACK, then it stalls on the new ones). NEWNYM
-                // clears its onion-service client state, as a Tor controller
-                // would; the pool is not told and reconnects by maintenance.
-                blocking(move || {
-                    net.control(TorClient::First)?
-                        .command("SIGNAL NEWNYM")
-                        .map(drop)
-                })
-                .await
-                .unwrap();
-                let mut seen = Vec::new();
-                let back = next_matching(&rt, &mut events, Duration::from_secs(120), |e| {
-                    seen.push(e.clone());
-                    connected(e).then_some(())
-                })
-                .await;
-                assert!(back.is_some(), "maintenance reconnects; events: {seen:#?}");
-                assert_eq!(directory.handshakes().len(), handshakes + 1);
-                pool.close_all().await.unwrap();
+                // Tor's own state: a client that tried the service while it
+                // was down can stay unable to reach its new instance for
+                // minutes (intro points NACK, then it stalls on the new
+                // ones). NEWNYM clears its onion-service client state, as a
+                // Tor controller would; the pool is not told and reconnects
+                // by maintenance.
+                let newnym = || {
+                    blocking(move || {
+                        net.control(TorClient::First)?
+                            .command("SIGNAL NEWNYM")
+                            .map(drop)
+                    })
+                    .map(Result::unwrap)
+                };
+                // A dial begun before NEWNYM may run to its timeout; the
+                // next connects.
+                let reconnect = 2 * ONION;
+                a_restarted_service_is_reconnected(net, &rt, pool, name, newnym, reconnect).await;
             }
         });
     });
@@ -602,25 +503,19 @@ fn a_path_cut_by_stopping_the_client_tor_is_lost_to_the_keepalive() {
             let onion = net.onion("zeta");
             let keepalive = KeepalivePolicy::new(Duration::from_secs(15), Duration::from_secs(2));
             let pool = keepalive_pool(&[&onion], net.socks(TorClient::First), keepalive, &rt);
-            let mut events = pool.events();
             // The second runtime's pass meets a tor just resumed from the
             // first pass's SIGSTOP: its first stream may fail (SOCKS general
             // failure, seen in CI) while it rebuilds circuits, as a user's
-            // would; so retry, within the onion timeout.
-            let connected = pool
-                .connect_all_with_retry(RetryPolicy::new(ONION))
-                .await
-                .unwrap();
-            assert_eq!(connected, 1, "{:#?}", pool.status().await.unwrap());
-
-            let pid = blocking(move || net.client_pid(TorClient::First))
-                .await
-                .unwrap();
-            let stopped = Stopped::stop(pid);
-            let cut = Instant::now();
-            expect_keepalive_loss(&rt, &mut events, keepalive, cut, "tor client SIGSTOP").await;
-            drop(stopped);
-            pool.close_all().await.unwrap();
+            // would; so the connect retries, within the onion timeout.
+            let client = move || net.client_pid(TorClient::First);
+            a_silent_path_is_lost_to_the_keepalive(
+                &rt,
+                pool,
+                keepalive,
+                client,
+                "tor client SIGSTOP",
+            )
+            .await;
             // The resumed tor answers its control port before the next test.
             blocking(move || net.client_pid(TorClient::First))
                 .await

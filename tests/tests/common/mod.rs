@@ -3,6 +3,8 @@
 //! smol, and small async helpers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod onion;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
