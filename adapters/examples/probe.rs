@@ -314,7 +314,8 @@ fn start_arti(config: Option<&std::path::Path>) -> Result<Tor, String> {
     // Entered for good: arti makes its timers in the caller's context.
     std::mem::forget(handle.enter());
     let started = Instant::now();
-    let tor = smol::block_on(ArtiClient::bootstrap(config))
+    // From empty state directories on the real network: tens of seconds.
+    let tor = smol::block_on(ArtiClient::bootstrap(config, Duration::from_secs(180)))
         .map_err(|e| format!("arti: {}", chain(&e)))?;
     println!(
         "tor (arti): bootstrapped in {} ms",

@@ -53,9 +53,10 @@
 //! use dirpool::arti::{ArtiClient, arti_client::TorClientConfig};
 //! use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 //! use dirpool::{Config, DirectoryPool};
+//! use std::time::Duration;
 //!
 //! // Inside a tokio runtime: bootstraps arti (default state directories).
-//! let tor = ArtiClient::bootstrap(TorClientConfig::default()).await?;
+//! let tor = ArtiClient::bootstrap(TorClientConfig::default(), Duration::from_secs(120)).await?;
 //! let config = Config::new(["duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion:5222"]);
 //! let handshake =
 //!     JoinMarketHandshake::new(JmConfig::new(NickIdentity::random()?, Network::Mainnet))?;
@@ -109,6 +110,12 @@ pub enum ArtiError {
     /// A configuration text arti cannot read or build.
     #[error("invalid arti configuration")]
     Config(#[source] crate::error::BoxError),
+    /// Bootstrapping did not finish within the deadline given.
+    #[error("arti did not bootstrap within {within:?}")]
+    BootstrapTimedOut {
+        /// The deadline.
+        within: Duration,
+    },
     /// arti could not be created or bootstrapped (configuration, state
     /// directory, network).
     #[error("arti failed to bootstrap ({kind})")]
@@ -183,19 +190,21 @@ impl ArtiClient {
     }
 
     /// Creates a `TorClient` on the current tokio runtime from `config`
-    /// and bootstraps it (a few seconds on the real network, from empty
-    /// state directories longer). Cancel-safe: dropping the future drops
-    /// the half-made client.
+    /// and bootstraps it, giving up after `within` (a few seconds on the
+    /// real network, from empty state directories longer; a filtered
+    /// network never answers, hence the deadline). Cancel-safe: dropping
+    /// the future drops the half-made client.
     ///
     /// # Errors
     /// [`ArtiError::NoRuntime`] outside a tokio runtime;
-    /// [`ArtiError::Bootstrap`] if arti cannot start or bootstrap.
-    pub async fn bootstrap(config: TorClientConfig) -> Result<Self, ArtiError> {
+    /// [`ArtiError::Bootstrap`] if arti cannot start or bootstrap;
+    /// [`ArtiError::BootstrapTimedOut`] if it is not done within `within`.
+    pub async fn bootstrap(config: TorClientConfig, within: Duration) -> Result<Self, ArtiError> {
         let runtime = tor_rtcompat::PreferredRuntime::current().map_err(ArtiError::NoRuntime)?;
-        let client = TorClient::with_runtime(runtime)
-            .config(config)
-            .create_bootstrapped()
+        let builder = TorClient::with_runtime(runtime).config(config);
+        let client = tokio::time::timeout(within, builder.create_bootstrapped())
             .await
+            .map_err(|_| ArtiError::BootstrapTimedOut { within })?
             .map_err(|source| ArtiError::Bootstrap {
                 kind: arti_client::HasKind::kind(&source),
                 source,

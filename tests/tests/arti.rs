@@ -24,7 +24,7 @@ use common::onion::{
     onion_config,
 };
 use common::{next_matching, on_both_runtimes_within, run_on_smol_within};
-use dirpool::arti::{ArtiClient, ErrorKind, TorReadiness};
+use dirpool::arti::{ArtiClient, ArtiError, ErrorKind, TorReadiness};
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
 use dirpool_core::{DialFailure, FailureScope, IsolationScope, KeepalivePolicy};
@@ -84,7 +84,7 @@ fn arti() -> &'static Arti {
             .expect("tokio runtime");
         let started = Instant::now();
         let client = runtime
-            .block_on(ArtiClient::bootstrap(config))
+            .block_on(ArtiClient::bootstrap(config, ONION))
             .expect("arti bootstraps on the private network");
         Arti {
             runtime,
@@ -276,6 +276,16 @@ fn tor_that_cannot_bootstrap_is_the_proxys_fault_never_a_directorys() {
         .collect::<Vec<_>>()
         .join("\n");
     let config = ArtiClient::config_from_toml(&text).unwrap();
+    // Bootstrapping it ends at its deadline, typed.
+    let within = Duration::from_secs(2);
+    let timed_out = arti
+        .runtime
+        .block_on(ArtiClient::bootstrap(config.clone(), within));
+    assert!(
+        matches!(timed_out, Err(ArtiError::BootstrapTimedOut { within: w }) if w == within),
+        "{:?}",
+        timed_out.err()
+    );
     let stuck = {
         let _enter = arti.runtime.enter();
         let client = dirpool::arti::arti_client::TorClient::builder()
