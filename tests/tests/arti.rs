@@ -23,7 +23,7 @@ use common::onion::{
     both_onions_connect_and_the_unpublished_one_fails, connect_all_with_retry, fresh_entropy,
     onion_config,
 };
-use common::{next_matching, on_both_runtimes_within, run_on_smol_within};
+use common::{next_matching_seen, on_both_runtimes_within, run_on_smol_within};
 use dirpool::arti::{ArtiClient, ArtiError, ErrorKind, TorReadiness};
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
@@ -305,8 +305,7 @@ fn tor_that_cannot_bootstrap_is_the_proxys_fault_never_a_directorys() {
             let mut events = pool.events();
             pool.start_maintenance().unwrap();
             let mut seen = Vec::new();
-            let unreachable = next_matching(&rt, &mut events, ONION, |e| {
-                seen.push(e.clone());
+            let unreachable = next_matching_seen(&rt, &mut events, ONION, &mut seen, |e| {
                 matches!(e, PoolEvent::ProxyUnreachable).then_some(())
             })
             .await;

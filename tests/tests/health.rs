@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{config, line_pool, next_matching, on_both_runtimes, wait_for};
+use common::{config, line_pool, next_matching, next_matching_seen, on_both_runtimes, wait_for};
 use dirpool::{
     DialFailure, DirectoryPool, LinkLoss, PoolEvent, ProxyState, Runtime, ServerError, ServerState,
     SocksReply,
@@ -484,8 +484,7 @@ fn each_event_is_logged_once_in_the_span_of_its_server() {
         let mut seen = Vec::new();
         // Lost, all down, the refused one redialed and refused again,
         // reconnected, recovered.
-        let recovered = next_matching(&rt, &mut events, SHORT, |e| {
-            seen.push(e.clone());
+        let recovered = next_matching_seen(&rt, &mut events, SHORT, &mut seen, |e| {
             matches!(e, PoolEvent::Recovered).then_some(())
         })
         .await;

@@ -19,7 +19,7 @@ use common::onion::{
     onion_config,
 };
 use common::{
-    assert_links_held, drain, eventually, next_matching, on_both_runtimes_within, until_event,
+    assert_links_held, drain, eventually, next_matching_seen, on_both_runtimes_within, until_event,
 };
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
@@ -341,8 +341,7 @@ fn a_restarted_tor_client_is_proxy_unreachable_then_recovers() {
                 .await
                 .unwrap();
             let mut down = Vec::new();
-            let unreachable = next_matching(&rt, &mut events, ONION, |e| {
-                down.push(e.clone());
+            let unreachable = next_matching_seen(&rt, &mut events, ONION, &mut down, |e| {
                 matches!(e, PoolEvent::ProxyUnreachable).then_some(())
             })
             .await;
@@ -350,8 +349,7 @@ fn a_restarted_tor_client_is_proxy_unreachable_then_recovers() {
             // Maintenance probes the dead proxy: two more failed probes
             // (each a DialFailed event), then no directory may be blamed.
             let mut probes = 0;
-            let probed = next_matching(&rt, &mut events, ONION, |e| {
-                down.push(e.clone());
+            let probed = next_matching_seen(&rt, &mut events, ONION, &mut down, |e| {
                 probes += usize::from(matches!(e, PoolEvent::DialFailed { .. }));
                 (probes == 2).then_some(())
             })
@@ -374,14 +372,14 @@ fn a_restarted_tor_client_is_proxy_unreachable_then_recovers() {
                 .unwrap();
             let mut up = Vec::new();
             let mut connected = 0;
-            let recovered = next_matching(&rt, &mut events, Duration::from_secs(120), |e| {
-                up.push(e.clone());
-                if matches!(e, PoolEvent::Connected { .. }) {
-                    connected += 1;
-                }
-                (connected == 2).then_some(())
-            })
-            .await;
+            let recovered =
+                next_matching_seen(&rt, &mut events, Duration::from_secs(120), &mut up, |e| {
+                    if matches!(e, PoolEvent::Connected { .. }) {
+                        connected += 1;
+                    }
+                    (connected == 2).then_some(())
+                })
+                .await;
             assert!(recovered.is_some(), "both reconnect; events: {up:#?}");
             let all: Vec<_> = down.iter().chain(&up).collect();
             assert_eq!(

@@ -704,13 +704,7 @@ mod tests {
     #[test]
     fn a_deep_heap_stays_ordered_through_removals_anywhere() {
         let t0 = Tick::ZERO;
-        let mut state = 0x9e37_79b9_u64;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            state >> 33
-        };
+        let mut next = draws(0x9e37_79b9);
         let mut timers = Timers::with_servers(400);
         #[allow(clippy::cast_possible_truncation)]
         for _ in 0..20_000 {
@@ -741,15 +735,21 @@ mod tests {
         check_against_reference(64);
     }
 
-    fn check_against_reference(seq_limit: u32) {
-        let t0 = Tick::ZERO;
-        let mut state = 0x1234_5678_u64;
-        let mut next = move || {
+    /// A small deterministic generator (a 64-bit LCG's high bits) from
+    /// `seed`, for the randomised tests.
+    fn draws(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed;
+        move || {
             state = state
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
             state >> 33
-        };
+        }
+    }
+
+    fn check_against_reference(seq_limit: u32) {
+        let t0 = Tick::ZERO;
+        let mut next = draws(0x1234_5678);
         let mut timers = Timers {
             seq_limit,
             ..Timers::default()

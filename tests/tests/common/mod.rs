@@ -281,6 +281,22 @@ pub async fn next_matching<T>(
     }
 }
 
+/// [`next_matching`], keeping every event it takes (the match included)
+/// in `seen`, for the assertion that follows.
+pub async fn next_matching_seen<T>(
+    rt: &Arc<dyn Runtime>,
+    events: &mut (impl futures::Stream<Item = PoolEvent> + Unpin),
+    timeout: Duration,
+    seen: &mut Vec<PoolEvent>,
+    mut pick: impl FnMut(&PoolEvent) -> Option<T>,
+) -> Option<T> {
+    next_matching(rt, events, timeout, |e| {
+        seen.push(e.clone());
+        pick(e)
+    })
+    .await
+}
+
 /// Waits for the first event `what` accepts, up to `timeout`.
 pub async fn wait_for(
     rt: &Arc<dyn Runtime>,
@@ -334,13 +350,16 @@ pub async fn expect_keepalive_loss(
     what: &str,
 ) -> Duration {
     let mut seen = Vec::new();
-    let lost = next_matching(rt, events, keepalive.loss_bound() * 3, |e| {
-        seen.push(e.clone());
-        match e {
+    let lost = next_matching_seen(
+        rt,
+        events,
+        keepalive.loss_bound() * 3,
+        &mut seen,
+        |e| match e {
             PoolEvent::Disconnected { reason, .. } => Some(*reason),
             _ => None,
-        }
-    })
+        },
+    )
     .await;
     let detected = cut.elapsed();
     println!(

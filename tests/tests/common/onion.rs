@@ -15,7 +15,7 @@ use dirpool_core::{
 };
 use dirpool_tests::tor::{Stopped, TorNetwork};
 
-use super::{drain, expect_keepalive_loss, next_matching, wait_for};
+use super::{drain, expect_keepalive_loss, next_matching, next_matching_seen, wait_for};
 
 /// Bound of each scenario, per runtime.
 pub const LIMIT: Duration = Duration::from_secs(180);
@@ -184,8 +184,7 @@ pub async fn a_restarted_service_is_reconnected<F: Future<Output = ()>>(
     // probe timeout after the last sign of life, which may be the whole
     // ONION window: so wait for the keepalive's bound with room.
     let within = KeepalivePolicy::default().loss_bound() + Duration::from_secs(30);
-    let gone = next_matching(rt, &mut events, within, |e| {
-        seen.push(e.clone());
+    let gone = next_matching_seen(rt, &mut events, within, &mut seen, |e| {
         matches!(e, PoolEvent::Disconnected { .. }).then_some(())
     })
     .await;
@@ -209,8 +208,7 @@ pub async fn a_restarted_service_is_reconnected<F: Future<Output = ()>>(
     );
     after_restart().await;
     let mut seen = Vec::new();
-    let back = next_matching(rt, &mut events, reconnect, |e| {
-        seen.push(e.clone());
+    let back = next_matching_seen(rt, &mut events, reconnect, &mut seen, |e| {
         connected(e).then_some(())
     })
     .await;
