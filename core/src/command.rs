@@ -91,18 +91,57 @@ pub enum Input {
         /// How the close went.
         result: Result<(), CloseFailure>,
     },
+    /// The route to Tor reports its own state (an in-process Tor client's
+    /// bootstrap events); a SOCKS proxy, which reports nothing, never
+    /// sends it. Pool-wide, about no attempt. Report each change; a
+    /// repeat changes nothing.
+    ProxyReported(ProxyReport),
 }
 
 impl Input {
-    /// The attempt the input is about.
-    pub fn attempt(&self) -> AttemptId {
+    /// The attempt the input is about, if it is about one
+    /// ([`Input::ProxyReported`] is pool-wide).
+    pub fn attempt(&self) -> Option<AttemptId> {
         match *self {
             Input::DialFinished { attempt, .. }
             | Input::LinkLost { attempt, .. }
             | Input::LinkActive(attempt)
             | Input::ProbeAnswered(attempt)
             | Input::ProbeUnsupported(attempt)
-            | Input::CloseFinished { attempt, .. } => attempt,
+            | Input::CloseFinished { attempt, .. } => Some(attempt),
+            Input::ProxyReported(_) => None,
         }
+    }
+}
+
+/// What a route to Tor that knows its own state says of it: one
+/// pool-wide fact, never a directory's.
+///
+/// A report wins over what dial results suggest. While the latest report
+/// is [`Bootstrapping`](Self::Bootstrapping) or [`Blocked`](Self::Blocked)
+/// the proxy counts as down (one
+/// [`Notification::ProxyUnreachable`](crate::Notification::ProxyUnreachable)):
+/// redials wait for it and no probe dial goes out, whatever dials in flight
+/// bring back; only a user's command still dials (the route bounds how
+/// long such a dial waits for Tor). [`Ready`](Self::Ready) brings it back
+/// at once: the servers that waited are dialed. Without reports (a SOCKS
+/// proxy) the pool infers the proxy's state from dial results, and after a
+/// `Ready` it still does: a dial that fails at the proxy marks it down.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProxyReport {
+    /// Still bootstrapping: not ready for traffic.
+    Bootstrapping,
+    /// Ready for traffic: a new stream can start at once.
+    Ready,
+    /// Stuck (offline, clock skew, no usable directory), by its own
+    /// account.
+    Blocked,
+}
+
+impl ProxyReport {
+    /// Not ready for traffic.
+    pub fn holds_dials(self) -> bool {
+        self != ProxyReport::Ready
     }
 }

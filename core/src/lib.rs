@@ -41,7 +41,7 @@ pub mod test_kit;
 
 pub use addr::{AddrError, DEFAULT_PORT, HostKind, OnionError, ServerAddr};
 pub use backoff::{Backoff, JitterRng};
-pub use command::{Command, Input};
+pub use command::{Command, Input, ProxyReport};
 pub use config::{
     ConfigError, Entropy, KeepalivePolicy, MIN_PROBE_INTERVAL, MaintenancePolicy, PoolConfig,
     RetryPolicy,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::ServerAddr;
 use crate::backoff::{Backoff, JitterRng};
-use crate::command::{Command, Input};
+use crate::command::{Command, Input, ProxyReport};
 use crate::config::{
     ConfigError, Entropy, KeepalivePolicy, MaintenancePolicy, PoolConfig, RetryPolicy,
 };
@@ -226,11 +226,21 @@ impl DialCredentials {
 #[derive(Debug, Default)]
 struct ProxyHealth {
     down: bool,
+    /// The route's latest report of its own state, if it reports one.
+    reported: Option<ProxyReport>,
     /// Backoff step of the probes.
     step: u32,
     probe: Option<AttemptId>,
     probe_at: Option<Tick>,
     waiters: VecDeque<ServerId>,
+}
+
+impl ProxyHealth {
+    /// The route's latest report says it is not ready: the proxy stays
+    /// down until it reports ready.
+    fn held(&self) -> bool {
+        self.reported.is_some_and(ProxyReport::holds_dials)
+    }
 }
 
 #[derive(Debug)]
@@ -483,6 +493,10 @@ impl PoolState {
             Input::ProbeAnswered(attempt) => self.heard(now, attempt, true),
             Input::ProbeUnsupported(attempt) => self.probe_unsupported(now, attempt),
             Input::CloseFinished { attempt, result } => self.close_finished(now, attempt, result),
+            Input::ProxyReported(report) => {
+                self.proxy_reported(now, report);
+                Ok(())
+            }
         }
     }
 

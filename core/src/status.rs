@@ -103,6 +103,14 @@ pub enum ProxyState {
     /// no username/password); servers wait for it and one probe dial at a
     /// time finds it back.
     Unreachable,
+    /// Tor reports it is still bootstrapping
+    /// ([`ProxyReport::Bootstrapping`](crate::ProxyReport::Bootstrapping)):
+    /// servers wait for it to report ready; no probe dial goes out.
+    Bootstrapping,
+    /// Tor reports it is stuck
+    /// ([`ProxyReport::Blocked`](crate::ProxyReport::Blocked)): servers
+    /// wait for it to report ready; no probe dial goes out.
+    Blocked,
 }
 
 /// How many servers stand where. Every valid server is in exactly one

@@ -84,9 +84,11 @@ impl PoolState {
     }
 
     /// While the proxy is down and servers wait for it, keep exactly one
-    /// probe scheduled or in flight.
+    /// probe scheduled or in flight, unless the route reports it is not
+    /// ready (it reports when it is).
     pub(super) fn keep_probing(&mut self, now: Tick) {
         if !self.proxy.down
+            || self.proxy.held()
             || self.proxy.probe.is_some()
             || self.proxy.probe_at.is_some()
             || self.proxy.waiters.is_empty()
@@ -105,14 +107,16 @@ impl PoolState {
         self.timers.set(TimerKey::ProxyProbe, at);
     }
 
-    /// A dial got through the proxy: it is up. Servers that waited for it
-    /// are dialed now.
+    /// A dial got through the proxy, or the route reports it ready: it is
+    /// up, unless the route's latest report says otherwise (a report wins
+    /// over a dial result). Servers that waited for it are dialed now.
     pub(super) fn proxy_up(&mut self, now: Tick) {
-        if !self.proxy.down {
+        if !self.proxy.down || self.proxy.held() {
             return;
         }
         self.cancel_proxy_probe();
         self.proxy = ProxyHealth {
+            reported: self.proxy.reported,
             waiters: std::mem::take(&mut self.proxy.waiters),
             ..ProxyHealth::default()
         };
@@ -121,6 +125,24 @@ impl PoolState {
             if self.backoff_for(id).is_some() {
                 self.dial(now, id);
             }
+        }
+    }
+
+    /// The route reports its own state: not ready holds the proxy down
+    /// (no probe dials), ready brings it up.
+    pub(super) fn proxy_reported(&mut self, now: Instant, report: ProxyReport) {
+        let now = self.clock(now);
+        self.proxy.reported = Some(report);
+        if !report.holds_dials() {
+            self.proxy_up(now);
+            return;
+        }
+        // Tor says when it is ready: probing before would only fail.
+        self.cancel_proxy_probe();
+        if !self.proxy.down {
+            self.proxy.down = true;
+            self.proxy.step = 0;
+            self.notify(Notification::ProxyUnreachable);
         }
     }
 

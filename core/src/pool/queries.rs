@@ -90,10 +90,11 @@ impl PoolState {
         let statuses: Vec<ServerStatus> = self.statuses().collect();
         PoolHealth {
             counts: statuses.iter().collect::<LinkCounts>(),
-            proxy: if self.proxy.down {
-                ProxyState::Unreachable
-            } else {
-                ProxyState::Reachable
+            proxy: match (self.proxy.down, self.proxy.reported) {
+                (false, _) => ProxyState::Reachable,
+                (true, Some(ProxyReport::Bootstrapping)) => ProxyState::Bootstrapping,
+                (true, Some(ProxyReport::Blocked)) => ProxyState::Blocked,
+                (true, _) => ProxyState::Unreachable,
             },
             maintenance: self.maintenance,
             servers: statuses

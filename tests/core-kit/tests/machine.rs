@@ -7,7 +7,8 @@ use dirpool_core::{
     AttemptId, Backoff, CloseFailure, Command, ConfigError, DialFailure, DialRequest,
     DisconnectReason, Entropy, Input, InputError, IsolationScope, IsolationToken, KeepalivePolicy,
     LinkLoss, Notification, OperationEnd, OperationKind, OperationReport, Output, PoolConfig,
-    PoolState, ProbeRequest, RetryPolicy, ServerId, ServerState, SocksReply,
+    PoolState, ProbeRequest, ProxyReport, ProxyState, RetryPolicy, ServerId, ServerState,
+    SocksReply,
 };
 
 const A: &str = "127.0.0.1:5222";
@@ -1177,6 +1178,118 @@ fn an_onion_error_proves_the_proxy_is_back() {
     );
     assert!(notes(&out).contains(&Notification::ProxyRecovered));
     assert_eq!(dials(&out).len(), 1, "the waiting server is dialed now");
+}
+
+impl Rig {
+    fn report(&mut self, report: ProxyReport) -> Vec<Output> {
+        self.pool
+            .handle_input(self.now, Input::ProxyReported(report))
+            .expect("a report is always taken");
+        self.drain()
+    }
+}
+
+#[test]
+fn a_tor_that_reports_bootstrapping_holds_redials_without_probes_until_ready() {
+    let mut rig = maintained(2);
+    let out = rig.report(ProxyReport::Bootstrapping);
+    assert_eq!(notes(&out), [Notification::ProxyUnreachable]);
+    assert_eq!(rig.pool.health(rig.now).proxy, ProxyState::Bootstrapping);
+    // Maintenance holds its dials: both servers wait, nothing is probed.
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
+    assert!(dials(&rig.drain()).is_empty());
+    assert_eq!(
+        rig.pool.poll_timeout(),
+        None,
+        "no probe while Tor says wait"
+    );
+    for status in rig.pool.statuses() {
+        assert_eq!(status.state, ServerState::WaitingForProxy);
+    }
+    // A repeat and a change of reason are no news.
+    assert!(rig.report(ProxyReport::Bootstrapping).is_empty());
+    assert!(rig.report(ProxyReport::Blocked).is_empty());
+    assert_eq!(rig.pool.health(rig.now).proxy, ProxyState::Blocked);
+    // Ready: both are dialed at once.
+    rig.now = rig.at(30.0);
+    let out = rig.report(ProxyReport::Ready);
+    assert!(notes(&out).contains(&Notification::ProxyRecovered));
+    assert_eq!(dials(&out).len(), 2);
+    assert_eq!(rig.pool.health(rig.now).proxy, ProxyState::Reachable);
+    assert!(rig.report(ProxyReport::Ready).is_empty(), "no news");
+}
+
+#[test]
+fn a_not_ready_report_wins_over_a_dial_that_gets_through() {
+    let mut rig = maintained(0);
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
+    let d = dials(&rig.drain());
+    // Tor says blocked while both dials are out; one connects anyway, the
+    // other fails at the proxy.
+    assert_eq!(
+        notes(&rig.report(ProxyReport::Blocked)),
+        [Notification::ProxyUnreachable]
+    );
+    let out = rig.succeed(d[0].attempt);
+    assert!(!notes(&out).contains(&Notification::ProxyRecovered));
+    assert_eq!(rig.pool.connected_count(), 1, "the link is kept");
+    let out = rig.fail(d[1].attempt, DialFailure::ProxyUnreachable);
+    assert!(dials(&out).is_empty());
+    let b = rig.id(B);
+    assert_eq!(
+        rig.pool.status(b).unwrap().state,
+        ServerState::WaitingForProxy
+    );
+    // Only the connected link's keepalive is due: no probe dial.
+    rig.advance_to(1_000.0);
+    assert_eq!(
+        rig.pool.status(b).unwrap().state,
+        ServerState::WaitingForProxy
+    );
+    let out = rig.report(ProxyReport::Ready);
+    assert!(notes(&out).contains(&Notification::ProxyRecovered));
+    dial_to(&out, b);
+}
+
+#[test]
+fn after_ready_a_dial_that_fails_at_the_proxy_still_marks_it_down() {
+    let mut rig = maintained(0);
+    assert!(rig.report(ProxyReport::Ready).is_empty(), "up already");
+    rig.pool
+        .handle_command(rig.now, Command::StartMaintenance)
+        .expect("a valid command");
+    let d = dials(&rig.drain());
+    let out = rig.fail(d[0].attempt, DialFailure::ProxyUnreachable);
+    assert!(notes(&out).contains(&Notification::ProxyUnreachable));
+    assert_eq!(rig.pool.health(rig.now).proxy, ProxyState::Unreachable);
+    // Inferred, so probed: one probe on the backoff (1 s).
+    let probe = dials(&rig.advance_to(1.0));
+    assert_eq!(probe.len(), 1);
+    // Tor then says it is bootstrapping: the probe's success proves
+    // nothing against it, and no further probe is scheduled.
+    rig.report(ProxyReport::Bootstrapping);
+    let out = rig.succeed(probe[0].attempt);
+    assert!(!notes(&out).contains(&Notification::ProxyRecovered));
+    assert_eq!(rig.pool.health(rig.now).proxy, ProxyState::Bootstrapping);
+    let out = rig.fail(d[1].attempt, DialFailure::ProxyUnreachable);
+    assert!(dials(&out).is_empty());
+    assert!(dials(&rig.advance_to(100.0)).is_empty(), "no probe");
+    let out = rig.report(ProxyReport::Ready);
+    assert_eq!(dials(&out).len(), 1, "the one still waiting");
+}
+
+#[test]
+fn a_command_still_dials_while_tor_says_wait() {
+    let mut rig = Rig::with(&[A, B]);
+    rig.report(ProxyReport::Bootstrapping);
+    rig.pool
+        .handle_command(rig.now, Command::ConnectAllParallel)
+        .expect("a valid command");
+    assert_eq!(dials(&rig.drain()).len(), 2, "the route bounds their wait");
 }
 
 // ---- keepalive ---------------------------------------------------------------
