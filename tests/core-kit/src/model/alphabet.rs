@@ -63,6 +63,10 @@ pub enum Step {
     Time,
     /// A command.
     Command(Command),
+    /// The route to Tor reports its own state (ready, bootstrapping or
+    /// blocked), as an in-process Tor client does; in a run whose route
+    /// reports nothing (a SOCKS proxy), a time step instead.
+    ProxyReport,
     /// An input the machine must refuse without changing anything: a stale
     /// attempt id, a result that does not fit the attempt's state, or an
     /// invalid retry policy.
@@ -76,8 +80,9 @@ impl<'a> Arbitrary<'a> for Step {
             30..=39 => Self::CloseResult,
             40..=44 => Self::LoseLink,
             45..=51 => Self::LinkSignal,
-            52..=69 | 95..=99 => Self::Time,
+            52..=69 | 95..=96 => Self::Time,
             70..=89 => Self::Command(arbitrary_command(u)?),
+            97..=99 => Self::ProxyReport,
             _ => Self::WrongInput,
         })
     }

@@ -25,8 +25,8 @@ use dirpool_core::{
     AttemptId, Backoff, CloseFailure, Command, ConfigError, DialDetail, DialFailure,
     DisconnectReason, Entropy, FailureScope, Input as PoolInput, InputError, IsolationScope,
     IsolationToken, KeepalivePolicy, LinkLoss, Notification, OperationEnd, OperationId,
-    OperationKind, OperationReport, Output, PoolConfig, PoolState, RetryPolicy, ServerAddr,
-    ServerId, ServerState, ServerStatus, SocksReply,
+    OperationKind, OperationReport, Output, PoolConfig, PoolState, ProxyReport, ProxyState,
+    RetryPolicy, ServerAddr, ServerId, ServerState, ServerStatus, SocksReply,
 };
 
 const TRACE_TAIL: usize = 30;
@@ -137,6 +137,16 @@ pub(super) fn random_failure(choices: &mut Choices, proxy_pct: u64) -> DialFailu
             u8::try_from(choices.below(256)).unwrap_or(1),
         )),
     }
+}
+
+/// A report of the route's own state: ready half the time.
+pub(super) fn random_report(choices: &mut Choices) -> ProxyReport {
+    *choices.pick(&[
+        ProxyReport::Ready,
+        ProxyReport::Ready,
+        ProxyReport::Bootstrapping,
+        ProxyReport::Blocked,
+    ])
 }
 
 fn random_io_kind(choices: &mut Choices) -> std::io::ErrorKind {
@@ -295,6 +305,8 @@ struct Model {
     finished_ops: BTreeSet<OperationId>,
     maintenance: bool,
     proxy_down: bool,
+    /// The route's latest report of its own state, if it sent one.
+    reported: Option<ProxyReport>,
     all_down: bool,
     /// Aborted by a timeout in this step; their `DialFailed` must follow.
     timeout_aborts: BTreeSet<AttemptId>,
@@ -302,6 +314,12 @@ struct Model {
 }
 
 impl Model {
+    /// The latest report says Tor is not ready: only a user's command may
+    /// dial (invariant 12).
+    fn held(&self) -> bool {
+        self.reported.is_some_and(ProxyReport::holds_dials)
+    }
+
     fn has_retry_op(&self) -> bool {
         self.ops.values().any(|op| matches!(op, OpM::Retry { .. }))
     }
@@ -357,6 +375,8 @@ enum Input {
     Advance(Duration),
     /// Move the clock without telling the machine (the next input carries it).
     Drift(Duration),
+    /// The route reports its own state.
+    Report(ProxyReport),
 }
 
 /// Everything a wrong input must leave unchanged.
@@ -474,6 +494,9 @@ struct Sim<'t> {
     success_pct: u64,
     proxy_pct: u64,
     race: bool,
+    /// The route reports its own state (an in-process Tor), else it
+    /// reports nothing (a SOCKS proxy).
+    reports: bool,
     m: Model,
 }
 
@@ -504,6 +527,7 @@ impl Sim<'_> {
             Input::Unsupported(a) => format!("probe_unsupported {a}"),
             Input::Advance(d) => format!("handle_timeout (+{d:?})"),
             Input::Drift(d) => format!("clock +{d:?} (no handle_timeout)"),
+            Input::Report(r) => format!("proxy_reported {r:?}"),
         }
     }
 
@@ -690,6 +714,9 @@ impl Sim<'_> {
                 self.stats.bump("clock drifts before handle_timeout");
                 Ok(())
             }
+            Input::Report(r) => self
+                .pool
+                .handle_input(self.now, PoolInput::ProxyReported(r)),
         };
         let outputs = self.drain()?;
         if self.trace.on {
@@ -725,6 +752,33 @@ impl Sim<'_> {
             }
 
             _ => {}
+        }
+        let held_before = self.m.held();
+        if let Input::Report(report) = input {
+            self.m.reported = Some(report);
+            if report.holds_dials() {
+                self.stats.bump(if held_before {
+                    "not-ready reports while held"
+                } else {
+                    "not-ready reports"
+                });
+                if !self.m.proxy_down {
+                    self.m.expect = Some(Expect::ProxyUnreachable);
+                }
+            } else {
+                self.stats.bump("ready reports");
+                // Ready while up is no news.
+                ensure!(
+                    self.m.proxy_down || outputs.is_empty(),
+                    "a ready report while the proxy was up gave {outputs:?}"
+                );
+            }
+            if report.holds_dials() && (held_before || self.m.proxy_down) {
+                ensure!(
+                    outputs.is_empty(),
+                    "a not-ready report while the proxy was down gave {outputs:?}"
+                );
+            }
         }
         if let Some(id) = new_op {
             ensure!(
@@ -940,6 +994,26 @@ impl Sim<'_> {
                     d.attempt,
                     d.server
                 );
+                // Invariant 12: while Tor reports it is not ready, only a
+                // connect command (or the redial it left behind a close)
+                // dials; no redial, no probe.
+                let commanded = redial
+                    || matches!(
+                        input,
+                        Input::Command(Command::ConnectAllParallel)
+                            | Input::Command(Command::ReconnectDisconnected)
+                            | Input::Command(Command::ConnectAllWithRetry(_))
+                    );
+                ensure!(
+                    !self.m.held() || commanded,
+                    "inv 12: dial {} of {} while Tor reports {:?}",
+                    d.attempt,
+                    d.server,
+                    self.m.reported
+                );
+                if self.m.held() {
+                    self.stats.bump("commanded dials while Tor says wait");
+                }
                 self.check_credentials(s, d.credentials.as_ref())?;
                 self.m.dials.insert(
                     d.attempt,
@@ -1290,9 +1364,12 @@ impl Sim<'_> {
             Notification::ProxyRecovered => {
                 ensure!(self.m.proxy_down, "ProxyRecovered while the proxy was up");
                 ensure!(
-                    matches!(input, Input::Succeed(_))
-                        || matches!(input, Input::Fail(_, f) if f.proves_proxy_up()),
-                    "ProxyRecovered without a dial getting through"
+                    matches!(input, Input::Report(ProxyReport::Ready))
+                        || (!self.m.held()
+                            && (matches!(input, Input::Succeed(_))
+                                || matches!(input, Input::Fail(_, f) if f.proves_proxy_up()))),
+                    "ProxyRecovered without a ready report or a dial getting through (reported {:?})",
+                    self.m.reported
                 );
                 self.m.proxy_down = false;
                 self.stats.bump("proxy recovered");
@@ -1707,6 +1784,22 @@ impl Sim<'_> {
             self.pool.proxy_reachable() != m.proxy_down,
             "proxy_reachable {} disagrees with the notifications",
             self.pool.proxy_reachable()
+        );
+        let want = match (m.proxy_down, m.reported) {
+            (false, _) => ProxyState::Reachable,
+            (true, Some(ProxyReport::Bootstrapping)) => ProxyState::Bootstrapping,
+            (true, Some(ProxyReport::Blocked)) => ProxyState::Blocked,
+            (true, _) => ProxyState::Unreachable,
+        };
+        let shown = self.pool.health(self.now).proxy;
+        ensure!(
+            shown == want,
+            "health shows the proxy {shown:?}, want {want:?}"
+        );
+        ensure!(
+            !m.held() || m.proxy_down,
+            "Tor reports {:?} but the proxy counts as up",
+            m.reported
         );
         ensure!(
             self.pool.maintenance_running() == m.maintenance,
@@ -2135,6 +2228,11 @@ impl Sim<'_> {
             | Step::LinkSignal
             | Step::Time => self.random_time_step(),
             Step::Command(command) => self.command(command),
+            Step::ProxyReport if self.reports => {
+                let report = random_report(self.choices);
+                self.apply(Input::Report(report)).map(drop)
+            }
+            Step::ProxyReport => self.random_time_step(),
             Step::WrongInput => self.wrong_input(),
         }
     }
@@ -2148,6 +2246,11 @@ impl Sim<'_> {
             self.apply(Input::Advance(Duration::ZERO))?;
         }
         self.stats.bump("liveness runs");
+        if self.m.held() {
+            // The world is healthy from now on: Tor reports it is ready.
+            self.apply(Input::Report(ProxyReport::Ready))?;
+            self.stats.bump("liveness after Tor said wait");
+        }
         let t = self.now;
         let latency = Duration::from_millis(500).min(self.conn_timeout / 4);
         let proxy_down = self.m.proxy_down;
@@ -2508,13 +2611,14 @@ fn run(choices: &mut Choices, trace: &mut Trace) -> Result<Stats, String> {
     let success_pct = 10 + choices.below(81);
     let proxy_pct = *choices.pick(&[0, 5, 15, 40]);
     let race = choices.chance(25);
+    let reports = choices.chance(50);
     let steps = 200 + choices.below(201);
     let liveness = choices.chance(35);
     let conn_timeout = setup.config.connection_timeout;
     let close_timeout = setup.config.close_timeout;
     let maintenance = setup.config.maintenance;
     trace.push(format!(
-        "  success {success_pct}% proxy failures {proxy_pct}% race {race} steps {steps} liveness {liveness}"
+        "  success {success_pct}% proxy failures {proxy_pct}% race {race} reports {reports} steps {steps} liveness {liveness}"
     ));
     let mut sim = Sim {
         pool,
@@ -2541,6 +2645,7 @@ fn run(choices: &mut Choices, trace: &mut Trace) -> Result<Stats, String> {
         success_pct,
         proxy_pct,
         race,
+        reports,
         m: Model {
             live: vec![None; n],
             connected_notes: vec![0; n],

@@ -21,10 +21,12 @@ use std::time::Instant;
 
 use dirpool_core::{
     AttemptId, Command, DialDetail, DialFailure, Entropy, Input, IsolationToken, KeepalivePolicy,
-    Notification, Output, PoolConfig, PoolState,
+    Notification, Output, PoolConfig, PoolState, ProxyReport,
 };
 
-use super::checker::{random_backoff, random_failure, random_loss, random_retry_policy};
+use super::checker::{
+    random_backoff, random_failure, random_loss, random_report, random_retry_policy,
+};
 use super::{Choices, Step};
 
 /// The most steps one input plays (the deep checker plays 200 to 400).
@@ -227,6 +229,14 @@ impl Run {
                 self.drain(Taken::Input(attempt), refused)
             }
             Step::Time => self.advance(choices),
+            Step::ProxyReport => {
+                let report = random_report(choices);
+                let taken = self
+                    .pool
+                    .handle_input(self.now, Input::ProxyReported(report));
+                ensure!(taken.is_ok(), "a report was refused: {taken:?}");
+                self.drain(Taken::Report(report), false)
+            }
             Step::WrongInput => {
                 // A result for an attempt already answered, or a dial
                 // result for a registered link: neither fits.
@@ -308,6 +318,12 @@ impl Run {
                         && !held.open.contains_key(&d.attempt)
                         && !held.closes.contains_key(&d.attempt),
                     "attempt {} reused while in use",
+                    d.attempt
+                );
+                // Invariant 12: Tor says wait, so nothing is dialed for it.
+                ensure!(
+                    !matches!(taken, Taken::Report(r) if r.holds_dials()),
+                    "inv 12: dial {} on a not-ready report ({taken:?})",
                     d.attempt
                 );
                 held.dials.insert(d.attempt, (s, false));
@@ -480,6 +496,7 @@ impl Run {
 enum Taken {
     Command(Command),
     Input(AttemptId),
+    Report(ProxyReport),
     Timeout,
     Wrong,
 }
