@@ -145,3 +145,43 @@ impl ProxyReport {
         self != ProxyReport::Ready
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::LinkLoss;
+
+    #[test]
+    fn an_input_names_its_attempt_and_a_report_none() {
+        let attempt = AttemptId(41);
+        let about_it = [
+            Input::DialFinished {
+                attempt,
+                result: Ok(()),
+                detail: None,
+            },
+            Input::LinkLost {
+                attempt,
+                loss: LinkLoss::ClosedByPeer,
+            },
+            Input::LinkActive(attempt),
+            Input::ProbeAnswered(attempt),
+            Input::ProbeUnsupported(attempt),
+            Input::CloseFinished {
+                attempt,
+                result: Ok(()),
+            },
+        ];
+        for input in about_it {
+            assert_eq!(input.attempt(), Some(attempt), "{input:?}");
+        }
+        for report in [
+            ProxyReport::Bootstrapping,
+            ProxyReport::Ready,
+            ProxyReport::Blocked,
+        ] {
+            assert_eq!(Input::ProxyReported(report).attempt(), None);
+            assert_eq!(report.holds_dials(), report != ProxyReport::Ready);
+        }
+    }
+}

@@ -315,7 +315,7 @@ struct Model {
 
 impl Model {
     /// The latest report says Tor is not ready: only a user's command may
-    /// dial (invariant 12).
+    /// dial (invariant 14).
     fn held(&self) -> bool {
         self.reported.is_some_and(ProxyReport::holds_dials)
     }
@@ -994,7 +994,7 @@ impl Sim<'_> {
                     d.attempt,
                     d.server
                 );
-                // Invariant 12: while Tor reports it is not ready, only a
+                // Invariant 14: while Tor reports it is not ready, only a
                 // connect command (or the redial it left behind a close)
                 // dials; no redial, no probe.
                 let commanded = redial
@@ -1006,7 +1006,7 @@ impl Sim<'_> {
                     );
                 ensure!(
                     !self.m.held() || commanded,
-                    "inv 12: dial {} of {} while Tor reports {:?}",
+                    "inv 14: dial {} of {} while Tor reports {:?}",
                     d.attempt,
                     d.server,
                     self.m.reported

@@ -320,10 +320,10 @@ impl Run {
                     "attempt {} reused while in use",
                     d.attempt
                 );
-                // Invariant 12: Tor says wait, so nothing is dialed for it.
+                // Invariant 14: Tor says wait, so nothing is dialed for it.
                 ensure!(
                     !matches!(taken, Taken::Report(r) if r.holds_dials()),
-                    "inv 12: dial {} on a not-ready report ({taken:?})",
+                    "inv 14: dial {} on a not-ready report ({taken:?})",
                     d.attempt
                 );
                 held.dials.insert(d.attempt, (s, false));
