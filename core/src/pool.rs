@@ -226,21 +226,15 @@ impl DialCredentials {
 #[derive(Debug, Default)]
 struct ProxyHealth {
     down: bool,
-    /// The route's latest report of its own state, if it reports one.
-    reported: Option<ProxyReport>,
+    /// The route's latest report of its own state while that report says
+    /// it is not ready (`None` once it reports ready, or if it never
+    /// reports): the proxy stays down until it does.
+    hold: Option<ProxyReport>,
     /// Backoff step of the probes.
     step: u32,
     probe: Option<AttemptId>,
     probe_at: Option<Tick>,
     waiters: VecDeque<ServerId>,
-}
-
-impl ProxyHealth {
-    /// The route's latest report says it is not ready: the proxy stays
-    /// down until it reports ready.
-    fn held(&self) -> bool {
-        self.reported.is_some_and(ProxyReport::holds_dials)
-    }
 }
 
 #[derive(Debug)]

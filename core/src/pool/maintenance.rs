@@ -88,7 +88,7 @@ impl PoolState {
     /// ready (it reports when it is).
     pub(super) fn keep_probing(&mut self, now: Tick) {
         if !self.proxy.down
-            || self.proxy.held()
+            || self.proxy.hold.is_some()
             || self.proxy.probe.is_some()
             || self.proxy.probe_at.is_some()
             || self.proxy.waiters.is_empty()
@@ -111,12 +111,11 @@ impl PoolState {
     /// up, unless the route's latest report says otherwise (a report wins
     /// over a dial result). Servers that waited for it are dialed now.
     pub(super) fn proxy_up(&mut self, now: Tick) {
-        if !self.proxy.down || self.proxy.held() {
+        if !self.proxy.down || self.proxy.hold.is_some() {
             return;
         }
         self.cancel_proxy_probe();
         self.proxy = ProxyHealth {
-            reported: self.proxy.reported,
             waiters: std::mem::take(&mut self.proxy.waiters),
             ..ProxyHealth::default()
         };
@@ -132,7 +131,7 @@ impl PoolState {
     /// (no probe dials), ready brings it up.
     pub(super) fn proxy_reported(&mut self, now: Instant, report: ProxyReport) {
         let now = self.clock(now);
-        self.proxy.reported = Some(report);
+        self.proxy.hold = report.holds_dials().then_some(report);
         if !report.holds_dials() {
             self.proxy_up(now);
             return;

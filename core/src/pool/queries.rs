@@ -90,7 +90,7 @@ impl PoolState {
         let statuses: Vec<ServerStatus> = self.statuses().collect();
         PoolHealth {
             counts: statuses.iter().collect::<LinkCounts>(),
-            proxy: match (self.proxy.down, self.proxy.reported) {
+            proxy: match (self.proxy.down, self.proxy.hold) {
                 (false, _) => ProxyState::Reachable,
                 (true, Some(ProxyReport::Bootstrapping)) => ProxyState::Bootstrapping,
                 (true, Some(ProxyReport::Blocked)) => ProxyState::Blocked,
