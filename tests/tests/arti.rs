@@ -437,14 +437,16 @@ fn a_pool_on_an_unbootstrapped_arti_connects_once_arti_is_ready() {
     let arti = arti();
     let _turn = turn();
     let config = arti_config(net, &net.arti_dir("late"));
-    let late = {
+    // Made inside arti's runtime: each connect runs there.
+    let (late, tor) = {
         let _enter = arti.runtime.enter();
-        dirpool::arti::arti_client::TorClient::builder()
+        let late = dirpool::arti::arti_client::TorClient::builder()
             .config(config)
             .create_unbootstrapped()
-            .unwrap()
+            .unwrap();
+        let tor = ArtiClient::new(Arc::clone(&late));
+        (late, tor)
     };
-    let tor = ArtiClient::new(Arc::clone(&late));
     // On smol only (the pool on smol, arti on its tokio runtime).
     run_on_smol_within(LIMIT, |rt| {
         let (tor, late) = (tor.clone(), Arc::clone(&late));
