@@ -747,11 +747,87 @@ mod tests {
     const ALPHA: &str = "duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion:5222";
     const BETA: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion:5222";
 
+    /// The log lines of the thread it is the default of: level, message
+    /// and the name of the innermost span each is in.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<LinesInner>>);
+
+    #[derive(Default)]
+    struct LinesInner {
+        /// Span names, by id - 1.
+        spans: Vec<&'static str>,
+        entered: Vec<u64>,
+        lines: Vec<(tracing::Level, String, &'static str)>,
+    }
+
+    impl Lines {
+        /// How many lines at `level` read `message` in the span `span`.
+        fn count(&self, level: tracing::Level, message: &str, span: &str) -> usize {
+            let inner = self.0.lock().unwrap();
+            let wanted = |(l, m, s): &&(tracing::Level, String, &str)| {
+                *l == level && m == message && *s == span
+            };
+            inner.lines.iter().filter(wanted).count()
+        }
+    }
+
+    struct Message(String);
+
+    impl tracing::field::Visit for Message {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+
+    impl tracing::Subscriber for Lines {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            let mut inner = self.0.lock().unwrap();
+            inner.spans.push(span.metadata().name());
+            tracing::span::Id::from_u64(inner.spans.len() as u64)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            let mut inner = self.0.lock().unwrap();
+            let span = inner
+                .entered
+                .last()
+                .map_or("", |id| inner.spans[*id as usize - 1]);
+            inner
+                .lines
+                .push((*event.metadata().level(), message.0, span));
+        }
+        fn enter(&self, span: &tracing::span::Id) {
+            self.0.lock().unwrap().entered.push(span.into_u64());
+        }
+        fn exit(&self, span: &tracing::span::Id) {
+            let mut inner = self.0.lock().unwrap();
+            if let Some(at) = inner.entered.iter().rposition(|id| *id == span.into_u64()) {
+                inner.entered.remove(at);
+            }
+        }
+    }
+
     /// Tor's own state holds the pool: while it bootstraps (or is blocked)
     /// maintenance dials nothing and the proxy shows the state Tor
     /// reports; once Tor is ready every server is dialed, with no command.
+    /// Each change is logged once, in the pool's span.
     #[test]
     fn a_pool_on_a_bootstrapping_tor_dials_once_tor_reports_ready() {
+        // Everything below runs on this thread, so its default subscriber
+        // sees every line. A second live dispatcher makes each callsite ask
+        // the current thread's subscriber, whatever another test's thread
+        // (without one) answered first.
+        let lines = Lines::default();
+        let _default = tracing::subscriber::set_default(lines.clone());
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -793,6 +869,13 @@ mod tests {
             assert_eq!(pool.health().await.unwrap().proxy, ProxyState::Blocked);
             assert!(connects.try_recv().is_err(), "no dial while Tor is blocked");
             assert_eq!(events.try_next().unwrap_err(), crate::TryNextError::Empty);
+            // A stream made now is told the proxy is down, once.
+            let mut late = pool.events();
+            assert!(matches!(
+                late.try_next(),
+                Ok(crate::PoolEvent::ProxyUnreachable)
+            ));
+            assert_eq!(late.try_next().unwrap_err(), crate::TryNextError::Empty);
 
             tor.set(TorReadiness::Ready);
             let event = tokio::time::timeout(within, events.next()).await.unwrap();
@@ -814,8 +897,27 @@ mod tests {
             let health = pool.health().await.unwrap();
             assert_eq!(health.proxy, ProxyState::Reachable);
             assert_eq!(health.counts.connecting, 2, "{health:#?}");
+            // Once the proxy is back, a new stream starts with nothing.
+            assert_eq!(
+                pool.events().try_next().unwrap_err(),
+                crate::TryNextError::Empty
+            );
             pool.close_all().await.unwrap();
         });
+        use tracing::Level;
+        for (level, message) in [
+            (Level::INFO, "Tor bootstrapping (10 %)"),
+            (Level::DEBUG, "Tor bootstrapping (60 %)"),
+            (Level::WARN, "Tor blocked: clock skew"),
+            (Level::INFO, "Tor ready"),
+            (
+                Level::WARN,
+                "Tor (arti) cannot carry traffic; servers wait for it",
+            ),
+            (Level::INFO, "Tor (arti) carries traffic again"),
+        ] {
+            assert_eq!(lines.count(level, message, "dirpool"), 1, "{message}");
+        }
     }
 
     #[test]
