@@ -799,7 +799,9 @@ mod tests {
             let span = inner
                 .entered
                 .last()
-                .map_or("", |id| inner.spans[*id as usize - 1]);
+                .and_then(|id| inner.spans.get(usize::try_from(*id).ok()? - 1))
+                .copied()
+                .unwrap_or("");
             inner
                 .lines
                 .push((*event.metadata().level(), message.0, span));
