@@ -111,7 +111,9 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
 
     /// Opens every directory's stream through the in-process Tor client
     /// `tor` (feature `arti`) instead of the SOCKS proxy of
-    /// [`Config::proxy`](crate::Config::proxy); see [`crate::arti`].
+    /// [`Config::proxy`](crate::Config::proxy); see [`crate::arti`]. The
+    /// pool follows `tor`'s readiness from its start: while it is not
+    /// ready, maintenance waits for it instead of dialing.
     #[cfg(feature = "arti")]
     pub fn arti(mut self, tor: crate::arti::ArtiClient) -> Self {
         self.arti = Some(tor);
