@@ -21,15 +21,23 @@
 //!   share a circuit, exactly as two SOCKS usernames do on Tor's
 //!   `IsolateSOCKSAuth`. The credentials of every pool carry the pool's own
 //!   random token, so two pools sharing a `TorClient` share no circuit.
-//! - **Tor's own state is the proxy's state.** A dial that finds Tor not
-//!   ready for traffic waits up to `proxy_timeout` for its bootstrap, then
+//! - **Tor's own state is the proxy's state.** The pool watches
+//!   [`ArtiClient::readiness_events`] from its start: while arti reports
+//!   it is bootstrapping or blocked the proxy counts as down (one
+//!   [`PoolEvent::ProxyUnreachable`](crate::PoolEvent::ProxyUnreachable);
+//!   [`PoolHealth::proxy`](crate::PoolHealth::proxy) shows
+//!   [`ProxyState::Bootstrapping`](crate::ProxyState::Bootstrapping) or
+//!   [`Blocked`](crate::ProxyState::Blocked)) and maintenance dials
+//!   nothing; once arti reports ready, `ProxyRecovered` and the servers
+//!   that waited are dialed. Maintenance alone never starts a bootstrap
+//!   (use [`ArtiClient::bootstrap`], or `TorClient::bootstrap` on a client
+//!   of your own); a command still dials, and such a dial starts one and
+//!   waits up to `proxy_timeout` for it, then
 //!   fails with [`DialError::TorNotReady`] (at once if the tokio runtime
-//!   arti runs on has shut down: nothing of arti runs any more),
-//!   which the core counts as the proxy being unreachable: one pool-wide
-//!   fact ([`PoolEvent::ProxyUnreachable`](crate::PoolEvent::ProxyUnreachable),
-//!   then `ProxyRecovered`), never a directory's failure. The bootstrap
-//!   itself is observable with [`ArtiClient::readiness`] and
-//!   [`ArtiClient::readiness_events`].
+//!   arti runs on has shut down: nothing of arti runs any more), which the
+//!   core counts as the proxy being unreachable, never as a directory's
+//!   failure. Each change of arti's state is logged once, in the pool's
+//!   span (a blockage at warn level, with arti's reason).
 //! - **Errors** are classified from arti's [`ErrorKind`] ([`failure_of`]):
 //!   an onion whose descriptor is not found is the directory's
 //!   ([`SocksReply::OnionDescriptorNotFound`],
@@ -71,8 +79,9 @@ use std::time::Duration;
 
 use arti_client::status::{BootstrapEvents, BootstrapStatus};
 use arti_client::{DataStream, StreamPrefs, TorClient};
-use dirpool_core::{DialFailure, ServerAddr, SocksCredentials, SocksReply};
+use dirpool_core::{DialFailure, ProxyReport, ServerAddr, SocksCredentials, SocksReply};
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::{FutureExt as _, Stream, StreamExt as _};
 
 pub use arti_client;
@@ -148,6 +157,16 @@ pub enum TorReadiness {
 }
 
 impl TorReadiness {
+    /// What the pool's core makes of it: the one mapping from arti's
+    /// state to the proxy's.
+    pub(crate) fn report(&self) -> ProxyReport {
+        match self {
+            Self::Bootstrapping { .. } => ProxyReport::Bootstrapping,
+            Self::Ready => ProxyReport::Ready,
+            Self::Blocked { .. } => ProxyReport::Blocked,
+        }
+    }
+
     fn of(status: &BootstrapStatus) -> Self {
         if status.ready_for_traffic() {
             Self::Ready
@@ -239,7 +258,7 @@ impl ArtiClient {
 
     /// Tor's readiness now.
     pub fn readiness(&self) -> TorReadiness {
-        TorReadiness::of(&self.tor.status())
+        self.tor.readiness()
     }
 
     /// Tor's readiness each time arti's bootstrap status changes (the
@@ -247,7 +266,18 @@ impl ArtiClient {
     /// the stream ends with the client.
     pub fn readiness_events(&self) -> impl Stream<Item = TorReadiness> + Send + Unpin + 'static {
         let current = futures::stream::iter([self.readiness()]);
-        current.chain(self.tor.events().map(|status| TorReadiness::of(&status)))
+        current.chain(self.tor.readiness_changes())
+    }
+
+    /// What the pool's driver watches: [`readiness_events`](Self::readiness_events)
+    /// as the core's reports, with arti's words for the log.
+    pub(crate) fn route_reports(&self) -> crate::driver::RouteReports {
+        self.readiness_events()
+            .map(|readiness| crate::driver::RouteReport {
+                report: readiness.report(),
+                detail: readiness.to_string(),
+            })
+            .boxed()
     }
 
     /// arti's own bootstrap events, for what [`TorReadiness`] leaves out.
@@ -265,11 +295,14 @@ trait Connector: Send + Sync + 'static {
         isolation: Option<IsolationToken>,
     ) -> BoxFuture<'static, Result<DataStream, arti_client::Error>>;
     fn bootstrap(&self) -> BoxFuture<'static, Result<(), arti_client::Error>>;
-    fn status(&self) -> BootstrapStatus;
-    /// Whether a connect can start at once (`status().ready_for_traffic()`).
+    fn readiness(&self) -> TorReadiness;
+    /// Whether a connect can start at once.
     fn ready(&self) -> bool {
-        self.status().ready_for_traffic()
+        self.readiness() == TorReadiness::Ready
     }
+    /// Each change of [`readiness`](Self::readiness), coalesced; ends with
+    /// the client.
+    fn readiness_changes(&self) -> BoxStream<'static, TorReadiness>;
     fn events(&self) -> BootstrapEvents;
 }
 
@@ -299,8 +332,18 @@ impl<R: tor_rtcompat::Runtime> Connector for Arc<TorClient<R>> {
         async move { TorClient::bootstrap(&client).await }.boxed()
     }
 
-    fn status(&self) -> BootstrapStatus {
-        self.bootstrap_status()
+    fn readiness(&self) -> TorReadiness {
+        TorReadiness::of(&self.bootstrap_status())
+    }
+
+    fn ready(&self) -> bool {
+        self.bootstrap_status().ready_for_traffic()
+    }
+
+    fn readiness_changes(&self) -> BoxStream<'static, TorReadiness> {
+        self.bootstrap_events()
+            .map(|status| TorReadiness::of(&status))
+            .boxed()
     }
 
     fn events(&self) -> BootstrapEvents {
@@ -559,7 +602,8 @@ pub fn failure_of(kind: ErrorKind) -> DialFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dirpool_core::FailureScope;
+    use dirpool_core::{FailureScope, ProxyState, ServerState};
+    use futures::channel::mpsc;
 
     #[test]
     fn not_ready_is_the_proxys_and_a_missing_onion_the_servers() {
@@ -589,30 +633,69 @@ mod tests {
         }
     }
 
-    /// A Tor client whose connects never end (a circuit that never
-    /// answers), always ready.
-    struct Unanswering;
+    /// A Tor client whose readiness the test sets and whose connects never
+    /// end (a circuit that never answers); it tells each connect's host.
+    struct FakeTor {
+        readiness: Mutex<TorReadiness>,
+        /// The streams of readiness changes handed out.
+        watchers: Mutex<Vec<mpsc::UnboundedSender<TorReadiness>>>,
+        connects: mpsc::UnboundedSender<String>,
+    }
 
-    impl Connector for Unanswering {
+    impl FakeTor {
+        /// The fake, `readiness` to start with, and the hosts it is asked
+        /// to connect to, as it is asked.
+        fn new(readiness: TorReadiness) -> (Arc<Self>, mpsc::UnboundedReceiver<String>) {
+            let (connects, asked) = mpsc::unbounded();
+            let tor = Self {
+                readiness: Mutex::new(readiness),
+                watchers: Mutex::new(Vec::new()),
+                connects,
+            };
+            (Arc::new(tor), asked)
+        }
+
+        /// Tor's state changes to `readiness`; every watcher is told.
+        fn set(&self, readiness: TorReadiness) {
+            *self.readiness.lock().unwrap() = readiness.clone();
+            self.watchers
+                .lock()
+                .unwrap()
+                .retain(|watcher| watcher.unbounded_send(readiness.clone()).is_ok());
+        }
+
+        /// A client on this fake, connecting where it is polled.
+        fn client(self: &Arc<Self>) -> ArtiClient {
+            ArtiClient {
+                tor: Arc::clone(self) as Arc<dyn Connector>,
+                tokio: None,
+            }
+        }
+    }
+
+    impl Connector for FakeTor {
         fn connect(
             &self,
-            _host: String,
+            host: String,
             _port: u16,
             _isolation: Option<IsolationToken>,
         ) -> BoxFuture<'static, Result<DataStream, arti_client::Error>> {
+            let _ = self.connects.unbounded_send(host);
             futures::future::pending().boxed()
         }
         fn bootstrap(&self) -> BoxFuture<'static, Result<(), arti_client::Error>> {
-            futures::future::ready(Ok(())).boxed()
+            futures::future::pending().boxed()
         }
-        fn status(&self) -> BootstrapStatus {
-            BootstrapStatus::default()
+        fn readiness(&self) -> TorReadiness {
+            self.readiness.lock().unwrap().clone()
         }
-        fn ready(&self) -> bool {
-            true
+        fn readiness_changes(&self) -> BoxStream<'static, TorReadiness> {
+            let (watcher, changes) = mpsc::unbounded();
+            self.watchers.lock().unwrap().push(watcher);
+            changes.boxed()
         }
         fn events(&self) -> BootstrapEvents {
-            unreachable!("not watched in these tests")
+            unreachable!("arti's own status type cannot be made outside arti")
         }
     }
 
@@ -624,9 +707,10 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
+        let (tor, _connects) = FakeTor::new(TorReadiness::Ready);
         let route = ArtiRoute::new(ArtiClient {
-            tor: Arc::new(Unanswering),
             tokio: Some(arti_runtime.handle().clone()),
+            ..tor.client()
         });
         // The pool's runtime.
         let pool_runtime = tokio::runtime::Builder::new_current_thread()
@@ -658,6 +742,184 @@ mod tests {
         });
         // The failed connect renewed its scope's token, as any failure does.
         assert_eq!(route.tokens.len(), 0);
+    }
+
+    const ALPHA: &str = "duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion:5222";
+    const BETA: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion:5222";
+
+    /// The log lines of the thread it is the default of: level, message
+    /// and the name of the innermost span each is in.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<LinesInner>>);
+
+    #[derive(Default)]
+    struct LinesInner {
+        /// Span names, by id - 1.
+        spans: Vec<&'static str>,
+        entered: Vec<u64>,
+        lines: Vec<(tracing::Level, String, &'static str)>,
+    }
+
+    impl Lines {
+        /// How many lines at `level` read `message` in the span `span`.
+        fn count(&self, level: tracing::Level, message: &str, span: &str) -> usize {
+            let inner = self.0.lock().unwrap();
+            let wanted = |(l, m, s): &&(tracing::Level, String, &str)| {
+                *l == level && m == message && *s == span
+            };
+            inner.lines.iter().filter(wanted).count()
+        }
+    }
+
+    struct Message(String);
+
+    impl tracing::field::Visit for Message {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+
+    impl tracing::Subscriber for Lines {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            let mut inner = self.0.lock().unwrap();
+            inner.spans.push(span.metadata().name());
+            tracing::span::Id::from_u64(inner.spans.len() as u64)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            let mut inner = self.0.lock().unwrap();
+            let span = inner
+                .entered
+                .last()
+                .and_then(|id| inner.spans.get(usize::try_from(*id).ok()? - 1))
+                .copied()
+                .unwrap_or("");
+            inner
+                .lines
+                .push((*event.metadata().level(), message.0, span));
+        }
+        fn enter(&self, span: &tracing::span::Id) {
+            self.0.lock().unwrap().entered.push(span.into_u64());
+        }
+        fn exit(&self, span: &tracing::span::Id) {
+            let mut inner = self.0.lock().unwrap();
+            if let Some(at) = inner.entered.iter().rposition(|id| *id == span.into_u64()) {
+                inner.entered.remove(at);
+            }
+        }
+    }
+
+    /// Tor's own state holds the pool: while it bootstraps (or is blocked)
+    /// maintenance dials nothing and the proxy shows the state Tor
+    /// reports; once Tor is ready every server is dialed, with no command.
+    /// Each change is logged once, in the pool's span.
+    #[test]
+    fn a_pool_on_a_bootstrapping_tor_dials_once_tor_reports_ready() {
+        // Everything below runs on this thread, so its default subscriber
+        // sees every line. A second live dispatcher makes each callsite ask
+        // the current thread's subscriber, whatever another test's thread
+        // (without one) answered first.
+        let lines = Lines::default();
+        let _default = tracing::subscriber::set_default(lines.clone());
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Deadlines only: every wait below ends on an event first.
+        let within = Duration::from_secs(10);
+        runtime.block_on(async {
+            let (tor, mut connects) = FakeTor::new(TorReadiness::Bootstrapping { progress: 0.1 });
+            let pool =
+                crate::DirectoryPool::builder(crate::Config::new([ALPHA, BETA]), crate::RawStream)
+                    .arti(tor.client())
+                    .spawn_tokio()
+                    .unwrap();
+            let mut events = pool.events();
+            pool.start_maintenance().unwrap();
+            // One turn of the driver after the command: maintenance applied.
+            let health = pool.health().await.unwrap();
+            assert_eq!(health.proxy, ProxyState::Bootstrapping);
+            for server in &health.servers {
+                assert_eq!(server.state, ServerState::WaitingForProxy, "{health:#?}");
+            }
+            assert!(connects.try_recv().is_err(), "no dial while Tor bootstraps");
+            assert!(matches!(
+                events.try_next(),
+                Ok(crate::PoolEvent::ProxyUnreachable)
+            ));
+            assert_eq!(events.try_next().unwrap_err(), crate::TryNextError::Empty);
+
+            // Progress, then a blockage: still held, no further event. Each
+            // report is taken before the command that follows it.
+            tor.set(TorReadiness::Bootstrapping { progress: 0.6 });
+            assert_eq!(
+                pool.health().await.unwrap().proxy,
+                ProxyState::Bootstrapping
+            );
+            tor.set(TorReadiness::Blocked {
+                reason: "clock skew".to_owned(),
+            });
+            assert_eq!(pool.health().await.unwrap().proxy, ProxyState::Blocked);
+            assert!(connects.try_recv().is_err(), "no dial while Tor is blocked");
+            assert_eq!(events.try_next().unwrap_err(), crate::TryNextError::Empty);
+            // A stream made now is told the proxy is down, once.
+            let mut late = pool.events();
+            assert!(matches!(
+                late.try_next(),
+                Ok(crate::PoolEvent::ProxyUnreachable)
+            ));
+            assert_eq!(late.try_next().unwrap_err(), crate::TryNextError::Empty);
+
+            tor.set(TorReadiness::Ready);
+            let event = tokio::time::timeout(within, events.next()).await.unwrap();
+            assert!(
+                matches!(event, Some(crate::PoolEvent::ProxyRecovered)),
+                "{event:?}"
+            );
+            let mut dialed = Vec::new();
+            for _ in 0..2 {
+                let host = tokio::time::timeout(within, connects.next()).await.unwrap();
+                dialed.extend(host);
+            }
+            dialed.sort();
+            let mut expected: Vec<String> = [ALPHA, BETA]
+                .map(|a| ServerAddr::parse(a).unwrap().host().to_owned())
+                .into();
+            expected.sort();
+            assert_eq!(dialed, expected);
+            let health = pool.health().await.unwrap();
+            assert_eq!(health.proxy, ProxyState::Reachable);
+            assert_eq!(health.counts.connecting, 2, "{health:#?}");
+            // Once the proxy is back, a new stream starts with nothing.
+            assert_eq!(
+                pool.events().try_next().unwrap_err(),
+                crate::TryNextError::Empty
+            );
+            pool.close_all().await.unwrap();
+        });
+        use tracing::Level;
+        for (level, message) in [
+            (Level::INFO, "Tor bootstrapping (10 %)"),
+            (Level::DEBUG, "Tor bootstrapping (60 %)"),
+            (Level::WARN, "Tor blocked: clock skew"),
+            (Level::INFO, "Tor ready"),
+            (
+                Level::WARN,
+                "Tor (arti) cannot carry traffic; servers wait for it",
+            ),
+            (Level::INFO, "Tor (arti) carries traffic again"),
+        ] {
+            assert_eq!(lines.count(level, message, "dirpool"), 1, "{message}");
+        }
     }
 
     #[test]

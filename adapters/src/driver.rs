@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use dirpool_core::{
     AttemptId, CloseFailure, CloseRequest, Command, DialDetail, DialFailure, DialRequest,
     DisconnectReason, Input, LinkLoss, Notification, OperationId, OperationReport, Output,
-    PoolHealth, PoolState, ServerAddr, ServerId, ServerStatus,
+    PoolHealth, PoolState, ProxyReport, ServerAddr, ServerId, ServerStatus,
 };
 use futures::channel::{mpsc, oneshot};
 use futures::future::{AbortHandle, Abortable, BoxFuture};
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tracing::{Instrument, Span};
 
@@ -51,33 +52,86 @@ pub(crate) struct OpOutcome<C> {
     pub(crate) newly_connected: Vec<(ServerId, Arc<C>)>,
 }
 
-/// What the handles read without asking the driver.
-pub(crate) struct Shared<C> {
-    /// Registered clients, by server.
-    pub(crate) clients: Mutex<BTreeMap<ServerId, Arc<C>>>,
-    pub(crate) subscribers: Mutex<Vec<Subscriber>>,
-    /// The first panic in a task of the pool, which stopped it.
-    pub(crate) panic: Mutex<Option<(&'static str, String)>>,
+/// How the pool reaches Tor, as its logs name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// A SOCKS proxy (a tor daemon's port); its state is inferred from
+    /// dial results.
+    Socks,
+    /// An in-process Tor client (feature `arti`), which reports its state.
+    #[cfg(feature = "arti")]
+    Arti,
 }
 
-impl<C> Default for Shared<C> {
-    fn default() -> Self {
-        Self {
-            clients: Mutex::new(BTreeMap::new()),
-            subscribers: Mutex::new(Vec::new()),
-            panic: Mutex::new(None),
+impl Route {
+    /// What the proxy events' log lines call the route.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Route::Socks => "SOCKS proxy",
+            #[cfg(feature = "arti")]
+            Route::Arti => "Tor (arti)",
         }
     }
 }
 
+/// One state a route that knows it reports (the arti route): what the
+/// core takes, and the route's own words for the log (arti's reason for a
+/// blockage, its bootstrap progress).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RouteReport {
+    pub(crate) report: ProxyReport,
+    pub(crate) detail: String,
+}
+
+/// A route's reports: its state now first, then its changes, coalesced
+/// (a latest-value stream: it holds no backlog).
+pub(crate) type RouteReports = BoxStream<'static, RouteReport>;
+
+/// What the handles read without asking the driver.
+pub(crate) struct Shared<C> {
+    /// Registered clients, by server.
+    pub(crate) clients: Mutex<BTreeMap<ServerId, Arc<C>>>,
+    pub(crate) audience: Mutex<Audience>,
+    /// The first panic in a task of the pool, which stopped it.
+    pub(crate) panic: Mutex<Option<(&'static str, String)>>,
+    /// How the pool reaches Tor, for its log lines.
+    route: Route,
+}
+
+/// The `events()` streams, and what a new one is told first.
+#[derive(Default)]
+pub(crate) struct Audience {
+    pub(crate) subscribers: Vec<Subscriber>,
+    /// The latest proxy event was [`PoolEvent::ProxyUnreachable`]: a
+    /// stream made now starts with it (a pool on a Tor that is still
+    /// bootstrapping is down from its start, before anyone can subscribe).
+    pub(crate) proxy_down: bool,
+}
+
 impl<C> Shared<C> {
+    pub(crate) fn new(route: Route) -> Self {
+        Self {
+            clients: Mutex::new(BTreeMap::new()),
+            audience: Mutex::new(Audience::default()),
+            panic: Mutex::new(None),
+            route,
+        }
+    }
+
     /// The one way an event leaves the pool: logged once, in `span` (its
     /// server's, or the pool's), then told to every `events()` stream.
     /// `now` is the runtime's.
     pub(crate) fn publish(&self, span: &Span, now: Instant, event: PoolEvent) {
-        span.in_scope(|| event.log(now));
-        if let Ok(mut subscribers) = self.subscribers.lock() {
-            subscribers.retain_mut(|subscriber| subscriber.deliver(&event));
+        span.in_scope(|| event.log(now, self.route));
+        if let Ok(mut audience) = self.audience.lock() {
+            match event {
+                PoolEvent::ProxyUnreachable => audience.proxy_down = true,
+                PoolEvent::ProxyRecovered => audience.proxy_down = false,
+                _ => {}
+            }
+            audience
+                .subscribers
+                .retain_mut(|subscriber| subscriber.deliver(&event));
         }
     }
 
@@ -169,6 +223,7 @@ struct Held<C> {
 
 enum Wake<C> {
     Event(Event<C>),
+    Route(RouteReport),
     Signal(LinkSignal),
     Command(Option<Request<C>>),
     Timer,
@@ -199,10 +254,16 @@ pub(crate) struct Driver<H: Handshake> {
     span: Span,
     server_spans: Vec<Span>,
     gauges: crate::metrics::Gauges,
+    /// The route's reports of its own state, while it sends them (`None`
+    /// for a SOCKS proxy, which reports nothing).
+    reports: Option<RouteReports>,
+    /// The route's latest report, as the core took it and the log said it.
+    reported: Option<RouteReport>,
 }
 
 impl<H: Handshake> Driver<H> {
-    /// Spawns the driver and the hook runner on `runtime`.
+    /// Spawns the driver and the hook runner on `runtime`. `reports`: the
+    /// route's reports of its own state, if it makes them.
     pub(crate) fn spawn<K: PoolHooks<H::Client>>(
         state: PoolState,
         runtime: Arc<dyn Runtime>,
@@ -210,12 +271,17 @@ impl<H: Handshake> Driver<H> {
         shared: Arc<Shared<H::Client>>,
         hooks: K,
         hook_timeout: Duration,
+        reports: Option<RouteReports>,
     ) -> mpsc::UnboundedSender<Request<H::Client>> {
         let (commands_tx, commands) = mpsc::unbounded();
         let (events_tx, events_rx) = mpsc::unbounded();
         let (signals_tx, signals_rx) = mpsc::unbounded();
         let (hooks_tx, hook_calls) = mpsc::unbounded();
-        let span = tracing::info_span!("dirpool", proxy = %dialer.proxy);
+        let span = match shared.route {
+            Route::Socks => tracing::info_span!("dirpool", proxy = %dialer.proxy),
+            #[cfg(feature = "arti")]
+            Route::Arti => tracing::info_span!("dirpool", proxy = "arti"),
+        };
         let server_spans = state
             .servers()
             .map(|(_, addr)| tracing::info_span!(parent: &span, "directory", server = %addr))
@@ -255,6 +321,8 @@ impl<H: Handshake> Driver<H> {
             span: span.clone(),
             server_spans,
             gauges,
+            reports,
+            reported: None,
         };
         let shared = Arc::clone(&driver.shared);
         let run = AssertUnwindSafe(driver.run()).catch_unwind();
@@ -299,6 +367,15 @@ impl<H: Handshake> Driver<H> {
     }
 
     async fn run(mut self) {
+        // The route's state now, before any command can dial: a pool on a
+        // Tor that is still bootstrapping starts held.
+        if let Some(reports) = &mut self.reports {
+            match reports.next().now_or_never() {
+                Some(Some(report)) => self.on_route_report(self.runtime.now(), report),
+                Some(None) => self.reports = None,
+                None => {}
+            }
+        }
         loop {
             self.drain();
             if !self.commands_open
@@ -328,6 +405,7 @@ impl<H: Handshake> Driver<H> {
                     }
                 }
                 Wake::Event(event) => self.on_event(now, event),
+                Wake::Route(report) => self.on_route_report(now, report),
                 Wake::Signal(signal) => {
                     let (attempt, answer) = signal.take();
                     let taken = if answer {
@@ -359,6 +437,16 @@ impl<H: Handshake> Driver<H> {
         // Never None: the driver holds a sender.
         if let Poll::Ready(Some(event)) = self.events_rx.poll_next_unpin(cx) {
             return Poll::Ready(Wake::Event(event));
+        }
+        // Before commands: a state the route already reported holds (or
+        // frees) the dials a command would start.
+        if let Some(reports) = &mut self.reports {
+            match reports.poll_next_unpin(cx) {
+                Poll::Ready(Some(report)) => return Poll::Ready(Wake::Route(report)),
+                // The route is gone (its client dropped): its last report stands.
+                Poll::Ready(None) => self.reports = None,
+                Poll::Pending => {}
+            }
         }
         if let Poll::Ready(Some(signal)) = self.signals_rx.poll_next_unpin(cx) {
             return Poll::Ready(Wake::Signal(signal));
@@ -405,6 +493,31 @@ impl<H: Handshake> Driver<H> {
         }
         // A command may move servers that no output names.
         self.gauges.touch_all();
+    }
+
+    /// The route reports its state: each change goes to the core once and
+    /// is logged once, in the pool's span (a blockage whose reason changed
+    /// is logged again; bootstrap progress only at debug level).
+    fn on_route_report(&mut self, now: Instant, new: RouteReport) {
+        let previous = self.reported.replace(new.clone());
+        if previous.as_ref() == Some(&new) {
+            return;
+        }
+        let changed = previous.map(|p| p.report) != Some(new.report);
+        let detail = &new.detail;
+        match new.report {
+            ProxyReport::Blocked => tracing::warn!("Tor {detail}"),
+            _ if changed => tracing::info!("Tor {detail}"),
+            _ => tracing::debug!("Tor {detail}"),
+        }
+        if changed {
+            if let Err(e) = self
+                .state
+                .handle_input(now, Input::ProxyReported(new.report))
+            {
+                tracing::debug!(error = %e, "route report not taken");
+            }
+        }
     }
 
     fn on_event(&mut self, now: Instant, event: Event<H::Client>) {
@@ -703,8 +816,9 @@ impl<H: Handshake> Driver<H> {
                 // Logged here, once; subscribers get it from `events()`,
                 // which replays the configuration's rejections (none can
                 // have subscribed yet).
-                self.span
-                    .in_scope(|| PoolEvent::AddressRejected { index, error }.log(now));
+                self.span.in_scope(|| {
+                    PoolEvent::AddressRejected { index, error }.log(now, self.shared.route)
+                });
             }
             Notification::DuplicateAddress { index, server } => {
                 self.server_span(server)

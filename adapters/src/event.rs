@@ -9,6 +9,7 @@ use dirpool_core::{AddrError, DisconnectReason};
 use futures::Stream;
 use futures::channel::mpsc;
 
+use crate::driver::Route;
 use crate::error::DialError;
 
 /// Something that happened to the pool, from
@@ -72,10 +73,15 @@ pub enum PoolEvent {
     AllDown,
     /// A server connected after [`PoolEvent::AllDown`].
     Recovered,
-    /// The SOCKS proxy cannot be reached (Tor down or restarting); servers
-    /// wait for it instead of failing one by one.
+    /// Tor cannot carry the pool's traffic: the SOCKS proxy cannot be
+    /// reached (Tor down or restarting), or the in-process Tor client
+    /// (feature `arti`) reports it is still bootstrapping or blocked, or
+    /// fails a dial for want of a bootstrap. Servers wait for it instead of
+    /// failing one by one. A new [`EventStream`] made while this holds
+    /// starts with it.
     ProxyUnreachable,
-    /// The proxy answers again.
+    /// Tor carries traffic again: the proxy answers, or the in-process
+    /// Tor client reports it is ready.
     ProxyRecovered,
     /// This stream was not read fast enough: `missed` events were dropped
     /// for it (and only for it) while its buffer was full.
@@ -94,8 +100,9 @@ pub enum PoolEvent {
 
 impl PoolEvent {
     /// Logs the event: called once, where the pool publishes it, inside
-    /// the span of its server when it has one. `now` is the runtime's.
-    pub(crate) fn log(&self, now: Instant) {
+    /// the span of its server when it has one. `now` is the runtime's;
+    /// `route` names the proxy in the proxy events' lines.
+    pub(crate) fn log(&self, now: Instant, route: Route) {
         match self {
             Self::Connected { .. } => tracing::info!("connected"),
             Self::Disconnected { reason, .. } => tracing::info!(%reason, "disconnected"),
@@ -121,9 +128,13 @@ impl PoolEvent {
             Self::AllDown => tracing::warn!("all directory servers are down"),
             Self::Recovered => tracing::info!("a directory server is back"),
             Self::ProxyUnreachable => {
-                tracing::warn!("SOCKS proxy unreachable; servers wait for it")
+                let route = route.name();
+                tracing::warn!("{route} cannot carry traffic; servers wait for it")
             }
-            Self::ProxyRecovered => tracing::info!("SOCKS proxy reachable again"),
+            Self::ProxyRecovered => {
+                let route = route.name();
+                tracing::info!("{route} carries traffic again")
+            }
             // Per subscriber; the pool counts them (metric
             // `dirpool_events_dropped_total`) instead of logging each.
             Self::Lagged { .. } => {}

@@ -11,7 +11,7 @@ use futures::channel::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::dialer::Dialer;
-use crate::driver::{Driver, EVENT_BUFFER, OpOutcome, Request, Shared, Subscriber};
+use crate::driver::{Driver, EVENT_BUFFER, OpOutcome, Request, Route, Shared, Subscriber};
 use crate::error::{ConfigError, DialError, PoolError};
 use crate::event::{EventStream, PoolEvent};
 use crate::handshake::Handshake;
@@ -111,7 +111,9 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
 
     /// Opens every directory's stream through the in-process Tor client
     /// `tor` (feature `arti`) instead of the SOCKS proxy of
-    /// [`Config::proxy`](crate::Config::proxy); see [`crate::arti`].
+    /// [`Config::proxy`](crate::Config::proxy); see [`crate::arti`]. The
+    /// pool follows `tor`'s readiness from its start: while it is not
+    /// ready, maintenance waits for it instead of dialing.
     #[cfg(feature = "arti")]
     pub fn arti(mut self, tor: crate::arti::ArtiClient) -> Self {
         self.arti = Some(tor);
@@ -165,10 +167,18 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
             self.handshake,
         )
         .with_proxy_auth(self.config.proxy_auth.clone());
+        // A route that reports its own state (an in-process Tor client)
+        // tells the driver; a SOCKS proxy reports nothing.
+        let (route, reports) = (Route::Socks, None);
+        #[cfg(feature = "arti")]
+        let (route, reports) = match &self.arti {
+            Some(tor) => (Route::Arti, Some(tor.route_reports())),
+            None => (route, reports),
+        };
         #[cfg(feature = "arti")]
         let dialer = dialer.with_arti(self.arti);
         let dialer = Arc::new(dialer);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(route));
         let commands = Driver::spawn(
             state,
             runtime,
@@ -176,6 +186,7 @@ impl<H: Handshake, K: PoolHooks<H::Client>> PoolBuilder<H, K> {
             Arc::clone(&shared),
             self.hooks,
             self.config.hook_timeout,
+            reports,
         );
         Ok(DirectoryPool {
             inner: Arc::new(Inner {
@@ -535,9 +546,11 @@ impl<H: Handshake> DirectoryPool<H> {
     }
 
     /// The pool's events: first one [`PoolEvent::AddressRejected`] per
-    /// malformed configured entry, then, as they happen, connected,
-    /// disconnected, dial failures, give-ups, all down, recovered, proxy
-    /// unreachable / recovered.
+    /// malformed configured entry, then [`PoolEvent::ProxyUnreachable`] if
+    /// the proxy is down now (as a pool on an in-process Tor client that is
+    /// still bootstrapping is from its start), then, as they happen,
+    /// connected, disconnected, dial failures, give-ups, all down,
+    /// recovered, proxy unreachable / recovered.
     ///
     /// Each stream buffers up to 1,024 events; a stream that is not read
     /// does not grow past that: later events are counted and it receives
@@ -555,13 +568,19 @@ impl<H: Handshake> DirectoryPool<H> {
                 _ => None,
             })
             .collect();
-        let (mut tx, rx) = mpsc::channel(EVENT_BUFFER + rejections.len());
+        // Room for the rejections and the proxy's state.
+        let (mut tx, rx) = mpsc::channel(EVENT_BUFFER + rejections.len() + 1);
         for event in rejections {
             // Fits: the buffer was sized for them.
             let _ = tx.try_send(event);
         }
-        if let Ok(mut subscribers) = self.inner.shared.subscribers.lock() {
-            subscribers.push(Subscriber { tx, missed: 0 });
+        if let Ok(mut audience) = self.inner.shared.audience.lock() {
+            // Under the lock that publishing takes: either this stream gets
+            // the live event or this copy, never both, never neither.
+            if audience.proxy_down {
+                let _ = tx.try_send(PoolEvent::ProxyUnreachable);
+            }
+            audience.subscribers.push(Subscriber { tx, missed: 0 });
         }
         EventStream { rx }
     }

@@ -27,7 +27,9 @@ use common::{next_matching_seen, on_both_runtimes_within, run_on_smol_within};
 use dirpool::arti::{ArtiClient, ArtiError, ErrorKind, TorReadiness};
 use dirpool::joinmarket::{JmConfig, JoinMarketHandshake, Network, NickIdentity};
 use dirpool::{Config, DialError, DirectoryPool, PoolEvent, Runtime};
-use dirpool_core::{DialFailure, FailureScope, IsolationScope, KeepalivePolicy};
+use dirpool_core::{
+    DialFailure, FailureScope, IsolationScope, KeepalivePolicy, ProxyState, ServerState,
+};
 use dirpool_tests::tor::{TorClient, TorNetwork};
 
 /// One test at a time.
@@ -310,6 +312,10 @@ fn tor_that_cannot_bootstrap_is_the_proxys_fault_never_a_directorys() {
             })
             .await;
             assert!(unreachable.is_some(), "one pool-wide event: {seen:#?}");
+            // Maintenance waits for Tor to report ready; a command still
+            // dials, and waits `proxy_timeout` for the bootstrap.
+            assert_eq!(pool.connect_all_parallel().await.unwrap(), 0);
+            seen.extend(std::iter::from_fn(|| events.try_next().ok()));
             let mut failures = 0;
             for event in &seen {
                 if let PoolEvent::DialFailed { error, .. } = event {
@@ -419,4 +425,73 @@ fn the_probe_reaches_the_onions_through_arti_and_the_figures_compare() {
         (probe_rss + tor_rss) / 1024,
         net.startup(),
     );
+}
+
+/// Tor's own state drives the pool's (issue 19): a pool on an arti client
+/// that has not bootstrapped holds its directory (health `Bootstrapping`,
+/// no dial, so no handshake at the directory) and connects it, with no
+/// command, once the client has bootstrapped.
+#[test]
+fn a_pool_on_an_unbootstrapped_arti_connects_once_arti_is_ready() {
+    let net = TorNetwork::shared();
+    let arti = arti();
+    let _turn = turn();
+    let config = arti_config(net, &net.arti_dir("late"));
+    // Made inside arti's runtime: each connect runs there.
+    let (late, tor) = {
+        let _enter = arti.runtime.enter();
+        let late = dirpool::arti::arti_client::TorClient::builder()
+            .config(config)
+            .create_unbootstrapped()
+            .unwrap();
+        let tor = ArtiClient::new(Arc::clone(&late));
+        (late, tor)
+    };
+    // On smol only (the pool on smol, arti on its tokio runtime).
+    run_on_smol_within(LIMIT, |rt| {
+        let (tor, late) = (tor.clone(), Arc::clone(&late));
+        async move {
+            let alpha = net.onion("alpha");
+            let handshakes = || net.directory("alpha").handshakes().len();
+            let before = handshakes();
+            let pool = arti_pool(
+                onion_config(&[&alpha], IsolationScope::PerCategory),
+                &tor,
+                &rt,
+            );
+            let mut events = pool.events();
+            pool.start_maintenance().unwrap();
+            // The driver's answer comes after it applied the command.
+            let health = pool.health().await.unwrap();
+            assert_eq!(health.proxy, ProxyState::Bootstrapping, "{health:#?}");
+            assert_eq!(
+                health.servers[0].state,
+                ServerState::WaitingForProxy,
+                "{health:#?}"
+            );
+            assert_eq!(handshakes(), before);
+
+            let bootstrap = arti.runtime.spawn(async move { late.bootstrap().await });
+            let mut seen = Vec::new();
+            let connected = next_matching_seen(&rt, &mut events, ONION, &mut seen, |e| {
+                matches!(e, PoolEvent::Connected { .. }).then_some(())
+            })
+            .await;
+            assert!(connected.is_some(), "{seen:#?}");
+            bootstrap.await.unwrap().unwrap();
+            let count = |what: fn(&PoolEvent) -> bool| seen.iter().filter(|e| what(e)).count();
+            assert_eq!(
+                count(|e| matches!(e, PoolEvent::ProxyUnreachable)),
+                1,
+                "{seen:#?}"
+            );
+            assert_eq!(
+                count(|e| matches!(e, PoolEvent::ProxyRecovered)),
+                1,
+                "{seen:#?}"
+            );
+            assert_eq!(handshakes(), before + 1);
+            pool.close_all().await.unwrap();
+        }
+    });
 }
