@@ -29,10 +29,12 @@
 //!   [`ProxyState::Bootstrapping`](crate::ProxyState::Bootstrapping) or
 //!   [`Blocked`](crate::ProxyState::Blocked)) and maintenance dials
 //!   nothing; once arti reports ready, `ProxyRecovered` and the servers
-//!   that waited are dialed. Maintenance alone never starts a bootstrap
-//!   (use [`ArtiClient::bootstrap`], or `TorClient::bootstrap` on a client
-//!   of your own); a command still dials, and such a dial starts one and
-//!   waits up to `proxy_timeout` for it, then
+//!   that waited are dialed. While arti is not ready the pool asks it to
+//!   bootstrap, as a first connect would (one bootstrap at a time, each
+//!   given up after `proxy_timeout`, asked again on arti's next change), so
+//!   a client made with `create_unbootstrapped` needs nobody else to start
+//!   it. A command still dials while arti is not ready: such a dial
+//!   waits up to `proxy_timeout` for the bootstrap, then
 //!   fails with [`DialError::TorNotReady`] (at once if the tokio runtime
 //!   arti runs on has shut down: nothing of arti runs any more), which the
 //!   core counts as the proxy being unreachable, never as a directory's
@@ -74,6 +76,7 @@
 //! # }
 //! ```
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -396,6 +399,8 @@ impl ScopeTokens {
 pub(crate) struct ArtiRoute {
     client: ArtiClient,
     tokens: ScopeTokens,
+    /// A bootstrap the pool started is running ([`Self::bootstrap`]).
+    bootstrapping: AtomicBool,
 }
 
 impl ArtiRoute {
@@ -403,6 +408,50 @@ impl ArtiRoute {
         Self {
             client,
             tokens: ScopeTokens::default(),
+            bootstrapping: AtomicBool::new(false),
+        }
+    }
+
+    /// Bootstraps Tor if it is not ready, waiting up to `within`: what a
+    /// connect does on first use, for a pool whose only user is
+    /// maintenance (whose redials wait while Tor is not ready, so without
+    /// this a client made unbootstrapped would wait for ever). One at a
+    /// time: returns at once while another runs. The driver starts it on
+    /// each change of Tor's state while it is not ready; arti joins a
+    /// bootstrap already under way.
+    pub(crate) async fn bootstrap(&self, runtime: &dyn Runtime, within: Duration) {
+        if self.bootstrapping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _running = ClearOnDrop(&self.bootstrapping);
+        match self.wait_ready(runtime, within, "the Tor network").await {
+            Ok(()) => tracing::debug!("Tor bootstrapped"),
+            Err(error) => tracing::info!(
+                %error,
+                "Tor not bootstrapped; tried again when its state changes or a command dials"
+            ),
+        }
+    }
+
+    /// Ready at once, or after a bootstrap that ends within `within`.
+    async fn wait_ready(
+        &self,
+        runtime: &dyn Runtime,
+        within: Duration,
+        target: &str,
+    ) -> Result<(), DialError> {
+        if self.client.tor.ready() {
+            return Ok(());
+        }
+        let bootstrap = self.on_tokio(self.client.tor.bootstrap());
+        match before(runtime.sleep_until(runtime.now() + within), bootstrap).await {
+            Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(source))) => Err(tor_error(target.to_owned(), source)),
+            Some(Err(stopped)) => Err(stopped.into()),
+            None => Err(DialError::TorNotReady {
+                waited: within,
+                readiness: self.client.readiness().to_string(),
+            }),
         }
     }
 
@@ -418,25 +467,7 @@ impl ArtiRoute {
         credentials: Option<&SocksCredentials>,
     ) -> Result<BoxedStream, DialError> {
         let target = addr.to_string();
-        if !self.client.tor.ready() {
-            let bootstrap = self.on_tokio(self.client.tor.bootstrap());
-            match before(
-                runtime.sleep_until(runtime.now() + ready_timeout),
-                bootstrap,
-            )
-            .await
-            {
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(source))) => return Err(tor_error(target, source)),
-                Some(Err(stopped)) => return Err(stopped.into()),
-                None => {
-                    return Err(DialError::TorNotReady {
-                        waited: ready_timeout,
-                        readiness: self.client.readiness().to_string(),
-                    });
-                }
-            }
-        }
+        self.wait_ready(runtime, ready_timeout, &target).await?;
         let isolation = credentials.map(|c| (c, self.tokens.token(c)));
         // arti keeps what it learnt of an onion service (its descriptor,
         // which introduction points failed) per isolation token; after a
@@ -518,6 +549,16 @@ impl Drop for RenewUnlessDone<'_> {
         if let Some((credentials, token)) = self.isolation {
             self.tokens.renew(credentials, token);
         }
+    }
+}
+
+/// Clears its flag when dropped (the work the flag marks ended, or was
+/// dropped unfinished).
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -640,6 +681,8 @@ mod tests {
         /// The streams of readiness changes handed out.
         watchers: Mutex<Vec<mpsc::UnboundedSender<TorReadiness>>>,
         connects: mpsc::UnboundedSender<String>,
+        /// Bootstraps asked for (each runs until its caller gives up).
+        bootstraps: std::sync::atomic::AtomicUsize,
     }
 
     impl FakeTor {
@@ -651,6 +694,7 @@ mod tests {
                 readiness: Mutex::new(readiness),
                 watchers: Mutex::new(Vec::new()),
                 connects,
+                bootstraps: std::sync::atomic::AtomicUsize::new(0),
             };
             (Arc::new(tor), asked)
         }
@@ -684,6 +728,7 @@ mod tests {
             futures::future::pending().boxed()
         }
         fn bootstrap(&self) -> BoxFuture<'static, Result<(), arti_client::Error>> {
+            self.bootstraps.fetch_add(1, Ordering::SeqCst);
             futures::future::pending().boxed()
         }
         fn readiness(&self) -> TorReadiness {
@@ -852,6 +897,8 @@ mod tests {
                 assert_eq!(server.state, ServerState::WaitingForProxy, "{health:#?}");
             }
             assert!(connects.try_recv().is_err(), "no dial while Tor bootstraps");
+            // The pool asked Tor to bootstrap, as a first connect would.
+            assert_eq!(tor.bootstraps.load(Ordering::SeqCst), 1);
             assert!(matches!(
                 events.try_next(),
                 Ok(crate::PoolEvent::ProxyUnreachable)
@@ -870,6 +917,8 @@ mod tests {
             });
             assert_eq!(pool.health().await.unwrap().proxy, ProxyState::Blocked);
             assert!(connects.try_recv().is_err(), "no dial while Tor is blocked");
+            // Its bootstrap still runs (within proxy_timeout): none more.
+            assert_eq!(tor.bootstraps.load(Ordering::SeqCst), 1);
             assert_eq!(events.try_next().unwrap_err(), crate::TryNextError::Empty);
             // A stream made now is told the proxy is down, once.
             let mut late = pool.events();

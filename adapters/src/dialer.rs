@@ -64,6 +64,16 @@ impl<H: Handshake> Dialer<H> {
         }
     }
 
+    /// Bootstraps the route's Tor when it is an in-process one that is not
+    /// ready ([`ArtiRoute::bootstrap`](crate::arti::ArtiRoute::bootstrap),
+    /// within `proxy_timeout`); nothing for a SOCKS proxy.
+    #[cfg(feature = "arti")]
+    pub(crate) async fn bootstrap_route(&self) {
+        if let Some(arti) = &self.arti {
+            arti.bootstrap(&*self.runtime, self.proxy_timeout).await;
+        }
+    }
+
     /// Opens every proxied stream through `arti` instead of the proxy.
     #[cfg(feature = "arti")]
     pub(crate) fn with_arti(mut self, arti: Option<crate::arti::ArtiClient>) -> Self {

@@ -518,6 +518,18 @@ impl<H: Handshake> Driver<H> {
                 tracing::debug!(error = %e, "route report not taken");
             }
         }
+        // Tor not ready holds every redial, so the pool is Tor's user: it
+        // asks for the bootstrap a first connect would (one at a time, each
+        // within proxy_timeout; again on Tor's next change while not ready).
+        #[cfg(feature = "arti")]
+        if new.report.holds_dials() {
+            let dialer = Arc::clone(&self.dialer);
+            self.spawn_guarded(
+                "bootstrap",
+                async move { dialer.bootstrap_route().await }.instrument(self.span.clone()),
+                || None,
+            );
+        }
     }
 
     fn on_event(&mut self, now: Instant, event: Event<H::Client>) {
