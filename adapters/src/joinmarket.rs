@@ -1155,11 +1155,7 @@ impl DirectoryConnection {
                 writer.write_all(bytes).await?;
                 writer.flush().await
             };
-            let written = match self.runtime.now().checked_add(self.write_timeout) {
-                Some(deadline) => before(self.runtime.sleep_until(deadline), write).await,
-                None => Some(write.await),
-            };
-            match written {
+            match self.within_write_timeout(write).await {
                 None => {
                     tracing::warn!(timeout = ?self.write_timeout, "directory stopped reading");
                     return LinkLoss::WriteTimedOut;
@@ -1172,6 +1168,15 @@ impl DirectoryConnection {
                 link.outbound_held = link.outbound_held.saturating_sub(bytes.len());
                 link.senders.wake_all();
             }
+        }
+    }
+
+    /// `io`'s output, or `None` once `write_timeout` has passed (`io` is
+    /// dropped then).
+    async fn within_write_timeout<T>(&self, io: impl Future<Output = T>) -> Option<T> {
+        match self.runtime.now().checked_add(self.write_timeout) {
+            Some(deadline) => before(self.runtime.sleep_until(deadline), io).await,
+            None => Some(io.await),
         }
     }
 
@@ -1216,11 +1221,21 @@ impl Client for DirectoryConnection {
     }
 
     /// Ends the link ([`LinkLoss::ClosedByPeer`]; queued lines are not
-    /// written, kept messages stay readable) and shuts the stream down.
+    /// written, kept messages stay readable) and shuts the stream down
+    /// within `write_timeout`: a shutdown flushes, and on a Tor stream
+    /// whose circuit died unannounced a flush can wait for ever (its send
+    /// window is never refilled). Past it, [`CloseError::Io`] of kind
+    /// `TimedOut`; dropping the connection then drops the stream.
     async fn close(&self) -> Result<(), CloseError> {
         self.end(LinkLoss::ClosedByPeer);
-        self.writer.lock().await.shutdown().await?;
-        Ok(())
+        let shutdown = async { self.writer.lock().await.shutdown().await };
+        match self.within_write_timeout(shutdown).await {
+            Some(result) => Ok(result?),
+            None => Err(CloseError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "stream shutdown timed out",
+            ))),
+        }
     }
 
     /// Queues one PING (798) if the directory advertised `ping` in its
@@ -1245,6 +1260,8 @@ impl Client for DirectoryConnection {
 
 #[cfg(all(test, feature = "tokio"))]
 mod tests {
+    use std::pin::Pin;
+    use std::task::Context;
     use std::time::Instant;
 
     use super::*;
@@ -1879,6 +1896,98 @@ mod tests {
         assert!(matches!(sender.await.unwrap(), JmError::Closed));
         let (_, _, outbound) = connection.held_bytes();
         assert!(outbound <= config().outbound_bytes);
+    }
+
+    /// A stream whose writes, flushes and shutdown never complete once
+    /// `stalled` is set (reads go on): a Tor stream on a circuit that died
+    /// unannounced, whose send window ran out, nothing failing, nothing
+    /// completing.
+    struct StallingWrites {
+        inner: DuplexStream,
+        stalled: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl StallingWrites {
+        fn stalled(&self) -> bool {
+            self.stalled.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl tokio::io::AsyncRead for StallingWrites {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for StallingWrites {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.stalled() {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            if self.stalled() {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.stalled() {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_during_a_write_that_never_completes_ends_at_the_write_deadline() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(directory(
+            theirs,
+            vec![envelope_line(795, RANGE_REPLY)],
+            Duration::ZERO,
+            true,
+        ));
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stream = StallingWrites {
+            inner: ours,
+            stalled: Arc::clone(&stalled),
+        };
+        let connection =
+            DirectoryConnection::open(&context(), &local(), Box::pin(stream), config())
+                .await
+                .unwrap();
+        let connection = Arc::new(connection);
+        let _side = server.await.unwrap().1.unwrap();
+        stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+        let task = spawn_link(&connection);
+        // The probe's PING is being written (and never will be) when the
+        // pool closes the link.
+        assert_eq!(connection.probe(), ProbeStatus::Sent);
+        tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(3600), connection.close()).await;
+        let waited = started.elapsed();
+        assert!(
+            matches!(&closed, Ok(Err(CloseError::Io(e))) if e.kind() == std::io::ErrorKind::TimedOut),
+            "{closed:?}"
+        );
+        assert_eq!(waited, config().write_timeout);
+        assert_eq!(task.await.unwrap(), LinkLoss::ClosedByPeer);
     }
 
     #[tokio::test(start_paused = true)]

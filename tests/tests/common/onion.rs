@@ -13,7 +13,9 @@ use dirpool_core::{
     Backoff, DialFailure, Entropy, IsolationScope, IsolationToken, KeepalivePolicy, RetryPolicy,
     ServerAddr, ServerState, SocksReply,
 };
+use dirpool_tests::directory_model::DirectoryProfile;
 use dirpool_tests::tor::{Stopped, TorNetwork};
+use dirpool_tests::{JmBehaviour, JmModelled};
 
 use super::{drain, expect_keepalive_loss, next_matching, next_matching_seen, wait_for};
 
@@ -155,6 +157,15 @@ pub async fn both_onions_connect_and_the_unpublished_one_fails(
 /// (what the route's Tor needs, if anything), and maintenance reconnects
 /// within `reconnect`, with one more handshake at the directory. The pool
 /// is closed.
+///
+/// The directory behind `name` is made a modelled joinmarket-ng one first
+/// (it advertises `ping` and answers PINGs), so that the keepalive can
+/// find a dead circuit: the client's Tor does not always hear of the
+/// service's end (no DESTROY reached arti after a restarted service's tor
+/// was killed, and once in CI after a first kill), and a link to a
+/// directory that answers no probe (the reference's profile, which these
+/// services start with) is watched for its end only: it would stay
+/// `Connected` for ever.
 pub async fn a_restarted_service_is_reconnected<F: Future<Output = ()>>(
     net: &'static TorNetwork,
     rt: &Arc<dyn Runtime>,
@@ -164,6 +175,9 @@ pub async fn a_restarted_service_is_reconnected<F: Future<Output = ()>>(
     reconnect: Duration,
 ) {
     let directory = net.directory(name);
+    directory.set_behaviour(JmBehaviour::Modelled(JmModelled::new(
+        DirectoryProfile::JoinmarketNg,
+    )));
     let mut events = pool.events();
     pool.start_maintenance().unwrap();
     let connected = |e: &PoolEvent| matches!(e, PoolEvent::Connected { .. });
@@ -171,6 +185,15 @@ pub async fn a_restarted_service_is_reconnected<F: Future<Output = ()>>(
         wait_for(rt, &mut events, ONION, connected).await,
         "connected"
     );
+    // The keepalive's bound waited for below holds only for a link it can
+    // probe.
+    let client = pool.client(net.onion(name).node_id()).expect("connected");
+    assert!(
+        client.info().features.iter().any(|f| f == "ping"),
+        "the directory answers probes: {:?}",
+        client.info()
+    );
+    drop(client);
     let handshakes = directory.handshakes().len();
 
     // Logged (DIRPOOL_TEST_LOG in the arti binary) to time the pool's
@@ -180,14 +203,17 @@ pub async fn a_restarted_service_is_reconnected<F: Future<Output = ()>>(
     tracing::info!(name, "the onion service's tor is gone");
     let mut seen = Vec::new();
     // Usually the client's Tor reports the circuit's end at once; when no
-    // DESTROY comes (seen in CI), only the keepalive finds out, idle +
-    // probe timeout after the last sign of life, which may be the whole
-    // ONION window: so wait for the keepalive's bound with room.
+    // DESTROY comes, only the keepalive finds out (its probe goes
+    // unanswered), idle + probe timeout after the last sign of life: so
+    // wait for the keepalive's bound with room.
     let within = KeepalivePolicy::default().loss_bound() + Duration::from_secs(30);
-    let gone = next_matching_seen(rt, &mut events, within, &mut seen, |e| {
-        matches!(e, PoolEvent::Disconnected { .. }).then_some(())
+    let gone = next_matching_seen(rt, &mut events, within, &mut seen, |e| match e {
+        PoolEvent::Disconnected { reason, .. } => Some(*reason),
+        _ => None,
     })
     .await;
+    // Which way the pool heard it: the link's end, or the keepalive.
+    tracing::info!(name, reason = ?gone, "the pool hears the service is gone");
     if gone.is_none() {
         // Whether the driver still answers tells a stalled pool from a
         // link it still believes alive (its keepalive state is in there).
