@@ -35,8 +35,9 @@
 //!   a client made with `create_unbootstrapped` needs nobody else to start
 //!   it. A command still dials while arti is not ready: such a dial
 //!   waits up to `proxy_timeout` for the bootstrap, then
-//!   fails with [`DialError::TorNotReady`] (at once if the tokio runtime
-//!   arti runs on has shut down: nothing of arti runs any more), which the
+//!   fails with [`DialError::TorNotReady`] (at once with
+//!   [`DialError::TorStopped`] if the tokio runtime arti runs on has shut
+//!   down: nothing of arti runs any more), which the
 //!   core counts as the proxy being unreachable, never as a directory's
 //!   failure. Each change of arti's state is logged once, in the pool's
 //!   span (a blockage at warn level, with arti's reason).
@@ -447,7 +448,7 @@ impl ArtiRoute {
         match before(runtime.sleep_until(runtime.now() + within), bootstrap).await {
             Some(Ok(Ok(()))) => Ok(()),
             Some(Ok(Err(source))) => Err(tor_error(target.to_owned(), source)),
-            Some(Err(stopped)) => Err(stopped.into()),
+            Some(Err(stopped)) => Err(stopped),
             None => Err(DialError::TorNotReady {
                 waited: within,
                 readiness: self.client.readiness().to_string(),
@@ -491,20 +492,20 @@ impl ArtiRoute {
                 Ok(Box::pin(stream))
             }
             Ok(Err(source)) => Err(tor_error(target, source)),
-            Err(stopped) => Err(stopped.into()),
+            Err(stopped) => Err(stopped),
         }
     }
 
     /// Runs `future` on the client's tokio runtime when there is one (arti
     /// makes its timers in the caller's context), aborted when dropped.
-    /// [`RuntimeStopped`] if that runtime shut down before `future` ended
+    /// [`DialError::TorStopped`] if that runtime shut down before `future` ended
     /// (or was already down): nothing of arti runs any more, and the
     /// connect would otherwise hang until the pool's deadline and be
     /// counted as the directory's timeout.
     fn on_tokio<T: Send + 'static>(
         &self,
         future: BoxFuture<'static, Result<T, arti_client::Error>>,
-    ) -> BoxFuture<'static, Result<Result<T, arti_client::Error>, RuntimeStopped>> {
+    ) -> BoxFuture<'static, Result<Result<T, arti_client::Error>, DialError>> {
         let Some(handle) = &self.client.tokio else {
             return future.map(Ok).boxed();
         };
@@ -516,25 +517,10 @@ impl ArtiRoute {
                 Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
                 // Cancelled, and not by our own drop (nobody would be
                 // awaiting): by the runtime's shutdown.
-                Err(_) => Err(RuntimeStopped),
+                Err(_) => Err(DialError::TorStopped),
             }
         }
         .boxed()
-    }
-}
-
-/// The tokio runtime the [`ArtiClient`] was made in has shut down.
-#[derive(Debug)]
-struct RuntimeStopped;
-
-impl From<RuntimeStopped> for DialError {
-    /// Tor cannot carry traffic any more: the proxy's fault, as a tor
-    /// daemon that stopped, never the directory's.
-    fn from(RuntimeStopped: RuntimeStopped) -> Self {
-        DialError::TorNotReady {
-            waited: Duration::ZERO,
-            readiness: "stopped: the tokio runtime arti runs on has shut down".to_owned(),
-        }
     }
 }
 
@@ -782,7 +768,8 @@ mod tests {
             let Err(error) = outcome else {
                 panic!("no stream without arti")
             };
-            assert!(matches!(error, DialError::TorNotReady { .. }), "{error:?}");
+            assert!(matches!(error, DialError::TorStopped), "{error:?}");
+            assert_eq!(error.failure(), DialFailure::ProxyUnreachable);
             assert_eq!(error.failure(), DialFailure::ProxyUnreachable);
         });
         // The failed connect renewed its scope's token, as any failure does.

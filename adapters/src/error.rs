@@ -116,6 +116,15 @@ pub enum DialError {
         /// arti's readiness when the dial gave up.
         readiness: String,
     },
+    /// The in-process Tor client (feature `arti`) has stopped: the tokio
+    /// runtime it runs on shut down, so nothing of arti runs any more and
+    /// no dial through it can succeed until the application gives the pool
+    /// a live client. The proxy's fault
+    /// ([`DialFailure::ProxyUnreachable`]), never the directory's; a dial
+    /// fails with it at once instead of waiting for its deadline.
+    #[cfg(feature = "arti")]
+    #[error("Tor (arti) has stopped: the tokio runtime it runs on has shut down")]
+    TorStopped,
     /// The in-process Tor client (feature `arti`) failed to connect to
     /// `target`; [`failure`](Self::failure) classifies it from `kind`
     /// ([`arti::failure_of`](crate::arti::failure_of)).
@@ -153,7 +162,7 @@ impl DialError {
             Self::Io { source, .. } => DialFailure::Io(source.kind()),
             Self::InvalidAddress(_) | Self::Aborted => DialFailure::Aborted,
             #[cfg(feature = "arti")]
-            Self::TorNotReady { .. } => DialFailure::ProxyUnreachable,
+            Self::TorNotReady { .. } | Self::TorStopped => DialFailure::ProxyUnreachable,
             #[cfg(feature = "arti")]
             Self::Tor { kind, .. } => crate::arti::failure_of(*kind),
         }
