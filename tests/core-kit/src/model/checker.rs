@@ -753,32 +753,25 @@ impl Sim<'_> {
 
             _ => {}
         }
-        let held_before = self.m.held();
         if let Input::Report(report) = input {
-            self.m.reported = Some(report);
-            if report.holds_dials() {
-                self.stats.bump(if held_before {
-                    "not-ready reports while held"
-                } else {
-                    "not-ready reports"
+            self.stats
+                .bump(match (report.holds_dials(), self.m.held()) {
+                    (false, _) => "ready reports",
+                    (true, false) => "not-ready reports",
+                    (true, true) => "not-ready reports while held",
                 });
-                if !self.m.proxy_down {
-                    self.m.expect = Some(Expect::ProxyUnreachable);
-                }
-            } else {
-                self.stats.bump("ready reports");
-                // Ready while up is no news.
-                ensure!(
-                    self.m.proxy_down || outputs.is_empty(),
-                    "a ready report while the proxy was up gave {outputs:?}"
-                );
+            self.m.reported = Some(report);
+            // Not ready while up brings the proxy down, ready while down
+            // brings it up; any other report is no news.
+            let down = self.m.proxy_down;
+            if report.holds_dials() && !down {
+                self.m.expect = Some(Expect::ProxyUnreachable);
             }
-            if report.holds_dials() && (held_before || self.m.proxy_down) {
-                ensure!(
-                    outputs.is_empty(),
-                    "a not-ready report while the proxy was down gave {outputs:?}"
-                );
-            }
+            ensure!(
+                report.holds_dials() != down || outputs.is_empty(),
+                "{report:?} while the proxy was {} gave {outputs:?}",
+                if down { "down" } else { "up" }
+            );
         }
         if let Some(id) = new_op {
             ensure!(
@@ -978,14 +971,17 @@ impl Sim<'_> {
                     }
                     self.stats.bump("redials after a close");
                 }
-                let wanted = redial
+                // A connect command's dial, or the redial it left behind a
+                // close.
+                let commanded = redial
                     || matches!(
                         input,
                         Input::Command(Command::ConnectAllParallel)
                             | Input::Command(Command::ReconnectDisconnected)
                             | Input::Command(Command::ConnectAllWithRetry(_))
-                            | Input::Command(Command::StartMaintenance)
-                    )
+                    );
+                let wanted = commanded
+                    || matches!(input, Input::Command(Command::StartMaintenance))
                     || self.m.maintenance
                     || self.m.has_retry_op();
                 ensure!(
@@ -995,15 +991,7 @@ impl Sim<'_> {
                     d.server
                 );
                 // Invariant 14: while Tor reports it is not ready, only a
-                // connect command (or the redial it left behind a close)
-                // dials; no redial, no probe.
-                let commanded = redial
-                    || matches!(
-                        input,
-                        Input::Command(Command::ConnectAllParallel)
-                            | Input::Command(Command::ReconnectDisconnected)
-                            | Input::Command(Command::ConnectAllWithRetry(_))
-                    );
+                // connect command dials; no redial, no probe.
                 ensure!(
                     !self.m.held() || commanded,
                     "inv 14: dial {} of {} while Tor reports {:?}",
