@@ -99,7 +99,7 @@ pub async fn connect_all_with_retry(pool: &OnionPool) -> Vec<Arc<DialError>> {
 }
 
 /// `pool` holds `alpha`, `beta` and the unpublished `nobody`: both live
-/// onion directories connect (alpha's directory sees one more handshake),
+/// onion directories connect (alpha's directory sees a handshake),
 /// `nobody` fails as an onion whose descriptor is not found and stays
 /// unconnected. Returns `nobody`'s dial error for the route's own checks;
 /// the pool is closed.
@@ -137,7 +137,10 @@ pub async fn both_onions_connect_and_the_unpublished_one_fails(
     let error = unpublished_error.expect("checked above");
     assert!(pool.client(alpha.node_id()).is_some());
     assert!(pool.client(beta.node_id()).is_some());
-    assert_eq!(net.directory("alpha").handshakes().len(), before + 1);
+    // At least one: the link is the directory's. Not exactly one: tests on
+    // the other client tor (tor.rs's Tor-client restart) reach alpha at the
+    // same time (seen in CI: 6 where 5 were expected).
+    assert!(net.directory("alpha").handshakes().len() > before);
     let failure = DialFailure::Socks(SocksReply::OnionDescriptorNotFound);
     assert_eq!(error.failure(), failure, "{error:?}");
     let status = pool.status().await.unwrap();
